@@ -1,0 +1,48 @@
+"""Exception classes of medimg-spark.
+
+Every error names the bad input and says how to fix it. Ingest-time errors on a
+single file never propagate: they become a quarantine row whose ``error_class`` is
+the exception's class name.
+"""
+
+from __future__ import annotations
+
+
+class MedimgError(Exception):
+    """Base class of every error raised by medimg-spark."""
+
+
+class ConfigError(MedimgError):
+    """A YAML config or command-line argument is invalid (exit code 2)."""
+
+
+class JavaMissingError(MedimgError):
+    """No Java 17+ runtime was found for Spark."""
+
+
+class IngestFileError(MedimgError):
+    """Base class of per-file ingest failures (always quarantined, never raised to the job)."""
+
+
+class EmptyFileError(IngestFileError):
+    """The file has zero bytes."""
+
+
+class FileTooLargeError(IngestFileError):
+    """The file exceeds Spark's binaryFile limit (2 GiB) or the configured maximum."""
+
+
+class UnsupportedFormatError(IngestFileError):
+    """The content matches none of the supported formats (DICOM, PNG, JPEG, TIFF, NIfTI, npz)."""
+
+
+class NoPixelDataError(IngestFileError):
+    """A file that must carry pixels (PNG, NIfTI, npz) holds none."""
+
+
+class DecodeError(IngestFileError):
+    """Pixel data is present but could not be decoded to an array of the declared shape."""
+
+
+class RecipeError(MedimgError):
+    """A processing recipe step failed or has invalid parameters."""
