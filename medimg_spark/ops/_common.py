@@ -1,0 +1,222 @@
+"""Shared helpers of the op layer: supported dtypes, value ranges, casting and per-channel application.
+
+Dtype policy of the op layer (every op documents which rule it follows):
+
+* Supported image dtypes are ``uint8``, ``uint16``, ``int16`` and ``float32``, with shape
+  ``(rows, cols)`` (one channel) or ``(rows, cols, 3)``. :func:`as_supported` converts other
+  real dtypes once, at the start of a recipe: ``bool`` → ``uint8``, ``int8`` → ``int16``,
+  every other integer and float type → ``float32``.
+* *Dtype-preserving* ops (filters, clip, resize, …) compute in ``float32`` when OpenCV lacks a
+  kernel for the input dtype and cast back with round-half-even and saturation to the dtype range.
+* The *display range* of a dtype is where enhancement ops put their output:
+  ``uint8`` [0, 255], ``uint16`` [0, 65535], ``int16`` [0, 32767], ``float32`` [0, 1].
+* Masks are ``uint8`` arrays of shape ``(rows, cols)`` holding 0 and 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from medimg_spark.errors import RecipeError
+
+SUPPORTED_DTYPES: tuple[str, ...] = ("uint8", "uint16", "int16", "float32")
+
+Array = np.ndarray[Any, Any]
+
+
+class UnsupportedImageError(RecipeError):
+    """The array is not an image the op layer accepts (wrong shape, channel count or dtype kind)."""
+
+
+class EmptyFrameError(RecipeError):
+    """The frame is empty, too small, constant or (almost) all non-finite: flagged for quarantine."""
+
+
+class MissingMetadataError(RecipeError):
+    """A step needs a DICOM header value (e.g. window centre) that the frame does not carry."""
+
+
+class RecipeConfigError(RecipeError):
+    """A recipe file or step has invalid parameters; raised when the recipe is loaded, before Spark."""
+
+
+class RecipeStepError(RecipeError):
+    """A recipe step failed on one frame.
+
+    Attributes:
+        step_index: 0-based index of the failing step (``-1`` before the first step).
+        op: name of the failing op.
+        cause: the original exception.
+    """
+
+    def __init__(self, step_index: int, op: str, cause: BaseException) -> None:
+        self.step_index = step_index
+        self.op = op
+        self.cause = cause
+        super().__init__(f"step {step_index} ({op}) failed: {type(cause).__name__}: {cause}")
+
+    @property
+    def step(self) -> str:
+        """The step label written to the quarantine table, ``"<index>:<op>"``."""
+        return f"{self.step_index}:{self.op}"
+
+
+def as_supported(image: Array) -> Array:
+    """Validate the shape of ``image`` and convert its dtype to one of :data:`SUPPORTED_DTYPES`.
+
+    ``(rows, cols, 1)`` is squeezed to ``(rows, cols)``; 3-D arrays must have 3 channels.
+
+    Raises:
+        UnsupportedImageError: wrong number of dimensions or channels, or a non-real dtype.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise UnsupportedImageError(
+            f"expected an image of shape (rows, cols) or (rows, cols, 3), got {arr.shape}; "
+            "convert RGBA to RGB and split volumes into 2-D frames first"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise UnsupportedImageError(f"image has no pixels (shape {arr.shape})")
+    kind = arr.dtype.kind
+    name = arr.dtype.name
+    if name in SUPPORTED_DTYPES:
+        return arr
+    if kind == "b":
+        return arr.astype(np.uint8)
+    if name == "int8":
+        return arr.astype(np.int16)
+    if kind in "uif":
+        return arr.astype(np.float32)
+    raise UnsupportedImageError(
+        f"unsupported pixel dtype {arr.dtype}; use one of {', '.join(SUPPORTED_DTYPES)}"
+    )
+
+
+def check_image(image: Array) -> Array:
+    """Raise :class:`UnsupportedImageError` unless ``image`` already has a supported dtype and shape."""
+    arr = np.asarray(image)
+    if arr.dtype.name not in SUPPORTED_DTYPES:
+        raise UnsupportedImageError(
+            f"op got dtype {arr.dtype}; supported: {', '.join(SUPPORTED_DTYPES)} (apply as_supported first)"
+        )
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise UnsupportedImageError(f"expected shape (rows, cols) or (rows, cols, 3), got {arr.shape}")
+    return arr
+
+
+def check_mask(mask: Array, image: Array | None = None) -> Array:
+    """Validate a mask: 2-D, 0/1 values; same rows and cols as ``image`` when given. Returns it as uint8."""
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise UnsupportedImageError(f"a mask must be 2-D (rows, cols), got shape {m.shape}")
+    if image is not None and m.shape != image.shape[:2]:
+        raise UnsupportedImageError(f"mask shape {m.shape} does not match image shape {image.shape[:2]}")
+    return (m != 0).astype(np.uint8)
+
+
+def dtype_limits(dtype: np.dtype[Any] | str) -> tuple[float, float]:
+    """The representable range of an integer dtype, ``(-inf, inf)`` for floats."""
+    dt = np.dtype(dtype)
+    if dt.kind in "ui":
+        info = np.iinfo(dt)
+        return float(info.min), float(info.max)
+    return -np.inf, np.inf
+
+
+def display_range(dtype: np.dtype[Any] | str) -> tuple[float, float]:
+    """Where enhancement ops put their output: uint8 [0,255], uint16 [0,65535], int16 [0,32767], float [0,1]."""
+    dt = np.dtype(dtype)
+    if dt.kind in "ui":
+        return 0.0, float(np.iinfo(dt).max)
+    return 0.0, 1.0
+
+
+def cast_like(values: Array, dtype: np.dtype[Any] | str) -> Array:
+    """Cast float ``values`` to ``dtype``: round half to even and saturate for integers, plain cast for floats."""
+    dt = np.dtype(dtype)
+    if dt.kind in "ui":
+        lo, hi = dtype_limits(dt)
+        return np.clip(np.rint(values), lo, hi).astype(dt)
+    return np.asarray(values).astype(dt, copy=False)
+
+
+def finite_min_max(image: Array) -> tuple[float, float]:
+    """Minimum and maximum of the finite values (``(0, 0)`` when there are none)."""
+    arr = np.asarray(image)
+    if arr.dtype.kind == "f":
+        finite = arr[np.isfinite(arr)]
+        if finite.size == 0:
+            return 0.0, 0.0
+        return float(finite.min()), float(finite.max())
+    return float(arr.min()), float(arr.max())
+
+
+def to_unit(image: Array) -> Array:
+    """Min-max scale to float64 [0, 1] over finite values; non-finite pixels → 0, constant image → 0."""
+    arr = np.asarray(image, dtype=np.float64)
+    lo, hi = finite_min_max(arr)
+    out = np.zeros(arr.shape, dtype=np.float64) if hi <= lo else (arr - lo) / (hi - lo)
+    if not np.isfinite(out).all():
+        out = np.where(np.isfinite(out), out, 0.0)
+    return out
+
+
+def to_uint(image: Array, bits: int) -> tuple[Array, float, float]:
+    """Min-max scale to ``uint8`` (bits=8) or ``uint16`` (bits=16); returns the array and the (min, max) used.
+
+    ``uint8`` input with bits=8 and ``uint16`` input with bits=16 are returned unchanged (scale 0..max).
+    """
+    arr = np.asarray(image)
+    target = np.uint8 if bits == 8 else np.uint16
+    if arr.dtype == target:
+        return arr, 0.0, float(np.iinfo(target).max)
+    lo, hi = finite_min_max(arr)
+    top = float(np.iinfo(target).max)
+    scaled = to_unit(arr) * top
+    return np.rint(scaled).astype(target), lo, hi
+
+
+def luma(image: Array) -> Array:
+    """Grey-scale float64 view: the image itself, or ITU-R BT.601 luma 0.299 R + 0.587 G + 0.114 B."""
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        return arr.astype(np.float64)
+    return arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+
+
+def gray(image: Array) -> Array:
+    """Like :func:`luma` but keeps the dtype (rounded for integer types)."""
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        return arr
+    return cast_like(luma(arr), arr.dtype)
+
+
+def per_channel(fn: Callable[[Array], Array], image: Array) -> Array:
+    """Apply a 2-D function to each channel of a (rows, cols, 3) image, or directly to a 2-D image."""
+    if image.ndim == 2:
+        return fn(image)
+    return np.stack([fn(np.ascontiguousarray(image[:, :, c])) for c in range(image.shape[2])], axis=2)
+
+
+def noise_sigma_mad(image: Array) -> float:
+    """Noise standard deviation by Donoho's wavelet MAD rule on the finest Haar diagonal sub-band.
+
+    ``sigma = median(|HH|) / 0.6745`` with ``HH = (a - b - c + d) / 2`` over disjoint 2x2 blocks, in the
+    units of ``image`` (luma for 3 channels; non-finite pixels ignored). NaN for images under 2x2.
+    """
+    g = luma(np.asarray(image))
+    rows, cols = (g.shape[0] // 2) * 2, (g.shape[1] // 2) * 2
+    if rows == 0 or cols == 0:
+        return float("nan")
+    g = g[:rows, :cols]
+    hh = (g[0::2, 0::2] - g[0::2, 1::2] - g[1::2, 0::2] + g[1::2, 1::2]) / 2.0
+    hh = hh[np.isfinite(hh)]
+    if hh.size == 0:
+        return float("nan")
+    return float(np.median(np.abs(hh)) / 0.6745)
