@@ -1,0 +1,67 @@
+# medimg-spark: `make demo` and `make test` do all set-up on a fresh machine (Python 3.11+, Java 17+).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEMO_OUT ?= demo-out
+PYTEST_ARGS ?=
+
+.PHONY: help java venv install install-dev demo test lint pytest bench bench-quick dist docker clean
+
+help:
+	@echo "make demo   - create $(VENV), install, run the pipeline on the bundled sample data"
+	@echo "make test   - install dev dependencies, run lint (ruff, mypy) and the test suite"
+	@echo "make bench  - run the performance benchmark (benchmarks/run.py)"
+	@echo "make dist   - build the wheel shipped to Spark executors (dist/)"
+
+java:
+	@command -v java >/dev/null 2>&1 || { echo "ERROR: Java 17+ is required by Spark but 'java' was not found."; \
+	  echo "  Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless"; \
+	  echo "  macOS: brew install openjdk@17 ; then put it on PATH or set JAVA_HOME"; exit 1; }
+	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\)\(\.\([0-9]*\)\)\{0,1\}.*/\1 \3/p' | head -1); \
+	  major=$${v%% *}; [ "$$major" = "1" ] && major=$${v##* }; \
+	  if [ -z "$$major" ] || [ "$$major" -lt 17 ]; then \
+	    echo "ERROR: Spark needs Java 17+, found: $$(java -version 2>&1 | head -1)"; \
+	    echo "  Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless (then select it with update-alternatives)"; \
+	    echo "  macOS: brew install openjdk@17 ; or set JAVA_HOME to a Java 17+ installation"; exit 1; fi
+
+$(VENV)/bin/python:
+	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+venv: $(VENV)/bin/python
+
+install: java venv
+	$(PIP) install --quiet -e '.[demo]'
+
+install-dev: java venv
+	$(PIP) install --quiet -e '.[dev]'
+
+demo: install
+	$(VENV)/bin/medimg run --config conf/demo.yaml --out $(DEMO_OUT)
+
+lint: install-dev
+	$(VENV)/bin/ruff check medimg_spark jobs tests benchmarks
+	$(VENV)/bin/ruff format --check medimg_spark jobs tests benchmarks
+	$(VENV)/bin/mypy medimg_spark
+
+pytest: install-dev
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint pytest
+
+bench: install-dev
+	$(PY) benchmarks/run.py
+
+dist: venv
+	$(PIP) install --quiet build
+	$(PY) -m build --wheel --outdir dist .
+
+docker:
+	@command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 || { echo "make docker needs a running Docker engine"; exit 1; }
+	docker build -f docker/Dockerfile -t medimg-spark:latest .
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache $(DEMO_OUT)

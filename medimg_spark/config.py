@@ -1,0 +1,130 @@
+"""YAML configuration validated into typed pydantic models before Spark starts.
+
+A config file has one section per stage; every section is optional and every model forbids
+unknown keys, so a typo fails at once with a message naming the key and the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medimg_spark.errors import ConfigError
+
+#: Spark's binaryFile source cannot read files larger than this (Int.MaxValue bytes).
+BINARY_FILE_LIMIT = 2**31 - 1
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class IngestConfig(StrictModel):
+    """Options of the ingest stage."""
+
+    default_modality: str = Field(
+        "OT", min_length=1, max_length=16, description="Modality of non-DICOM files."
+    )
+    max_file_bytes: int = Field(
+        BINARY_FILE_LIMIT, ge=1, le=BINARY_FILE_LIMIT, description="Larger files are quarantined unread."
+    )
+    max_decompressed_bytes: int = Field(1 << 30, ge=1, description="Limit for gzip-wrapped files.")
+    label_from_parent_dir: bool = Field(False, description="Label = name of the file's parent folder.")
+    output_batch_bytes: int = Field(
+        32 << 20, ge=1 << 20, description="Arrow batches from the decoder are flushed at this many bytes."
+    )
+    files_per_partition: int | None = Field(
+        None, ge=1, description="Repartition the file list so each task decodes at most this many files."
+    )
+
+
+class SparkSection(StrictModel):
+    """Spark settings: ``master`` and any ``spark.*`` key of the session."""
+
+    master: str | None = None
+    app_name: str = "medimg-spark"
+    conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class MedimgConfig(StrictModel):
+    """The whole configuration file."""
+
+    spark: SparkSection = Field(default_factory=SparkSection)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    extra_sections: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+
+#: Sections owned by other stages: validated by their own models when those stages start.
+STAGE_SECTIONS = ("preprocess", "features", "train", "privacy", "pipeline", "report", "localize")
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            hint = "remove it or fix its spelling"
+        elif e["type"] == "missing":
+            hint = "add it"
+        else:
+            hint = "change the value"
+        lines.append(f"  - {loc}: {e['msg']} ({hint})")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> MedimgConfig:
+    """Validate a config mapping.
+
+    Raises:
+        ConfigError: naming every bad key and how to fix it.
+    """
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    extra = {k: data.pop(k) for k in list(data) if k in STAGE_SECTIONS}
+    try:
+        cfg = MedimgConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+    cfg.extra_sections = extra
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from ``path``.
+
+    Raises:
+        ConfigError: when the file is missing, is not YAML, or is not a mapping.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None) -> MedimgConfig:
+    """Load and validate a config file (``None`` gives the defaults)."""
+    if path is None:
+        return MedimgConfig()
+    return parse_config(load_yaml(path), str(path))
+
+
+def validate_section(model: type[BaseModel], data: Any, source: str) -> Any:
+    """Validate one stage's section with that stage's model, raising :class:`ConfigError`."""
+    try:
+        return model.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None

@@ -1,0 +1,101 @@
+"""Detect a file's format from its content (magic bytes), never from its name."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+import zipfile
+
+DICOM = "dicom"
+PNG = "png"
+JPEG = "jpeg"
+TIFF = "tiff"
+NIFTI1 = "nifti1"
+NIFTI2 = "nifti2"
+NPZ = "npz"
+GZIP = "gzip"
+ZIP = "zip"
+
+#: How many leading bytes may precede the first element of a DICOM file without preamble.
+DICOM_RESYNC_WINDOW = 16
+
+_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+)
+
+
+def looks_like_dicom_element(data: bytes, offset: int = 0) -> bool:
+    """True when ``data[offset:]`` plausibly starts with a DICOM data element (any of the 3 encodings).
+
+    Accepts groups 0x0002..0x0010 (file meta, identifying, patient), explicit VR with a known VR, or
+    implicit VR with a length that fits in the file.
+    """
+    chunk = data[offset : offset + 8]
+    if len(chunk) < 8:
+        return False
+    for endian in ("<", ">"):
+        group, elem = struct.unpack(endian + "HH", chunk[:4])
+        if group not in (0x0002, 0x0004, 0x0008, 0x0010) or elem > 0x1000:
+            continue
+        if chunk[4:6] in _VRS:
+            return True
+        if endian == "<":
+            (length,) = struct.unpack("<I", chunk[4:8])
+            if length == 0xFFFFFFFF or length <= len(data) - offset - 8:
+                return True
+    return False
+
+
+def _nifti_kind(head: bytes) -> str | None:
+    if len(head) >= 348:
+        for endian in ("<", ">"):
+            (size,) = struct.unpack(endian + "i", head[:4])
+            if size == 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
+                return NIFTI1
+            if size == 540 and head[4:8] in (b"n+2\x00", b"ni2\x00"):
+                return NIFTI2
+    return None
+
+
+def detect_format(data: bytes) -> str | None:
+    """Return the format of a file's bytes, or None when it matches no supported format.
+
+    Formats: ``dicom`` (with or without the 128-byte preamble), ``png``, ``jpeg``, ``tiff``,
+    ``nifti1``, ``nifti2``, ``npz`` (a zip of ``.npy`` members), ``gzip`` (caller decompresses and
+    detects again), ``zip`` (any other zip archive, unsupported).
+    """
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return DICOM
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return PNG
+    if data.startswith(b"\xff\xd8\xff"):
+        return JPEG
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return TIFF
+    nifti = _nifti_kind(data[:540])
+    if nifti:
+        return nifti
+    if data.startswith(b"\x1f\x8b"):
+        return GZIP
+    if data.startswith(b"PK\x03\x04") or data.startswith(b"PK\x05\x06"):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                names = zf.namelist()
+        except zipfile.BadZipFile:
+            return None
+        if names and all(n.endswith(".npy") for n in names):
+            return NPZ
+        return ZIP
+    if any(looks_like_dicom_element(data, off) for off in range(min(DICOM_RESYNC_WINDOW, len(data)))):
+        return DICOM
+    return None
+
+
+def gunzip(data: bytes, limit: int) -> bytes:
+    """Decompress gzip data, refusing output larger than ``limit`` bytes (zip-bomb guard)."""
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as gz:
+        out = gz.read(limit + 1)
+    if len(out) > limit:
+        raise ValueError(f"gzip content exceeds the {limit}-byte limit")
+    return out

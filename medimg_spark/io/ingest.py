@@ -1,0 +1,377 @@
+"""Ingest: files → ``images`` · ``instances`` · ``quarantine`` Parquet tables under ``--out``.
+
+Files are read with Spark's ``binaryFile`` source and decoded per partition with ``mapInArrow``
+inside executors; nothing but small metadata ever reaches the driver. A file that cannot be read
+becomes a quarantine row with a typed reason, and a file whose content was already ingested (in
+this run or an earlier one into the same ``--out``) is skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medimg_spark.config import IngestConfig
+from medimg_spark.errors import ConfigError, FileTooLargeError
+from medimg_spark.io.files import IMAGE, INSTANCE, QUARANTINE, FileContext, local_path, process_file
+from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+
+def _union_schema() -> StructType:
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    fields: dict[str, StructField] = {"_kind": StructField("_kind", StringType(), False)}
+    for schema in (IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA):
+        for f in schema.fields:
+            if f.name == "quarantined_at":  # stamped by Spark when the table is written
+                continue
+            if f.name in fields:
+                if fields[f.name].dataType != f.dataType:
+                    raise TypeError(f"column {f.name} has different types in two table schemas")
+                continue
+            fields[f.name] = StructField(f.name, f.dataType, True)
+    return StructType(list(fields.values()))
+
+
+UNION_SCHEMA = _union_schema()
+
+
+def new_run_id(prefix: str = "ingest") -> str:
+    """A sortable, unique run id such as ``ingest-20261121T101500Z-3fa2c1``."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{prefix}-{stamp}-{secrets.token_hex(3)}"
+
+
+def _rows_to_batch(rows: list[dict[str, Any]], arrow_schema: pa.Schema) -> pa.RecordBatch:
+    import pyarrow as pa
+
+    columns = [
+        pa.array([r.get(name) for r in rows], type=arrow_schema.field(name).type)
+        for name in arrow_schema.names
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=arrow_schema)
+
+
+def decode_partition(
+    batches: Iterator[pa.RecordBatch], ctx: FileContext, flush_bytes: int
+) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` body: binaryFile rows (path, content) → union rows of the three tables."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)  # one task per core: OpenCV's own threads would oversubscribe
+    except ImportError:
+        pass
+    arrow_schema = to_arrow_schema(UNION_SCHEMA)
+    pending: list[dict[str, Any]] = []
+    size = 0
+    for batch in batches:
+        paths = batch.column("path").to_pylist()
+        contents = batch.column("content")
+        for i, path in enumerate(paths):
+            content = contents[i].as_py() or b""
+            for row in process_file(path, content, ctx):
+                pending.append(row)
+                size += len(row.get("pixels") or b"") + 512
+                if size >= flush_bytes:
+                    yield _rows_to_batch(pending, arrow_schema)
+                    pending, size = [], 0
+    if pending:
+        yield _rows_to_batch(pending, arrow_schema)
+    del pa
+
+
+def read_labels_csv(path: str) -> tuple[dict[str, tuple[str | None, str | None]], dict[str, Any]]:
+    """Read ``--labels``: columns ``path`` or ``file_sha256``, ``label``, optional ``split``.
+
+    Relative paths are resolved against the CSV's folder.
+
+    Returns:
+        ``(by_path, by_sha)`` mappings to ``(label, split)``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"labels file {p} does not exist; pass a CSV with columns path,label[,split]")
+    by_path: dict[str, tuple[str | None, str | None]] = {}
+    by_sha: dict[str, tuple[str | None, str | None]] = {}
+    with p.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = set(reader.fieldnames or [])
+        if "label" not in cols or not ({"path", "file_sha256"} & cols):
+            raise ConfigError(
+                f"labels file {p} has columns {sorted(cols)}; it needs 'label' and 'path' or 'file_sha256'"
+            )
+        for n, rec in enumerate(reader, start=2):
+            label = (rec.get("label") or "").strip() or None
+            split = (rec.get("split") or "").strip() or None
+            if rec.get("file_sha256"):
+                by_sha[rec["file_sha256"].strip().lower()] = (label, split)
+            elif rec.get("path"):
+                target = Path(rec["path"].strip())
+                if not target.is_absolute():
+                    target = p.parent / target
+                by_path[os.path.normpath(str(target.resolve()))] = (label, split)
+            else:
+                raise ConfigError(f"labels file {p}, line {n}: neither 'path' nor 'file_sha256' is set")
+    return by_path, by_sha
+
+
+def _check_inputs(inputs: list[str]) -> list[str]:
+    if not inputs:
+        raise ConfigError("no INPUT given: pass one or more files or folders to ingest")
+    out = []
+    for item in inputs:
+        if "://" in item or item.startswith("file:"):
+            out.append(item)
+            continue
+        p = Path(item)
+        if not p.exists():
+            raise ConfigError(f"input {item} does not exist; pass existing files or folders")
+        out.append(str(p.resolve()))
+    return out
+
+
+def _table_exists(spark: SparkSession, path: str) -> bool:
+    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    jpath = jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
+    fs = jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    return bool(fs.exists(jpath))
+
+
+def _seen_keys(spark: SparkSession, out: str) -> DataFrame | None:
+    """file_sha256 of every file already ingested into ``out`` (instances and quarantine)."""
+    parts = []
+    for table in ("instances", "quarantine"):
+        path = f"{out}/{table}"
+        if _table_exists(spark, path):
+            df = spark.read.parquet(path)
+            if table == "quarantine":
+                df = df.where(df.stage.isin("read", "parse", "decode"))
+            parts.append(df.where(df.file_sha256.isNotNull()).select("file_sha256"))
+    if not parts:
+        return None
+    seen = parts[0]
+    for extra in parts[1:]:
+        seen = seen.unionByName(extra)
+    return seen.distinct()
+
+
+def _seen_paths_too_large(spark: SparkSession, out: str) -> DataFrame | None:
+    path = f"{out}/quarantine"
+    if not _table_exists(spark, path):
+        return None
+    q = spark.read.parquet(path)
+    return q.where((q.stage == "read") & (q.error_class == FileTooLargeError.__name__)).select("source_path")
+
+
+def ingest(
+    spark: SparkSession,
+    inputs: list[str],
+    out: str,
+    config: IngestConfig | None = None,
+    labels_csv: str | None = None,
+    deidentify: Any = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Ingest files or folders (recursively) into Parquet tables under ``out``.
+
+    Args:
+        spark: the session.
+        inputs: files or folders (local paths or Hadoop URIs).
+        out: output directory (local path or URI).
+        config: ingest options.
+        labels_csv: optional ``--labels`` CSV.
+        deidentify: picklable callable applied to each DICOM dataset before metadata extraction.
+        run_id: the run id (generated when omitted).
+
+    Returns:
+        The run summary, also written to ``out/runs/<run_id>.json``.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    cfg = config or IngestConfig()
+    started = time.perf_counter()
+    run_id = run_id or new_run_id()
+    paths = _check_inputs(inputs)
+    out_uri = out if "://" in out or out.startswith("file:") else str(Path(out).resolve())
+    by_path, by_sha = read_labels_csv(labels_csv) if labels_csv else ({}, {})
+    ctx = FileContext(
+        run_id=run_id,
+        default_modality=cfg.default_modality,
+        max_decompressed_bytes=cfg.max_decompressed_bytes,
+        labels_by_path=by_path,
+        labels_by_sha=by_sha,
+        label_from_parent_dir=cfg.label_from_parent_dir,
+        deidentify=deidentify,
+    )
+
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(paths)
+    listing = files.select("path", "length").persist(StorageLevel.MEMORY_AND_DISK)
+    files_seen = listing.count()
+
+    # Files over the limit are quarantined unread (the length filter is pushed into the scan,
+    # so their content is never loaded).
+    too_large = listing.where(F.col("length") > cfg.max_file_bytes)
+    seen_large = _seen_paths_too_large(spark, out_uri)
+    if seen_large is not None:
+        too_large = too_large.join(seen_large.withColumnRenamed("source_path", "path"), "path", "left_anti")
+    too_large_rows = too_large.select(
+        F.col("path").alias("source_path"),
+        F.lit(None).cast("string").alias("file_sha256"),
+        F.col("length").alias("size_bytes"),
+        F.lit(None).cast("int").alias("frame_index"),
+        F.lit("read").alias("stage"),
+        F.lit(None).cast("string").alias("step"),
+        F.lit(FileTooLargeError.__name__).alias("error_class"),
+        F.concat(
+            F.lit("file is "),
+            F.col("length").cast("string"),
+            F.lit(
+                f" bytes, over the {cfg.max_file_bytes}-byte limit of the binaryFile reader; "
+                "split or convert it before ingest"
+            ),
+        ).alias("error_message"),
+        F.lit(run_id).alias("ingest_run_id"),
+        F.current_timestamp().alias("quarantined_at"),
+    )
+
+    readable = files.where(F.col("length") <= cfg.max_file_bytes).select("path", "content")
+    if cfg.files_per_partition:
+        n_parts = max(1, -(-files_seen // cfg.files_per_partition))
+        readable = readable.repartition(n_parts)
+    flush = cfg.output_batch_bytes
+    decoded = readable.mapInArrow(
+        lambda batches: decode_partition(batches, ctx, flush), UNION_SCHEMA
+    ).persist(StorageLevel.DISK_ONLY)
+
+    # Deduplicate by content: one canonical path per sha256, minus what earlier runs ingested.
+    keys = decoded.select("file_sha256", "source_path").distinct()
+    canonical = keys.groupBy("file_sha256").agg(F.min("source_path").alias("source_path"))
+    seen = _seen_keys(spark, out_uri)
+    fresh = canonical if seen is None else canonical.join(seen, "file_sha256", "left_anti")
+    fresh = fresh.persist(StorageLevel.MEMORY_AND_DISK)
+    n_paths = keys.count()
+    n_unique = canonical.count()
+    n_fresh = fresh.count()
+    kept = decoded
+    if n_fresh != n_paths:
+        kept = decoded.join(F.broadcast(fresh), ["file_sha256", "source_path"], "left_semi")
+
+    def table(kind: str, schema: StructType) -> DataFrame:
+        return kept.where(F.col("_kind") == kind).select(
+            *[
+                (F.current_timestamp() if f.name == "quarantined_at" else F.col(f.name))
+                .cast(f.dataType)
+                .alias(f.name)
+                for f in schema.fields
+            ]
+        )
+
+    images = table(IMAGE, IMAGES_SCHEMA)
+    instances = table(INSTANCE, INSTANCES_SCHEMA)
+    quarantine = table(QUARANTINE, QUARANTINE_SCHEMA).unionByName(too_large_rows)
+    images.write.mode("append").partitionBy("modality").parquet(f"{out_uri}/images")
+    instances.write.mode("append").parquet(f"{out_uri}/instances")
+    quarantine.write.mode("append").parquet(f"{out_uri}/quarantine")
+
+    stats = (
+        kept.groupBy("_kind", "has_pixels", "stage", "error_class")
+        .agg(F.count(F.lit(1)).alias("n"))
+        .collect()
+    )
+    n_too_large = too_large_rows.count()
+    for df in (decoded, fresh, listing):
+        df.unpersist()
+
+    frames = sum(r["n"] for r in stats if r["_kind"] == IMAGE)
+    n_instances = sum(r["n"] for r in stats if r["_kind"] == INSTANCE)
+    metadata_only = sum(r["n"] for r in stats if r["_kind"] == INSTANCE and r["has_pixels"] is False)
+    by_class: dict[str, int] = {}
+    by_stage: dict[str, int] = {}
+    for r in stats:
+        if r["_kind"] == QUARANTINE:
+            by_class[r["error_class"]] = by_class.get(r["error_class"], 0) + r["n"]
+            by_stage[r["stage"]] = by_stage.get(r["stage"], 0) + r["n"]
+    if n_too_large:
+        by_class[FileTooLargeError.__name__] = by_class.get(FileTooLargeError.__name__, 0) + n_too_large
+        by_stage["read"] = by_stage.get("read", 0) + n_too_large
+    wall = time.perf_counter() - started
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "stage": "ingest",
+        "inputs": inputs,
+        "out": out_uri,
+        "files_seen": files_seen,
+        "files_ingested": n_instances,
+        "files_quarantined_unparsed": sum(n for s, n in by_stage.items() if s in ("read", "parse")),
+        "frames_written": frames,
+        "metadata_only_objects": metadata_only,
+        "quarantined": sum(by_class.values()),
+        "quarantined_by_error_class": dict(sorted(by_class.items())),
+        "quarantined_by_stage": dict(sorted(by_stage.items())),
+        "duplicates_skipped": n_paths - n_unique,
+        "already_ingested": n_unique - n_fresh,
+        "wall_time_s": round(wall, 3),
+        "frames_per_s": round(frames / wall, 2) if wall > 0 else None,
+        "identified": deidentify is None,
+    }
+    write_run_summary(spark, out_uri, summary)
+    return summary
+
+
+def write_run_summary(spark: SparkSession, out: str, summary: dict[str, Any]) -> str:
+    """Write ``summary`` as ``out/runs/<run_id>.json`` (through Hadoop FS, so URIs work) and return the path."""
+    path = f"{out}/runs/{summary['run_id']}.json"
+    text = json.dumps(summary, indent=2, sort_keys=False, default=str)
+    local = local_path(path)
+    if local == path and "://" in path:
+        jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+        jpath = jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
+        fs = jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+        stream = fs.create(jpath, True)
+        stream.write(bytearray(text.encode()))
+        stream.close()
+        return path
+    Path(local).parent.mkdir(parents=True, exist_ok=True)
+    Path(local).write_text(text)
+    return local
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A human-readable run summary."""
+    lines = [f"ingest run {summary['run_id']} → {summary['out']}"]
+    keys = [
+        "files_seen",
+        "files_ingested",
+        "frames_written",
+        "metadata_only_objects",
+        "quarantined",
+        "duplicates_skipped",
+        "already_ingested",
+        "wall_time_s",
+        "frames_per_s",
+    ]
+    width = max(len(k) for k in keys)
+    for k in keys:
+        lines.append(f"  {k:<{width}}  {summary.get(k)}")
+    for cls, n in summary.get("quarantined_by_error_class", {}).items():
+        lines.append(f"    quarantine {cls}: {n}")
+    if summary.get("identified"):
+        lines.append("  WARNING: output is IDENTIFIED (headers were not de-identified)")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""Build or reuse the SparkSession.
+
+Settings come from, in increasing precedence: ``conf/spark-defaults.conf``, the YAML config's
+``spark.conf`` section, then the ``--master`` flag. Under ``spark-submit`` the submitted
+configuration wins: only keys it leaves unset are filled in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medimg_spark.errors import JavaMissingError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+DEFAULT_MASTER = "local[*]"
+_REPO_CONF = Path(__file__).resolve().parents[1] / "conf" / "spark-defaults.conf"
+
+
+def defaults_file() -> Path | None:
+    """The spark-defaults file: ``$MEDIMG_SPARK_DEFAULTS``, ``./conf/``, or the source checkout's."""
+    env = os.environ.get("MEDIMG_SPARK_DEFAULTS")
+    for candidate in (Path(env) if env else None, Path.cwd() / "conf" / "spark-defaults.conf", _REPO_CONF):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def read_spark_defaults(path: Path | None) -> dict[str, str]:
+    """Parse a ``spark-defaults.conf`` file: ``key value`` lines, ``#`` comments."""
+    out: dict[str, str] = {}
+    if path is None:
+        return out
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = re.split(r"\s+", line, maxsplit=1)
+        if len(parts) == 2:
+            out[parts[0]] = parts[1].strip()
+    return out
+
+
+def under_spark_submit() -> bool:
+    """True when this Python driver was launched by ``spark-submit`` (the JVM already exists)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def check_java(minimum: int = 17) -> int:
+    """Return the major version of ``java`` on PATH (or in ``$JAVA_HOME``).
+
+    Raises:
+        JavaMissingError: when Java is missing or older than ``minimum``.
+    """
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    how = (
+        f"Spark needs Java {minimum}+: install it (Debian/Ubuntu: 'apt-get install openjdk-17-jre-headless', "
+        "macOS: 'brew install openjdk@17') and put it on PATH or set JAVA_HOME"
+    )
+    if not java or not Path(java).exists():
+        raise JavaMissingError(f"no 'java' found. {how}")
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if not m:
+        raise JavaMissingError(f"could not read the version of {java}. {how}")
+    major = int(m.group(1))
+    if major == 1 and m.group(2):
+        major = int(m.group(2))
+    if major < minimum:
+        raise JavaMissingError(f"{java} is Java {major}. {how}")
+    return major
+
+
+def build_session(
+    app_name: str = "medimg-spark",
+    master: str | None = None,
+    conf: dict[str, Any] | None = None,
+) -> SparkSession:
+    """Build (or reuse) the SparkSession for a job.
+
+    Args:
+        app_name: Spark application name.
+        master: ``--master`` flag; default ``local[*]``. Ignored under ``spark-submit``.
+        conf: ``spark.*`` overrides from the job's YAML config.
+    """
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    settings: dict[str, str] = {}
+    submitted = under_spark_submit()
+    if not submitted:
+        check_java()
+        settings.update(read_spark_defaults(defaults_file()))
+    settings.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (conf or {}).items()})
+    builder = SparkSession.builder.appName(app_name)
+    if submitted:
+        from pyspark import SparkConf
+
+        given = dict(SparkConf().getAll())
+        settings = {k: v for k, v in settings.items() if k not in given}
+    else:
+        settings["spark.master"] = master or settings.get("spark.master") or DEFAULT_MASTER
+        # Executors run the same interpreter (and so the same installed packages) as the driver.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel(os.environ.get("MEDIMG_SPARK_LOG_LEVEL", "WARN"))
+    return session
