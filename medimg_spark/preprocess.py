@@ -1,0 +1,410 @@
+"""Spark adapter of the op layer: apply a recipe to every frame of ``out/images``.
+
+``preprocess`` reads ``out/images`` (:data:`~medimg_spark.schema.IMAGES_SCHEMA`), runs the recipe on
+each frame inside the executors (``mapInArrow``; pixel data never reaches the driver) and appends
+
+* ``out/processed`` (:data:`PROCESSED_SCHEMA`): the result pixels, the mask (uint8 0/1 bytes of
+  ``rows x cols``, null when the recipe does not segment) and the quality metrics before/after;
+* ``out/quarantine`` (:data:`~medimg_spark.schema.QUARANTINE_SCHEMA`): one row per frame that failed,
+  ``stage = "preprocess"``, ``step = "<index>:<op>"`` (``-1:input`` for undecodable pixels),
+  ``error_class`` = the original exception's class, ``ingest_run_id`` = this preprocess run's id and an
+  ``error_message`` that starts with ``recipe <name> recipe_hash=<sha256>``.
+
+Reruns are idempotent: frames already in ``processed`` with the same ``recipe_hash``, or quarantined
+by a run of the same ``recipe_hash``, are skipped.
+
+``quality_report`` aggregates ``quality_before``/``quality_after`` with Spark (``percentile_approx``)
+into ``out/metrics/quality.json``; :func:`format_quality_table` renders it as text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pyspark.sql.types import (
+    BinaryType,
+    BooleanType,
+    DoubleType,
+    IntegerType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from medimg_spark.quality import METRIC_DIRECTION, QUALITY_KEYS
+from medimg_spark.schema import IMAGES_SCHEMA, QUARANTINE_SCHEMA
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import SparkSession
+
+QUALITY_STRUCT = StructType([StructField(k, DoubleType(), True) for k in QUALITY_KEYS])
+"""Spark struct of :func:`medimg_spark.quality.quality_metrics` (NaN where a metric is undefined)."""
+
+PROCESSED_SCHEMA = StructType(
+    [
+        StructField("image_id", StringType(), False),
+        StructField("recipe_name", StringType(), False),
+        StructField("recipe_hash", StringType(), False),
+        StructField("modality", StringType(), False),
+        StructField("label", StringType(), True),
+        StructField("split", StringType(), True),
+        StructField("rows", IntegerType(), False),
+        StructField("cols", IntegerType(), False),
+        StructField("channels", IntegerType(), False),
+        StructField("dtype", StringType(), False),
+        StructField("pixels", BinaryType(), False),
+        StructField("mask", BinaryType(), True),
+        StructField("quality_before", QUALITY_STRUCT, False),
+        StructField("quality_after", QUALITY_STRUCT, False),
+        StructField("preprocess_run_id", StringType(), False),
+        StructField("processed_at", TimestampType(), False),
+    ]
+)
+"""Schema of ``out/processed``. ``pixels`` decodes with :func:`medimg_spark.io.pixels.to_array`;
+``mask`` is ``rows * cols`` uint8 bytes (C order) or null."""
+
+_INPUT_COLUMNS = (
+    "image_id",
+    "source_path",
+    "file_sha256",
+    "frame_index",
+    "modality",
+    "rows",
+    "cols",
+    "channels",
+    "dtype",
+    "pixels",
+    "photometric",
+    "bits_stored",
+    "rescale_slope",
+    "rescale_intercept",
+    "window_center",
+    "window_width",
+    "pixel_spacing",
+    "slice_thickness",
+    "label",
+    "split",
+)
+
+_PASS_THROUGH = ("source_path", "file_sha256", "frame_index")
+
+_WORK_SCHEMA = StructType(
+    [StructField(f.name, f.dataType, True) for f in PROCESSED_SCHEMA.fields if f.name != "processed_at"]
+    + [
+        StructField("source_path", StringType(), True),
+        StructField("file_sha256", StringType(), True),
+        StructField("frame_index", IntegerType(), True),
+        StructField("ok", BooleanType(), False),
+        StructField("step", StringType(), True),
+        StructField("error_class", StringType(), True),
+        StructField("error_message", StringType(), True),
+    ]
+)
+
+
+def new_run_id() -> str:
+    """A sortable unique id such as ``preprocess-20261121T101500Z-3fa2c1``."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"preprocess-{stamp}-{secrets.token_hex(3)}"
+
+
+def _arrow_schema(schema: StructType) -> pa.Schema:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(schema)
+
+
+def process_row(row: dict[str, Any], recipe: Any, run_id: str) -> dict[str, Any]:
+    """Run ``recipe`` on one ``images`` row (a dict) and return one row of the work schema.
+
+    Never raises: a failure becomes a row with ``ok = False`` and the step, class and message.
+    """
+    import numpy as np
+
+    from medimg_spark.io.pixels import encode, to_array
+    from medimg_spark.ops import RecipeStepError, apply_recipe
+    from medimg_spark.quality import quality_metrics
+
+    out: dict[str, Any] = {k: row.get(k) for k in ("image_id", "modality", "label", "split", *_PASS_THROUGH)}
+    out.update(recipe_name=recipe.name, recipe_hash=recipe.hash, preprocess_run_id=run_id)
+    prefix = f"recipe {recipe.name} recipe_hash={recipe.hash}"
+    step = "-1:input"
+    try:
+        image = to_array(row)
+        before = quality_metrics(image)
+        result, mask = apply_recipe(recipe, image, row)
+        step = "quality"
+        after = quality_metrics(result)
+        step = "encode"
+        pixels, rows, cols, channels, dtype = encode(result)
+        if mask is not None and mask.shape != result.shape[:2]:
+            raise ValueError(f"mask shape {mask.shape} does not match image shape {result.shape[:2]}")
+    except RecipeStepError as exc:
+        cause = exc.cause
+        out.update(
+            ok=False,
+            step=exc.step,
+            error_class=type(cause).__name__,
+            error_message=f"{prefix}: step {exc.step}: {cause}",
+        )
+        return out
+    except Exception as exc:
+        out.update(
+            ok=False, step=step, error_class=type(exc).__name__, error_message=f"{prefix}: {step}: {exc}"
+        )
+        return out
+    out.update(
+        ok=True,
+        rows=rows,
+        cols=cols,
+        channels=channels,
+        dtype=dtype,
+        pixels=pixels,
+        mask=None if mask is None else np.ascontiguousarray(mask, dtype=np.uint8).tobytes(),
+        quality_before=before,
+        quality_after=after,
+    )
+    return out
+
+
+def _process_partition(
+    batches: Iterator[pa.RecordBatch], recipe_json: str, run_id: str
+) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` body: the recipe is parsed once per partition, OpenCV objects are cached per worker."""
+    import cv2
+    import pyarrow as pa
+
+    from medimg_spark.ops import Recipe
+
+    cv2.setNumThreads(1)  # one task per core; OpenCV's own threads would oversubscribe
+    recipe = Recipe.model_validate_json(recipe_json)
+    schema = _arrow_schema(_WORK_SCHEMA)
+    for batch in batches:
+        rows = [process_row(r, recipe, run_id) for r in batch.to_pylist()]
+        columns = [
+            pa.array([r.get(name) for r in rows], type=schema.field(name).type) for name in schema.names
+        ]
+        yield pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _exists(spark: SparkSession, path: str) -> bool:
+    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    jpath = jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
+    fs = jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    return bool(fs.exists(jpath))
+
+
+def _uri(out_dir: str) -> str:
+    return out_dir if "://" in out_dir or out_dir.startswith("file:") else str(Path(out_dir).resolve())
+
+
+def preprocess(
+    spark: SparkSession, out_dir: str, recipe_path: str, where: str | None = None
+) -> dict[str, Any]:
+    """Apply a recipe to ``out_dir/images`` and append ``out_dir/processed`` and ``out_dir/quarantine``.
+
+    Args:
+        spark: the session.
+        out_dir: the output directory written by ingest (local path or URI).
+        recipe_path: a recipe YAML path or the name of a shipped recipe; validated before any Spark work.
+        where: optional Spark SQL filter on ``images`` columns, e.g. ``"modality = 'CT'"``.
+
+    Returns:
+        Run summary: run id, recipe name and hash, frames selected, skipped (already done), processed,
+        quarantined (total and by error class), seconds.
+
+    Raises:
+        RecipeFileError: the recipe is invalid (a ConfigError).
+        ConfigError: ``out_dir/images`` does not exist.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from medimg_spark.errors import ConfigError
+    from medimg_spark.ops import load_recipe
+
+    recipe = load_recipe(recipe_path)
+    started = time.perf_counter()
+    run_id = new_run_id()
+    out = _uri(out_dir)
+    if not _exists(spark, f"{out}/images"):
+        raise ConfigError(f"no images table at {out}/images; run ingest into {out_dir} first")
+    images = spark.read.schema(IMAGES_SCHEMA).parquet(f"{out}/images")
+    if where:
+        images = images.where(where)
+    images = images.select(*_INPUT_COLUMNS)
+
+    done_parts = []
+    if _exists(spark, f"{out}/processed"):
+        prev = spark.read.schema(PROCESSED_SCHEMA).parquet(f"{out}/processed")
+        done_parts.append(prev.where(F.col("recipe_hash") == recipe.hash).select("image_id"))
+    if _exists(spark, f"{out}/quarantine"):
+        q = spark.read.schema(QUARANTINE_SCHEMA).parquet(f"{out}/quarantine")
+        failed = q.where(
+            (F.col("stage") == "preprocess") & F.col("error_message").contains(f"recipe_hash={recipe.hash}")
+        ).select("source_path", "frame_index")
+        done_parts.append(images.join(failed, ["source_path", "frame_index"], "left_semi").select("image_id"))
+    selected = images.count()
+    todo = images
+    for part in done_parts:
+        todo = todo.join(part.distinct(), "image_id", "left_anti")
+
+    conf_key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    old_batch = spark.conf.get(conf_key, "10000") or "10000"
+    if int(old_batch) > 256:
+        spark.conf.set(conf_key, "64")
+    recipe_json = recipe.model_dump_json()
+    try:
+        work = todo.mapInArrow(lambda it: _process_partition(it, recipe_json, run_id), _WORK_SCHEMA).persist(
+            StorageLevel.DISK_ONLY
+        )
+        now = F.current_timestamp()
+        processed = work.where(F.col("ok")).select(
+            *[
+                (now if f.name == "processed_at" else F.col(f.name)).cast(f.dataType).alias(f.name)
+                for f in PROCESSED_SCHEMA
+            ]
+        )
+        defaults = {
+            "size_bytes": F.lit(None),
+            "stage": F.lit("preprocess"),
+            "ingest_run_id": F.col("preprocess_run_id"),
+            "quarantined_at": now,
+        }
+        quarantine = work.where(~F.col("ok")).select(
+            *[defaults.get(f.name, F.col(f.name)).cast(f.dataType).alias(f.name) for f in QUARANTINE_SCHEMA]
+        )
+        processed.write.mode("append").parquet(f"{out}/processed")
+        quarantine.write.mode("append").parquet(f"{out}/quarantine")
+        counts = work.groupBy("ok", "error_class").count().collect()
+        work.unpersist()
+    finally:
+        spark.conf.set(conf_key, old_batch)
+    n_ok = sum(int(r["count"]) for r in counts if r["ok"])
+    by_class = {str(r["error_class"]): int(r["count"]) for r in counts if not r["ok"]}
+    return {
+        "run_id": run_id,
+        "recipe_name": recipe.name,
+        "recipe_hash": recipe.hash,
+        "frames_selected": selected,
+        "frames_skipped": selected - n_ok - sum(by_class.values()),
+        "frames_processed": n_ok,
+        "frames_quarantined": sum(by_class.values()),
+        "quarantined_by_error_class": dict(sorted(by_class.items())),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def quality_report(spark: SparkSession, out_dir: str) -> dict[str, Any]:
+    """Aggregate quality before/after per recipe (name and hash), modality and metric.
+
+    For each metric: ``count`` (frames where both values are defined), ``before``/``after``
+    ``{p10, median, p90}`` (``percentile_approx``), ``delta_median`` (median of after - before) and
+    ``improved_share``: the share of frames where the metric moved in its better direction
+    (:data:`~medimg_spark.quality.METRIC_DIRECTION`; null for metrics without one: mean, std).
+    NaN values (undefined metrics) are left out. Written to ``out_dir/metrics/quality.json``.
+
+    Returns:
+        ``{"groups": [{"recipe_name", "recipe_hash", "modality", "frames", "metrics": {name: {...}}}]}``.
+    """
+    from pyspark.sql import functions as F
+
+    from medimg_spark.errors import ConfigError
+
+    out = _uri(out_dir)
+    if not _exists(spark, f"{out}/processed"):
+        raise ConfigError(f"no processed table at {out}/processed; run preprocess first")
+    df = spark.read.schema(PROCESSED_SCHEMA).parquet(f"{out}/processed")
+
+    def clean(col: Any) -> Any:
+        return F.when(F.isnan(col), None).otherwise(col)
+
+    aggs = [F.count(F.lit(1)).alias("frames")]
+    for k in QUALITY_KEYS:
+        b = clean(F.col(f"quality_before.{k}"))
+        a = clean(F.col(f"quality_after.{k}"))
+        both = b.isNotNull() & a.isNotNull()
+        aggs.append(F.count(F.when(both, 1)).alias(f"{k}__count"))
+        aggs.append(F.percentile_approx(b, [0.1, 0.5, 0.9], 10000).alias(f"{k}__before"))
+        aggs.append(F.percentile_approx(a, [0.1, 0.5, 0.9], 10000).alias(f"{k}__after"))
+        aggs.append(F.percentile_approx(F.when(both, a - b), 0.5, 10000).alias(f"{k}__delta"))
+        direction = METRIC_DIRECTION[k]
+        if direction:
+            better = (a > b) if direction > 0 else (a < b)
+            aggs.append(F.avg(F.when(both, better.cast("double"))).alias(f"{k}__improved"))
+    rows = df.groupBy("recipe_name", "recipe_hash", "modality").agg(*aggs).collect()
+
+    def num(v: Any) -> float | None:
+        return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
+
+    def pct(v: Any) -> dict[str, float | None]:
+        vals = list(v) if v is not None else [None, None, None]
+        return {"p10": num(vals[0]), "median": num(vals[1]), "p90": num(vals[2])}
+
+    groups = []
+    for r in sorted(rows, key=lambda r: (r["recipe_name"], r["recipe_hash"], r["modality"])):
+        metrics = {}
+        for k in QUALITY_KEYS:
+            metrics[k] = {
+                "count": int(r[f"{k}__count"]),
+                "direction": {1: "higher", -1: "lower", 0: None}[METRIC_DIRECTION[k]],
+                "before": pct(r[f"{k}__before"]),
+                "after": pct(r[f"{k}__after"]),
+                "delta_median": num(r[f"{k}__delta"]),
+                "improved_share": num(r[f"{k}__improved"]) if METRIC_DIRECTION[k] else None,
+            }
+        groups.append(
+            {
+                "recipe_name": r["recipe_name"],
+                "recipe_hash": r["recipe_hash"],
+                "modality": r["modality"],
+                "frames": int(r["frames"]),
+                "metrics": metrics,
+            }
+        )
+    report = {"generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "groups": groups}
+    local = (
+        Path(out.removeprefix("file://").removeprefix("file:"))
+        if "://" not in out or out.startswith("file:")
+        else None
+    )
+    if local is not None:
+        (local / "metrics").mkdir(parents=True, exist_ok=True)
+        (local / "metrics" / "quality.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    else:
+        spark.sparkContext.parallelize([json.dumps(report)], 1).saveAsTextFile(f"{out}/metrics/quality.json")
+    return report
+
+
+def format_quality_table(report: dict[str, Any]) -> str:
+    """Render :func:`quality_report` output as a fixed-width text table (one block per group)."""
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.4g}"
+
+    header = f"{'metric':<14}{'better':>7}{'n':>6}{'before p50':>12}{'after p50':>12}{'after p10':>11}{'after p90':>11}{'Δ p50':>11}{'improved':>10}"
+    lines: list[str] = []
+    for g in report.get("groups", []):
+        lines.append(
+            f"{g['recipe_name']} [{g['recipe_hash'][:12]}]  modality={g['modality']}  frames={g['frames']}"
+        )
+        lines.append(header)
+        lines.append("-" * len(header))
+        for k, m in g["metrics"].items():
+            share = m["improved_share"]
+            lines.append(
+                f"{k:<14}{m['direction'] or '':>7}{m['count']:>6}{f(m['before']['median']):>12}"
+                f"{f(m['after']['median']):>12}{f(m['after']['p10']):>11}{f(m['after']['p90']):>11}"
+                f"{f(m['delta_median']):>11}{'-' if share is None else f'{share:.0%}':>10}"
+            )
+        lines.append("")
+    return "\n".join(lines) if lines else "no processed frames"
