@@ -20,7 +20,10 @@ OPTION_CODES: dict[str, tuple[str, str]] = {
     "clean_graphics": ("113103", "Clean Graphics Option"),
     "clean_structured_content": ("113104", "Clean Structured Content Option"),
     "clean_descriptors": ("113105", "Clean Descriptors Option"),
-    "retain_longitudinal_full_dates": ("113106", "Retain Longitudinal Temporal Information Full Dates Option"),
+    "retain_longitudinal_full_dates": (
+        "113106",
+        "Retain Longitudinal Temporal Information Full Dates Option",
+    ),
     "retain_longitudinal_modified_dates": (
         "113107",
         "Retain Longitudinal Temporal Information Modified Dates Option",

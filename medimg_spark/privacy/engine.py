@@ -9,9 +9,13 @@ shipped to Spark executors.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
+import logging
 import re
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -96,6 +100,20 @@ SAFE_PRIVATE: dict[tuple[str, int], frozenset[str]] = {
     ("GEMS_PARM_01", 0x39): frozenset({"IS", "SL"}),  # slop_int_6..9 (b-value)
     ("Philips Imaging DD 001", 0x03): frozenset({"FL"}),  # Diffusion B-Factor
 }
+
+
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Silence pydicom's warnings and log records, which may quote identifying values."""
+    logger = logging.getLogger("pydicom")
+    was_disabled = logger.disabled
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = was_disabled
 
 
 class AuditEntry(NamedTuple):
@@ -290,6 +308,10 @@ class Deidentifier:
             BurnedInAnnotationError: The pixels may carry text, no pixel rule matches and
                 ``allow_burned_in`` is off.
         """
+        with quiet_pydicom():
+            return self._deidentify(ds)
+
+    def _deidentify(self, ds: Dataset) -> DeidResult:
         identity = self.patient_identity(ds)
         run = _Run(
             source=ds,

@@ -140,7 +140,9 @@ class Pseudonymizer:
 
     def __init__(self, key: bytes, *, max_date_shift_days: int = 3650) -> None:
         if len(key) < MIN_KEY_BYTES:
-            raise DeidKeyError(f"the de-identification key is {len(key)} bytes; at least {MIN_KEY_BYTES} needed")
+            raise DeidKeyError(
+                f"the de-identification key is {len(key)} bytes; at least {MIN_KEY_BYTES} needed"
+            )
         self._key = bytes(key)
         self.max_date_shift_days = max_date_shift_days
 

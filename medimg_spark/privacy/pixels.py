@@ -106,7 +106,9 @@ def _parse_rules(data: Any, source: str) -> tuple[PixelRule, ...]:
             conditions.append((key, value if kind is int else str(value)))
         regions_raw = raw.get("regions")
         if not isinstance(regions_raw, list):
-            raise DeidConfigError(f"{where}: 'regions' must be a list of [x, y, width, height] (may be empty)")
+            raise DeidConfigError(
+                f"{where}: 'regions' must be a list of [x, y, width, height] (may be empty)"
+            )
         regions: list[Region] = []
         for r in regions_raw:
             if (
@@ -116,7 +118,9 @@ def _parse_rules(data: Any, source: str) -> tuple[PixelRule, ...]:
                 or r[2] == 0
                 or r[3] == 0
             ):
-                raise DeidConfigError(f"{where}: region {r!r} must be [x, y, width, height], non-negative integers")
+                raise DeidConfigError(
+                    f"{where}: region {r!r} must be [x, y, width, height], non-negative integers"
+                )
             regions.append((r[0], r[1], r[2], r[3]))
         rules.append(PixelRule(str(raw.get("name", f"rule {i + 1}")), tuple(conditions), tuple(regions)))
     return tuple(rules)
@@ -130,7 +134,9 @@ def load_pixel_rules(path: str | None = None) -> tuple[PixelRule, ...]:
         DeidConfigError: When the file is missing or malformed.
     """
     if path is None:
-        text = resources.files("medimg_spark.privacy").joinpath("data").joinpath("pixel_rules.yaml").read_text()
+        text = (
+            resources.files("medimg_spark.privacy").joinpath("data").joinpath("pixel_rules.yaml").read_text()
+        )
         source = "<packaged pixel_rules.yaml>"
     else:
         try:
@@ -191,7 +197,9 @@ def ocr_text_regions(image: np.ndarray, *, min_confidence: float = 30.0, pad: in
             env={**os.environ, "OMP_THREAD_LIMIT": "1"},
         )
     if proc.returncode != 0:
-        raise OcrUnavailableError(f"tesseract failed with exit code {proc.returncode}; check its installation")
+        raise OcrUnavailableError(
+            f"tesseract failed with exit code {proc.returncode}; check its installation"
+        )
     h, w = gray.shape
     for line in proc.stdout.splitlines()[1:]:
         parts = line.split("\t")
@@ -245,7 +253,12 @@ def clean_pixel_data(ds: Dataset, regions: tuple[Region, ...], *, ocr: bool) -> 
     photometric = str(ds.PhotometricInterpretation)
     if samples == 3 and photometric.startswith("YBR"):
         photometric = "RGB"
-    ds.set_pixel_data(arr, photometric_interpretation=photometric, bits_stored=int(ds.BitsStored))
+    ds.set_pixel_data(
+        arr,
+        photometric_interpretation=photometric,
+        bits_stored=int(ds.BitsStored),
+        generate_instance_uid=False,
+    )
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return applied
 
@@ -265,6 +278,8 @@ def blank_overlay_regions(ds: Dataset, regions: list[Region]) -> None:
         n_planes = max(1, bits.size // (rows * cols))
         planes = bits[: n_planes * rows * cols].reshape(n_planes, rows, cols).copy()
         shifted = [(x - ox, y - oy, w, h) for x, y, w, h in regions]
-        blank_regions(planes, [(max(0, x), max(0, y), w + min(0, x), h + min(0, y)) for x, y, w, h in shifted])
+        blank_regions(
+            planes, [(max(0, x), max(0, y), w + min(0, x), h + min(0, y)) for x, y, w, h in shifted]
+        )
         packed = np.packbits(planes.reshape(-1), bitorder="little").tobytes()
         ds[data_tag].value = packed + (b"\x00" if len(packed) % 2 else b"")

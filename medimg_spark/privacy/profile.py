@@ -142,7 +142,9 @@ def parse_tag(text: str) -> int:
 @lru_cache(maxsize=1)
 def load_profile() -> Profile:
     """Load and index Table E.1-1 from the package data (cached per process)."""
-    raw = json.loads(resources.files(_PACKAGE).joinpath("data").joinpath(TABLE_FILE).read_text(encoding="utf-8"))
+    raw = json.loads(
+        resources.files(_PACKAGE).joinpath("data").joinpath(TABLE_FILE).read_text(encoding="utf-8")
+    )
     entries: list[ProfileEntry] = []
     by_tag: dict[int, ProfileEntry] = {}
     patterns: dict[str, ProfileEntry] = {}
