@@ -536,7 +536,8 @@ class Deidentifier:
             meta.MediaStorageSOPClassUID = sop_class
         sop_uid = out.get("SOPInstanceUID")
         if not sop_uid and src_meta is not None and src_meta.get("MediaStorageSOPInstanceUID"):
-            sop_uid = self._pseudo.uid(str(src_meta.MediaStorageSOPInstanceUID))
+            original = str(src_meta.MediaStorageSOPInstanceUID)
+            sop_uid = original if self.action_for(0x00020003) == "K" else self._pseudo.uid(original)
         if sop_uid:
             meta.MediaStorageSOPInstanceUID = sop_uid
         meta.TransferSyntaxUID = ts
@@ -545,7 +546,7 @@ class Deidentifier:
         if src_meta is not None:
             for tag_obj in sorted(src_meta.keys()):
                 tag = int(tag_obj)
-                action = {0x00020002: "K", 0x00020003: "U", 0x00020010: "K"}.get(tag, "X")
+                action = {0x00020002: "K", 0x00020003: self.action_for(tag) or "U", 0x00020010: "K"}.get(tag, "X")
                 run.actions.append(AuditEntry(f"{tag:08X}", describe_tag(tag), action, "file_meta"))
         return meta
 
