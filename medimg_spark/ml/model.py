@@ -1,0 +1,389 @@
+"""Trained classifiers as Spark Transformers, their model cards, and persistence.
+
+A saved model is a folder holding ``card.json`` plus either ``model.joblib`` (scikit-learn,
+``kind: sklearn``) or ``pipeline/`` (a saved :class:`pyspark.ml.PipelineModel`,
+``kind: mllib``). :func:`load_model` returns a :class:`SklearnClassifier` or
+:class:`MllibClassifier`; both add the same prediction columns:
+
+* ``probability`` — array<double> of class probabilities (order: ``card.classes``),
+* ``score`` — probability of the positive class (binary tasks; null otherwise),
+* ``prediction`` — the predicted class label (string), after the card's decision threshold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import joblib
+import numpy as np
+import sklearn
+from pydantic import BaseModel, ConfigDict, Field
+from pyspark.ml import Transformer
+
+from medimg_spark.ml.errors import ModelDataError, ModelLoadError
+from medimg_spark.ml.estimators import positive_scores
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.ml import PipelineModel
+    from pyspark.sql import DataFrame
+
+CARD_FILE = "card.json"
+SKLEARN_FILE = "model.joblib"
+MLLIB_DIR = "pipeline"
+PREDICTION_COLUMNS = ("probability", "score", "prediction")
+
+
+class ModelCard(BaseModel):
+    """What a saved model was trained on and how it decides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str
+    kind: str = Field(pattern="^(sklearn|mllib)$")
+    estimator: str
+    params: dict[str, Any] = {}
+    classes: list[str]
+    positive_label: str | None = None
+    threshold: float | None = None
+    threshold_rule: str | None = None
+    feature_names: list[str]
+    feature_set: str | None = None
+    train_data_sha256: str
+    n_train: int
+    n_val: int = 0
+    class_weight: str | None = None
+    metrics: dict[str, Any] = {}
+    search: list[dict[str, Any]] = []
+    augment: dict[str, Any] | None = None
+    sklearn_version: str = sklearn.__version__
+    spark_version: str | None = None
+    python_version: str = platform.python_version()
+    numpy_version: str = np.__version__
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        """Class indices from an ``(n, n_classes)`` probability matrix using the card's threshold."""
+        p = np.asarray(proba, dtype=np.float64)
+        if len(self.classes) == 2 and self.threshold is not None and self.positive_label is not None:
+            pos = self.classes.index(self.positive_label)
+            return np.where(p[:, pos] >= self.threshold, pos, 1 - pos)
+        return np.argmax(p, axis=1)
+
+
+def data_hash(ids: np.ndarray, X: np.ndarray, y: np.ndarray) -> str:
+    """SHA-256 of the training rows (sorted by image id): ids, feature bytes and labels."""
+    order = np.argsort(np.asarray(ids, dtype=str), kind="stable")
+    h = hashlib.sha256()
+    for i in order:
+        h.update(str(ids[i]).encode())
+        h.update(b"\0")
+        h.update(str(y[i]).encode())
+        h.update(b"\0")
+    h.update(np.ascontiguousarray(np.asarray(X, dtype="<f8")[order]).tobytes())
+    return h.hexdigest()
+
+
+def _features_as_matrix(values: Any, n_features: int) -> np.ndarray:
+    rows = list(values)
+    if not rows:
+        return np.zeros((0, n_features))
+    X = np.vstack([np.asarray(r, dtype=np.float64) for r in rows])
+    if X.shape[1] != n_features:
+        raise ModelDataError(
+            f"feature vectors have {X.shape[1]} values but the model expects {n_features}; "
+            "compute features with the model's feature set"
+        )
+    return X
+
+
+def _check_features(df: DataFrame, col: str) -> None:
+    if col not in df.columns:
+        raise ModelDataError(
+            f"input has no {col!r} column (columns: {df.columns}); run compute_features first"
+        )
+
+
+class _Classifier(Transformer):
+    """Shared parts of the sklearn and MLlib wrappers."""
+
+    card: ModelCard
+
+    def __init__(self, card: ModelCard, features_col: str = "features") -> None:
+        super().__init__()
+        self.card = card
+        self.features_col = features_col
+
+    @property
+    def classes(self) -> list[str]:
+        """Class labels in probability-column order."""
+        return list(self.card.classes)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities of a feature matrix on the driver."""
+        raise ModelLoadError(f"{type(self).__name__} cannot predict on the driver")
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predicted class labels (strings) of a feature matrix on the driver, after the threshold."""
+        idx = self.card.decide(self.predict_proba(X))
+        return np.asarray(self.classes, dtype=object)[idx]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model and ``card.json`` to the folder ``path`` (overwritten)."""
+        raise ModelLoadError(f"{type(self).__name__} cannot be saved")
+
+    def _write_card(self, folder: Path) -> None:
+        (folder / CARD_FILE).write_text(self.card.model_dump_json(indent=2))
+
+
+class SklearnClassifier(_Classifier):
+    """A fitted scikit-learn classifier applied on executors through a pandas UDF.
+
+    The estimator is broadcast once per SparkContext and reused by every ``transform``.
+    """
+
+    def __init__(self, estimator: Any, card: ModelCard, features_col: str = "features") -> None:
+        super().__init__(card, features_col)
+        self.estimator = estimator
+        self._broadcast: Any = None
+        self._broadcast_sc: Any = None
+        est_classes = [str(c) for c in getattr(estimator, "classes_", [])]
+        if est_classes and est_classes != self.card.classes:
+            raise ModelLoadError(
+                f"estimator classes {est_classes} differ from the card's {self.card.classes}"
+            )
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities on the driver (``predict_proba`` or a softmax of the decision function)."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self.card.feature_names):
+            raise ModelDataError(
+                f"X has shape {X.shape}, the model expects (n, {len(self.card.feature_names)}) features"
+            )
+        return positive_scores(self.estimator, X)
+
+    def broadcast(self, spark_context: Any) -> Any:
+        """The estimator's broadcast variable (created on first use for this SparkContext)."""
+        if self._broadcast is None or self._broadcast_sc is not spark_context:
+            self._broadcast = spark_context.broadcast(self.estimator)
+            self._broadcast_sc = spark_context
+        return self._broadcast
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        from pyspark.ml.functions import vector_to_array
+        from pyspark.sql import functions as F
+        from pyspark.sql.functions import pandas_udf
+        from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
+
+        _check_features(dataset, self.features_col)
+        bc = self.broadcast(dataset.sparkSession.sparkContext)
+        card_json = self.card.model_dump_json()
+        n_features = len(self.card.feature_names)
+        out_type = StructType(
+            [
+                StructField("probability", ArrayType(DoubleType()), True),
+                StructField("score", DoubleType(), True),
+                StructField("prediction", StringType(), True),
+            ]
+        )
+
+        @pandas_udf(out_type)  # type: ignore[call-overload]
+        def _predict(values: pd.Series) -> pd.DataFrame:
+            import pandas as pd
+
+            card = ModelCard.model_validate_json(card_json)
+            X = _features_as_matrix(values, n_features)
+            if X.shape[0] == 0:
+                return pd.DataFrame({"probability": [], "score": [], "prediction": []})
+            proba = positive_scores(bc.value, X)
+            idx = card.decide(proba)
+            score = (
+                proba[:, card.classes.index(card.positive_label)]
+                if len(card.classes) == 2 and card.positive_label is not None
+                else np.full(len(X), np.nan)
+            )
+            return pd.DataFrame(
+                {
+                    "probability": list(proba),
+                    "score": score,
+                    "prediction": np.asarray(card.classes, dtype=object)[idx],
+                }
+            )
+
+        tmp = "__pred"
+        out = dataset.withColumn(tmp, _predict(vector_to_array(F.col(self.features_col))))
+        keep = [c for c in dataset.columns if c not in PREDICTION_COLUMNS]
+        return out.select(*keep, *(F.col(f"{tmp}.{c}").alias(c) for c in PREDICTION_COLUMNS))
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``model.joblib`` and ``card.json`` into the folder ``path``."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self.estimator, folder / SKLEARN_FILE)
+        self._write_card(folder)
+        return folder
+
+
+class MllibClassifier(_Classifier):
+    """A fitted MLlib :class:`~pyspark.ml.PipelineModel` (StringIndexer → scaler → classifier)."""
+
+    def __init__(self, pipeline: PipelineModel, card: ModelCard, features_col: str = "features") -> None:
+        super().__init__(card, features_col)
+        self.pipeline = pipeline
+
+    @property
+    def classifier(self) -> Any:
+        """The fitted MLlib classification model (last pipeline stage)."""
+        return self.pipeline.stages[-1]
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities on the driver, one vector at a time through the JVM model (slow; for checks)."""
+        from pyspark.ml.linalg import Vectors
+
+        X = np.asarray(X, dtype=np.float64)
+        scaler = self.pipeline.stages[1]
+        clf = self.classifier
+        out = []
+        for row in X:
+            v = Vectors.dense(row)
+            scaled = _apply_scaler(scaler, v)
+            out.append(_mllib_row_proba(clf, scaled, len(self.classes)))
+        return np.vstack(out) if out else np.zeros((0, len(self.classes)))
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        from pyspark.ml.functions import vector_to_array
+        from pyspark.sql import functions as F
+        from pyspark.sql.functions import pandas_udf
+        from pyspark.sql.types import StringType
+
+        _check_features(dataset, self.features_col)
+        classes = self.classes
+        label_in = mllib_label_input(dataset, classes)
+        res = self.pipeline.transform(label_in)
+        clf = self.classifier
+        if clf.hasParam("probabilityCol") and _is_probabilistic(clf):
+            proba = vector_to_array(F.col(clf.getProbabilityCol()))
+        else:
+            raw = vector_to_array(F.col(clf.getRawPredictionCol()))
+            proba = F.transform(raw, lambda r: F.lit(1.0) / (F.lit(1.0) + F.exp(-r)))
+            proba = F.array(F.lit(1.0) - F.element_at(proba, 2), F.element_at(proba, 2))
+        res = res.withColumn("__proba", proba)
+        card_json = self.card.model_dump_json()
+
+        @pandas_udf(StringType())  # type: ignore[call-overload]
+        def _decide(p: pd.Series) -> pd.Series:
+            import pandas as pd
+
+            card = ModelCard.model_validate_json(card_json)
+            if len(p) == 0:
+                return pd.Series([], dtype=object)
+            idx = card.decide(np.vstack([np.asarray(v, dtype=np.float64) for v in p]))
+            return pd.Series(np.asarray(card.classes, dtype=object)[idx])
+
+        positive = self.card.positive_label
+        binary = len(classes) == 2 and positive is not None
+        pos = classes.index(positive) + 1 if binary and positive is not None else 0
+        keep = [c for c in dataset.columns if c not in PREDICTION_COLUMNS]
+        return res.select(
+            *keep,
+            F.col("__proba").alias("probability"),
+            (F.element_at("__proba", pos) if binary else F.lit(None).cast("double")).alias("score"),
+            _decide(F.col("__proba")).alias("prediction"),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``pipeline/`` (MLlib persistence) and ``card.json`` into the folder ``path``."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.pipeline.write().overwrite().save(str(folder / MLLIB_DIR))
+        self._write_card(folder)
+        return folder
+
+
+LABEL_INPUT = "__label_in"
+
+
+def mllib_label_input(df: DataFrame, classes: list[str], label_col: str = "label") -> DataFrame:
+    """Add the StringIndexer input column: the label when it is a known class, else ``classes[0]``.
+
+    The indexed label only matters for training, so unlabelled rows can still be predicted.
+    """
+    from pyspark.sql import functions as F
+
+    if label_col in df.columns:
+        lab = F.col(label_col).cast("string")
+        return df.withColumn(LABEL_INPUT, F.when(lab.isin(classes), lab).otherwise(F.lit(classes[0])))
+    return df.withColumn(LABEL_INPUT, F.lit(classes[0]))
+
+
+def _is_probabilistic(clf: Any) -> bool:
+    from pyspark.ml.classification import LinearSVCModel
+
+    return not isinstance(clf, LinearSVCModel)
+
+
+def _apply_scaler(scaler: Any, v: Any) -> Any:
+    from pyspark.ml.feature import MinMaxScalerModel, StandardScalerModel
+    from pyspark.ml.linalg import Vectors
+
+    x = v.toArray()
+    if isinstance(scaler, StandardScalerModel):
+        mean = scaler.mean.toArray() if scaler.getWithMean() else 0.0
+        std = scaler.std.toArray()
+        inv = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0) if scaler.getWithStd() else 1.0
+        return Vectors.dense((x - mean) * inv)
+    if isinstance(scaler, MinMaxScalerModel):
+        lo, hi = scaler.originalMin.toArray(), scaler.originalMax.toArray()
+        rng = hi - lo
+        lo_t, hi_t = scaler.getMin(), scaler.getMax()
+        scaled = np.where(rng > 0, (x - lo) / np.where(rng > 0, rng, 1.0), 0.5)
+        return Vectors.dense(scaled * (hi_t - lo_t) + lo_t)
+    return v
+
+
+def _mllib_row_proba(clf: Any, v: Any, n_classes: int) -> np.ndarray:
+    if _is_probabilistic(clf):
+        return np.asarray(clf.predictProbability(v).toArray(), dtype=np.float64)
+    raw = np.asarray(clf.predictRaw(v).toArray(), dtype=np.float64)
+    p1 = 1.0 / (1.0 + np.exp(-raw[1]))
+    return np.array([1.0 - p1, p1])
+
+
+def load_model(path: str | Path, features_col: str = "features") -> SklearnClassifier | MllibClassifier:
+    """Load a model folder written by :func:`medimg_spark.ml.train` or ``.save``.
+
+    Raises:
+        ModelLoadError: the folder, card or model file is missing or unreadable.
+    """
+    folder = Path(path)
+    card_path = folder / CARD_FILE
+    if not card_path.exists():
+        raise ModelLoadError(f"{folder} has no {CARD_FILE}; pass the folder written by train()")
+    try:
+        card = ModelCard.model_validate(json.loads(card_path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise ModelLoadError(f"{card_path} is not a valid model card: {exc}") from exc
+    if card.kind == "sklearn":
+        f = folder / SKLEARN_FILE
+        if not f.exists():
+            raise ModelLoadError(f"{folder} lacks {SKLEARN_FILE}; retrain or copy the whole model folder")
+        if card.sklearn_version != sklearn.__version__:
+            import warnings
+
+            warnings.warn(
+                f"model {card.model_name} was saved with scikit-learn {card.sklearn_version}, "
+                f"running {sklearn.__version__}; predictions may differ",
+                stacklevel=2,
+            )
+        return SklearnClassifier(joblib.load(f), card, features_col)
+    from pyspark.ml import PipelineModel
+
+    d = folder / MLLIB_DIR
+    if not d.exists():
+        raise ModelLoadError(f"{folder} lacks {MLLIB_DIR}/; retrain or copy the whole model folder")
+    return MllibClassifier(PipelineModel.load(str(d)), card, features_col)

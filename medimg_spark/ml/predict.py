@@ -1,0 +1,91 @@
+"""Apply a saved model to ``out_dir/features`` and write ``out_dir/predictions/``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medimg_spark.ml.errors import ModelDataError
+from medimg_spark.ml.model import MllibClassifier, SklearnClassifier, load_model
+from medimg_spark.ml.train import read_features
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+PREDICTIONS_DIR = "predictions"
+
+
+def predictions_frame(
+    spark: SparkSession,
+    out_dir: str | Path,
+    model: SklearnClassifier | MllibClassifier,
+    split: str | None = None,
+    features_dir: str = "features",
+) -> DataFrame:
+    """Predictions (image_id, label, split, prediction, probability, score, model) as a lazy DataFrame.
+
+    Raises:
+        ModelDataError: the features table is missing or its width differs from the model's.
+    """
+    from pyspark.sql import functions as F
+
+    df = read_features(spark, out_dir, features_dir)
+    if split is not None:
+        df = df.where(F.col("split") == split)
+    first = df.select("features").first()
+    n_expected = len(model.card.feature_names)
+    if first is not None and len(first[0]) != n_expected:
+        raise ModelDataError(
+            f"features in {Path(out_dir) / features_dir} have {len(first[0])} values, model "
+            f"{model.card.model_name} expects {n_expected}; recompute features with feature set "
+            f"{model.card.feature_set!r}"
+        )
+    cols = ["image_id", "label", "split", "features"]
+    out = model.transform(
+        df.select(*[c if c in df.columns else F.lit(None).cast("string").alias(c) for c in cols])
+    )
+    return out.select(
+        "image_id",
+        F.col("label").cast("string").alias("label"),
+        "split",
+        "prediction",
+        "probability",
+        "score",
+        F.lit(model.card.model_name).alias("model"),
+    )
+
+
+def predict(
+    spark: SparkSession,
+    out_dir: str | Path,
+    model_path: str | Path,
+    split: str | None = None,
+) -> dict[str, Any]:
+    """Predict every row (or one ``split``) of ``out_dir/features`` with the model saved at ``model_path``.
+
+    Writes ``out_dir/predictions/model=<name>/`` (one sub-folder per model, overwritten), with columns
+    image_id, label, split, prediction, probability (array, class order of the card), score
+    (positive-class probability for binary tasks) and model.
+
+    Returns:
+        Summary: path, model, n_rows, counts per predicted class, seconds, images_per_second.
+    """
+    t0 = time.time()
+    model = load_model(model_path)
+    pred = predictions_frame(spark, out_dir, model, split)
+    dest = Path(out_dir) / PREDICTIONS_DIR / f"model={model.card.model_name}"
+    pred.write.mode("overwrite").parquet(str(dest))
+    written = spark.read.parquet(str(dest))
+    counts = {r["prediction"]: int(r["count"]) for r in written.groupBy("prediction").count().collect()}
+    n = sum(counts.values())
+    secs = time.time() - t0
+    return {
+        "path": str(dest),
+        "model": model.card.model_name,
+        "split": split,
+        "n_rows": n,
+        "counts": counts,
+        "seconds": round(secs, 3),
+        "images_per_second": round(n / secs, 1) if secs > 0 else None,
+    }
