@@ -203,6 +203,16 @@ def _exists(spark: SparkSession, path: str) -> bool:
     return bool(fs.exists(jpath))
 
 
+def _delete(spark: SparkSession, path: str) -> None:
+    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    jpath = jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
+    fs = jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    fs.delete(jpath, True)
+    parent = jpath.getParent()
+    if fs.exists(parent) and len(fs.listStatus(parent)) == 0:
+        fs.delete(parent, True)
+
+
 def _uri(out_dir: str) -> str:
     return out_dir if "://" in out_dir or out_dir.startswith("file:") else str(Path(out_dir).resolve())
 
@@ -226,7 +236,6 @@ def preprocess(
         RecipeFileError: the recipe is invalid (a ConfigError).
         ConfigError: ``out_dir/images`` does not exist.
     """
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from medimg_spark.errors import ConfigError
@@ -263,10 +272,17 @@ def preprocess(
     if int(old_batch) > 256:
         spark.conf.set(conf_key, "64")
     recipe_json = recipe.model_dump_json()
+    # The results go to a staging table first: computing them exactly once matters because appending
+    # to ``processed`` refreshes every cached plan that reads it (a persisted DataFrame would be redone).
+    staging = f"{out}/_staging/{run_id}"
     try:
-        work = todo.mapInArrow(lambda it: _process_partition(it, recipe_json, run_id), _WORK_SCHEMA).persist(
-            StorageLevel.DISK_ONLY
+        todo.mapInArrow(lambda it: _process_partition(it, recipe_json, run_id), _WORK_SCHEMA).write.parquet(
+            staging
         )
+    finally:
+        spark.conf.set(conf_key, old_batch)
+    try:
+        work = spark.read.schema(_WORK_SCHEMA).parquet(staging)
         now = F.current_timestamp()
         processed = work.where(F.col("ok")).select(
             *[
@@ -283,12 +299,11 @@ def preprocess(
         quarantine = work.where(~F.col("ok")).select(
             *[defaults.get(f.name, F.col(f.name)).cast(f.dataType).alias(f.name) for f in QUARANTINE_SCHEMA]
         )
+        counts = work.groupBy("ok", "error_class").count().collect()
         processed.write.mode("append").parquet(f"{out}/processed")
         quarantine.write.mode("append").parquet(f"{out}/quarantine")
-        counts = work.groupBy("ok", "error_class").count().collect()
-        work.unpersist()
     finally:
-        spark.conf.set(conf_key, old_batch)
+        _delete(spark, staging)
     n_ok = sum(int(r["count"]) for r in counts if r["ok"])
     by_class = {str(r["error_class"]): int(r["count"]) for r in counts if not r["ok"]}
     return {
