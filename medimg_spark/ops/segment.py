@@ -12,7 +12,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from medimg_spark.ops._common import Array, check_image, gray, luma, to_uint, to_unit
+from medimg_spark.ops._common import Array, check_image, finite_min_max, gray, luma, to_uint, to_unit
 
 Select = Literal["bright", "dark"]
 
@@ -57,11 +57,15 @@ def adaptive_threshold(
 ) -> Array:
     """Local threshold, :func:`cv2.adaptiveThreshold`: ``x > local_mean(block_size) - offset``.
 
-    ``offset`` is on the 0..255 scale (non-uint8 input is min-max scaled to uint8 first).
+    ``offset`` is on the 0..255 scale (non-uint8 input is min-max scaled to uint8 first). A frame
+    without contrast (constant or all non-finite) gives an all-zero mask.
     """
     arr = check_image(image)
     if block_size < 3 or block_size % 2 == 0:
         raise ValueError(f"block_size must be an odd integer >= 3, got {block_size}")
+    lo, hi = finite_min_max(luma(arr))
+    if hi <= lo:
+        return np.zeros(arr.shape[:2], dtype=np.uint8)
     u8, _, _ = to_uint(gray(arr), 8)
     kind = cv2.ADAPTIVE_THRESH_MEAN_C if method == "mean" else cv2.ADAPTIVE_THRESH_GAUSSIAN_C
     mode = cv2.THRESH_BINARY_INV if invert else cv2.THRESH_BINARY
