@@ -740,6 +740,8 @@ def _describe(err: Mapping[str, Any], data: Any) -> str:
     msg = str(err.get("msg", "")).removeprefix("Value error, ")
     if not loc or loc[0] != "steps" or len(loc) < 2 or not isinstance(loc[1], int):
         where = ".".join(str(p) for p in loc) or "recipe"
+        if typ == "extra_forbidden":
+            return f"{where}: unknown field; a recipe has name, description and steps"
         return f"{where}: {msg}"
     index = loc[1]
     raw = data.get("steps", [])[index] if isinstance(data, Mapping) else None
@@ -763,6 +765,8 @@ def _describe(err: Mapping[str, Any], data: Any) -> str:
         )
     if typ == "missing":
         return f"{head}, parameter '{param}': required parameter is missing"
+    if typ == "value_error":
+        return f"{head}, parameter '{param}': {msg}"
     return f"{head}, parameter '{param}': {msg} (got {err.get('input')!r})"
 
 
