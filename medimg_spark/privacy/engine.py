@@ -24,11 +24,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medimg_spark.privacy.allowlist import ALLOWED_TAGS, OVERLAY_STRUCTURE_ELEMENTS
 from medimg_spark.privacy.config import OPTION_CODES, DeidConfig, describe_tag
@@ -45,6 +41,8 @@ from medimg_spark.privacy.profile import ATTRIBUTE_TYPES, ProfileEntry, load_pro
 from medimg_spark.privacy.text import clean_text, identifier_variants
 
 IMPLEMENTATION_VERSION_NAME = "MEDIMG_DEID_1"
+#: Implementation Class UID of files written by medimg-spark's de-identifier (a fixed UUID-derived UID).
+IMPLEMENTATION_CLASS_UID = "2.25.141265451308782125562194445006263361925"
 DEID_METHOD = "DICOM PS3.15 E.1-1 Basic Profile; medimg-spark"
 
 TAG_PATIENT_NAME = 0x00100010
@@ -541,7 +539,7 @@ class Deidentifier:
         if sop_uid:
             meta.MediaStorageSOPInstanceUID = sop_uid
         meta.TransferSyntaxUID = ts
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
         if src_meta is not None:
             for tag_obj in sorted(src_meta.keys()):
