@@ -18,7 +18,9 @@ from medimg_spark.privacy.profile import ProfileEntry, parse_tag
 
 KEY = bytes(range(32))
 SHARED_TABLE = Path("/work/shared/data/dicom/confidentiality_profile_attributes.json")
-PACKAGE_TABLE = Path(__file__).resolve().parents[1] / "medimg_spark/privacy/data/confidentiality_profile_attributes.json"
+PACKAGE_TABLE = (
+    Path(__file__).resolve().parents[1] / "medimg_spark/privacy/data/confidentiality_profile_attributes.json"
+)
 
 #: Independent statement (for the tests) of the IOD types that resolve compound codes away from X.
 TYPE_1_OR_2 = {
@@ -258,7 +260,14 @@ def test_allowlist_is_disjoint_from_the_table() -> None:
 
     clash = [k for k in ALLOWED_KEYWORDS if profile.lookup(tag_for_keyword(k)) is not None]  # type: ignore[arg-type]
     assert clash == []
-    assert {"PixelData", "Rows", "Columns", "PixelSpacing", "ImagePositionPatient", "Modality"} <= ALLOWED_KEYWORDS
+    assert {
+        "PixelData",
+        "Rows",
+        "Columns",
+        "PixelSpacing",
+        "ImagePositionPatient",
+        "Modality",
+    } <= ALLOWED_KEYWORDS
 
 
 def test_unknown_public_and_private_attributes_are_removed_unless_kept(basic: Deidentifier) -> None:
@@ -390,7 +399,11 @@ def test_deidentification_record_and_audit_carry_no_values(basic: Deidentifier) 
     assert out.LongitudinalTemporalInformationModified == "REMOVED"
     assert [i.CodeValue for i in out.DeidentificationMethodCodeSequence] == ["113100"]
     opts = Deidentifier(DeidConfig(clean_descriptors=True, retain_uids=True), KEY).deidentify(ds).dataset
-    assert sorted(i.CodeValue for i in opts.DeidentificationMethodCodeSequence) == ["113100", "113105", "113110"]
+    assert sorted(i.CodeValue for i in opts.DeidentificationMethodCodeSequence) == [
+        "113100",
+        "113105",
+        "113110",
+    ]
     blob = repr(r.actions)
     assert "SPRINGFIELD" not in blob and "DOE" not in blob and "MRN-12345" not in blob
 

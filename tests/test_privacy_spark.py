@@ -47,7 +47,25 @@ KEY = bytes.fromhex("5f" * 32)
 OTHER_KEY = bytes.fromhex("a0" * 32)
 REPO = Path(__file__).resolve().parents[1]
 GENERIC = {"NONE", "UNKNOWN", "DEFAULT", "YES", "NO", "PATIENT"}
-TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+TEXT_VRS = {
+    "AE",
+    "AS",
+    "CS",
+    "DA",
+    "DS",
+    "DT",
+    "IS",
+    "LO",
+    "LT",
+    "PN",
+    "SH",
+    "ST",
+    "TM",
+    "UC",
+    "UI",
+    "UR",
+    "UT",
+}
 
 
 def _deid_data() -> Path:
@@ -229,7 +247,13 @@ def test_no_phi_in_any_output(deid_run) -> None:  # type: ignore[no-untyped-def]
 
     checked = sorted(v for v in phi if not trivial(v))
     assert len(checked) > 150  # names, IDs, dates, times, UIDs, institutions, private values
-    for must in ("SIMPSON^HOMER^J^", "00007041776", "SGH SPRINGFIELD GENERAL HOSPITAL", "20200704", "999887722"):
+    for must in (
+        "SIMPSON^HOMER^J^",
+        "00007041776",
+        "SGH SPRINGFIELD GENERAL HOSPITAL",
+        "20200704",
+        "999887722",
+    ):
         assert must in checked
 
     blobs: dict[str, bytes] = {}
@@ -272,7 +296,12 @@ def test_written_dicoms_are_valid_and_pixels_identical(deid_run) -> None:  # typ
         assert out.PatientIdentityRemoved == "YES"
         assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
         rel = target.relative_to(deid_run["out"] / "dicom").parts
-        assert rel == (out.PatientID, out.StudyInstanceUID, out.SeriesInstanceUID, out.SOPInstanceUID + ".dcm")
+        assert rel == (
+            out.PatientID,
+            out.StudyInstanceUID,
+            out.SeriesInstanceUID,
+            out.SOPInstanceUID + ".dcm",
+        )
         assert not any((int(e.tag) >> 16) % 2 for e in out.iterall())  # no private attribute left
         if "PixelData" not in src:
             continue
@@ -309,7 +338,11 @@ def test_uids_consistent_references_resolve_and_runs_agree(deid_run) -> None:  #
     assert len({o.PatientID for o in outs}) == 1 and outs[0].PatientID.startswith("P")
     assert outs[1].ReferencedImageSequence[0].ReferencedSOPInstanceUID == outs[0].SOPInstanceUID
     assert outs[2].SourceImageSequence[0].ReferencedSOPInstanceUID == outs[0].SOPInstanceUID
-    assert outs[0].FrameOfReferenceUID == outs[1].FrameOfReferenceUID != pydicom.dcmread(series_in[0]).FrameOfReferenceUID
+    assert (
+        outs[0].FrameOfReferenceUID
+        == outs[1].FrameOfReferenceUID
+        != pydicom.dcmread(series_in[0]).FrameOfReferenceUID
+    )
 
     # second run, same key: identical UIDs and paths
     outputs2 = _outputs_by_source(deid_run["out2"])
@@ -320,7 +353,9 @@ def test_uids_consistent_references_resolve_and_runs_agree(deid_run) -> None:  #
             o.SeriesInstanceUID,
             o.SOPInstanceUID,
         )
-        assert outputs2[_sha(p)].relative_to(deid_run["out2"]) == outputs[_sha(p)].relative_to(deid_run["out"])
+        assert outputs2[_sha(p)].relative_to(deid_run["out2"]) == outputs[_sha(p)].relative_to(
+            deid_run["out"]
+        )
     # different key: different UIDs and pseudonym
     other = Deidentifier(deid_run["config"], OTHER_KEY).deidentify(pydicom.dcmread(series_in[0]))
     assert other.sop_uid != outs[0].SOPInstanceUID and other.study_uid != outs[0].StudyInstanceUID
@@ -362,7 +397,7 @@ def test_vault_readable_with_key_only_and_private(deid_run) -> None:  # type: ig
     assert study["identifiers"]["StudyInstanceUID"] == "1.2.840.113696.376376.500.43158802.99999999999999"
     assert study["identifiers"]["AccessionNumber"] == "999887722"
     for f in files:
-        with pytest.raises(OSError, match="encrypt|decrypt"):
+        with pytest.raises(OSError, match=r"encrypt|decrypt"):
             pq.read_table(f)
     wrong = generate_key_file(deid_run["tmp"] / "wrong.key")
     with pytest.raises(VaultKeyError, match="cannot decrypt"):

@@ -525,14 +525,14 @@ class Deidentifier:
     def _file_meta(self, src: Dataset, out: Dataset, run: _Run) -> FileMetaDataset:
         src_meta = getattr(src, "file_meta", None)
         meta = FileMetaDataset()
-        ts = src_meta.get("TransferSyntaxUID") if src_meta is not None else None
+        ts: str | None = src_meta.get("TransferSyntaxUID") if src_meta is not None else None
         if ts is None:
             implicit = getattr(src, "original_encoding", (False, True))[0]
             ts = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
         sop_class = out.get("SOPClassUID") or (src_meta.get("MediaStorageSOPClassUID") if src_meta else None)
         if sop_class:
             meta.MediaStorageSOPClassUID = sop_class
-        sop_uid = out.get("SOPInstanceUID")
+        sop_uid = str(out.get("SOPInstanceUID", "") or "")
         if not sop_uid and src_meta is not None and src_meta.get("MediaStorageSOPInstanceUID"):
             original = str(src_meta.MediaStorageSOPInstanceUID)
             sop_uid = original if self.action_for(0x00020003) == "K" else self._pseudo.uid(original)
@@ -544,7 +544,9 @@ class Deidentifier:
         if src_meta is not None:
             for tag_obj in sorted(src_meta.keys()):
                 tag = int(tag_obj)
-                action = {0x00020002: "K", 0x00020003: self.action_for(tag) or "U", 0x00020010: "K"}.get(tag, "X")
+                action = {0x00020002: "K", 0x00020003: self.action_for(tag) or "U", 0x00020010: "K"}.get(
+                    tag, "X"
+                )
                 run.actions.append(AuditEntry(f"{tag:08X}", describe_tag(tag), action, "file_meta"))
         return meta
 
@@ -579,6 +581,7 @@ class Deidentifier:
         blank_overlay_regions(out, applied)
         out.BurnedInAnnotation = "NO"
         basis = f"pixel:{rule.name}" if rule is not None else "pixel:ocr"
+        run.actions[:] = [a for a in run.actions if a.tag_path != f"{TAG_PIXEL_DATA:08X}"]
         run.actions.append(AuditEntry(f"{TAG_PIXEL_DATA:08X}", "PixelData", "C", basis))
         return True
 
