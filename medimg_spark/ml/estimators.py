@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
@@ -165,10 +166,11 @@ def _sk_linear_svm(cw: str | None, seed: int, **p: Any) -> BaseEstimator:
     return _scaled(LinearSVC(class_weight=_cw(cw), random_state=seed, **p))
 
 
-def _sk_svc(cw: str | None, seed: int, **p: Any) -> BaseEstimator:
-    p.setdefault("probability", True)
+def _sk_svc(cw: str | None, seed: int, calibration_folds: int = 5, **p: Any) -> BaseEstimator:
+    """RBF SVC with Platt-scaled probabilities (sigmoid calibration on ``calibration_folds`` folds)."""
     p.setdefault("gamma", "scale")
-    return _scaled(SVC(class_weight=_cw(cw), random_state=seed, **p))
+    svc = SVC(class_weight=_cw(cw), random_state=seed, **p)
+    return _scaled(CalibratedClassifierCV(svc, method="sigmoid", cv=calibration_folds, ensemble=False))
 
 
 def _sk_rf(cw: str | None, seed: int, **p: Any) -> BaseEstimator:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import joblib
 import numpy as np
+import pandas as pd  # runtime import: pandas_udf reads the type hints
 import sklearn
 from pydantic import BaseModel, ConfigDict, Field
 from pyspark.ml import Transformer
@@ -29,7 +30,6 @@ from medimg_spark.ml.errors import ModelDataError, ModelLoadError
 from medimg_spark.ml.estimators import positive_scores
 
 if TYPE_CHECKING:
-    import pandas as pd
     from pyspark.ml import PipelineModel
     from pyspark.sql import DataFrame
 

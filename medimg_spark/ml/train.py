@@ -338,10 +338,10 @@ def _grid_key(est: Any, key: str) -> str:
     names = set(est.get_params(deep=True))
     if key in names:
         return key
-    for prefix in ("clf__", "model__"):
-        if prefix + key in names:
-            return prefix + key
-    return key
+    nested = sorted((n for n in names if n.endswith("__" + key)), key=len)
+    if not nested:
+        raise ModelConfigError(f"grid parameter {key!r} is not a parameter of {type(est).__name__}")
+    return nested[0]
 
 
 def _ungrid(p: dict[str, Any]) -> dict[str, Any]:
