@@ -24,7 +24,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medimg_spark.privacy.allowlist import ALLOWED_TAGS, OVERLAY_STRUCTURE_ELEMENTS
 from medimg_spark.privacy.config import OPTION_CODES, DeidConfig, describe_tag
@@ -537,9 +537,9 @@ class Deidentifier:
             original = str(src_meta.MediaStorageSOPInstanceUID)
             sop_uid = original if self.action_for(0x00020003) == "K" else self._pseudo.uid(original)
         if sop_uid:
-            meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ts
-        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+            meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+        meta.TransferSyntaxUID = UID(ts)
+        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
         if src_meta is not None:
             for tag_obj in sorted(src_meta.keys()):
