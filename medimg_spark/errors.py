@@ -32,6 +32,10 @@ class FileTooLargeError(IngestFileError):
     """The file exceeds Spark's binaryFile limit (2 GiB) or the configured maximum."""
 
 
+class TruncatedFileError(IngestFileError):
+    """The file ends before its declared content does (an element's value or header is cut short)."""
+
+
 class UnsupportedFormatError(IngestFileError):
     """The content matches none of the supported formats (DICOM, PNG, JPEG, TIFF, NIfTI, npz)."""
 

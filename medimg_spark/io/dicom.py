@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from medimg_spark.errors import TruncatedFileError
 from medimg_spark.io.detect import DICOM_RESYNC_WINDOW, looks_like_dicom_element
 from medimg_spark.io.model import Frame, ParsedFile
 
@@ -35,7 +36,7 @@ def _element_count(ds: Any) -> int:
     return sum(1 for _ in ds)
 
 
-def _read_without_preamble(data: bytes, recovered: list[str]) -> Any:
+def _read_without_preamble(data: bytes, recovered: list[str]) -> tuple[Any, int]:
     """Read a dataset without preamble/file meta: try each encoding at each plausible start offset."""
     best: tuple[int, Any, int, tuple[bool, bool]] | None = None
     for offset in range(min(DICOM_RESYNC_WINDOW, len(data))):
@@ -69,7 +70,7 @@ def _read_without_preamble(data: bytes, recovered: list[str]) -> Any:
     if not ds.file_meta.get("TransferSyntaxUID"):
         ds.file_meta.TransferSyntaxUID = _uncompressed_syntax(implicit, little)
         recovered.append("inferred_transfer_syntax")
-    return ds
+    return ds, offset
 
 
 def _uncompressed_syntax(implicit: bool, little: bool) -> Any:
@@ -129,8 +130,14 @@ def read_dataset_bytes(data: bytes) -> tuple[Any, list[str]]:
         warnings.simplefilter("ignore")
         if len(data) >= 132 and data[128:132] == b"DICM":
             ds = pydicom.dcmread(io.BytesIO(data))
+            start = 0
         else:
-            ds = _read_without_preamble(data, recovered)
+            ds, start = _read_without_preamble(data, recovered)
+        object.__setattr__(ds, "_medimg_source", data[start:])
+        try:
+            check_complete(ds, len(data), start)
+        finally:
+            object.__delattr__(ds, "_medimg_source")
         ts = ds.file_meta.get("TransferSyntaxUID")
         if ts is None or not str(ts):
             if any(k in ds for k in _PIXEL_KEYWORDS) and "PixelData" in ds and _is_encapsulated(ds):
@@ -148,6 +155,40 @@ def read_dataset_bytes(data: bytes) -> tuple[Any, list[str]]:
     return ds, recovered
 
 
+def check_complete(ds: Any, total: int, start: int = 0) -> None:
+    """Raise :class:`TruncatedFileError` when the file ends before its declared content.
+
+    Two signs: a top-level element whose value is shorter than its declared length, or bytes left
+    after the last element that are neither zero padding nor a whole element.
+    """
+    end = start
+    for elem in ds._dict.values():
+        length = getattr(elem, "length", None)
+        tell = getattr(elem, "value_tell", None)
+        value = getattr(elem, "value", None)
+        if length is None or tell is None or length == 0xFFFFFFFF:
+            end = -1  # undefined length: the end is not known from the header alone
+            continue
+        if isinstance(value, bytes | bytearray) and len(value) < length:
+            raise TruncatedFileError(
+                f"element {elem.tag} declares {length} bytes but the file ends after {len(value)}; "
+                "the file is truncated, re-export or re-transfer it"
+            )
+        end = tell + length
+    if end > 0:
+        rest = total - end
+        if rest > 0 and any(b != 0 for b in _tail(ds, end - start)):
+            raise TruncatedFileError(
+                f"{rest} trailing bytes after the last complete element at offset {end}: the next element "
+                "is cut short; the file is truncated, re-export or re-transfer it"
+            )
+
+
+def _tail(ds: Any, offset: int) -> bytes:
+    data: bytes = getattr(ds, "_medimg_source", b"")
+    return data[offset:]
+
+
 def _is_encapsulated(ds: Any) -> bool:
     elem = ds["PixelData"]
     return bool(getattr(elem, "is_undefined_length", False))
@@ -157,10 +198,8 @@ def _first_float(value: Any) -> float | None:
     if value is None or value == "":
         return None
     try:
-        if (
-            isinstance(value, list | tuple)
-            or (hasattr(value, "__len__")
-            and not isinstance(value, str | bytes))
+        if isinstance(value, list | tuple) or (
+            hasattr(value, "__len__") and not isinstance(value, str | bytes)
         ):
             value = value[0] if len(value) else None
             if value is None:

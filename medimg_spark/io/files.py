@@ -91,7 +91,8 @@ def _parse(data: bytes, ctx: FileContext, recovered: list[str]) -> ParsedFile:
 
 
 def _quarantine(base: dict[str, Any], stage: str, exc: BaseException, frame_index: int | None = None) -> dict:
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    text = str(exc).strip()
+    message = " | ".join(line.strip() for line in text.splitlines() if line.strip()) if text else repr(exc)
     return {
         "_kind": QUARANTINE,
         **base,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import json
 import os
 import secrets
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medimg_spark.config import IngestConfig
-from medimg_spark.errors import ConfigError, FileTooLargeError
+from medimg_spark.errors import ConfigError, EmptyFileError, FileTooLargeError
 from medimg_spark.io.files import IMAGE, INSTANCE, QUARANTINE, FileContext, local_path, process_file
 from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA
 
@@ -171,12 +172,28 @@ def _seen_keys(spark: SparkSession, out: str) -> DataFrame | None:
     return seen.distinct()
 
 
-def _seen_paths_too_large(spark: SparkSession, out: str) -> DataFrame | None:
+def _seen_unread_paths(spark: SparkSession, out: str) -> DataFrame | None:
+    """Paths of files quarantined unread (empty or too large) by earlier runs into ``out``."""
     path = f"{out}/quarantine"
     if not _table_exists(spark, path):
         return None
     q = spark.read.parquet(path)
-    return q.where((q.stage == "read") & (q.error_class == FileTooLargeError.__name__)).select("source_path")
+    unread = (FileTooLargeError.__name__, EmptyFileError.__name__)
+    return q.where((q.stage == "read") & q.error_class.isin(*unread)).select("source_path").distinct()
+
+
+def _normalise_uri(path: str) -> str:
+    """Spark's scan writes ``file:/x`` where its file index says ``file:///x``."""
+    return "file:/" + path[len("file:///") :] if path.startswith("file:///") else path
+
+
+def _empty_files(spark: SparkSession, files: DataFrame, listing: DataFrame, n_listed: int) -> list[str]:
+    """Zero-length files: Spark's file scan skips them, but its file index lists them."""
+    indexed = [_normalise_uri(p) for p in files.inputFiles()]
+    if len(indexed) == n_listed:
+        return []
+    listed = {r.path for r in listing.select("path").collect()}  # paths only, no content
+    return sorted(p for p in indexed if p not in listed)
 
 
 def ingest(
@@ -223,21 +240,16 @@ def ingest(
 
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(paths)
     listing = files.select("path", "length").persist(StorageLevel.MEMORY_AND_DISK)
-    files_seen = listing.count()
+    n_listed = listing.count()
+    empty = _empty_files(spark, files, listing, n_listed)
+    files_seen = n_listed + len(empty)
 
-    # Files over the limit are quarantined unread (the length filter is pushed into the scan,
-    # so their content is never loaded).
-    too_large = listing.where(F.col("length") > cfg.max_file_bytes)
-    seen_large = _seen_paths_too_large(spark, out_uri)
-    if seen_large is not None:
-        too_large = too_large.join(seen_large.withColumnRenamed("source_path", "path"), "path", "left_anti")
-    too_large_rows = too_large.select(
-        F.col("path").alias("source_path"),
+    # Files over the limit are quarantined unread (the length filter is pushed into the scan, so
+    # their content is never loaded); so are empty files, which the scan would silently skip.
+    unread = listing.where(F.col("length") > cfg.max_file_bytes).select(
+        "path",
         F.lit(None).cast("string").alias("file_sha256"),
-        F.col("length").alias("size_bytes"),
-        F.lit(None).cast("int").alias("frame_index"),
-        F.lit("read").alias("stage"),
-        F.lit(None).cast("string").alias("step"),
+        "length",
         F.lit(FileTooLargeError.__name__).alias("error_class"),
         F.concat(
             F.lit("file is "),
@@ -247,9 +259,31 @@ def ingest(
                 "split or convert it before ingest"
             ),
         ).alias("error_message"),
+    )
+    if empty:
+        empty_sha = hashlib.sha256(b"").hexdigest()
+        message = "file has zero bytes; re-export or remove it"
+        unread = unread.unionByName(
+            spark.createDataFrame(
+                [(p, empty_sha, 0, EmptyFileError.__name__, message) for p in empty],
+                "path string, file_sha256 string, length long, error_class string, error_message string",
+            )
+        )
+    seen_unread = _seen_unread_paths(spark, out_uri)
+    if seen_unread is not None:
+        unread = unread.join(seen_unread.withColumnRenamed("source_path", "path"), "path", "left_anti")
+    unread_rows = unread.select(
+        F.col("path").alias("source_path"),
+        "file_sha256",
+        F.col("length").alias("size_bytes"),
+        F.lit(None).cast("int").alias("frame_index"),
+        F.lit("read").alias("stage"),
+        F.lit(None).cast("string").alias("step"),
+        "error_class",
+        "error_message",
         F.lit(run_id).alias("ingest_run_id"),
         F.current_timestamp().alias("quarantined_at"),
-    )
+    ).persist(StorageLevel.MEMORY_AND_DISK)
 
     readable = files.where(F.col("length") <= cfg.max_file_bytes).select("path", "content")
     if cfg.files_per_partition:
@@ -285,7 +319,7 @@ def ingest(
 
     images = table(IMAGE, IMAGES_SCHEMA)
     instances = table(INSTANCE, INSTANCES_SCHEMA)
-    quarantine = table(QUARANTINE, QUARANTINE_SCHEMA).unionByName(too_large_rows)
+    quarantine = table(QUARANTINE, QUARANTINE_SCHEMA).unionByName(unread_rows)
     images.write.mode("append").partitionBy("modality").parquet(f"{out_uri}/images")
     instances.write.mode("append").parquet(f"{out_uri}/instances")
     quarantine.write.mode("append").parquet(f"{out_uri}/quarantine")
@@ -295,8 +329,10 @@ def ingest(
         .agg(F.count(F.lit(1)).alias("n"))
         .collect()
     )
-    n_too_large = too_large_rows.count()
-    for df in (decoded, fresh, listing):
+    unread_by_class = {
+        r.error_class: r["count"] for r in unread_rows.groupBy("error_class").count().collect()
+    }
+    for df in (decoded, fresh, listing, unread_rows):
         df.unpersist()
 
     frames = sum(r["n"] for r in stats if r["_kind"] == IMAGE)
@@ -308,9 +344,9 @@ def ingest(
         if r["_kind"] == QUARANTINE:
             by_class[r["error_class"]] = by_class.get(r["error_class"], 0) + r["n"]
             by_stage[r["stage"]] = by_stage.get(r["stage"], 0) + r["n"]
-    if n_too_large:
-        by_class[FileTooLargeError.__name__] = by_class.get(FileTooLargeError.__name__, 0) + n_too_large
-        by_stage["read"] = by_stage.get("read", 0) + n_too_large
+    for cls, n in unread_by_class.items():
+        by_class[cls] = by_class.get(cls, 0) + n
+        by_stage["read"] = by_stage.get("read", 0) + n
     wall = time.perf_counter() - started
     summary: dict[str, Any] = {
         "run_id": run_id,

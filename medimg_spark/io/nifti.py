@@ -32,14 +32,21 @@ def load_nifti(data: bytes, fmt: str) -> Any:
     return cls.from_bytes(data)
 
 
-def slices(volume: np.ndarray) -> Iterator[np.ndarray]:
-    """Yield the 2-D slices ``volume[:, :, k, t, ...]`` in C order of the trailing axes."""
+def slice_indices(shape: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
+    """Trailing indices ``(k, t, ...)`` of the 2-D slices, slice index fastest: frame ``k + Z*t``."""
+    trailing = shape[2:]
+    for rev in np.ndindex(*reversed(trailing)):
+        yield tuple(reversed(rev))
+
+
+def slices(volume: np.ndarray) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """Yield ``(trailing index, volume[:, :, k, t, ...])`` in frame order (see :func:`slice_indices`)."""
     if volume.ndim == 2:
-        yield volume
+        yield (), volume
         return
-    trailing = volume.shape[2:]
-    for idx in np.ndindex(*trailing):
-        yield volume[(slice(None), slice(None), *idx)]
+    for idx in slice_indices(volume.shape):
+        index: tuple[Any, ...] = (slice(None), slice(None), *idx)
+        yield idx, volume[index]
 
 
 def parse_nifti(data: bytes, fmt: str, modality: str) -> ParsedFile:
@@ -54,12 +61,18 @@ def parse_nifti(data: bytes, fmt: str, modality: str) -> ParsedFile:
     slope, inter = header.get_slope_inter()
     zooms = [float(z) for z in header.get_zooms()]
 
+    affine = img.affine
+
     def decode() -> Iterator[Frame]:
         raw = np.asanyarray(img.dataobj.get_unscaled())
         if raw.ndim == 1:
             raw = raw[:, np.newaxis]
-        for i, sl in enumerate(slices(raw)):
-            yield Frame(i, np.ascontiguousarray(sl), {"photometric": "MONOCHROME2"})
+        for i, (idx, sl) in enumerate(slices(raw)):
+            k = idx[0] if idx else 0
+            meta: dict[str, Any] = {"photometric": "MONOCHROME2", "instance_number": k}
+            if affine is not None:
+                meta["image_position"] = [float(v) for v in (affine @ np.array([0.0, 0.0, k, 1.0]))[:3]]
+            yield Frame(i, np.ascontiguousarray(sl), meta)
 
     return ParsedFile(
         source_format=fmt,

@@ -21,22 +21,20 @@ def encode(array: np.ndarray) -> tuple[bytes, int, int, int, str]:
         rows, cols, channels = array.shape
     else:
         raise ValueError(f"expected a 2-D or 3-D frame, got shape {array.shape}")
-    le = array.dtype.newbyteorder("<") if array.dtype.byteorder not in ("|", "=", "<") else array.dtype
-    if le.byteorder == "=":
-        le = le.newbyteorder("<")
-    data = np.ascontiguousarray(array, dtype=le)
+    data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
     return data.tobytes(), int(rows), int(cols), int(channels), np.dtype(array.dtype.name).name
 
 
 def decode(pixels: bytes, rows: int, cols: int, channels: int, dtype: str) -> np.ndarray:
     """Inverse of :func:`encode`: a (rows, cols) array when ``channels == 1``, else (rows, cols, channels)."""
     dt = np.dtype(dtype).newbyteorder("<")
-    arr = np.frombuffer(pixels, dtype=dt)
     expected = rows * cols * channels
-    if arr.size != expected:
+    if len(pixels) != expected * dt.itemsize:
         raise ValueError(
-            f"pixel buffer holds {arr.size} values of {dtype}, expected rows*cols*channels = {expected}"
+            f"pixel buffer holds {len(pixels)} bytes, expected rows*cols*channels*itemsize = "
+            f"{expected * dt.itemsize} for {rows}x{cols}x{channels} {dtype}"
         )
+    arr = np.frombuffer(pixels, dtype=dt)
     arr = arr.astype(np.dtype(dtype), copy=False)
     return arr.reshape((rows, cols) if channels == 1 else (rows, cols, channels))
 
