@@ -40,7 +40,8 @@ install-dev: java venv
 	$(PIP) install --quiet -e '.[dev]'
 
 demo: install
-	$(VENV)/bin/medimg run --config conf/demo.yaml --out $(DEMO_OUT)
+	rm -rf $(DEMO_OUT)
+	$(VENV)/bin/medimg run --config conf/demo.yaml --out $(DEMO_OUT) --ephemeral-key
 
 lint: install-dev
 	$(VENV)/bin/ruff check medimg_spark jobs tests benchmarks

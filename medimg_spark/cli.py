@@ -42,13 +42,79 @@ def _add_ingest(sub: Any) -> None:
     p.add_argument("--labels", help="CSV with columns path (or file_sha256), label[, split]")
     p.add_argument("--label-from-parent-dir", action="store_true", help="label = parent folder name")
     p.add_argument("--run-id", help="run id (default: generated)")
+    _privacy_args(p)
+    p.add_argument(
+        "--keep-phi",
+        action="store_true",
+        help="keep original identifiers (the output is marked IDENTIFIED); default is to de-identify",
+    )
     _common(p)
     p.set_defaults(handler=cmd_ingest)
+
+
+def _privacy_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "de-identification (PS3.15 Basic Profile; options in the config's privacy section)"
+    )
+    g.add_argument("--key-file", help="pseudonymisation key file (0600); else $MEDIMG_DEID_KEY(_FILE)")
+    g.add_argument(
+        "--ephemeral-key", action="store_true", help="random key for demos (pseudonyms differ per run)"
+    )
+    g.add_argument("--vault", help="write the re-identification vault here (separate from --out)")
+    g.add_argument("--vault-key-file", help="vault master-key file (0600); else $MEDIMG_VAULT_KEY_FILE")
+    g.add_argument(
+        "--allow-burned-in", action="store_true", help="do not quarantine frames that may carry text"
+    )
+
+
+def _add_deid(sub: Any) -> None:
+    p = sub.add_parser("deid", help="write de-identified DICOM files plus an audit table")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM files or folders (recursive)")
+    p.add_argument("--out", required=True, help="output directory (dicom/, deid_audit/, quarantine/)")
+    p.add_argument("--profile", default="basic", choices=["basic"], help="confidentiality profile")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="profile option, repeatable: " + ", ".join(_DEID_OPTIONS),
+    )
+    _privacy_args(p)
+    _common(p)
+    p.set_defaults(handler=cmd_deid)
+
+
+def _add_reidentify(sub: Any) -> None:
+    p = sub.add_parser("reidentify", help="look a pseudonym up in the encrypted vault")
+    p.add_argument("--vault", required=True, help="vault directory")
+    p.add_argument("--pseudonym", required=True, help="patient pseudonym or replacement UID")
+    p.add_argument("--vault-key-file", help="vault master-key file; else $MEDIMG_VAULT_KEY_FILE")
+    p.set_defaults(handler=cmd_reidentify)
+
+
+def _add_preprocess(sub: Any) -> None:
+    p = sub.add_parser("preprocess", help="apply a recipe to DIR/images, writing DIR/processed")
+    p.add_argument("--out", required=True, help="output directory holding images/")
+    p.add_argument("--recipe", required=True, help="recipe YAML (a path, or a name in conf/recipes)")
+    p.add_argument("--where", help="SQL filter on the images table, e.g. \"modality = 'CT'\"")
+    _common(p)
+    p.set_defaults(handler=cmd_preprocess)
+
+
+def _add_quality(sub: Any) -> None:
+    p = sub.add_parser("quality", help="aggregate quality before/after into DIR/metrics/quality.json")
+    p.add_argument("--out", required=True, help="output directory holding processed/")
+    _common(p)
+    p.set_defaults(handler=cmd_quality)
 
 
 def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run the pipeline stages listed in a YAML config")
     p.add_argument("--out", help="output directory (overrides pipeline.out)")
+    _privacy_args(p)
+    p.add_argument(
+        "--keep-phi", action="store_true", help="ingest keeps original identifiers (output IDENTIFIED)"
+    )
     _common(p)
     p.set_defaults(handler=cmd_run)
 
@@ -59,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_ingest(sub)
+    _add_deid(sub)
+    _add_reidentify(sub)
+    _add_preprocess(sub)
+    _add_quality(sub)
     _add_run(sub)
     return parser
 
@@ -75,17 +145,158 @@ def _print(summary: dict[str, Any], text: str, as_json: bool) -> None:
     print(json.dumps(summary, indent=2, default=str) if as_json else text)
 
 
+_DEID_OPTIONS = {
+    "retain-longitudinal-modified-dates": "retain_longitudinal_modified_dates",
+    "retain-longitudinal-full-dates": "retain_longitudinal_full_dates",
+    "retain-patient-characteristics": "retain_patient_characteristics",
+    "retain-device-identity": "retain_device_identity",
+    "retain-institution-identity": "retain_institution_identity",
+    "retain-uids": "retain_uids",
+    "clean-descriptors": "clean_descriptors",
+    "clean-structured-content": "clean_structured_content",
+    "clean-graphics": "clean_graphics",
+    "retain-safe-private": "retain_safe_private",
+}
+
+
+def deid_config(cfg: Any, source: str, options: Sequence[str] = ()) -> Any:
+    """The ``privacy`` section of a config as a DeidConfig, with ``--option`` flags switched on."""
+    from medimg_spark.config import validate_section
+    from medimg_spark.privacy import DeidConfig
+
+    data = dict(cfg.extra_sections.get("privacy") or {})
+    for opt in options:
+        if opt not in _DEID_OPTIONS:
+            raise ConfigError(f"unknown --option {opt!r}; choose from {', '.join(_DEID_OPTIONS)}")
+        data[_DEID_OPTIONS[opt]] = True
+    return validate_section(DeidConfig, data, f"{source}: privacy")
+
+
+def _load_key(args: argparse.Namespace) -> bytes:
+    from medimg_spark.privacy import DeidKeyError, load_key
+
+    try:
+        return load_key(args.key_file, ephemeral=args.ephemeral_key)
+    except DeidKeyError as err:
+        raise ConfigError(
+            f"{err}. On the command line: --key-file FILE, --ephemeral-key (demos), or --keep-phi to keep "
+            "identifiers"
+        ) from None
+
+
+def ingest_deidentifier(args: argparse.Namespace, cfg: Any, run_id: str) -> Any:
+    """Build the de-identification hook for ingest from flags and config (None with --keep-phi)."""
+    if args.keep_phi:
+        if args.vault or args.key_file or args.ephemeral_key:
+            raise ConfigError(
+                "--keep-phi keeps identifiers: drop --vault/--key-file/--ephemeral-key, or --keep-phi"
+            )
+        return None
+    from medimg_spark.privacy import Deidentifier
+    from medimg_spark.privacy.hook import IngestDeidentifier
+    from medimg_spark.privacy.vault import resolve_vault_key_file
+
+    dcfg = deid_config(cfg, args.config or "<defaults>")
+    key = _load_key(args)
+    vault_key = None
+    if args.vault:
+        vault_key = resolve_vault_key_file(args.vault_key_file or dcfg.vault_key_file)
+    deid = Deidentifier(dcfg, key, allow_burned_in=args.allow_burned_in)
+    return IngestDeidentifier(deid, vault_dir=args.vault, vault_key_file=vault_key, run_id=run_id)
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     """``medimg ingest``."""
     from medimg_spark.config import load_config
-    from medimg_spark.io.ingest import format_summary, ingest
+    from medimg_spark.io.ingest import check_inputs, format_summary, ingest, new_run_id
 
     cfg = load_config(args.config)
+    check_inputs(args.inputs)
     if args.label_from_parent_dir:
         cfg.ingest.label_from_parent_dir = True
+    run_id = args.run_id or new_run_id()
+    hook = ingest_deidentifier(args, cfg, run_id)
     spark = _session(args, cfg, "ingest")
-    summary = ingest(spark, args.inputs, args.out, cfg.ingest, labels_csv=args.labels, run_id=args.run_id)
+    summary = ingest(
+        spark, args.inputs, args.out, cfg.ingest, labels_csv=args.labels, deidentify=hook, run_id=run_id
+    )
     _print(summary, format_summary(summary), args.json)
+    return EXIT_OK
+
+
+def cmd_deid(args: argparse.Namespace) -> int:
+    """``medimg deid``."""
+    from medimg_spark.config import load_config
+    from medimg_spark.privacy import run_deid
+
+    cfg = load_config(args.config)
+    dcfg = deid_config(cfg, args.config or "<defaults>", args.option)
+    key = _load_key(args)
+    spark = _session(args, cfg, "deid")
+    summary = run_deid(
+        spark,
+        args.inputs,
+        args.out,
+        dcfg,
+        key,
+        vault_dir=args.vault,
+        allow_burned_in=args.allow_burned_in,
+        vault_key_file=args.vault_key_file,
+    )
+    text = "\n".join(f"  {k}: {v}" for k, v in summary.items())
+    _print(summary, f"deid run → {args.out}\n{text}", args.json)
+    return EXIT_OK
+
+
+def cmd_reidentify(args: argparse.Namespace) -> int:
+    """``medimg reidentify``."""
+    from medimg_spark.privacy import reidentify
+    from medimg_spark.privacy.vault import resolve_vault_key_file
+
+    found = reidentify(args.vault, args.pseudonym, resolve_vault_key_file(args.vault_key_file))
+    print(json.dumps(found, indent=2, default=str))
+    return EXIT_OK
+
+
+def resolve_recipe(name: str) -> str:
+    """A recipe path as given, or ``conf/recipes/<name>.yaml`` for a shipped recipe's name."""
+    from pathlib import Path
+
+    p = Path(name)
+    if p.is_file():
+        return str(p)
+    for base in (Path.cwd() / "conf" / "recipes", Path(__file__).resolve().parents[1] / "conf" / "recipes"):
+        candidate = base / (name if name.endswith(".yaml") else f"{name}.yaml")
+        if candidate.is_file():
+            return str(candidate)
+    raise ConfigError(f"recipe {name} not found: pass a YAML path or a name from conf/recipes/")
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    """``medimg preprocess``."""
+    from medimg_spark.config import load_config
+    from medimg_spark.ops import load_recipe
+    from medimg_spark.preprocess import preprocess
+
+    cfg = load_config(args.config)
+    recipe = resolve_recipe(args.recipe)
+    load_recipe(recipe)  # validate before Spark starts
+    spark = _session(args, cfg, "preprocess")
+    summary = preprocess(spark, args.out, recipe, where=args.where)
+    text = "\n".join(f"  {k}: {v}" for k, v in summary.items())
+    _print(summary, f"preprocess → {args.out}/processed\n{text}", args.json)
+    return EXIT_OK
+
+
+def cmd_quality(args: argparse.Namespace) -> int:
+    """``medimg quality``."""
+    from medimg_spark.config import load_config
+    from medimg_spark.preprocess import format_quality_table, quality_report
+
+    cfg = load_config(args.config)
+    spark = _session(args, cfg, "quality")
+    report = quality_report(spark, args.out)
+    _print(report, format_quality_table(report), args.json)
     return EXIT_OK
 
 
@@ -94,8 +305,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from medimg_spark.config import load_config
-    from medimg_spark.io.ingest import format_summary
-    from medimg_spark.pipeline import load_pipeline, run_pipeline
+    from medimg_spark.io.ingest import format_summary, new_run_id
+    from medimg_spark.pipeline import load_pipeline, run_pipeline, validate_recipes
 
     if not args.config:
         raise ConfigError("medimg run needs --config FILE (see conf/pipeline.yaml)")
@@ -104,13 +315,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or pc.out
     if not out:
         raise ConfigError(f"{args.config}: no output directory: set pipeline.out or pass --out")
+    validate_recipes(pc, Path.cwd())
+    run_id = new_run_id()
+    hook = ingest_deidentifier(args, cfg, run_id) if "ingest" in pc.stages else None
     spark = _session(args, cfg, "run")
-    results = run_pipeline(spark, cfg, pc, out, Path.cwd())
+    results = run_pipeline(spark, cfg, pc, out, Path.cwd(), deidentify=hook, run_id=run_id)
     if args.json:
         print(json.dumps(results, indent=2, default=str))
     else:
+        from medimg_spark.preprocess import format_quality_table
+
         if "ingest" in results:
             print(format_summary(results["ingest"]))
+        for pre in results.get("preprocess", []):
+            print(f"preprocess {pre.get('recipe_name')}: " + ", ".join(f"{k}={v}" for k, v in pre.items()))
+        if "quality" in results:
+            print(format_quality_table(results["quality"]))
         print(f"pipeline finished in {results['wall_time_s']} s; output under {Path(out).resolve()}")
     return EXIT_OK
 

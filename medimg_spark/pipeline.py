@@ -13,7 +13,14 @@ from medimg_spark.config import MedimgConfig, StrictModel, validate_section
 from medimg_spark.errors import ConfigError
 
 #: Stages in pipeline order; each reads only tables written by the stages before it.
-STAGES = ("ingest",)
+STAGES = ("ingest", "preprocess", "quality")
+
+
+class RecipeRun(StrictModel):
+    """One recipe applied by the preprocess stage."""
+
+    recipe: str = Field(description="Recipe YAML path or the name of a shipped recipe (conf/recipes).")
+    where: str | None = Field(None, description="SQL filter on the images table.")
 
 
 class PipelineConfig(StrictModel):
@@ -25,6 +32,7 @@ class PipelineConfig(StrictModel):
     )
     labels: str | None = None
     stages: list[str] = Field(default_factory=lambda: list(STAGES))
+    recipes: list[RecipeRun] = Field(default_factory=list, description="Recipes of the preprocess stage.")
 
 
 def resolve_input(item: str, base: Path) -> str:
@@ -63,8 +71,20 @@ def load_pipeline(cfg: MedimgConfig, source: str) -> PipelineConfig:
     return pc
 
 
-def run_pipeline(spark: Any, cfg: MedimgConfig, pc: PipelineConfig, out: str, base: Path) -> dict[str, Any]:
-    """Run the enabled stages in order and return their summaries."""
+def run_pipeline(
+    spark: Any,
+    cfg: MedimgConfig,
+    pc: PipelineConfig,
+    out: str,
+    base: Path,
+    deidentify: Any = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Run the enabled stages in order and return their summaries.
+
+    Args:
+        deidentify: the ingest de-identification hook (None keeps identifiers).
+    """
     from medimg_spark.io.ingest import ingest
 
     started = time.perf_counter()
@@ -72,6 +92,39 @@ def run_pipeline(spark: Any, cfg: MedimgConfig, pc: PipelineConfig, out: str, ba
     if "ingest" in pc.stages:
         inputs = [resolve_input(i, base) for i in pc.inputs]
         labels = resolve_input(pc.labels, base) if pc.labels else None
-        results["ingest"] = ingest(spark, inputs, out, cfg.ingest, labels_csv=labels)
+        results["ingest"] = ingest(
+            spark, inputs, out, cfg.ingest, labels_csv=labels, deidentify=deidentify, run_id=run_id
+        )
+    if "preprocess" in pc.stages:
+        from medimg_spark.preprocess import preprocess
+
+        results["preprocess"] = [
+            preprocess(spark, out, resolve_recipe_path(r.recipe, base), where=r.where) for r in pc.recipes
+        ]
+    if "quality" in pc.stages:
+        from medimg_spark.preprocess import quality_report
+
+        results["quality"] = quality_report(spark, out)
     results["wall_time_s"] = round(time.perf_counter() - started, 3)
     return results
+
+
+def resolve_recipe_path(name: str, base: Path) -> str:
+    """A recipe path (relative to ``base``) or the name of a shipped recipe."""
+    from medimg_spark.cli import resolve_recipe
+
+    p = Path(name)
+    if not p.is_absolute() and (base / p).is_file():
+        return str(base / p)
+    return resolve_recipe(name)
+
+
+def validate_recipes(pc: PipelineConfig, base: Path) -> None:
+    """Load every recipe of the preprocess stage, so a bad one fails before Spark starts."""
+    from medimg_spark.ops import load_recipe
+
+    if "preprocess" in pc.stages:
+        if not pc.recipes:
+            raise ConfigError("pipeline.stages has 'preprocess' but pipeline.recipes is empty; add a recipe")
+        for r in pc.recipes:
+            load_recipe(resolve_recipe_path(r.recipe, base))

@@ -44,10 +44,22 @@ def test_argument_errors_exit_2(argv: list[str], needle: str, capsys) -> None:
     assert needle in capsys.readouterr().err
 
 
+def test_ingest_without_a_key_fails_before_spark(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("MEDIMG_DEID_KEY", raising=False)
+    monkeypatch.delenv("MEDIMG_DEID_KEY_FILE", raising=False)
+    code = main(["ingest", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == EXIT_CONFIG
+    assert "no de-identification key" in capsys.readouterr().err
+    assert (
+        main(["ingest", str(tmp_path), "--out", str(tmp_path / "o"), "--keep-phi", "--ephemeral-key"])
+        == EXIT_CONFIG
+    )
+
+
 def test_config_models_reject_unknown_sections_and_types() -> None:
     with pytest.raises(ConfigError, match="sparkk"):
         parse_config({"sparkk": {}})
-    with pytest.raises(ConfigError, match="ingest.max_file_bytes"):
+    with pytest.raises(ConfigError, match=r"ingest\.max_file_bytes"):
         parse_config({"ingest": {"max_file_bytes": 2**40}})
     cfg = load_config(REPO / "conf" / "demo.yaml")
     assert cfg.ingest.default_modality == "OT" and "pipeline" in cfg.extra_sections
@@ -84,6 +96,7 @@ def test_ingest_job_through_spark_submit(tmp_path: Path) -> None:
             "--out",
             str(out),
             "--json",
+            "--ephemeral-key",
         ],
         capture_output=True,
         text=True,
@@ -96,3 +109,5 @@ def test_ingest_job_through_spark_submit(tmp_path: Path) -> None:
     assert summary["frames_written"] == 1
     assert summary["quarantined_by_error_class"] == {"EmptyFileError": 1}
     assert (out / "runs" / f"{summary['run_id']}.json").is_file()
+    assert summary["identified"] is False and not (out / "IDENTIFIED").exists()
+    assert summary["identified"] is False and not (out / "IDENTIFIED").exists()

@@ -37,11 +37,11 @@ from medimg_spark.privacy import (
     Deidentifier,
     VaultKeyError,
     generate_key_file,
-    load_profile,
     read_vault,
     reidentify,
     run_deid,
 )
+from tests.phi import collect_phi, find_phi
 
 KEY = bytes.fromhex("5f" * 32)
 OTHER_KEY = bytes.fromhex("a0" * 32)
@@ -207,45 +207,7 @@ def test_summary_counts(deid_run) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_no_phi_in_any_output(deid_run) -> None:  # type: ignore[no-untyped-def]
-    profile = load_profile()
-    phi: set[str] = set()
-    kept: set[str] = set()
-
-    def text_values(elem) -> list[str]:  # type: ignore[no-untyped-def]
-        if elem.VR not in TEXT_VRS or elem.value is None:
-            return []
-        values = elem.value if isinstance(elem.value, list | pydicom.multival.MultiValue) else [elem.value]
-        return [str(v).strip() for v in values]
-
-    resolved = Deidentifier(deid_run["config"], KEY)
-
-    def walk(ds: Dataset, sensitive: bool) -> None:
-        for elem in ds:
-            tag = int(elem.tag)
-            is_phi = sensitive or (tag >> 16) % 2 == 1 or profile.lookup(tag) is not None
-            if elem.VR == "SQ":
-                # items of a removed/emptied sequence are PHI as a whole; items of a kept one
-                # (U, D) follow the per-attribute rules
-                whole = sensitive or (tag >> 16) % 2 == 1 or resolved.action_for(tag) in ("X", "Z")
-                for item in elem.value or []:
-                    walk(item, whole)
-                continue
-            (phi if is_phi else kept).update(text_values(elem))
-
-    for _, ds in _input_dicoms(deid_run["inp"]):
-        walk(ds, False)
-        if getattr(ds, "file_meta", None) is not None:
-            walk(ds.file_meta, False)
-    kept -= {v for v in kept if not v}
-
-    kept_blob = "\x00".join(kept)
-
-    def trivial(v: str) -> bool:
-        digits = v.replace(".", "").replace("-", "").replace("+", "")
-        measurement = digits.isdigit() and (v.count(".") == 1 or len(digits) < 6 or set(digits) == {"0"})
-        return len(v) < 4 or measurement or v.upper() in GENERIC or v in kept_blob
-
-    checked = sorted(v for v in phi if not trivial(v))
+    checked = collect_phi((ds for _, ds in _input_dicoms(deid_run["inp"])), deid_run["config"], KEY)
     assert len(checked) > 150  # names, IDs, dates, times, UIDs, institutions, private values
     for must in (
         "SIMPSON^HOMER^J^",
@@ -275,12 +237,7 @@ def test_no_phi_in_any_output(deid_run) -> None:  # type: ignore[no-untyped-def]
         blobs[f"vault/{p.name}"] = p.read_bytes()
     assert len([k for k in blobs if k.endswith(".dcm")]) >= 12
 
-    found = [
-        (value, name)
-        for value in checked
-        for name, blob in blobs.items()
-        if value.encode("utf-8", "ignore") in blob
-    ]
+    found = find_phi(checked, blobs)
     print(f"PHI values checked: {len(checked)}; outputs scanned: {len(blobs)}; found: {len(found)}")
     assert found == []
 

@@ -315,7 +315,11 @@ def parse_dicom(data: bytes, deidentify: Callable[[Any], Any] | None = None) -> 
     """
     ds, recovered = read_dataset_bytes(data)
     if deidentify is not None:
-        ds = deidentify(ds)
+        try:
+            ds = deidentify(ds)
+        except Exception as exc:
+            exc.medimg_stage = "deid"  # type: ignore[attr-defined]
+            raise
     has_pixels = any(k in ds for k in _PIXEL_KEYWORDS)
     n_frames = (_int(_get(ds, "NumberOfFrames")) or 1) if has_pixels else 0
     modality = _str(_get(ds, "Modality")) or "OT"

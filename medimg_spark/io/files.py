@@ -90,7 +90,10 @@ def _parse(data: bytes, ctx: FileContext, recovered: list[str]) -> ParsedFile:
     return parse_npz(data, ctx.default_modality)
 
 
-def _quarantine(base: dict[str, Any], stage: str, exc: BaseException, frame_index: int | None = None) -> dict:
+def _quarantine(
+    base: dict[str, Any], stage: str, exc: BaseException, frame_index: int | None = None, redact: bool = False
+) -> dict:
+    stage = getattr(exc, "medimg_stage", stage)
     text = str(exc).strip()
     message = " | ".join(line.strip() for line in text.splitlines() if line.strip()) if text else repr(exc)
     return {
@@ -100,8 +103,14 @@ def _quarantine(base: dict[str, Any], stage: str, exc: BaseException, frame_inde
         "stage": stage,
         "step": None,
         "error_class": type(exc).__name__,
-        "error_message": message[:2000],
+        "error_message": (_withhold(message) if redact else message)[:2000],
     }
+
+
+def _withhold(message: str) -> str:
+    from medimg_spark.privacy.hook import withhold_values
+
+    return withhold_values(message)
 
 
 def _labels(path: str, sha: str, ctx: FileContext) -> tuple[str | None, str | None] | None:
@@ -136,7 +145,7 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
     try:
         parsed = _parse(content, ctx, recovered)
     except Exception as exc:
-        yield _quarantine(base, "parse", exc)
+        yield _quarantine(base, "parse", exc, redact=ctx.deidentify is not None)
         return
     recovered.extend(parsed.recovered)
     common = {
@@ -180,4 +189,4 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
             written += 1
     except Exception as exc:
         # frame_index: the first frame that failed, or None when nothing could be decoded.
-        yield _quarantine(base, "decode", exc, written or None)
+        yield _quarantine(base, "decode", exc, written or None, redact=ctx.deidentify is not None)

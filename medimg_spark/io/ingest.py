@@ -48,6 +48,11 @@ def _union_schema() -> StructType:
 
 UNION_SCHEMA = _union_schema()
 
+#: Quarantine stages at which ingest gave up on a whole file (a rerun does not try it again).
+FILE_STAGES = ("read", "parse", "deid", "decode")
+#: Marker file written into an output directory that holds identified (not de-identified) data.
+IDENTIFIED_MARKER = "IDENTIFIED"
+
 
 def new_run_id(prefix: str = "ingest") -> str:
     """A sortable, unique run id such as ``ingest-20261121T101500Z-3fa2c1``."""
@@ -94,6 +99,12 @@ def decode_partition(
                     pending, size = [], 0
     if pending:
         yield _rows_to_batch(pending, arrow_schema)
+    flush = getattr(ctx.deidentify, "flush", None)
+    if flush is not None:
+        from pyspark import TaskContext
+
+        tc = TaskContext.get()
+        flush(f"p{tc.partitionId()}-a{tc.attemptNumber()}" if tc else "driver")
     del pa
 
 
@@ -132,7 +143,7 @@ def read_labels_csv(path: str) -> tuple[dict[str, tuple[str | None, str | None]]
     return by_path, by_sha
 
 
-def _check_inputs(inputs: list[str]) -> list[str]:
+def check_inputs(inputs: list[str]) -> list[str]:
     if not inputs:
         raise ConfigError("no INPUT given: pass one or more files or folders to ingest")
     out = []
@@ -162,7 +173,7 @@ def _seen_keys(spark: SparkSession, out: str) -> DataFrame | None:
         if _table_exists(spark, path):
             df = spark.read.parquet(path)
             if table == "quarantine":
-                df = df.where(df.stage.isin("read", "parse", "decode"))
+                df = df.where(df.stage.isin(*FILE_STAGES))
             parts.append(df.where(df.file_sha256.isNotNull()).select("file_sha256"))
     if not parts:
         return None
@@ -225,7 +236,7 @@ def ingest(
     cfg = config or IngestConfig()
     started = time.perf_counter()
     run_id = run_id or new_run_id()
-    paths = _check_inputs(inputs)
+    paths = check_inputs(inputs)
     out_uri = out if "://" in out or out.startswith("file:") else str(Path(out).resolve())
     by_path, by_sha = read_labels_csv(labels_csv) if labels_csv else ({}, {})
     ctx = FileContext(
@@ -367,8 +378,21 @@ def ingest(
         "frames_per_s": round(frames / wall, 2) if wall > 0 else None,
         "identified": deidentify is None,
     }
+    if summary["identified"]:
+        _mark_identified(out_uri, run_id)
     write_run_summary(spark, out_uri, summary)
     return summary
+
+
+def _mark_identified(out: str, run_id: str) -> None:
+    """Write the IDENTIFIED marker: this output holds original identifiers (``--keep-phi``)."""
+    local = local_path(f"{out}/{IDENTIFIED_MARKER}")
+    if "://" in local:
+        return
+    path = Path(local)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(f"{run_id}: ingested with --keep-phi; tables hold original identifiers (PHI)\n")
 
 
 def write_run_summary(spark: SparkSession, out: str, summary: dict[str, Any]) -> str:
@@ -409,5 +433,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     for cls, n in summary.get("quarantined_by_error_class", {}).items():
         lines.append(f"    quarantine {cls}: {n}")
     if summary.get("identified"):
-        lines.append("  WARNING: output is IDENTIFIED (headers were not de-identified)")
+        lines.append(
+            f"  WARNING: output is IDENTIFIED (--keep-phi): original identifiers kept; see {IDENTIFIED_MARKER}"
+        )
     return "\n".join(lines)

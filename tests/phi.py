@@ -1,0 +1,97 @@
+"""The PHI set of real input files, and a byte-level scan of outputs for it (shared by privacy tests).
+
+PHI set (what must not appear in any output byte): every value, recursively, of attributes
+listed in Table E.1-1 (under the basic profile none of them is K) and of every private
+attribute, taken from all input files. Values are rendered as text; a value is skipped when
+(a) it is shorter than 4 characters, (b) it is a number shorter than 6 characters (such numbers
+legitimately occur among kept numeric attributes: geometry, exposure), (c) it is one of
+a few generic words (NONE, UNKNOWN, DEFAULT, YES, NO, PATIENT: the last occurs in the
+tool's own rule names and messages), or (d) it occurs within the value of an
+attribute that is kept by design (allow-listed, outside any removed sequence) in some input file.
+Numbers with one decimal point are measurements, not identifiers, and all-zero numbers are
+trivial. The tool's own dummy values (action D, e.g. 19000101) are what it writes, so an input
+that happens to hold one is not a leak. Matching is exact (case-sensitive), as a leaked value is copied verbatim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from medimg_spark.privacy import DeidConfig, Deidentifier, load_profile
+from medimg_spark.privacy.engine import DUMMY
+
+GENERIC = {"NONE", "UNKNOWN", "DEFAULT", "YES", "NO", "PATIENT"}
+TEXT_VRS = {
+    "AE",
+    "AS",
+    "CS",
+    "DA",
+    "DS",
+    "DT",
+    "IS",
+    "LO",
+    "LT",
+    "PN",
+    "SH",
+    "ST",
+    "TM",
+    "UC",
+    "UI",
+    "UR",
+    "UT",
+}
+
+
+def _text_values(elem) -> list[str]:  # type: ignore[no-untyped-def]
+    if elem.VR not in TEXT_VRS or elem.value is None:
+        return []
+    values = elem.value if isinstance(elem.value, list | pydicom.multival.MultiValue) else [elem.value]
+    return [str(v).strip() for v in values]
+
+
+def collect_phi(datasets: Iterable[Dataset], config: DeidConfig, key: bytes) -> list[str]:
+    """The PHI values of ``datasets`` that must not appear in any output (rules in the module doc)."""
+    profile = load_profile()
+    resolved = Deidentifier(config, key)
+    phi: set[str] = set()
+    kept: set[str] = set()
+
+    def walk(ds: Dataset, sensitive: bool) -> None:
+        for elem in ds:
+            tag = int(elem.tag)
+            is_phi = sensitive or (tag >> 16) % 2 == 1 or profile.lookup(tag) is not None
+            if elem.VR == "SQ":
+                # items of a removed/emptied sequence are PHI as a whole; items of a kept one
+                # (U, D) follow the per-attribute rules
+                whole = sensitive or (tag >> 16) % 2 == 1 or resolved.action_for(tag) in ("X", "Z")
+                for item in elem.value or []:
+                    walk(item, whole)
+                continue
+            (phi if is_phi else kept).update(_text_values(elem))
+
+    for ds in datasets:
+        walk(ds, False)
+        if getattr(ds, "file_meta", None) is not None:
+            walk(ds.file_meta, False)
+    kept_blob = "\x00".join(v for v in kept if v)
+
+    def trivial(v: str) -> bool:
+        digits = v.replace(".", "").replace("-", "").replace("+", "")
+        measurement = digits.isdigit() and (v.count(".") == 1 or len(digits) < 6 or set(digits) == {"0"})
+        dummy = v in {str(d) for d in DUMMY.values()}
+        return len(v) < 4 or measurement or dummy or v.upper() in GENERIC or v in kept_blob
+
+    return sorted(v for v in phi if not trivial(v))
+
+
+def find_phi(values: Iterable[str], blobs: dict[str, bytes]) -> list[tuple[str, str]]:
+    """Every ``(value, output name)`` where a PHI value occurs verbatim in an output blob."""
+    return [
+        (value, name)
+        for value in values
+        for name, blob in blobs.items()
+        if value.encode("utf-8", "ignore") in blob
+    ]
