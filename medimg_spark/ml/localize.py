@@ -79,7 +79,7 @@ def foreground_mask(image: np.ndarray, mask: np.ndarray | None = None, mode: str
         return (m.reshape(gray.shape) if m.ndim == 3 else m) != 0
     u8 = np.rint(to_unit(image) * 255).astype(np.uint8)
     t, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return u8 < t if mode == "otsu_dark" else u8 > t
+    return u8 <= t if mode == "otsu_dark" else u8 > t
 
 
 def _cluster_labels(points: np.ndarray, method: str, cfg: LocalizeConfig) -> np.ndarray:

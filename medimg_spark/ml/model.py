@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -175,50 +176,60 @@ class SklearnClassifier(_Classifier):
         return self._broadcast
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        from pyspark.ml.functions import vector_to_array
+        # mapInPandas rather than a scalar pandas UDF: Spark 4.3's ArrowEvalPython fails on
+        # Parquet scans holding vector (UDT) columns, so vectors travel as arrays and come back.
+        from pyspark.ml.functions import array_to_vector, vector_to_array
+        from pyspark.ml.linalg import VectorUDT
         from pyspark.sql import functions as F
-        from pyspark.sql.functions import pandas_udf
         from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
 
         _check_features(dataset, self.features_col)
         bc = self.broadcast(dataset.sparkSession.sparkContext)
         card_json = self.card.model_dump_json()
         n_features = len(self.card.feature_names)
-        out_type = StructType(
+        fcol = self.features_col
+        keep = [c for c in dataset.columns if c not in PREDICTION_COLUMNS]
+        vec_cols = {f.name: f.metadata for f in dataset.schema.fields if isinstance(f.dataType, VectorUDT)}
+        base = dataset.select(
+            *(vector_to_array(F.col(c)).alias(c) if c in vec_cols else F.col(c) for c in keep)
+        )
+        out_schema = StructType(
             [
+                *base.schema.fields,
                 StructField("probability", ArrayType(DoubleType()), True),
                 StructField("score", DoubleType(), True),
                 StructField("prediction", StringType(), True),
             ]
         )
 
-        @pandas_udf(out_type)  # type: ignore[call-overload]
-        def _predict(values: pd.Series) -> pd.DataFrame:
-            import pandas as pd
-
+        def _predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             card = ModelCard.model_validate_json(card_json)
-            X = _features_as_matrix(values, n_features)
-            if X.shape[0] == 0:
-                return pd.DataFrame({"probability": [], "score": [], "prediction": []})
-            proba = positive_scores(bc.value, X)
-            idx = card.decide(proba)
-            score = (
-                proba[:, card.classes.index(card.positive_label)]
-                if len(card.classes) == 2 and card.positive_label is not None
-                else np.full(len(X), np.nan)
-            )
-            return pd.DataFrame(
-                {
-                    "probability": list(proba),
-                    "score": score,
-                    "prediction": np.asarray(card.classes, dtype=object)[idx],
-                }
-            )
+            for pdf in batches:
+                if len(pdf) == 0:
+                    yield pdf.assign(probability=[], score=[], prediction=[])
+                    continue
+                X = _features_as_matrix(pdf[fcol], n_features)
+                proba = positive_scores(bc.value, X)
+                idx = card.decide(proba)
+                score = (
+                    proba[:, card.classes.index(card.positive_label)]
+                    if len(card.classes) == 2 and card.positive_label is not None
+                    else np.full(len(X), np.nan)
+                )
+                yield pdf.assign(
+                    probability=list(proba),
+                    score=score,
+                    prediction=np.asarray(card.classes, dtype=object)[idx],
+                )
 
-        tmp = "__pred"
-        out = dataset.withColumn(tmp, _predict(vector_to_array(F.col(self.features_col))))
-        keep = [c for c in dataset.columns if c not in PREDICTION_COLUMNS]
-        return out.select(*keep, *(F.col(f"{tmp}.{c}").alias(c) for c in PREDICTION_COLUMNS))
+        out = base.mapInPandas(_predict, out_schema)
+        return out.select(
+            *(
+                array_to_vector(F.col(c)).alias(c, metadata=vec_cols[c]) if c in vec_cols else F.col(c)
+                for c in keep
+            ),
+            *PREDICTION_COLUMNS,
+        )
 
     def save(self, path: str | Path) -> Path:
         """Write ``model.joblib`` and ``card.json`` into the folder ``path``."""
@@ -258,8 +269,6 @@ class MllibClassifier(_Classifier):
     def _transform(self, dataset: DataFrame) -> DataFrame:
         from pyspark.ml.functions import vector_to_array
         from pyspark.sql import functions as F
-        from pyspark.sql.functions import pandas_udf
-        from pyspark.sql.types import StringType
 
         _check_features(dataset, self.features_col)
         classes = self.classes
@@ -273,27 +282,24 @@ class MllibClassifier(_Classifier):
             proba = F.transform(raw, lambda r: F.lit(1.0) / (F.lit(1.0) + F.exp(-r)))
             proba = F.array(F.lit(1.0) - F.element_at(proba, 2), F.element_at(proba, 2))
         res = res.withColumn("__proba", proba)
-        card_json = self.card.model_dump_json()
-
-        @pandas_udf(StringType())  # type: ignore[call-overload]
-        def _decide(p: pd.Series) -> pd.Series:
-            import pandas as pd
-
-            card = ModelCard.model_validate_json(card_json)
-            if len(p) == 0:
-                return pd.Series([], dtype=object)
-            idx = card.decide(np.vstack([np.asarray(v, dtype=np.float64) for v in p]))
-            return pd.Series(np.asarray(card.classes, dtype=object)[idx])
-
         positive = self.card.positive_label
-        binary = len(classes) == 2 and positive is not None
-        pos = classes.index(positive) + 1 if binary and positive is not None else 0
+        threshold = self.card.threshold
+        labels = F.array(*(F.lit(c) for c in classes))
+        if len(classes) == 2 and positive is not None and threshold is not None:
+            pos = classes.index(positive)
+            score = F.element_at("__proba", pos + 1)
+            prediction = F.when(score >= F.lit(float(threshold)), F.lit(positive)).otherwise(
+                F.lit(classes[1 - pos])
+            )
+        else:
+            score = F.lit(None).cast("double")
+            prediction = F.element_at(labels, F.array_position("__proba", F.array_max("__proba")).cast("int"))
         keep = [c for c in dataset.columns if c not in PREDICTION_COLUMNS]
         return res.select(
             *keep,
             F.col("__proba").alias("probability"),
-            (F.element_at("__proba", pos) if binary else F.lit(None).cast("double")).alias("score"),
-            _decide(F.col("__proba")).alias("prediction"),
+            score.alias("score"),
+            prediction.alias("prediction"),
         )
 
     def save(self, path: str | Path) -> Path:
