@@ -42,6 +42,11 @@ def _add_ingest(sub: Any) -> None:
     p.add_argument("--labels", help="CSV with columns path (or file_sha256), label[, split]")
     p.add_argument("--label-from-parent-dir", action="store_true", help="label = parent folder name")
     p.add_argument("--run-id", help="run id (default: generated)")
+    p.add_argument(
+        "--incremental",
+        action="store_true",
+        help="only files not ingested by earlier --incremental runs (checkpoint under DIR/_checkpoints)",
+    )
     _privacy_args(p)
     p.add_argument(
         "--keep-phi",
@@ -208,7 +213,7 @@ def ingest_deidentifier(args: argparse.Namespace, cfg: Any, run_id: str) -> Any:
 def cmd_ingest(args: argparse.Namespace) -> int:
     """``medimg ingest``."""
     from medimg_spark.config import load_config
-    from medimg_spark.io.ingest import check_inputs, format_summary, ingest, new_run_id
+    from medimg_spark.io.ingest import check_inputs, format_summary, ingest, ingest_incremental, new_run_id
 
     cfg = load_config(args.config)
     check_inputs(args.inputs)
@@ -217,7 +222,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     run_id = args.run_id or new_run_id()
     hook = ingest_deidentifier(args, cfg, run_id)
     spark = _session(args, cfg, "ingest")
-    summary = ingest(
+    run = ingest_incremental if args.incremental else ingest
+    summary = run(
         spark, args.inputs, args.out, cfg.ingest, labels_csv=args.labels, deidentify=hook, run_id=run_id
     )
     _print(summary, format_summary(summary), args.json)

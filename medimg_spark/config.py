@@ -38,6 +38,9 @@ class IngestConfig(StrictModel):
     output_batch_bytes: int = Field(
         32 << 20, ge=1 << 20, description="Arrow batches from the decoder are flushed at this many bytes."
     )
+    max_files_per_trigger: int | None = Field(
+        None, ge=1, description="Incremental ingest: at most this many files per micro-batch."
+    )
     files_per_partition: int | None = Field(
         None, ge=1, description="Repartition the file list so each task decodes at most this many files."
     )

@@ -127,6 +127,7 @@ def test_bad_input_is_quarantined_with_a_typed_reason(make, stage: str, error_cl
 
 def test_png_with_broken_chunk_is_quarantined_at_decode() -> None:
     ok, buf = cv2.imencode(".png", (np.arange(4096) % 251).astype(np.uint8).reshape(64, 64))
+    assert ok
     data = bytearray(buf.tobytes())
     idat = data.find(b"IDAT")
     data[idat + 8 : idat + 40] = b"\xff" * 32  # corrupt the compressed stream inside IDAT

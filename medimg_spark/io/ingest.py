@@ -198,48 +198,18 @@ def _normalise_uri(path: str) -> str:
     return "file:/" + path[len("file:///") :] if path.startswith("file:///") else path
 
 
-def _empty_files(spark: SparkSession, files: DataFrame, listing: DataFrame, n_listed: int) -> list[str]:
+def _empty_files(files: DataFrame) -> list[str]:
     """Zero-length files: Spark's file scan skips them, but its file index lists them."""
     indexed = [_normalise_uri(p) for p in files.inputFiles()]
-    if len(indexed) == n_listed:
+    if not indexed:
         return []
-    listed = {r.path for r in listing.select("path").collect()}  # paths only, no content
+    listed = {r.path for r in files.select("path").collect()}  # paths only, no content
     return sorted(p for p in indexed if p not in listed)
 
 
-def ingest(
-    spark: SparkSession,
-    inputs: list[str],
-    out: str,
-    config: IngestConfig | None = None,
-    labels_csv: str | None = None,
-    deidentify: Any = None,
-    run_id: str | None = None,
-) -> dict[str, Any]:
-    """Ingest files or folders (recursively) into Parquet tables under ``out``.
-
-    Args:
-        spark: the session.
-        inputs: files or folders (local paths or Hadoop URIs).
-        out: output directory (local path or URI).
-        config: ingest options.
-        labels_csv: optional ``--labels`` CSV.
-        deidentify: picklable callable applied to each DICOM dataset before metadata extraction.
-        run_id: the run id (generated when omitted).
-
-    Returns:
-        The run summary, also written to ``out/runs/<run_id>.json``.
-    """
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
-    cfg = config or IngestConfig()
-    started = time.perf_counter()
-    run_id = run_id or new_run_id()
-    paths = check_inputs(inputs)
-    out_uri = out if "://" in out or out.startswith("file:") else str(Path(out).resolve())
+def _context(run_id: str, cfg: IngestConfig, labels_csv: str | None, deidentify: Any) -> FileContext:
     by_path, by_sha = read_labels_csv(labels_csv) if labels_csv else ({}, {})
-    ctx = FileContext(
+    return FileContext(
         run_id=run_id,
         default_modality=cfg.default_modality,
         max_decompressed_bytes=cfg.max_decompressed_bytes,
@@ -249,11 +219,33 @@ def ingest(
         deidentify=deidentify,
     )
 
-    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(paths)
+
+def _ingest_files(
+    spark: SparkSession,
+    files: DataFrame,
+    empty: list[str],
+    seen_in: str,
+    dest: str,
+    ctx: FileContext,
+    cfg: IngestConfig,
+) -> dict[str, Any]:
+    """Decode ``files`` (binaryFile rows) and append the three tables under ``dest``.
+
+    Args:
+        files: DataFrame with ``path``, ``length``, ``content``.
+        empty: paths of zero-length files (which a binaryFile scan skips).
+        seen_in: output directory whose tables say what was ingested already.
+        dest: directory the tables are appended to (``seen_in``, or a staging directory).
+
+    Returns:
+        Counts for the run summary.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    run_id = ctx.run_id
     listing = files.select("path", "length").persist(StorageLevel.MEMORY_AND_DISK)
-    n_listed = listing.count()
-    empty = _empty_files(spark, files, listing, n_listed)
-    files_seen = n_listed + len(empty)
+    files_seen = listing.count() + len(empty)
 
     # Files over the limit are quarantined unread (the length filter is pushed into the scan, so
     # their content is never loaded); so are empty files, which the scan would silently skip.
@@ -280,7 +272,7 @@ def ingest(
                 "path string, file_sha256 string, length long, error_class string, error_message string",
             )
         )
-    seen_unread = _seen_unread_paths(spark, out_uri)
+    seen_unread = _seen_unread_paths(spark, seen_in)
     if seen_unread is not None:
         unread = unread.join(seen_unread.withColumnRenamed("source_path", "path"), "path", "left_anti")
     unread_rows = unread.select(
@@ -308,7 +300,7 @@ def ingest(
     # Deduplicate by content: one canonical path per sha256, minus what earlier runs ingested.
     keys = decoded.select("file_sha256", "source_path").distinct()
     canonical = keys.groupBy("file_sha256").agg(F.min("source_path").alias("source_path"))
-    seen = _seen_keys(spark, out_uri)
+    seen = _seen_keys(spark, seen_in)
     fresh = canonical if seen is None else canonical.join(seen, "file_sha256", "left_anti")
     fresh = fresh.persist(StorageLevel.MEMORY_AND_DISK)
     n_paths = keys.count()
@@ -331,9 +323,9 @@ def ingest(
     images = table(IMAGE, IMAGES_SCHEMA)
     instances = table(INSTANCE, INSTANCES_SCHEMA)
     quarantine = table(QUARANTINE, QUARANTINE_SCHEMA).unionByName(unread_rows)
-    images.write.mode("append").partitionBy("modality").parquet(f"{out_uri}/images")
-    instances.write.mode("append").parquet(f"{out_uri}/instances")
-    quarantine.write.mode("append").parquet(f"{out_uri}/quarantine")
+    images.write.mode("append").partitionBy("modality").parquet(f"{dest}/images")
+    instances.write.mode("append").parquet(f"{dest}/instances")
+    quarantine.write.mode("append").parquet(f"{dest}/quarantine")
 
     stats = (
         kept.groupBy("_kind", "has_pixels", "stage", "error_class")
@@ -346,9 +338,6 @@ def ingest(
     for df in (decoded, fresh, listing, unread_rows):
         df.unpersist()
 
-    frames = sum(r["n"] for r in stats if r["_kind"] == IMAGE)
-    n_instances = sum(r["n"] for r in stats if r["_kind"] == INSTANCE)
-    metadata_only = sum(r["n"] for r in stats if r["_kind"] == INSTANCE and r["has_pixels"] is False)
     by_class: dict[str, int] = {}
     by_stage: dict[str, int] = {}
     for r in stats:
@@ -358,26 +347,105 @@ def ingest(
     for cls, n in unread_by_class.items():
         by_class[cls] = by_class.get(cls, 0) + n
         by_stage["read"] = by_stage.get("read", 0) + n
+    return {
+        "files_seen": files_seen,
+        "files_ingested": sum(r["n"] for r in stats if r["_kind"] == INSTANCE),
+        "frames_written": sum(r["n"] for r in stats if r["_kind"] == IMAGE),
+        "metadata_only_objects": sum(
+            r["n"] for r in stats if r["_kind"] == INSTANCE and r["has_pixels"] is False
+        ),
+        "quarantined_by_error_class": by_class,
+        "quarantined_by_stage": by_stage,
+        "duplicates_skipped": n_paths - n_unique,
+        "already_ingested": n_unique - n_fresh,
+    }
+
+
+COUNT_KEYS = (
+    "files_seen",
+    "files_ingested",
+    "frames_written",
+    "metadata_only_objects",
+    "duplicates_skipped",
+    "already_ingested",
+)
+
+
+def add_counts(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """Sum two count dicts of :func:`_ingest_files` (used across micro-batches)."""
+    out = dict(total)
+    for k in COUNT_KEYS:
+        out[k] = out.get(k, 0) + part.get(k, 0)
+    for k in ("quarantined_by_error_class", "quarantined_by_stage"):
+        merged = dict(out.get(k, {}))
+        for name, n in part.get(k, {}).items():
+            merged[name] = merged.get(name, 0) + n
+        out[k] = merged
+    return out
+
+
+def _summary(
+    run_id: str, inputs: list[str], out_uri: str, counts: dict[str, Any], started: float, identified: bool
+) -> dict[str, Any]:
     wall = time.perf_counter() - started
-    summary: dict[str, Any] = {
+    by_class = counts.get("quarantined_by_error_class", {})
+    by_stage = counts.get("quarantined_by_stage", {})
+    frames = counts.get("frames_written", 0)
+    return {
         "run_id": run_id,
         "stage": "ingest",
         "inputs": inputs,
         "out": out_uri,
-        "files_seen": files_seen,
-        "files_ingested": n_instances,
+        **{k: counts.get(k, 0) for k in COUNT_KEYS[:4]},
         "files_quarantined_unparsed": sum(n for s, n in by_stage.items() if s in ("read", "parse")),
-        "frames_written": frames,
-        "metadata_only_objects": metadata_only,
         "quarantined": sum(by_class.values()),
         "quarantined_by_error_class": dict(sorted(by_class.items())),
         "quarantined_by_stage": dict(sorted(by_stage.items())),
-        "duplicates_skipped": n_paths - n_unique,
-        "already_ingested": n_unique - n_fresh,
+        **{k: counts.get(k, 0) for k in COUNT_KEYS[4:]},
         "wall_time_s": round(wall, 3),
         "frames_per_s": round(frames / wall, 2) if wall > 0 else None,
-        "identified": deidentify is None,
+        "identified": identified,
     }
+
+
+def _out_uri(out: str) -> str:
+    return out if "://" in out or out.startswith("file:") else str(Path(out).resolve())
+
+
+def ingest(
+    spark: SparkSession,
+    inputs: list[str],
+    out: str,
+    config: IngestConfig | None = None,
+    labels_csv: str | None = None,
+    deidentify: Any = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Ingest files or folders (recursively) into Parquet tables under ``out``.
+
+    Args:
+        spark: the session.
+        inputs: files or folders (local paths or Hadoop URIs).
+        out: output directory (local path or URI).
+        config: ingest options.
+        labels_csv: optional ``--labels`` CSV.
+        deidentify: picklable callable applied to each DICOM dataset before metadata extraction
+            (None keeps identifiers: the output is marked IDENTIFIED).
+        run_id: the run id (generated when omitted).
+
+    Returns:
+        The run summary, also written to ``out/runs/<run_id>.json``.
+    """
+    cfg = config or IngestConfig()
+    started = time.perf_counter()
+    run_id = run_id or new_run_id()
+    paths = check_inputs(inputs)
+    out_uri = _out_uri(out)
+    ctx = _context(run_id, cfg, labels_csv, deidentify)
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(paths)
+    empty = _empty_files(files)
+    counts = _ingest_files(spark, files, empty, out_uri, out_uri, ctx, cfg)
+    summary = _summary(run_id, inputs, out_uri, counts, started, identified=deidentify is None)
     if summary["identified"]:
         _mark_identified(out_uri, run_id)
     write_run_summary(spark, out_uri, summary)
@@ -437,3 +505,193 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  WARNING: output is IDENTIFIED (--keep-phi): original identifiers kept; see {IDENTIFIED_MARKER}"
         )
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Incremental ingest: Structured Streaming, each new file processed exactly once across runs.
+# ---------------------------------------------------------------------------------------------
+
+CHECKPOINT_DIR = "_checkpoints/ingest"
+STAGING_DIR = "_staging"
+COMMITS_DIR = "_checkpoints/ingest_commits"
+TABLES = ("images", "instances", "quarantine")
+
+
+class _HadoopFS:
+    """The few Hadoop FileSystem calls the commit protocol needs (local paths and URIs alike)."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self._jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+        self._conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+
+    def _p(self, path: str) -> Any:
+        jpath = self._jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
+        return jpath, jpath.getFileSystem(self._conf)
+
+    def exists(self, path: str) -> bool:
+        jpath, fs = self._p(path)
+        return bool(fs.exists(jpath))
+
+    def delete(self, path: str) -> None:
+        jpath, fs = self._p(path)
+        fs.delete(jpath, True)
+
+    def touch(self, path: str, text: str = "") -> None:
+        jpath, fs = self._p(path)
+        stream = fs.create(jpath, True)
+        stream.write(bytearray(text.encode()))
+        stream.close()
+
+    def read_text(self, path: str) -> str:
+        jpath, fs = self._p(path)
+        stream = fs.open(jpath)
+        try:
+            data = self._jvm.org.apache.commons.io.IOUtils.toByteArray(stream)  # type: ignore[union-attr]
+        finally:
+            stream.close()
+        return bytes(data).decode()
+
+    def data_files(self, root: str) -> list[str]:
+        """Paths relative to ``root`` of its files (recursive), without ``_SUCCESS``/hidden files."""
+        jpath, fs = self._p(root)
+        if not fs.exists(jpath):
+            return []
+        prefix = fs.makeQualified(jpath).toString().rstrip("/") + "/"
+        it = fs.listFiles(jpath, True)
+        out = []
+        while it.hasNext():
+            name = it.next().getPath().toString()
+            if not name.startswith(prefix):
+                raise OSError(f"listing of {prefix} returned {name}, outside it")
+            if not name.rsplit("/", 1)[-1].startswith(("_", ".")):
+                out.append(name[len(prefix) :])
+        return out
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename ``src`` to ``dst`` unless ``dst`` exists already (a replayed move)."""
+        jsrc, fs = self._p(src)
+        jdst, _ = self._p(dst)
+        if fs.exists(jdst):
+            return
+        fs.mkdirs(jdst.getParent())
+        if not fs.rename(jsrc, jdst):
+            raise OSError(f"could not move {src} to {dst}")
+
+
+def _batch_files(fs: _HadoopFS, checkpoint: str, n_sources: int, batch_id: int) -> list[str]:
+    """Every file the streaming source assigned to ``batch_id`` (empty files included)."""
+    paths: list[str] = []
+    for source in range(n_sources):
+        base = f"{checkpoint}/sources/{source}/{batch_id}"
+        log = base if fs.exists(base) else f"{base}.compact"
+        if not fs.exists(log):
+            continue
+        for line in fs.read_text(log).splitlines()[1:]:  # first line: log format version
+            if line.strip():
+                entry = json.loads(line)
+                if int(entry.get("batchId", batch_id)) == batch_id:
+                    paths.append(_normalise_uri(entry["path"]))
+    return paths
+
+
+def _commit_batch(
+    spark: SparkSession,
+    fs: _HadoopFS,
+    batch: DataFrame,
+    batch_id: int,
+    out_uri: str,
+    n_sources: int,
+    ctx: FileContext,
+    cfg: IngestConfig,
+) -> dict[str, Any]:
+    """Process one micro-batch exactly once, even when a crashed attempt of it is replayed.
+
+    Protocol: the batch is written to ``_staging/batch-<id>``; once complete (marker ``_COMPLETE``)
+    its files are moved into the tables (a move whose target exists is a replay and skipped), then
+    ``_checkpoints/ingest_commits/<id>`` records the commit. A replay finds the commit and stops,
+    or finds complete staging and only finishes the moves, or redoes an incomplete staging.
+    """
+    commit = f"{out_uri}/{COMMITS_DIR}/{batch_id}"
+    if fs.exists(commit):
+        return json.loads(fs.read_text(commit))
+    staging = f"{out_uri}/{STAGING_DIR}/batch-{batch_id}"
+    complete = f"{staging}/_COMPLETE"
+    if fs.exists(complete):
+        counts = json.loads(fs.read_text(complete))
+    else:
+        fs.delete(staging)
+        listed = {r.path for r in batch.select("path").collect()}
+        empty = sorted(set(_batch_files(fs, f"{out_uri}/{CHECKPOINT_DIR}", n_sources, batch_id)) - listed)
+        counts = _ingest_files(spark, batch, empty, out_uri, staging, ctx, cfg)
+        fs.touch(complete, json.dumps(counts))
+    prefix = f"b{batch_id:09d}-"
+    for table in TABLES:
+        for rel in fs.data_files(f"{staging}/{table}"):
+            folder, _, name = rel.rpartition("/")
+            dst = f"{out_uri}/{table}/{folder + '/' if folder else ''}{prefix}{name}"
+            fs.move(f"{staging}/{table}/{rel}", dst)
+    fs.touch(commit, json.dumps(counts))
+    fs.delete(staging)
+    return counts
+
+
+def ingest_incremental(
+    spark: SparkSession,
+    inputs: list[str],
+    out: str,
+    config: IngestConfig | None = None,
+    labels_csv: str | None = None,
+    deidentify: Any = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Ingest only files not seen by earlier incremental runs into ``out`` (exactly once).
+
+    Uses Structured Streaming's ``binaryFile`` source with ``trigger(availableNow=True)`` and a
+    checkpoint under ``out/_checkpoints/ingest``: every file present when the run starts and not
+    yet processed is ingested, then the run stops. Meant for cron/Airflow schedules. Keep the
+    same ``inputs`` (folders) across runs: the checkpoint tracks each input by position.
+
+    Returns:
+        The run summary (counts summed over the micro-batches), also written to ``out/runs/``.
+    """
+    cfg = config or IngestConfig()
+    started = time.perf_counter()
+    run_id = run_id or new_run_id("ingest-incr")
+    paths = check_inputs(inputs)
+    for p in paths:
+        if "://" not in p and not p.startswith("file:") and not Path(p).is_dir():
+            raise ConfigError(f"incremental ingest watches folders; {p} is not a folder")
+    out_uri = _out_uri(out)
+    ctx = _context(run_id, cfg, labels_csv, deidentify)
+    schema = spark.read.format("binaryFile").load(paths[0]).schema
+    stream = None
+    for p in paths:
+        reader = spark.readStream.format("binaryFile").schema(schema).option("recursiveFileLookup", "true")
+        if cfg.max_files_per_trigger:
+            reader = reader.option("maxFilesPerTrigger", cfg.max_files_per_trigger)
+        s = reader.load(p)
+        stream = s if stream is None else stream.unionByName(s)
+    assert stream is not None
+    fs = _HadoopFS(spark)
+    totals: dict[str, Any] = {}
+    batches: list[int] = []
+
+    def per_batch(batch: DataFrame, batch_id: int) -> None:
+        nonlocal totals
+        totals = add_counts(totals, _commit_batch(spark, fs, batch, batch_id, out_uri, len(paths), ctx, cfg))
+        batches.append(batch_id)
+
+    query = (
+        stream.writeStream.foreachBatch(per_batch)
+        .option("checkpointLocation", f"{out_uri}/{CHECKPOINT_DIR}")
+        .trigger(availableNow=True)
+        .start()
+    )
+    query.awaitTermination()
+    summary = _summary(run_id, inputs, out_uri, totals, started, identified=deidentify is None)
+    summary["incremental"] = True
+    summary["micro_batches"] = batches
+    if summary["identified"] and summary["files_seen"]:
+        _mark_identified(out_uri, run_id)
+    write_run_summary(spark, out_uri, summary)
+    return summary
