@@ -57,8 +57,8 @@ bench: install-dev
 	$(PY) benchmarks/run.py
 
 dist: venv
-	$(PIP) install --quiet build
-	$(PY) -m build --wheel --outdir dist .
+	rm -rf dist && $(PIP) wheel --quiet --no-deps --wheel-dir dist .
+	@echo "wheel for spark-submit --py-files: $$(ls dist/*.whl)"
 
 docker:
 	@command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 || { echo "make docker needs a running Docker engine"; exit 1; }

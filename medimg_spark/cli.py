@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from medimg_spark.errors import ConfigError, JavaMissingError, MedimgError
+from medimg_spark.runlog import RunLog
 
 log = logging.getLogger("medimg")
 
@@ -33,6 +34,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (validated before Spark starts)")
     p.add_argument("--master", help="Spark master URL (default local[*]; ignored under spark-submit)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.add_argument("--log-json", metavar="FILE", help="append JSON-lines stage events to FILE ('-' = stderr)")
 
 
 def _add_ingest(sub: Any) -> None:
@@ -116,6 +118,7 @@ def _add_quality(sub: Any) -> None:
 def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run the pipeline stages listed in a YAML config")
     p.add_argument("--out", help="output directory (overrides pipeline.out)")
+    p.add_argument("--incremental", action="store_true", help="ingest only files not seen by earlier runs")
     _privacy_args(p)
     p.add_argument(
         "--keep-phi", action="store_true", help="ingest keeps original identifiers (output IDENTIFIED)"
@@ -325,7 +328,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_id = new_run_id()
     hook = ingest_deidentifier(args, cfg, run_id) if "ingest" in pc.stages else None
     spark = _session(args, cfg, "run")
-    results = run_pipeline(spark, cfg, pc, out, Path.cwd(), deidentify=hook, run_id=run_id)
+    log = RunLog(args.log_json)
+    try:
+        results = run_pipeline(
+            spark,
+            cfg,
+            pc,
+            out,
+            Path.cwd(),
+            deidentify=hook,
+            run_id=run_id,
+            log=log,
+            incremental=args.incremental,
+        )
+    finally:
+        log.close()
     if args.json:
         print(json.dumps(results, indent=2, default=str))
     else:

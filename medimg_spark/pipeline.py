@@ -11,6 +11,7 @@ from pydantic import Field
 
 from medimg_spark.config import MedimgConfig, StrictModel, validate_section
 from medimg_spark.errors import ConfigError
+from medimg_spark.runlog import RunLog
 
 #: Stages in pipeline order; each reads only tables written by the stages before it.
 STAGES = ("ingest", "preprocess", "quality")
@@ -79,34 +80,54 @@ def run_pipeline(
     base: Path,
     deidentify: Any = None,
     run_id: str | None = None,
+    log: RunLog | None = None,
+    incremental: bool = False,
 ) -> dict[str, Any]:
     """Run the enabled stages in order and return their summaries.
 
     Args:
         deidentify: the ingest de-identification hook (None keeps identifiers).
+        log: JSON-lines run log (stage start/end, counts, timings).
+        incremental: ingest only new files (Structured Streaming checkpoint under ``out``).
     """
-    from medimg_spark.io.ingest import ingest
+    from medimg_spark.io.ingest import ingest, ingest_incremental
 
+    log = log or RunLog(None)
     started = time.perf_counter()
     results: dict[str, Any] = {}
+    log.event("pipeline_start", stages=pc.stages, out=out, run_id=run_id)
     if "ingest" in pc.stages:
         inputs = [resolve_input(i, base) for i in pc.inputs]
         labels = resolve_input(pc.labels, base) if pc.labels else None
-        results["ingest"] = ingest(
-            spark, inputs, out, cfg.ingest, labels_csv=labels, deidentify=deidentify, run_id=run_id
-        )
+        run = ingest_incremental if incremental else ingest
+        with log.stage("ingest", incremental=incremental) as rec:
+            results["ingest"] = run(
+                spark, inputs, out, cfg.ingest, labels_csv=labels, deidentify=deidentify, run_id=run_id
+            )
+            rec.update(_counts(results["ingest"]))
     if "preprocess" in pc.stages:
         from medimg_spark.preprocess import preprocess
 
-        results["preprocess"] = [
-            preprocess(spark, out, resolve_recipe_path(r.recipe, base), where=r.where) for r in pc.recipes
-        ]
+        results["preprocess"] = []
+        for r in pc.recipes:
+            with log.stage("preprocess", recipe=r.recipe) as rec:
+                results["preprocess"].append(
+                    preprocess(spark, out, resolve_recipe_path(r.recipe, base), where=r.where)
+                )
+                rec.update(_counts(results["preprocess"][-1]))
     if "quality" in pc.stages:
         from medimg_spark.preprocess import quality_report
 
-        results["quality"] = quality_report(spark, out)
+        with log.stage("quality"):
+            results["quality"] = quality_report(spark, out)
     results["wall_time_s"] = round(time.perf_counter() - started, 3)
+    log.event("pipeline_end", wall_time_s=results["wall_time_s"])
     return results
+
+
+def _counts(summary: dict[str, Any]) -> dict[str, Any]:
+    """The numeric fields of a stage summary (for the run log)."""
+    return {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def resolve_recipe_path(name: str, base: Path) -> str:
