@@ -201,8 +201,17 @@ def test_predict_and_evaluate_write_tables(spark, run_dir: Path, data: dict) -> 
     res = train(spark, run_dir, "sk_hgb", {"params": {"max_iter": 40}})
     summary = predict(spark, run_dir, res["model_path"])
     assert summary["n_rows"] == 300
-    table = spark.read.parquet(summary["path"])
-    assert table.columns[:7] == ["image_id", "label", "split", "prediction", "probability", "score", "model"]
+    other = train(spark, run_dir, "sk_logreg", {})
+    assert predict(spark, run_dir, other["model_path"], "val")["n_rows"] == 100
+    both = spark.read.parquet(summary["path"])
+    assert {r["model"]: r["count"] for r in both.groupBy("model").count().collect()} == {
+        "sk_hgb": 300,
+        "sk_logreg": 100,
+    }
+    table = both.where("model = 'sk_hgb'")
+    assert sorted(table.columns) == sorted(
+        ["image_id", "label", "split", "prediction", "probability", "score", "model"]
+    )
     ev = evaluate(spark, run_dir, res["model_path"], "val")
     path = run_dir / "metrics" / "eval_sk_hgb_val.json"
     on_disk = json.loads(path.read_text())

@@ -64,24 +64,31 @@ def predict(
 ) -> dict[str, Any]:
     """Predict every row (or one ``split``) of ``out_dir/features`` with the model saved at ``model_path``.
 
-    Writes ``out_dir/predictions/model=<name>/`` (one sub-folder per model, overwritten), with columns
-    image_id, label, split, prediction, probability (array, class order of the card), score
-    (positive-class probability for binary tasks) and model.
+    Writes ``out_dir/predictions/`` partitioned by ``model`` (only this model's partition is
+    replaced, so several models' predictions live side by side), with columns image_id, label,
+    split, prediction, probability (array, class order of the card), score (positive-class
+    probability for binary tasks) and model.
 
     Returns:
         Summary: path, model, n_rows, counts per predicted class, seconds, images_per_second.
     """
+    from pyspark.sql import functions as F
+
     t0 = time.time()
     model = load_model(model_path)
     pred = predictions_frame(spark, out_dir, model, split)
-    dest = Path(out_dir) / PREDICTIONS_DIR / f"model={model.card.model_name}"
-    pred.write.mode("overwrite").parquet(str(dest))
-    written = spark.read.parquet(str(dest))
+    root = Path(out_dir) / PREDICTIONS_DIR
+    pred.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy("model").parquet(
+        str(root)
+    )
+    dest = root / f"model={model.card.model_name}"
+    written = spark.read.parquet(str(root)).where(F.col("model") == model.card.model_name)
     counts = {r["prediction"]: int(r["count"]) for r in written.groupBy("prediction").count().collect()}
     n = sum(counts.values())
     secs = time.time() - t0
     return {
-        "path": str(dest),
+        "path": str(root),
+        "partition": str(dest),
         "model": model.card.model_name,
         "split": split,
         "n_rows": n,
