@@ -1,0 +1,754 @@
+"""Build ``DIR/report/index.html`` from the tables and JSON files that the stages wrote under ``DIR``.
+
+Only aggregates, a handful of frames (Spark ``limit`` on image ids, then a filter on those ids) and a
+bounded sample of quality-metric values reach the driver; whole tables of pixels never do.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medimg_spark.errors import MedimgError
+from medimg_spark.report import html as H
+from medimg_spark.report import images as I
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+REPORT_DIR = "report"
+REPORT_FILE = "index.html"
+THUMBS_PER_RECIPE = 4
+MAX_RECIPES = 12
+REGION_FRAMES = 4
+MAX_REGIONS_PER_FRAME = 16
+HIST_SAMPLE = 2000
+MAX_TABLE_ROWS = 200
+RUN_SKIP_KEYS = frozenset({"run_id", "stage", "wall_time_s", "inputs", "out", "path", "model_path"})
+"""Run-summary keys not shown in the counts column (shown elsewhere, or paths and input lists)."""
+
+SECTIONS = (
+    ("dataset", "1. Dataset summary"),
+    ("thumbnails", "2. Thumbnails before/after per recipe"),
+    ("quality", "3. Quality metrics before/after"),
+    ("models", "4. Models"),
+    ("localize", "5. Clusters and regions"),
+    ("runs", "6. Run history"),
+)
+
+
+class ReportError(MedimgError):
+    """The report cannot be built: the output directory is missing or not on the local file system."""
+
+
+@dataclass
+class _Ctx:
+    spark: SparkSession
+    out: Path
+    n_images: int = 0
+    n_thumbnails: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def picture(self, uri: str, alt: str, css_class: str = "") -> str:
+        self.n_images += 1
+        return H.img(uri, alt, css_class)
+
+    def warn(self, message: str) -> None:
+        """Record a problem; it is shown at the end of the section being built and in the summary."""
+        self.warnings.append(message)
+
+    def table_path(self, name: str) -> Path | None:
+        path = self.out / name
+        if path.is_dir() and next(path.rglob("*.parquet"), None) is not None:
+            return path
+        return None
+
+    def read(self, name: str, schema: Any = None) -> DataFrame | None:
+        path = self.table_path(name)
+        if path is None:
+            return None
+        reader = self.spark.read if schema is None else self.spark.read.schema(schema)
+        return reader.parquet(str(path))
+
+
+def _local_dir(out_dir: str) -> Path:
+    from medimg_spark.io.files import local_path
+
+    if "://" in out_dir and not out_dir.startswith("file:"):
+        raise ReportError(
+            f"--out {out_dir} is not on the local file system; the report reads JSON files and writes "
+            "HTML locally: copy the directory to a local path (e.g. hadoop fs -get) and pass that"
+        )
+    path = Path(local_path(out_dir))
+    if not path.is_dir():
+        raise ReportError(
+            f"output directory {out_dir} does not exist; run medimg ingest --out {out_dir} first"
+        )
+    return path
+
+
+def _read_json(ctx: _Ctx, path: Path) -> Any:
+    """Parsed JSON, or None after recording a warning that names the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        ctx.warn(f"could not read {path.relative_to(ctx.out)}: {exc}; re-run the stage that writes it")
+        return None
+
+
+def _ids_in(df: DataFrame, ids: list[str]) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return df.where(F.col("image_id").isin(ids))
+
+
+def _decode(row: Any) -> Any:
+    from medimg_spark.io.pixels import decode
+
+    return decode(row["pixels"], int(row["rows"]), int(row["cols"]), int(row["channels"]), str(row["dtype"]))
+
+
+# ----------------------------------------------------------------------------- 1. dataset
+
+
+def _dataset(ctx: _Ctx) -> tuple[bool, str]:
+    from pyspark.sql import functions as F
+
+    from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA
+
+    images = ctx.read("images", IMAGES_SCHEMA)
+    instances = ctx.read("instances", INSTANCES_SCHEMA)
+    quarantine = ctx.read("quarantine", QUARANTINE_SCHEMA)
+    if images is None and instances is None and quarantine is None:
+        return False, H.not_run("DIR/images", "Run medimg ingest --out DIR first.")
+    parts: list[str] = []
+    if images is not None:
+        rows = (
+            images.groupBy("modality", "source_format")
+            .agg(F.count(F.lit(1)).alias("frames"), F.countDistinct("file_sha256").alias("files"))
+            .collect()
+        )
+        by_mod: dict[str, list[int]] = {}
+        by_fmt: dict[str, list[int]] = {}
+        for r in rows:
+            for key, acc in ((r["modality"], by_mod), (r["source_format"], by_fmt)):
+                tot = acc.setdefault(str(key), [0, 0])
+                tot[0] += int(r["files"])
+                tot[1] += int(r["frames"])
+        files = sum(v[0] for v in by_mod.values())
+        frames = sum(v[1] for v in by_mod.values())
+        parts.append(H.kv_table({"files with frames": files, "frames": frames, "modalities": len(by_mod)}))
+        parts.append("<h3>Per modality</h3>")
+        parts.append(H.table(["modality", "files", "frames"], [(k, *v) for k, v in sorted(by_mod.items())]))
+        parts.append("<h3>Per source format</h3>")
+        parts.append(
+            H.table(["source_format", "files", "frames"], [(k, *v) for k, v in sorted(by_fmt.items())])
+        )
+        labels = (
+            images.groupBy("split", "label")
+            .count()
+            .orderBy(F.col("split").asc_nulls_first(), F.col("label").asc_nulls_first())
+            .limit(MAX_TABLE_ROWS)
+            .collect()
+        )
+        parts.append("<h3>Frames per split and label</h3>")
+        parts.append(
+            H.table(["split", "label", "frames"], [(r["split"], r["label"], int(r["count"])) for r in labels])
+        )
+    else:
+        parts.append(H.not_run("DIR/images", "Run medimg ingest --out DIR first."))
+    if instances is not None:
+        rows = (
+            instances.groupBy("source_format")
+            .agg(
+                F.count(F.lit(1)).alias("files"),
+                F.sum(F.col("has_pixels").cast("int")).alias("with_pixels"),
+                F.sum(F.col("n_frames")).alias("frames"),
+            )
+            .orderBy("source_format")
+            .collect()
+        )
+        parts.append("<h3>Files parsed (instances)</h3>")
+        parts.append(
+            H.table(
+                ["source_format", "files", "with pixels", "metadata only", "declared frames"],
+                [
+                    (
+                        r["source_format"],
+                        int(r["files"]),
+                        int(r["with_pixels"] or 0),
+                        int(r["files"]) - int(r["with_pixels"] or 0),
+                        int(r["frames"] or 0),
+                    )
+                    for r in rows
+                ],
+            )
+        )
+    parts.append("<h3>Quarantine by stage and error class</h3>")
+    if quarantine is not None:
+        rows = (
+            quarantine.groupBy("stage", "error_class")
+            .count()
+            .orderBy("stage", "error_class")
+            .limit(MAX_TABLE_ROWS)
+            .collect()
+        )
+        total = sum(int(r["count"]) for r in rows)
+        parts.append(
+            H.table(
+                ["stage", "error_class", "count"],
+                [*[(r["stage"], r["error_class"], int(r["count"])) for r in rows], ("total", "", total)],
+                css_class="quarantine",
+            )
+        )
+    else:
+        parts.append('<p class="muted">No quarantine table: nothing has been quarantined.</p>')
+    return True, "".join(parts)
+
+
+# ----------------------------------------------------------------------------- 2. thumbnails
+
+
+def _thumbnails(ctx: _Ctx) -> tuple[bool, str]:
+    from pyspark.sql import functions as F
+
+    from medimg_spark.preprocess import PROCESSED_SCHEMA
+    from medimg_spark.schema import IMAGES_SCHEMA
+
+    processed = ctx.read("processed", PROCESSED_SCHEMA)
+    if processed is None:
+        return False, H.not_run("DIR/processed", "Run medimg preprocess --out DIR --recipe NAME.")
+    images = ctx.read("images", IMAGES_SCHEMA)
+    recipes = (
+        processed.groupBy("recipe_name", "recipe_hash")
+        .count()
+        .orderBy("recipe_name", "recipe_hash")
+        .limit(MAX_RECIPES + 1)
+        .collect()
+    )
+    parts = [
+        f'<p class="muted">Up to {THUMBS_PER_RECIPE} frames per recipe (smallest image ids), each scaled '
+        "min-max to 8 bits; the orange outline is the recipe's mask.</p>"
+    ]
+    if len(recipes) > MAX_RECIPES:
+        parts.append(f'<p class="muted">Showing the first {MAX_RECIPES} recipes by name.</p>')
+    from functools import reduce
+
+    from pyspark.sql import Window
+
+    shown = recipes[:MAX_RECIPES]
+    hashes = [r["recipe_hash"] for r in shown]
+    # the THUMBS_PER_RECIPE smallest image ids of every recipe in one job (ids only, no pixels)
+    rank = F.row_number().over(Window.partitionBy("recipe_hash").orderBy("image_id"))
+    picked: dict[str, list[str]] = {}
+    for r in (
+        processed.where(F.col("recipe_hash").isin(hashes))
+        .select("recipe_hash", "image_id")
+        .withColumn("_rank", rank)
+        .where(F.col("_rank") <= THUMBS_PER_RECIPE)
+        .orderBy("recipe_hash", "image_id")
+        .collect()
+    ):
+        picked.setdefault(r["recipe_hash"], []).append(r["image_id"])
+    cols = ["image_id", "modality", "label", "rows", "cols", "channels", "dtype", "pixels"]
+    after: dict[tuple[str, str], Any] = {}
+    if picked:
+        exact = reduce(
+            lambda x, y: x | y,
+            [(F.col("recipe_hash") == h) & F.col("image_id").isin(ids) for h, ids in picked.items()],
+        )
+        for r in processed.where(exact).select("recipe_hash", *cols, "mask").collect():
+            after[(r["recipe_hash"], r["image_id"])] = r
+    all_ids = sorted({i for ids in picked.values() for i in ids})
+    before = (
+        {}
+        if images is None or not all_ids
+        else {r["image_id"]: r for r in _ids_in(images, all_ids).select(*cols).collect()}
+    )
+    for rec in shown:
+        h = rec["recipe_hash"]
+        parts.append(
+            f'<h3>{H.esc(rec["recipe_name"])} <span class="muted">recipe_hash {H.esc(h[:12])}'
+            f' · {int(rec["count"])} frames</span></h3><div class="grid">'
+        )
+        for image_id in picked.get(h, []):
+            parts.append(_thumb_pair(ctx, image_id, before.get(image_id), after.get((h, image_id))))
+        parts.append("</div>")
+    return True, "".join(parts)
+
+
+def _thumb_pair(ctx: _Ctx, image_id: str, before: Any, after: Any) -> str:
+    import numpy as np
+
+    cells = []
+    caption = [image_id]
+    for name, row in (("before", before), ("after", after)):
+        if row is None:
+            cells.append(f'<div class="muted">{name}: not found</div>')
+            continue
+        try:
+            arr = _decode(row)
+            mask = None
+            if name == "after" and row["mask"] is not None:
+                mask = np.frombuffer(row["mask"], dtype=np.uint8).reshape(int(row["rows"]), int(row["cols"]))
+            uri = I.png_uri(I.thumbnail(arr, mask))
+        except ValueError as exc:
+            cells.append(f'<div class="muted">{name}: {H.esc(exc)}</div>')
+            ctx.warn(f"thumbnail {name} of {image_id}: {exc}")
+            continue
+        ctx.n_thumbnails += 1
+        shape = f"{row['rows']}×{row['cols']}×{row['channels']} {row['dtype']}"
+        cells.append(
+            f"<div>{ctx.picture(uri, f'{name} {image_id}', 'thumb')}{H.esc(name)}<br>{H.esc(shape)}</div>"
+        )
+    ref = after if after is not None else before
+    if ref is not None:
+        caption += [f"modality {H.fmt(ref['modality'])}", f"label {H.fmt(ref['label'])}"]
+    return H.figure(f'<div class="pair">{"".join(cells)}</div>', " · ".join(caption))
+
+
+# ----------------------------------------------------------------------------- 3. quality
+
+
+_QUALITY_HEADERS = [
+    "metric",
+    "better",
+    "count",
+    "before p10",
+    "before median",
+    "before p90",
+    "after p10",
+    "after median",
+    "after p90",
+    "Δ median",
+    "improved share",
+]
+
+
+def _quality(ctx: _Ctx) -> tuple[bool, str]:
+    path = ctx.out / "metrics" / "quality.json"
+    if not path.is_file():
+        return False, H.not_run("DIR/metrics/quality.json", "Run medimg quality --out DIR after preprocess.")
+    data = _read_json(ctx, path)
+    if not isinstance(data, dict) or not isinstance(data.get("groups"), list):
+        if data is not None:
+            ctx.warn(f"metrics/{path.name} has no 'groups' list; re-run medimg quality --out DIR")
+        return True, ""
+    parts = [f'<p class="muted">quality.json generated {H.esc(data.get("generated_at"))}.</p>']
+    samples = _metric_samples(ctx, data["groups"])
+    for g in data["groups"]:
+        metrics = g.get("metrics") or {}
+        title = f"{g.get('recipe_name')} · {g.get('modality')} · {g.get('frames')} frames"
+        parts.append(
+            f'<h3>{H.esc(g.get("recipe_name"))} <span class="muted">recipe_hash '
+            f"{H.esc(str(g.get('recipe_hash'))[:12])} · modality {H.esc(g.get('modality'))} · "
+            f"{H.esc(g.get('frames'))} frames</span></h3>"
+        )
+        rows = []
+        for name, m in metrics.items():
+            b, a = m.get("before") or {}, m.get("after") or {}
+            rows.append(
+                (
+                    name,
+                    m.get("direction"),
+                    m.get("count"),
+                    b.get("p10"),
+                    b.get("median"),
+                    b.get("p90"),
+                    a.get("p10"),
+                    a.get("median"),
+                    a.get("p90"),
+                    m.get("delta_median"),
+                    m.get("improved_share"),
+                )
+            )
+        parts.append(H.table(_QUALITY_HEADERS, rows))
+        if not metrics:
+            continue
+        sample = samples.get((str(g.get("recipe_hash")), str(g.get("modality"))))
+        if sample is None:
+            uri = I.quality_chart(metrics, title)
+            caption = "bars: median before/after from quality.json; whiskers: p10-p90"
+        else:
+            before, after, n = sample
+            uri = I.quality_chart(metrics, title, before, after)
+            caption = (
+                f"histograms of {n} frames' metric values sampled from DIR/processed; "
+                "dashed lines: medians from quality.json"
+            )
+        parts.append(H.figure(ctx.picture(uri, f"quality metrics {title}"), caption))
+    return True, "".join(parts)
+
+
+Sample = tuple[dict[str, list[float]], dict[str, list[float]], int]
+
+
+def _metric_samples(ctx: _Ctx, groups: list[dict[str, Any]]) -> dict[tuple[str, str], Sample]:
+    """Up to :data:`HIST_SAMPLE` frames' metric values (never pixels) per quality.json group, in one job.
+
+    Returns ``{(recipe_hash, modality): (before, after, n)}`` with ``before``/``after`` metric → values.
+    """
+    from pyspark.sql import functions as F
+
+    from medimg_spark.preprocess import PROCESSED_SCHEMA, QUALITY_STRUCT
+
+    processed = ctx.read("processed", PROCESSED_SCHEMA)
+    if processed is None or not groups:
+        return {}
+    known = list(QUALITY_STRUCT.fieldNames())
+    fractions = {
+        f"{g.get('recipe_hash')}|{g.get('modality')}": min(
+            1.0, 1.2 * HIST_SAMPLE / max(int(g.get("frames") or 0), 1)
+        )
+        for g in groups
+    }
+    key = F.concat_ws("|", F.col("recipe_hash"), F.col("modality"))
+    df = processed.select(
+        key.alias("_key"),
+        *[F.col(f"quality_before.{n}").alias(f"b_{n}") for n in known],
+        *[F.col(f"quality_after.{n}").alias(f"a_{n}") for n in known],
+    ).where(F.col("_key").isin(list(fractions)))
+    if any(f < 1.0 for f in fractions.values()):
+        df = df.sampleBy("_key", fractions, seed=0)
+    rows_by_key: dict[str, list[Any]] = {}
+    for r in df.limit(2 * HIST_SAMPLE * len(fractions)).collect():  # a bound; sampleBy keeps ~1.2x
+        got = rows_by_key.setdefault(r["_key"], [])
+        if len(got) < HIST_SAMPLE:
+            got.append(r)
+    out: dict[tuple[str, str], Sample] = {}
+    for k, rows in rows_by_key.items():
+        h, _, modality = k.partition("|")
+        before = {n: [float(r[f"b_{n}"]) for r in rows if r[f"b_{n}"] is not None] for n in known}
+        after = {n: [float(r[f"a_{n}"]) for r in rows if r[f"a_{n}"] is not None] for n in known}
+        out[(h, modality)] = (before, after, len(rows))
+    return out
+
+
+# ----------------------------------------------------------------------------- 4. models
+
+_MODEL_KEYS = (
+    "n",
+    "accuracy",
+    "balanced_accuracy",
+    "roc_auc",
+    "f1",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "threshold",
+)
+
+
+def _models(ctx: _Ctx) -> tuple[bool, str]:
+    files = sorted((ctx.out / "metrics").glob("eval_*.json")) if (ctx.out / "metrics").is_dir() else []
+    if not files:
+        return False, H.not_run(
+            "DIR/metrics/eval_<model>_<split>.json",
+            "Run medimg train, then medimg evaluate --out DIR --model MODEL --split val.",
+        )
+    evals = []
+    parts: list[str] = []
+    for path in files:
+        data = _read_json(ctx, path)
+        if not isinstance(data, dict):
+            continue
+        model = str(data.get("model") or path.stem.removeprefix("eval_"))
+        evals.append((path, model, str(data.get("split") or ""), data))
+    summary = H.table(
+        ["model", "split", *_MODEL_KEYS],
+        [(m, s, *[d.get(k) for k in _MODEL_KEYS]) for _, m, s, d in evals],
+        css_class="models",
+    )
+    parts = [summary]
+    for path, model, split, d in evals:
+        parts.append(
+            f'<h3>{H.esc(model)} on {H.esc(split)} <span class="muted">{H.esc(path.name)}</span></h3>'
+        )
+        scalars = {
+            k: v
+            for k, v in d.items()
+            if k not in ("confusion_matrix", "roc_curve", "path") and not isinstance(v, list | dict)
+        }
+        for k in ("classes", "support", "recall_per_class"):
+            if k in d:
+                scalars[k] = d[k]
+        figs = [H.figure(H.kv_table(scalars), "metrics")]
+        cm, classes = d.get("confusion_matrix"), d.get("classes")
+        if isinstance(cm, list) and isinstance(classes, list) and cm:
+            uri = I.confusion_chart(cm, [str(c) for c in classes], f"{model} · {split}")
+            cm_table = H.table(
+                ["true \\ predicted", *[str(c) for c in classes]],
+                [(str(c), *[int(v) for v in row]) for c, row in zip(classes, cm, strict=False)],
+            )
+            figs.append(
+                H.figure(ctx.picture(uri, f"confusion matrix {model} {split}") + cm_table, "confusion matrix")
+            )
+        roc = d.get("roc_curve")
+        if isinstance(roc, dict) and roc.get("fpr") and roc.get("tpr"):
+            auc = d.get("roc_auc")
+            uri = I.roc_chart(
+                roc["fpr"],
+                roc["tpr"],
+                float(auc) if isinstance(auc, int | float) else None,
+                f"ROC {model} · {split} (positive {d.get('positive')})",
+            )
+            figs.append(H.figure(ctx.picture(uri, f"ROC curve {model} {split}"), "ROC curve"))
+        parts.append(f'<div class="grid">{"".join(figs)}</div>')
+    return True, "".join(parts)
+
+
+# ----------------------------------------------------------------------------- 5. clusters / regions
+
+
+def _localize(ctx: _Ctx) -> tuple[bool, str]:
+    regions_path = ctx.table_path("regions")
+    clusters_path = ctx.table_path("clusters")
+    if regions_path is None and clusters_path is None:
+        return False, H.not_run(
+            "DIR/regions and DIR/clusters",
+            "Run medimg localize --out DIR --method kmeans (regions) or --method mllib_kmeans (clusters).",
+        )
+    parts = ["<h3>Regions (per frame)</h3>"]
+    if regions_path is not None:
+        parts.append(_regions(ctx))
+    else:
+        parts.append(H.not_run("DIR/regions", "Run medimg localize --out DIR --method kmeans."))
+    parts.append("<h3>Clusters (dataset)</h3>")
+    if clusters_path is not None:
+        parts.append(_clusters(ctx))
+    else:
+        parts.append(H.not_run("DIR/clusters", "Run medimg localize --out DIR --method mllib_kmeans."))
+    return True, "".join(parts)
+
+
+def _regions(ctx: _Ctx) -> str:
+    from pyspark.sql import functions as F
+
+    from medimg_spark.preprocess import PROCESSED_SCHEMA
+    from medimg_spark.schema import IMAGES_SCHEMA
+
+    reg = ctx.read("regions")
+    assert reg is not None
+    stats = (
+        reg.groupBy("method")
+        .agg(
+            F.count(F.lit(1)).alias("regions"),
+            F.countDistinct("image_id").alias("frames"),
+            F.avg("area").alias("mean_area"),
+            F.max("region").alias("max_rank"),
+        )
+        .orderBy("method")
+        .collect()
+    )
+    parts = [
+        H.table(
+            ["method", "regions", "frames", "regions per frame", "mean area (px)"],
+            [
+                (
+                    r["method"],
+                    int(r["regions"]),
+                    int(r["frames"]),
+                    int(r["regions"]) / max(int(r["frames"]), 1),
+                    float(r["mean_area"] or 0.0),
+                )
+                for r in stats
+            ],
+        )
+    ]
+    ids = [
+        r["image_id"]
+        for r in reg.select("image_id").distinct().orderBy("image_id").limit(REGION_FRAMES).collect()
+    ]
+    boxes: dict[str, list[dict[str, Any]]] = {}
+    for r in (
+        _ids_in(reg, ids).orderBy("image_id", "region").limit(REGION_FRAMES * MAX_REGIONS_PER_FRAME).collect()
+    ):
+        boxes.setdefault(r["image_id"], []).append(r.asDict())
+    frame_cols = ["image_id", "rows", "cols", "channels", "dtype", "pixels"]
+    candidates: dict[str, list[tuple[str, Any]]] = {}
+    processed = ctx.read("processed", PROCESSED_SCHEMA)
+    if processed is not None:
+        rows = (
+            _ids_in(processed, ids)
+            .select(*frame_cols, "recipe_name", "recipe_hash")
+            .orderBy("image_id", "recipe_name", "recipe_hash")
+            .limit(REGION_FRAMES * 4)
+            .collect()
+        )
+        for r in rows:
+            candidates.setdefault(r["image_id"], []).append((f"processed ({r['recipe_name']})", r))
+    images = ctx.read("images", IMAGES_SCHEMA)
+    if images is not None:
+        for r in _ids_in(images, ids).select(*frame_cols).collect():
+            candidates.setdefault(r["image_id"], []).append(("images", r))
+    figs = []
+    for image_id in ids:
+        regs = boxes.get(image_id, [])
+        max_r = max((int(b["bbox_max_row"]) for b in regs), default=0)
+        max_c = max((int(b["bbox_max_col"]) for b in regs), default=0)
+        fits = [
+            (src, r) for src, r in candidates.get(image_id, []) if r["rows"] > max_r and r["cols"] > max_c
+        ]
+        if not fits:
+            figs.append(H.figure('<div class="muted">frame not found</div>', image_id))
+            continue
+        src, row = fits[0]
+        try:
+            uri = I.png_uri(I.boxes_overlay(_decode(row), regs))
+        except ValueError as exc:
+            ctx.warn(f"region overlay of {image_id}: {exc}")
+            figs.append(H.figure(f'<div class="muted">{H.esc(exc)}</div>', image_id))
+            continue
+        figs.append(
+            H.figure(
+                ctx.picture(uri, f"regions {image_id}", "thumb"), f"{image_id} · {len(regs)} regions · {src}"
+            )
+        )
+    parts.append(f'<div class="grid">{"".join(figs)}</div>')
+    return "".join(parts)
+
+
+def _clusters(ctx: _Ctx) -> str:
+    parts = []
+    summary_path = ctx.out / "clusters" / "_summary.json"
+    if summary_path.is_file():
+        data = _read_json(ctx, summary_path)
+        if isinstance(data, dict):
+            parts.append(H.kv_table({k: v for k, v in data.items() if k not in ("path",)}))
+    cl = ctx.read("clusters")
+    assert cl is not None
+    if "label" in cl.columns:
+        rows = (
+            cl.groupBy("cluster", "label").count().orderBy("cluster", "label").limit(MAX_TABLE_ROWS).collect()
+        )
+        labels = sorted({str(r["label"]) for r in rows})
+        grid: dict[int, dict[str, int]] = {}
+        for r in rows:
+            grid.setdefault(int(r["cluster"]), {})[str(r["label"])] = int(r["count"])
+        parts.append(
+            H.table(
+                ["cluster", *[f"label {lb}" for lb in labels], "total"],
+                [(c, *[g.get(lb, 0) for lb in labels], sum(g.values())) for c, g in sorted(grid.items())],
+            )
+        )
+    else:
+        rows = cl.groupBy("cluster").count().orderBy("cluster").limit(MAX_TABLE_ROWS).collect()
+        parts.append(H.table(["cluster", "frames"], [(int(r["cluster"]), int(r["count"])) for r in rows]))
+    return "".join(parts)
+
+
+# ----------------------------------------------------------------------------- 6. runs
+
+
+def _runs(ctx: _Ctx) -> tuple[bool, str]:
+    folder = ctx.out / "runs"
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    if not files:
+        return False, H.not_run("DIR/runs/*.json", "Run any stage (medimg ingest --out DIR writes one).")
+    records = []
+    for path in files:
+        data = _read_json(ctx, path)
+        if isinstance(data, dict):
+            records.append((str(data.get("run_id") or path.stem), data))
+    records.sort(key=lambda t: t[0])
+    rows = []
+    for run_id, d in records:
+        counts = "; ".join(
+            f"{k}={H.fmt(v)}"
+            for k, v in d.items()
+            if k not in RUN_SKIP_KEYS and not isinstance(v, list | dict)
+        )
+        breakdown = "; ".join(
+            f"{k}: {H.fmt(v) or '—'}" for k, v in d.items() if k not in RUN_SKIP_KEYS and isinstance(v, dict)
+        )
+        rows.append((run_id, d.get("stage"), d.get("wall_time_s"), counts, breakdown))
+    return True, H.table(["run_id", "stage", "wall_time_s", "counts", "breakdowns"], rows, css_class="runs")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def build_report(spark: SparkSession, out_dir: str) -> dict[str, Any]:
+    """Write ``out_dir/report/index.html``: one self-contained page (inline CSS, PNG data URIs, no scripts).
+
+    Sections (each says "Not run yet" when its input is missing): dataset summary, thumbnails
+    before/after per recipe, quality metrics before/after, models, clusters/regions, run history.
+
+    Args:
+        spark: the session (tables are aggregated with Spark; only a few frames reach the driver).
+        out_dir: the ``--out`` directory of the other stages (local path or ``file:`` URI).
+
+    Returns:
+        Summary: ``path``, ``bytes``, ``sections`` (name → present), ``sections_present``,
+        ``sections_total``, ``images`` (embedded PNGs), ``thumbnails``, ``warnings``, ``seconds``.
+
+    Raises:
+        ReportError: ``out_dir`` does not exist or is not on the local file system.
+    """
+    started = time.perf_counter()
+    out = _local_dir(out_dir)
+    ctx = _Ctx(spark=spark, out=out)
+    builders: dict[str, Callable[[_Ctx], tuple[bool, str]]] = {
+        "dataset": _dataset,
+        "thumbnails": _thumbnails,
+        "quality": _quality,
+        "models": _models,
+        "localize": _localize,
+        "runs": _runs,
+    }
+    present: dict[str, bool] = {}
+    body: list[str] = []
+    if (out / "IDENTIFIED").exists():
+        body.append(
+            '<p class="warn">This output is IDENTIFIED (ingested with --keep-phi): its tables hold original '
+            "patient identifiers. Do not share this report outside the approved environment.</p>"
+        )
+    for anchor, title in SECTIONS:
+        seen = len(ctx.warnings)
+        ok, html_text = builders[anchor](ctx)
+        present[anchor] = ok
+        notes = "".join(f'<p class="warn">{H.esc(w)}</p>' for w in ctx.warnings[seen:])
+        body.append(H.section(anchor, title, html_text + notes))
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    document = H.page(
+        "medimg-spark report",
+        f"{out} · generated {now} · {sum(present.values())}/{len(SECTIONS)} sections",
+        [(a, t.split(". ", 1)[-1]) for a, t in SECTIONS],
+        "".join(body),
+    )
+    dest = out / REPORT_DIR / REPORT_FILE
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{REPORT_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(document, encoding="utf-8")
+    os.replace(tmp, dest)
+    return {
+        "path": str(dest),
+        "bytes": len(document.encode("utf-8")),
+        "sections": present,
+        "sections_present": sum(present.values()),
+        "sections_total": len(SECTIONS),
+        "images": ctx.n_images,
+        "thumbnails": ctx.n_thumbnails,
+        "warnings": list(ctx.warnings),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A human-readable summary of :func:`build_report` for the command line."""
+    missing = [k for k, ok in summary["sections"].items() if not ok]
+    lines = [
+        f"report → {summary['path']} ({summary['bytes'] / 1e6:.2f} MB)",
+        f"  sections   {summary['sections_present']}/{summary['sections_total']}"
+        + (f" (not run yet: {', '.join(missing)})" if missing else ""),
+        f"  images     {summary['images']} ({summary['thumbnails']} thumbnails)",
+        f"  seconds    {summary['seconds']}",
+    ]
+    lines += [f"  warning: {w}" for w in summary["warnings"]]
+    return "\n".join(lines)
