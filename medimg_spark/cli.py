@@ -115,6 +115,13 @@ def _add_quality(sub: Any) -> None:
     p.set_defaults(handler=cmd_quality)
 
 
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser("report", help="write DIR/report/index.html: one self-contained HTML report")
+    p.add_argument("--out", required=True, help="output directory of the pipeline")
+    _common(p)
+    p.set_defaults(handler=cmd_report)
+
+
 def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run the pipeline stages listed in a YAML config")
     p.add_argument("--out", help="output directory (overrides pipeline.out)")
@@ -137,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reidentify(sub)
     _add_preprocess(sub)
     _add_quality(sub)
+    _add_report(sub)
     _add_run(sub)
     return parser
 
@@ -309,6 +317,18 @@ def cmd_quality(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """``medimg report``."""
+    from medimg_spark.config import load_config
+    from medimg_spark.report import build_report, format_summary
+
+    cfg = load_config(args.config)
+    spark = _session(args, cfg, "report")
+    summary = build_report(spark, args.out)
+    _print(summary, format_summary(summary), args.json)
+    return EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``medimg run``."""
     from pathlib import Path
@@ -354,6 +374,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"preprocess {pre.get('recipe_name')}: " + ", ".join(f"{k}={v}" for k, v in pre.items()))
         if "quality" in results:
             print(format_quality_table(results["quality"]))
+        if "report" in results:
+            print(f"report: {results['report'].get('path')}")
         print(f"pipeline finished in {results['wall_time_s']} s; output under {Path(out).resolve()}")
     return EXIT_OK
 

@@ -14,7 +14,7 @@ from medimg_spark.errors import ConfigError
 from medimg_spark.runlog import RunLog
 
 #: Stages in pipeline order; each reads only tables written by the stages before it.
-STAGES = ("ingest", "preprocess", "quality")
+STAGES = ("ingest", "preprocess", "quality", "report")
 
 
 class RecipeRun(StrictModel):
@@ -120,6 +120,12 @@ def run_pipeline(
 
         with log.stage("quality"):
             results["quality"] = quality_report(spark, out)
+    if "report" in pc.stages:
+        from medimg_spark.report import build_report
+
+        with log.stage("report") as rec:
+            results["report"] = build_report(spark, out)
+            rec["path"] = results["report"].get("path")
     results["wall_time_s"] = round(time.perf_counter() - started, 3)
     log.event("pipeline_end", wall_time_s=results["wall_time_s"])
     return results
