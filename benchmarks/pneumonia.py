@@ -84,8 +84,8 @@ def run_model(
         Xa, t_aug = cache[key]
         Xt = np.vstack([Xt, Xa])
         yt = np.concatenate([yt] + [train[1]] * cfg.augment.copies)
+    cfg = cfg.model_copy(update={"name": spec.label})
     model, info = fit_sklearn_arrays(spec.model, cfg, Xt, yt, Xv, val[1], names, feature_set=fs.name)
-    model.card.model_name = spec.label
     model.save(out / "models" / spec.label)
     t0 = time.time()
     Xp, _ = _features(fs, val[0])

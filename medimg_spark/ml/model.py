@@ -46,6 +46,7 @@ class ModelCard(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_name: str
+    model: str | None = Field(None, description="registry name, e.g. sk_svc or mllib_logreg")
     kind: str = Field(pattern="^(sklearn|mllib)$")
     estimator: str
     params: dict[str, Any] = {}

@@ -64,7 +64,18 @@ class TrainConfig(BaseModel):
     augment: AugmentConfig | None = None
     feature_set: str | None = Field(None, description="feature set for augmentation (default: recorded one)")
     seed: int = 0
-    model_dir: str | None = Field(None, description="where to save (default out_dir/models/<model_name>)")
+    model_dir: str | None = Field(None, description="where to save (default out_dir/models/<name>)")
+    name: str | None = Field(
+        None,
+        description="model name in the card, predictions and metrics files "
+        "(default: the model_dir folder name, else the registry model name)",
+    )
+
+    def display_name(self, model_name: str) -> str:
+        """The name recorded for a model trained with this config."""
+        if self.name:
+            return self.name
+        return Path(self.model_dir).name if self.model_dir else model_name
 
 
 def parse_train_config(data: TrainConfig | dict[str, Any] | str | Path | None) -> TrainConfig:
@@ -220,7 +231,9 @@ def train(
             f"unknown model {model_name!r}; choose from {sorted(SKLEARN_MODELS) + list(MLLIB_MODELS)}"
         )
     df = read_features(spark, out_dir, cfg.features_dir)
-    model_dir = Path(cfg.model_dir) if cfg.model_dir else Path(out_dir) / "models" / model_name
+    model_dir = (
+        Path(cfg.model_dir) if cfg.model_dir else Path(out_dir) / "models" / cfg.display_name(model_name)
+    )
     if model_name in SKLEARN_MODELS:
         return _train_sklearn(spark, df, out_dir, model_name, cfg, model_dir)
     return _train_mllib(spark, df, out_dir, model_name, cfg, model_dir)
@@ -296,7 +309,8 @@ def fit_sklearn_arrays(
         raise ModelConfigError(f"fitting {model_name} with {params} failed: {exc}") from exc
     train_seconds = time.time() - t0
     card = ModelCard(
-        model_name=model_name,
+        model_name=cfg.display_name(model_name),
+        model=model_name,
         kind="sklearn",
         estimator=type(est).__name__,
         params=params,
@@ -548,7 +562,8 @@ def _train_mllib(
         pipeline = build_mllib_pipeline(model_name, cfg.params, len(names), len(classes), weighted, cfg.seed)
         maps = _mllib_param_maps(pipeline, cfg.grid, model_name)
         card = ModelCard(
-            model_name=model_name,
+            model_name=cfg.display_name(model_name),
+            model=model_name,
             kind="mllib",
             estimator=type(pipeline.getStages()[-1]).__name__,
             params=dict(cfg.params),
