@@ -115,6 +115,58 @@ def _add_quality(sub: Any) -> None:
     p.set_defaults(handler=cmd_quality)
 
 
+def _add_features(sub: Any) -> None:
+    p = sub.add_parser("features", help="compute a feature set per frame into DIR/features")
+    p.add_argument("--out", required=True, help="output directory holding images/ or processed/")
+    p.add_argument("--from", dest="source", choices=["images", "processed"], default="images")
+    p.add_argument(
+        "--set", dest="feature_set", default="texture", help="feature set name (conf/features) or YAML"
+    )
+    _common(p)
+    p.set_defaults(handler=cmd_features)
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a classifier on DIR/features (train split; choices on val)")
+    p.add_argument("--out", required=True, help="output directory holding features/")
+    p.add_argument(
+        "--model", required=True, help="estimator: sk_svc, sk_rf, sk_hgb, sk_logreg, sk_ensemble, mllib_*"
+    )
+    p.add_argument("--name", help="saved model name (default: the estimator name)")
+    _common(p)
+    p.set_defaults(handler=cmd_train)
+
+
+def _add_predict(sub: Any) -> None:
+    p = sub.add_parser("predict", help="batch prediction of DIR/features into DIR/predictions")
+    p.add_argument("--out", required=True, help="output directory holding features/")
+    p.add_argument("--model", required=True, help="saved model directory (DIR/models/<name>)")
+    p.add_argument("--split", help="only this split")
+    _common(p)
+    p.set_defaults(handler=cmd_predict)
+
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate", help="metrics of a saved model on a split → DIR/metrics/eval_<model>_<split>.json"
+    )
+    p.add_argument("--out", required=True, help="output directory holding features/")
+    p.add_argument("--model", required=True, help="saved model directory (DIR/models/<name>)")
+    p.add_argument("--split", required=True, help="split to evaluate, e.g. val or test")
+    _common(p)
+    p.set_defaults(handler=cmd_evaluate)
+
+
+def _add_localize(sub: Any) -> None:
+    p = sub.add_parser("localize", help="regions per frame (kmeans|dbscan|gmm) or dataset clusters (mllib_*)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--method", required=True, choices=["kmeans", "dbscan", "gmm", "mllib_kmeans", "mllib_gmm"]
+    )
+    _common(p)
+    p.set_defaults(handler=cmd_localize)
+
+
 def _add_report(sub: Any) -> None:
     p = sub.add_parser("report", help="write DIR/report/index.html: one self-contained HTML report")
     p.add_argument("--out", required=True, help="output directory of the pipeline")
@@ -144,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reidentify(sub)
     _add_preprocess(sub)
     _add_quality(sub)
+    _add_features(sub)
+    _add_train(sub)
+    _add_predict(sub)
+    _add_evaluate(sub)
+    _add_localize(sub)
     _add_report(sub)
     _add_run(sub)
     return parser
@@ -317,6 +374,88 @@ def cmd_quality(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _section(cfg: Any, name: str) -> Any:
+    return cfg.extra_sections.get(name) or {}
+
+
+def _ml_errors() -> tuple[type[Exception], ...]:
+    from medimg_spark.features import FeatureSetError
+    from medimg_spark.ml import ModelConfigError
+
+    return (ModelConfigError, FeatureSetError)
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    """``medimg features``."""
+    from medimg_spark.config import load_config
+    from medimg_spark.features import compute_features, load_feature_set
+
+    cfg = load_config(args.config)
+    try:
+        load_feature_set(args.feature_set)  # validate before Spark starts
+    except _ml_errors() as err:
+        raise ConfigError(str(err)) from None
+    spark = _session(args, cfg, "features")
+    summary = compute_features(spark, args.out, source=args.source, feature_set=args.feature_set)
+    shown = {k: v for k, v in summary.items() if k != "feature_names"}
+    _print(summary, "features → " + ", ".join(f"{k}={v}" for k, v in shown.items()), args.json)
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``medimg train``: the config's ``train`` section holds the training options."""
+    from medimg_spark.config import load_config
+    from medimg_spark.ml import parse_train_config, train
+
+    cfg = load_config(args.config)
+    try:
+        tcfg = parse_train_config(_section(cfg, "train"))
+    except _ml_errors() as err:
+        raise ConfigError(f"{args.config}: train: {err}") from None
+    if args.name:
+        tcfg = tcfg.model_copy(update={"model_dir": f"{args.out}/models/{args.name}"})
+    spark = _session(args, cfg, "train")
+    summary = train(spark, args.out, args.model, tcfg)
+    _print(summary, "train → " + ", ".join(f"{k}={v}" for k, v in summary.items()), args.json)
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``medimg predict``."""
+    from medimg_spark.config import load_config
+    from medimg_spark.ml import predict
+
+    cfg = load_config(args.config)
+    spark = _session(args, cfg, "predict")
+    summary = predict(spark, args.out, args.model, split=args.split)
+    _print(summary, "predict → " + ", ".join(f"{k}={v}" for k, v in summary.items()), args.json)
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``medimg evaluate``."""
+    from medimg_spark.config import load_config
+    from medimg_spark.ml import evaluate, format_metrics
+
+    cfg = load_config(args.config)
+    spark = _session(args, cfg, "evaluate")
+    metrics = evaluate(spark, args.out, args.model, args.split)
+    _print(metrics, format_metrics(metrics, f"{metrics.get('model')} on {args.split}"), args.json)
+    return EXIT_OK
+
+
+def cmd_localize(args: argparse.Namespace) -> int:
+    """``medimg localize``: the config's ``localize`` section holds the options."""
+    from medimg_spark.config import load_config
+    from medimg_spark.ml import localize
+
+    cfg = load_config(args.config)
+    spark = _session(args, cfg, "localize")
+    summary = localize(spark, args.out, args.method, _section(cfg, "localize") or None)
+    _print(summary, "localize → " + ", ".join(f"{k}={v}" for k, v in summary.items()), args.json)
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """``medimg report``."""
     from medimg_spark.config import load_config
@@ -374,6 +513,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"preprocess {pre.get('recipe_name')}: " + ", ".join(f"{k}={v}" for k, v in pre.items()))
         if "quality" in results:
             print(format_quality_table(results["quality"]))
+        if "evaluate" in results:
+            from medimg_spark.ml import format_metrics
+
+            for m in results["evaluate"]:
+                print(format_metrics(m, f"{m.get('model')} on {m.get('split')}"))
         if "report" in results:
             print(f"report: {results['report'].get('path')}")
         print(f"pipeline finished in {results['wall_time_s']} s; output under {Path(out).resolve()}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -14,7 +14,7 @@ from medimg_spark.errors import ConfigError
 from medimg_spark.runlog import RunLog
 
 #: Stages in pipeline order; each reads only tables written by the stages before it.
-STAGES = ("ingest", "preprocess", "quality", "report")
+STAGES = ("ingest", "preprocess", "quality", "features", "train", "predict", "evaluate", "localize", "report")
 
 
 class RecipeRun(StrictModel):
@@ -22,6 +22,21 @@ class RecipeRun(StrictModel):
 
     recipe: str = Field(description="Recipe YAML path or the name of a shipped recipe (conf/recipes).")
     where: str | None = Field(None, description="SQL filter on the images table.")
+
+
+class FeaturesRun(StrictModel):
+    """The feature set computed by the features stage."""
+
+    source: Literal["images", "processed"] = "images"
+    set: str = Field("texture", description="Feature set name (conf/features) or YAML path.")
+
+
+class ModelRun(StrictModel):
+    """One model trained (or, without the train stage, loaded) by the pipeline."""
+
+    name: str = Field(description="Saved under DIR/models/<name>; names the metrics files.")
+    model: str = Field(description="Estimator: sk_svc, sk_rf, sk_hgb, sk_logreg, sk_ensemble, mllib_*.")
+    train: dict[str, Any] = Field(default_factory=dict, description="Training options (TrainConfig).")
 
 
 class PipelineConfig(StrictModel):
@@ -34,6 +49,15 @@ class PipelineConfig(StrictModel):
     labels: str | None = None
     stages: list[str] = Field(default_factory=lambda: list(STAGES))
     recipes: list[RecipeRun] = Field(default_factory=list, description="Recipes of the preprocess stage.")
+    features: FeaturesRun = Field(default_factory=FeaturesRun)
+    models: list[ModelRun] = Field(
+        default_factory=list, description="Models of the train/predict/evaluate stages."
+    )
+    evaluate_splits: list[str] = Field(default_factory=lambda: ["val"])
+    predict_split: str | None = Field(None, description="Split the predict stage scores (default: all rows).")
+    localize: list[Literal["kmeans", "dbscan", "gmm", "mllib_kmeans", "mllib_gmm"]] = Field(
+        default_factory=list
+    )
 
 
 def resolve_input(item: str, base: Path) -> str:
@@ -120,6 +144,43 @@ def run_pipeline(
 
         with log.stage("quality"):
             results["quality"] = quality_report(spark, out)
+    if "features" in pc.stages:
+        from medimg_spark.features import compute_features
+
+        with log.stage("features", set=pc.features.set) as rec:
+            results["features"] = compute_features(
+                spark, out, source=pc.features.source, feature_set=pc.features.set
+            )
+            rec.update(_counts(results["features"]))
+    ml_stages = [s for s in ("train", "predict", "evaluate") if s in pc.stages]
+    if ml_stages:
+        from medimg_spark.ml import evaluate, parse_train_config, predict, train
+
+        for m in pc.models:
+            model_dir = f"{out}/models/{m.name}"
+            if "train" in pc.stages:
+                tcfg = parse_train_config({**m.train, "model_dir": model_dir})
+                with log.stage("train", model=m.name) as rec:
+                    results.setdefault("train", []).append(train(spark, out, m.model, tcfg))
+                    rec.update(_counts(results["train"][-1]))
+            if "predict" in pc.stages:
+                with log.stage("predict", model=m.name) as rec:
+                    results.setdefault("predict", []).append(
+                        predict(spark, out, model_dir, split=pc.predict_split)
+                    )
+                    rec.update(_counts(results["predict"][-1]))
+            if "evaluate" in pc.stages:
+                for split in pc.evaluate_splits:
+                    with log.stage("evaluate", model=m.name, split=split) as rec:
+                        results.setdefault("evaluate", []).append(evaluate(spark, out, model_dir, split))
+                        rec.update(_counts(results["evaluate"][-1]))
+    if "localize" in pc.stages:
+        from medimg_spark.ml import localize
+
+        for method in pc.localize:
+            with log.stage("localize", method=method) as rec:
+                results.setdefault("localize", []).append(localize(spark, out, method))
+                rec.update(_counts(results["localize"][-1]))
     if "report" in pc.stages:
         from medimg_spark.report import build_report
 
@@ -147,8 +208,33 @@ def resolve_recipe_path(name: str, base: Path) -> str:
 
 
 def validate_recipes(pc: PipelineConfig, base: Path) -> None:
-    """Load every recipe of the preprocess stage, so a bad one fails before Spark starts."""
+    """Load every recipe, the feature set and the model options, so a bad one fails before Spark starts."""
     from medimg_spark.ops import load_recipe
+
+    if any(s in pc.stages for s in ("train", "predict", "evaluate")) and not pc.models:
+        raise ConfigError(
+            "pipeline.stages has train/predict/evaluate but pipeline.models is empty; add a model"
+        )
+    if "features" in pc.stages:
+        from medimg_spark.features import load_feature_set
+
+        try:
+            load_feature_set(pc.features.set)
+        except Exception as err:
+            raise ConfigError(f"pipeline.features.set: {err}") from None
+    if "train" in pc.stages:
+        from medimg_spark.ml import MLLIB_MODELS, SKLEARN_MODELS, parse_train_config
+
+        for m in pc.models:
+            if m.model not in {*MLLIB_MODELS, *SKLEARN_MODELS}:
+                known = ", ".join(sorted({*MLLIB_MODELS, *SKLEARN_MODELS}))
+                raise ConfigError(
+                    f"pipeline.models[{m.name}].model {m.model!r} is unknown; choose from {known}"
+                )
+            try:
+                parse_train_config(m.train)
+            except Exception as err:
+                raise ConfigError(f"pipeline.models[{m.name}].train: {err}") from None
 
     if "preprocess" in pc.stages:
         if not pc.recipes:
