@@ -1,20 +1,24 @@
-"""PneumoniaMNIST benchmark: features → models → val metrics (and, with --test, the shipped model on test).
+"""PneumoniaMNIST benchmark: ingest → features → train → evaluate with the Spark stages, per model.
 
     python benchmarks/pneumonia.py --data data/sample/pneumoniamnist/pneumoniamnist_trainval.npz \\
         [--test pneumoniamnist_test.npz] --out /tmp/pneu [--config conf/pneumonia.yaml] [--baselines]
 
-Runs on numpy arrays loaded from the MedMNIST npz files with the library's feature functions
-and model code (no Spark needed). Every choice (hyper-parameters, decision threshold) is made
-on ``val``; models are fitted on ``train`` (plus its augmented copies when the config says so).
-The ``stress`` columns score val images after a seeded random geometric + photometric perturbation
-(at the clean-val threshold): a val-only probe of robustness to acquisition shift.
-With ``--test`` only the shipped configuration is evaluated on the test file, and its metrics
-are written to ``OUT/metrics/eval_<model>_test.json``.
+Runs the project's own stages in ``local[*]`` (``--master`` to change): ``ingest`` of the MedMNIST
+npz into ``OUT/images``, ``compute_features`` with the configuration's feature set, then per model
+``train`` (fitted on ``train`` plus its augmented copies when the config says so; every choice —
+hyper-parameters, decision threshold — made on ``val``), ``evaluate`` on val and ``predict``
+(images/s). The ``stress`` columns score val images after a seeded random geometric + photometric
+perturbation (at the clean-val threshold): a val-only probe of robustness to acquisition shift.
+With ``--test`` (a MedMNIST npz holding only ``test_images``/``test_labels``) the test file is
+ingested after training, features are recomputed, and the shipped model is evaluated on it:
+``OUT/metrics/eval_<model>_test.json``. The configuration's preprocess recipe is not applied:
+the shipped features normalise each image themselves (z-scored pixels, texture statistics).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -27,78 +31,71 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from medimg_spark.features import FeatureSet  # noqa: E402
+from medimg_spark.features import FeatureSet, compute_features  # noqa: E402
+from medimg_spark.io.ingest import ingest  # noqa: E402
 from medimg_spark.ml import (  # noqa: E402
     AugmentConfig,
     augment_stack,
     classification_metrics,
-    fit_sklearn_arrays,
+    evaluate,
     format_metrics,
     format_table,
-    write_metrics,
+    load_model,
+    predict,
+    train,
 )
 from medimg_spark.ml.experiment import ExperimentConfig, ModelSpec, load_experiment  # noqa: E402
+from medimg_spark.session import build_session  # noqa: E402
 
-LABELS = np.array(["normal", "pneumonia"], dtype=object)  # MedMNIST label 0 / 1
 # Robustness probe built from val only: one seeded random shift/rotation/zoom + gamma/contrast/brightness
 # perturbation of every val image, scored at the threshold chosen on clean val.
 STRESS = AugmentConfig(copies=1, hflip=False, photometric=True, seed=123)
 
 
 def load_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images and string labels of one split of a MedMNIST npz."""
+    """Images and labels (as the strings ingest writes: "0", "1") of one split of a MedMNIST npz."""
     with np.load(path) as d:
         if f"{split}_images" not in d:
             raise SystemExit(f"{path} has no {split}_images array (arrays: {sorted(d.files)})")
-        return d[f"{split}_images"], LABELS[d[f"{split}_labels"].reshape(-1).astype(int)]
+        labels = d[f"{split}_labels"].reshape(-1).astype(int).astype(str).astype(object)
+        return d[f"{split}_images"], labels
 
 
-def _features(fs: FeatureSet, images: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    return fs.extract_many(images)
+def trimmed_input(data: Path, limit: int | None, dest: Path) -> Path:
+    """The npz to ingest: ``data`` itself, or a copy keeping the first ``limit`` train images."""
+    if not limit:
+        return data
+    with np.load(data) as d:
+        arrays = {k: (d[k][:limit] if k.startswith("train_") else d[k]) for k in d.files}
+    dest.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    path = dest / f"{data.stem}_train{limit}.npz"
+    path.write_bytes(buf.getvalue())
+    return path
 
 
 def run_model(
+    spark: Any,
     spec: ModelSpec,
     fs: FeatureSet,
-    train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
-    cache: dict[str, Any],
+    stress: np.ndarray,
     out: Path,
-) -> tuple[Any, dict[str, Any]]:
-    """Fit one model spec on train (+augmentation), tune/threshold on val; return the model and a table row."""
-    cfg = spec.train
-    if "val" not in cache:
-        cache["val"] = _features(fs, val[0])
-        cache["train"] = _features(fs, train[0])
-        cache["stress"] = _features(fs, augment_stack(val[0], STRESS))[0]
-    Xv, names = cache["val"]
-    Xt, _ = cache["train"]
-    yt = train[1]
-    t_aug = 0.0
-    if cfg.augment is not None:
-        key = f"aug:{cfg.augment.model_dump_json()}"
-        if key not in cache:
-            t0 = time.time()
-            aug = augment_stack(train[0], cfg.augment)
-            cache[key] = (_features(fs, aug)[0], time.time() - t0)
-        Xa, t_aug = cache[key]
-        Xt = np.vstack([Xt, Xa])
-        yt = np.concatenate([yt] + [train[1]] * cfg.augment.copies)
-    cfg = cfg.model_copy(update={"name": spec.label})
-    model, info = fit_sklearn_arrays(spec.model, cfg, Xt, yt, Xv, val[1], names, feature_set=fs.name)
-    model.save(out / "models" / spec.label)
+) -> tuple[Path, dict[str, Any]]:
+    """Train one model spec with the Spark stages, evaluate and predict on val; return its dir and table row."""
+    model_dir = out / "models" / spec.label
+    cfg = spec.train.model_copy(update={"name": spec.label, "model_dir": str(model_dir)})
     t0 = time.time()
-    Xp, _ = _features(fs, val[0])
-    model.predict_proba(Xp)
-    ips = len(Xp) / (time.time() - t0)
-    m = info["val"]
-    write_metrics(out, spec.label, "val", {**m, "model": spec.label, "split": "val"})
+    train(spark, out, spec.model, cfg)
+    train_s = time.time() - t0
+    m = evaluate(spark, out, model_dir, "val")
+    t0 = time.time()
+    predict(spark, out, model_dir, split="val")
+    ips = len(val[1]) / (time.time() - t0)
+    model = load_model(model_dir)
     ms = classification_metrics(
-        val[1],
-        model.predict(cache["stress"]),
-        model.classes,
-        model.predict_proba(cache["stress"]),
-        model.card.positive_label,
+        val[1], model.predict(stress), model.classes, model.predict_proba(stress), model.card.positive_label
     )
     row = {
         "model": spec.label,
@@ -110,10 +107,10 @@ def run_model(
         "threshold": m["threshold"],
         "stress AUC": ms["roc_auc"],
         "stress bal. ACC": ms["balanced_accuracy"],
-        "train s": f"{info['train_seconds'] + t_aug:.1f}",
+        "train s": f"{train_s:.1f}",
         "predict img/s": f"{ips:.0f}",
     }
-    return model, row
+    return model_dir, row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,55 +122,60 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, default=REPO / "conf" / "pneumonia.yaml")
     ap.add_argument("--baselines", action="store_true", help="also train the config's baseline models")
     ap.add_argument("--limit", type=int, help="use only the first N train images (smoke runs)")
+    ap.add_argument("--master", default="local[*]", help="Spark master (default local[*])")
     args = ap.parse_args(argv)
 
     exp: ExperimentConfig = load_experiment(args.config)
     fs = exp.features()
-    train = load_split(args.data, "train")
     val = load_split(args.data, "val")
-    if args.limit:
-        train = (train[0][: args.limit], train[1][: args.limit])
     args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out.resolve()
+    spark = build_session("medimg-pneumonia-benchmark", master=args.master)
+    data = trimmed_input(args.data, args.limit, out / "input")
+    t0 = time.time()
+    summary = ingest(spark, [str(data)], str(out), deidentify=_deidentifier())
+    print(f"ingest: {summary['frames_written']} frames in {time.time() - t0:.1f} s", flush=True)
+    t0 = time.time()
+    feats = compute_features(spark, out, source="images", feature_set=fs)
     print(
-        f"train {len(train[1])} ({dict(zip(*np.unique(train[1], return_counts=True), strict=True))}), val {len(val[1])}"
+        f"features: {feats['n_features']} per image, {feats['n_images']} images in {time.time() - t0:.1f} s"
     )
+    stress = fs.extract_many(augment_stack(val[0], STRESS))[0]
 
-    cache: dict[str, Any] = {}
     rows = []
-    shipped_model = None
+    shipped_dir = None
     specs = [exp.shipped, *(exp.baselines if args.baselines else [])]
     for spec in specs:
-        model, row = run_model(spec, fs, train, val, cache, args.out)
+        model_dir, row = run_model(spark, spec, fs, val, stress, out)
         if spec is exp.shipped:
-            shipped_model = model
+            shipped_dir = model_dir
             row["model"] = f"{spec.label} (shipped)"
         rows.append(row)
         print(format_table([row], list(row)).splitlines()[-1], flush=True)
-    cols = list(rows[0])
-    table = format_table(rows, cols)
+    table = format_table(rows, list(rows[0]))
     print()
     print(table)
-    (args.out / "benchmark.md").write_text(table + "\n")
+    (out / "benchmark.md").write_text(table + "\n")
 
-    if args.test is not None and shipped_model is not None:
-        ti, ty = load_split(args.test, "test")
+    if args.test is not None and shipped_dir is not None:
+        ingest(spark, [str(args.test.resolve())], str(out), deidentify=_deidentifier())
+        compute_features(spark, out, source="images", feature_set=fs)
         t0 = time.time()
-        Xs, _ = _features(fs, ti)
-        proba = shipped_model.predict_proba(Xs)
-        pred = shipped_model.predict(Xs)
-        secs = time.time() - t0
-        m = classification_metrics(ty, pred, shipped_model.classes, proba, shipped_model.card.positive_label)
-        m.update(
-            model=exp.shipped.label,
-            split="test",
-            threshold=shipped_model.card.threshold,
-            images_per_second=round(len(ty) / secs, 1),
-        )
-        res = write_metrics(args.out, exp.shipped.label, "test", m)
+        res = evaluate(spark, out, shipped_dir, "test")
         print()
-        print(format_metrics(res, f"{exp.shipped.label} on test ({len(ty)} images)"))
+        print(
+            format_metrics(res, f"{exp.shipped.label} on test ({res['n']} images, {time.time() - t0:.1f} s)")
+        )
         print(json.dumps({"test_metrics": res["path"]}))
     return 0
+
+
+def _deidentifier() -> Any:
+    """De-identification at ingest with an ephemeral key (MedMNIST files carry no DICOM headers anyway)."""
+    from medimg_spark.privacy import DeidConfig, Deidentifier, load_key
+    from medimg_spark.privacy.hook import IngestDeidentifier
+
+    return IngestDeidentifier(Deidentifier(DeidConfig(), load_key(ephemeral=True)))
 
 
 if __name__ == "__main__":

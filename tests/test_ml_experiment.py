@@ -48,7 +48,7 @@ def test_benchmark_script_runs_and_writes_test_metrics(sample_npz: Path, tmp_pat
         == 0
     )
     m = json.loads((out / "metrics" / "eval_pneumonia_ensemble_test.json").read_text())
-    assert m["n"] == 120 and m["split"] == "test" and m["positive"] == "pneumonia"
+    assert m["n"] == 120 and m["split"] == "test" and m["positive"] == "1"
     assert m["roc_auc"] > 0.85 and 0 < m["threshold"] < 1
     card = json.loads((out / "models" / "pneumonia_ensemble" / "card.json").read_text())
     assert card["n_train"] == 900 and card["augment"]["copies"] == 2 and card["threshold"] == m["threshold"]
