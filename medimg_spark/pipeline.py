@@ -32,11 +32,34 @@ class FeaturesRun(StrictModel):
 
 
 class ModelRun(StrictModel):
-    """One model trained (or, without the train stage, loaded) by the pipeline."""
+    """One model trained (or, without the train stage, loaded) by the pipeline.
+
+    Either ``model`` (+ ``train``) or ``experiment``: the shipped model of an experiment file such as
+    ``conf/pneumonia.yaml`` (its estimator and training options, so they are written down once).
+    """
 
     name: str = Field(description="Saved under DIR/models/<name>; names the metrics files.")
-    model: str = Field(description="Estimator: sk_svc, sk_rf, sk_hgb, sk_logreg, sk_ensemble, mllib_*.")
+    model: str | None = Field(
+        None, description="Estimator: sk_svc, sk_rf, sk_hgb, sk_logreg, sk_ensemble, mllib_*."
+    )
     train: dict[str, Any] = Field(default_factory=dict, description="Training options (TrainConfig).")
+    experiment: str | None = Field(None, description="Experiment YAML whose shipped model to use.")
+
+    def resolved(self, base: Path) -> tuple[str, dict[str, Any]]:
+        """``(estimator, train options)``, from the experiment file when one is named."""
+        if self.experiment is None:
+            if self.model is None:
+                raise ConfigError(f"pipeline.models[{self.name}]: set 'model' or 'experiment'")
+            return self.model, dict(self.train)
+        if self.model is not None or self.train:
+            raise ConfigError(
+                f"pipeline.models[{self.name}]: 'experiment' replaces 'model' and 'train'; drop them"
+            )
+        from medimg_spark.ml.experiment import load_experiment
+
+        path = Path(self.experiment)
+        exp = load_experiment(path if path.is_absolute() else base / path)
+        return exp.shipped.model, exp.shipped.train.model_dump(exclude_unset=True)
 
 
 class PipelineConfig(StrictModel):
@@ -159,9 +182,10 @@ def run_pipeline(
         for m in pc.models:
             model_dir = f"{out}/models/{m.name}"
             if "train" in pc.stages:
-                tcfg = parse_train_config({**m.train, "model_dir": model_dir})
+                estimator, options = m.resolved(base)
+                tcfg = parse_train_config({**options, "model_dir": model_dir, "name": m.name})
                 with log.stage("train", model=m.name) as rec:
-                    results.setdefault("train", []).append(train(spark, out, m.model, tcfg))
+                    results.setdefault("train", []).append(train(spark, out, estimator, tcfg))
                     rec.update(_counts(results["train"][-1]))
             if "predict" in pc.stages:
                 with log.stage("predict", model=m.name) as rec:
@@ -226,13 +250,19 @@ def validate_recipes(pc: PipelineConfig, base: Path) -> None:
         from medimg_spark.ml import MLLIB_MODELS, SKLEARN_MODELS, parse_train_config
 
         for m in pc.models:
-            if m.model not in {*MLLIB_MODELS, *SKLEARN_MODELS}:
+            try:
+                estimator, options = m.resolved(base)
+            except ConfigError:
+                raise
+            except Exception as err:
+                raise ConfigError(f"pipeline.models[{m.name}].experiment: {err}") from None
+            if estimator not in {*MLLIB_MODELS, *SKLEARN_MODELS}:
                 known = ", ".join(sorted({*MLLIB_MODELS, *SKLEARN_MODELS}))
                 raise ConfigError(
-                    f"pipeline.models[{m.name}].model {m.model!r} is unknown; choose from {known}"
+                    f"pipeline.models[{m.name}].model {estimator!r} is unknown; choose from {known}"
                 )
             try:
-                parse_train_config(m.train)
+                parse_train_config(options)
             except Exception as err:
                 raise ConfigError(f"pipeline.models[{m.name}].train: {err}") from None
 

@@ -112,3 +112,30 @@ def test_bad_pipeline_config_exits_2(
     assert main(["run", "--config", str(cfg), "--out", str(tmp_path / "o"), "--keep-phi"]) == EXIT_CONFIG
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", ["pipeline.yaml", "demo.yaml"])
+def test_shipped_pipeline_configs_validate(name: str) -> None:
+    from medimg_spark.cli import deid_config
+    from medimg_spark.config import load_config
+    from medimg_spark.pipeline import load_pipeline, validate_recipes
+
+    cfg = load_config(REPO / "conf" / name)
+    pc = load_pipeline(cfg, name)
+    validate_recipes(pc, REPO)
+    deid_config(cfg, name)
+    assert pc.models and all(m.resolved(REPO)[0] for m in pc.models)
+
+
+def test_model_from_experiment_file(tmp_path: Path) -> None:
+    from medimg_spark.errors import ConfigError
+    from medimg_spark.ml.experiment import load_experiment
+    from medimg_spark.pipeline import ModelRun
+
+    run = ModelRun(name="p", experiment="conf/pneumonia.yaml")
+    estimator, options = run.resolved(REPO)
+    shipped = load_experiment(REPO / "conf" / "pneumonia.yaml").shipped
+    assert estimator == shipped.model == "sk_ensemble"
+    assert options["augment"]["copies"] == shipped.train.augment.copies  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="replaces 'model' and 'train'"):
+        ModelRun(name="p", model="sk_svc", experiment="conf/pneumonia.yaml").resolved(REPO)
