@@ -46,26 +46,6 @@ from tests.phi import collect_phi, find_phi
 KEY = bytes.fromhex("5f" * 32)
 OTHER_KEY = bytes.fromhex("a0" * 32)
 REPO = Path(__file__).resolve().parents[1]
-GENERIC = {"NONE", "UNKNOWN", "DEFAULT", "YES", "NO", "PATIENT"}
-TEXT_VRS = {
-    "AE",
-    "AS",
-    "CS",
-    "DA",
-    "DS",
-    "DT",
-    "IS",
-    "LO",
-    "LT",
-    "PN",
-    "SH",
-    "ST",
-    "TM",
-    "UC",
-    "UI",
-    "UR",
-    "UT",
-}
 
 
 def _deid_data() -> Path:
