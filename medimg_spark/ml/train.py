@@ -115,7 +115,11 @@ def read_features(spark: SparkSession, out_dir: str | Path, features_dir: str = 
 
 
 def collect_split(df: DataFrame, split: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(image_ids, X, labels)`` of one split (all rows when ``split`` is None), collected to the driver."""
+    """``(image_ids, X, labels)`` of one split (all rows when ``split`` is None), collected to the driver.
+
+    Rows are ordered by ``image_id`` so that training (augmentation draws, CV folds) does not depend
+    on how the table happens to be split into files.
+    """
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
 
@@ -124,7 +128,7 @@ def collect_split(df: DataFrame, split: str | None) -> tuple[np.ndarray, np.ndar
         "image_id",
         F.col("label").cast("string").alias("label"),
         vector_to_array(F.col("features")).alias("v"),
-    ).toPandas()
+    ).orderBy("image_id").toPandas()
     if len(pdf) == 0:
         return np.array([], dtype=object), np.zeros((0, 0)), np.array([], dtype=object)
     X = np.vstack([np.asarray(v, dtype=np.float64) for v in pdf["v"]])
