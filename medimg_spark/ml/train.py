@@ -124,11 +124,15 @@ def collect_split(df: DataFrame, split: str | None) -> tuple[np.ndarray, np.ndar
     from pyspark.sql import functions as F
 
     sel = df if split is None else df.where(F.col("split") == split)
-    pdf = sel.select(
-        "image_id",
-        F.col("label").cast("string").alias("label"),
-        vector_to_array(F.col("features")).alias("v"),
-    ).orderBy("image_id").toPandas()
+    pdf = (
+        sel.select(
+            "image_id",
+            F.col("label").cast("string").alias("label"),
+            vector_to_array(F.col("features")).alias("v"),
+        )
+        .orderBy("image_id")
+        .toPandas()
+    )
     if len(pdf) == 0:
         return np.array([], dtype=object), np.zeros((0, 0)), np.array([], dtype=object)
     X = np.vstack([np.asarray(v, dtype=np.float64) for v in pdf["v"]])
