@@ -1,0 +1,1009 @@
+"""End-to-end performance benchmark: decode → recipe → quality → features → Parquet, four ways.
+
+    python benchmarks/run.py                          # N = 500, 2000, 8000 → benchmarks/results/bench_*.{json,md}
+    python benchmarks/run.py --n 2000 --out DIR       # one size → DIR/results.json and DIR/results.md
+    python benchmarks/run.py --quick --out DIR        # smoke run (tiny corpus, every mode once)
+
+Corpus (deterministic, cached under ``benchmarks/.cache/``): ``N`` CT-like 512x512 int16 DICOM files made
+from pydicom's real ``CT_small.dcm`` frame (resized, flipped/shifted, per-file noise; 3 in 4 uncompressed
+Explicit VR Little Endian, 1 in 4 JPEG 2000 lossless) and ``N/2`` 1024x1024 8-bit PNG chest X-rays made
+from PneumoniaMNIST frames (upscaled, per-file noise). Every file is unique (ingest deduplicates content).
+
+The same work runs in every mode, each in its own subprocess (fresh interpreter, fresh JVM):
+
+* ``loop``: one Python process calls the per-image functions the Spark stages call:
+  :func:`medimg_spark.io.files.process_file` (ingest decode), :func:`medimg_spark.preprocess.process_row`
+  (:func:`medimg_spark.ops.apply_recipe` + :func:`medimg_spark.quality.quality_metrics` before/after) and
+  :meth:`medimg_spark.features.FeatureSet.extract`, and writes ``images``/``instances``/``processed``/
+  ``features`` Parquet (zstd) with pyarrow, one file per chunk of files;
+* ``pool``: the same chunks over ``multiprocessing.Pool(cores)``;
+* ``spark``: the project's stages in ``local[cores]``: ``ingest(..., deidentify=None)``, ``preprocess``
+  (once per recipe, ``where`` on modality), ``compute_features(source="processed")``;
+* ``spark_local1``: the same in ``local[1]`` (scaling with cores);
+* ``spark_row_udf``: the same three stages with row-at-a-time Python UDFs (no Arrow) around the same
+  per-image functions.
+
+Recipes: CT frames get ``conf/recipes/ct_lung.yaml``; PNG X-rays (no rescale header, 8-bit display values)
+get the same filters without HU rescale and lung window (:data:`XRAY_RECIPE`); the rule is the same in
+every mode. Feature set: ``--feature-set`` (default ``shape``: intensity statistics + region shape).
+
+Measured per mode: wall time of the pipeline (interpreter/JVM start excluded, reported separately),
+images/s, CPU seconds per image of the whole process tree (driver, JVM, Python workers; collected as
+reaped children of this process, which makes itself a child subreaper on Linux), peak RSS (``VmHWM``) of
+the driver process, of the JVM and of the largest Python worker (sampled every 0.2 s), output size on disk
+and a digest of the per-image feature vectors (equal digests = equal outputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+CACHE = REPO / "benchmarks" / ".cache"
+CT_SIZE = 512
+XRAY_SIZE = 1024
+J2K_EVERY = 4  # one CT file in four is JPEG 2000 lossless
+CHUNK_FILES = 32  # files per loop/pool task (and Parquet file)
+SEED = 20240607
+DEFAULT_SIZES = (500, 2000, 8000)
+QUICK_N = 8
+ALL_MODES = ("loop", "pool", "spark", "spark_local1", "spark_row_udf")
+QUICK_MODES = ("loop", "pool", "spark", "spark_row_udf")
+# ``make bench`` (no --n): every mode at N=500; the modes the targets need at the larger sizes, so the run
+# stays within hours, not a day, on a 2-core machine (an explicit --n runs every mode).
+DEFAULT_PLAN: dict[int, tuple[str, ...]] = {
+    500: ALL_MODES,
+    2000: ("pool", "spark", "loop"),
+    8000: ("pool", "spark"),
+}
+XRAY_RECIPE = """\
+name: xray_filters
+description: ct_lung's filters for 8-bit X-rays (no HU rescale, no lung window).
+steps:
+  - op: flag_empty
+  - op: bilateral
+    diameter: 5
+    sigma_color: 0.1
+    sigma_space: 1.5
+  - op: clahe
+    clip_limit: 2.0
+    tile_grid: [8, 8]
+"""
+CT_RECIPE = REPO / "conf" / "recipes" / "ct_lung.yaml"
+TABLES = ("images", "instances", "processed", "features")
+_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+# ------------------------------------------------------------------------------------------ corpus
+
+
+def _xray_recipe_path() -> Path:
+    path = CACHE / "recipes" / "xray_filters.yaml"
+    if not path.exists() or path.read_text() != XRAY_RECIPE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(XRAY_RECIPE)
+    return path
+
+
+def _ct_file(i: int, dest: Path) -> None:
+    import cv2
+    import numpy as np
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import JPEG2000Lossless, generate_uid
+
+    rng = np.random.default_rng([SEED, 1, i])
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    base = ds.pixel_array.astype(np.float32)
+    frame = cv2.resize(base, (CT_SIZE, CT_SIZE), interpolation=cv2.INTER_CUBIC)
+    if rng.random() < 0.5:
+        frame = frame[:, ::-1]
+    frame = np.roll(frame, (int(rng.integers(-24, 25)), int(rng.integers(-24, 25))), axis=(0, 1))
+    sigma = float(rng.uniform(5.0, 40.0))  # stored units (slope 1): HU-like noise
+    frame = frame * float(rng.uniform(0.9, 1.1)) + rng.normal(0.0, sigma, frame.shape)
+    arr = np.clip(np.rint(frame), -2000, 4000).astype(np.int16)
+    ds.Rows, ds.Columns = CT_SIZE, CT_SIZE
+    ds.PixelSpacing = [0.7, 0.7]
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=["medimg-bench", str(SEED), str(i)])
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.InstanceNumber = i + 1
+    if i % J2K_EVERY == J2K_EVERY - 1:
+        ds.compress(JPEG2000Lossless, arr)
+    else:
+        ds.PixelData = arr.tobytes()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.save_as(dest, enforce_file_format=True)
+
+
+def _xray_file(i: int, dest: Path, frames: Any) -> None:
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng([SEED, 2, i])
+    small = frames[i % len(frames)].astype(np.float32)
+    big = cv2.resize(small, (XRAY_SIZE, XRAY_SIZE), interpolation=cv2.INTER_CUBIC)
+    big = big * float(rng.uniform(0.85, 1.1)) + rng.normal(0.0, float(rng.uniform(2.0, 12.0)), big.shape)
+    cv2.imwrite(str(dest), np.clip(np.rint(big), 0, 255).astype(np.uint8))
+
+
+def _generate(kind: str, indices: list[int], pool_dir: str) -> int:
+    import numpy as np
+
+    frames = None
+    if kind == "xray":
+        npz = REPO / "data" / "sample" / "pneumoniamnist" / "pneumoniamnist_trainval.npz"
+        with np.load(npz) as d:
+            frames = d["train_images"]
+    for i in indices:
+        dest = Path(pool_dir) / (f"ct_{i:06d}.dcm" if kind == "ct" else f"cxr_{i:06d}.png")
+        if dest.exists():
+            continue
+        tmp = dest.with_name("." + dest.name + ".tmp")
+        if kind == "ct":
+            _ct_file(i, tmp)
+        else:
+            _xray_file(i, tmp.with_suffix(".png"), frames)
+            tmp = tmp.with_suffix(".png")
+        tmp.replace(dest)
+    return len(indices)
+
+
+def corpus(n: int, workers: int) -> Path:
+    """``benchmarks/.cache/corpus/n<N>/`` (hard links into a shared file pool, generated once)."""
+    pool = CACHE / "pool"
+    pool.mkdir(parents=True, exist_ok=True)
+    n_ct, n_xray = n, n // 2
+    root = CACHE / "corpus" / f"n{n}"
+    done = root / ".complete"
+    if done.exists():
+        return root
+    todo: list[tuple[str, list[int]]] = []
+    for kind, count, name in (("ct", n_ct, "ct_{:06d}.dcm"), ("xray", n_xray, "cxr_{:06d}.png")):
+        missing = [i for i in range(count) if not (pool / name.format(i)).exists()]
+        step = max(1, -(-len(missing) // (workers * 4)))
+        todo += [(kind, missing[k : k + step]) for k in range(0, len(missing), step)]
+    if todo:
+        started = time.perf_counter()
+        print(f"generating corpus files for N={n} ({sum(len(t[1]) for t in todo)} new) ...", flush=True)
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as p:
+            p.starmap(_generate, [(k, idx, str(pool)) for k, idx in todo])
+        print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
+    if root.exists():
+        shutil.rmtree(root)
+    for sub, count, name in (("ct", n_ct, "ct_{:06d}.dcm"), ("xray", n_xray, "cxr_{:06d}.png")):
+        (root / sub).mkdir(parents=True)
+        for i in range(count):
+            os.link(pool / name.format(i), root / sub / name.format(i))
+    done.write_text(json.dumps({"n_ct": n_ct, "n_xray": n_xray}))
+    return root
+
+
+def corpus_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+# ------------------------------------------------------------------------------------ loop / pool
+
+
+def _arrow_schema(schema: Any) -> Any:
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import StructType
+
+    return to_arrow_schema(
+        StructType([f for f in schema.fields if f.name != "quarantined_at"]), timezone="UTC"
+    )
+
+
+def _table(rows: list[dict[str, Any]], schema: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.Table.from_arrays(
+        [pa.array([r.get(n) for r in rows], type=schema.field(n).type) for n in schema.names], schema=schema
+    )
+
+
+def _write(table: Any, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, compression="zstd")
+
+
+def process_chunk(chunk_id: int, paths: list[str], out: str, fs_name: str, run_id: str) -> dict[str, Any]:
+    """Ingest → recipe + quality → features for ``paths``; writes one Parquet file per table."""
+    import datetime as _dt
+
+    import cv2
+    import pyarrow as pa
+
+    from medimg_spark.features import decode_row, load_feature_set
+    from medimg_spark.io.files import IMAGE, INSTANCE, FileContext, process_file
+    from medimg_spark.ops import load_recipe
+    from medimg_spark.preprocess import PROCESSED_SCHEMA, process_row
+    from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA
+
+    cv2.setNumThreads(1)
+    ct_recipe, xray_recipe = load_recipe(str(CT_RECIPE)), load_recipe(str(_xray_recipe_path()))
+    fs = load_feature_set(fs_name)
+    ctx = FileContext(run_id=run_id)
+    images: list[dict[str, Any]] = []
+    instances: list[dict[str, Any]] = []
+    processed: list[dict[str, Any]] = []
+    features: list[dict[str, Any]] = []
+    failed = 0
+    now = _dt.datetime.now(_dt.UTC)
+    for path in paths:
+        content = Path(path).read_bytes()
+        for row in process_file("file:" + path, content, ctx):
+            if row["_kind"] == INSTANCE:
+                instances.append(row)
+            elif row["_kind"] != IMAGE:
+                failed += 1
+                continue
+            else:
+                images.append(row)
+                recipe = ct_recipe if row.get("modality") == "CT" else xray_recipe
+                res = process_row(row, recipe, run_id)
+                if not res["ok"]:
+                    failed += 1
+                    continue
+                res["processed_at"] = now
+                processed.append(res)
+                img, msk = decode_row(res, True)
+                values, _ = fs.extract(img, msk)
+                features.append(
+                    {
+                        "image_id": res["image_id"],
+                        "label": res["label"],
+                        "split": res["split"],
+                        "values": values,
+                    }
+                )
+    name = f"part-{chunk_id:05d}.zstd.parquet"
+    img_schema = _arrow_schema(IMAGES_SCHEMA)
+    for modality in sorted({str(r["modality"]) for r in images}):
+        sub = [r for r in images if r["modality"] == modality]
+        _write(_table(sub, img_schema), Path(out) / "images" / f"modality={modality}" / name)
+    _write(_table(instances, _arrow_schema(INSTANCES_SCHEMA)), Path(out) / "instances" / name)
+    _write(_table(processed, _arrow_schema(PROCESSED_SCHEMA)), Path(out) / "processed" / name)
+    feat = pa.table(
+        {
+            "image_id": pa.array([f["image_id"] for f in features], pa.string()),
+            "label": pa.array([f["label"] for f in features], pa.string()),
+            "split": pa.array([f["split"] for f in features], pa.string()),
+            "features": pa.array([f["values"].tolist() for f in features], pa.list_(pa.float64())),
+        }
+    )
+    _write(feat, Path(out) / "features" / name)
+    return {"images": len(features), "failed": failed}
+
+
+def _chunks(files: list[Path]) -> list[list[str]]:
+    names = [str(p) for p in files]
+    return [names[k : k + CHUNK_FILES] for k in range(0, len(names), CHUNK_FILES)]
+
+
+def _process_chunk_star(args: tuple[int, list[str], str, str, str]) -> dict[str, Any]:
+    return process_chunk(*args)
+
+
+def run_loop_or_pool(files: list[Path], out: str, fs_name: str, procs: int) -> dict[str, Any]:
+    run_id = "bench-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    jobs = [(i, c, out, fs_name, run_id) for i, c in enumerate(_chunks(files))]
+    started = time.perf_counter()
+    if procs <= 1:
+        results = [_process_chunk_star(j) for j in jobs]
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(procs) as pool:
+            results = list(pool.imap_unordered(_process_chunk_star, jobs, chunksize=1))
+    wall = time.perf_counter() - started
+    return {
+        "wall_s": wall,
+        "images": sum(r["images"] for r in results),
+        "failed": sum(r["failed"] for r in results),
+    }
+
+
+# ------------------------------------------------------------------------------------------ spark
+
+
+def _session(master: str, conf: dict[str, str]) -> Any:
+    from medimg_spark.session import build_session
+
+    return build_session(
+        "medimg-bench", master=master, conf={"spark.ui.showConsoleProgress": "false", **conf}
+    )
+
+
+def run_spark(corpus_dir: Path, out: str, fs_name: str, master: str, conf: dict[str, str]) -> dict[str, Any]:
+    from medimg_spark.config import IngestConfig
+    from medimg_spark.features import compute_features
+    from medimg_spark.io.ingest import ingest
+    from medimg_spark.preprocess import preprocess
+
+    conf = dict(conf)
+    fpp = conf.pop("_files_per_partition", None)
+    t0 = time.perf_counter()
+    spark = _session(master, conf)
+    t1 = time.perf_counter()
+    cfg = IngestConfig(files_per_partition=int(fpp)) if fpp else None
+    s_ingest = ingest(spark, [str(corpus_dir)], out, config=cfg, deidentify=None)
+    t2 = time.perf_counter()
+    s_ct = preprocess(spark, out, str(CT_RECIPE), where="modality = 'CT'")
+    s_x = preprocess(spark, out, str(_xray_recipe_path()), where="modality <> 'CT'")
+    t3 = time.perf_counter()
+    s_feat = compute_features(spark, out, source="processed", feature_set=fs_name)
+    t4 = time.perf_counter()
+    spark.stop()
+    return {
+        "wall_s": t4 - t1,
+        "startup_s": t1 - t0,
+        "stage_s": {"ingest": t2 - t1, "preprocess": t3 - t2, "features": t4 - t3},
+        "images": s_feat["n_images"],
+        "failed": s_ingest["quarantined"] + s_ct["frames_quarantined"] + s_x["frames_quarantined"],
+    }
+
+
+def run_spark_row_udf(
+    corpus_dir: Path, out: str, fs_name: str, master: str, conf: dict[str, str]
+) -> dict[str, Any]:
+    """The three stages with plain (pickled, row-at-a-time) Python UDFs around the same per-image code."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, DoubleType, StructType
+
+    from medimg_spark.features import decode_row, load_feature_set
+    from medimg_spark.io.files import FileContext, process_file
+    from medimg_spark.io.ingest import UNION_SCHEMA
+    from medimg_spark.ops import load_recipe
+    from medimg_spark.preprocess import _INPUT_COLUMNS, _WORK_SCHEMA, PROCESSED_SCHEMA, process_row
+    from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA
+
+    conf = {
+        **conf,
+        "spark.sql.execution.pythonUDF.arrow.enabled": "false",
+        # Rows are pickled 100 at a time by default: 100 processed X-rays (4 MB each) overflow the 2g heap.
+        "spark.sql.execution.python.udf.maxRecordsPerBatch": "16",
+    }
+    conf.pop("_files_per_partition", None)
+    t0 = time.perf_counter()
+    spark = _session(master, conf)
+    t1 = time.perf_counter()
+    run_id = "bench-row-udf"
+    ctx = FileContext(run_id=run_id)
+    names = UNION_SCHEMA.names
+
+    def decode_file(path: str, content: bytearray) -> list[tuple[Any, ...]]:
+        import cv2
+
+        cv2.setNumThreads(1)
+        return [tuple(r.get(n) for n in names) for r in process_file(path, bytes(content), ctx)]
+
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(corpus_dir))
+    decoded = files.select(
+        F.explode(F.udf(decode_file, ArrayType(UNION_SCHEMA))("path", "content")).alias("r")
+    ).select("r.*")
+    decoded.write.parquet(f"{out}/_staging/decoded")  # decoded once, then split into the tables
+    decoded = spark.read.parquet(f"{out}/_staging/decoded")
+
+    def table(kind: str, schema: StructType) -> Any:
+        cols = [F.col(f.name).cast(f.dataType) for f in schema.fields if f.name != "quarantined_at"]
+        return decoded.where(F.col("_kind") == kind).select(*cols)
+
+    table("image", IMAGES_SCHEMA).write.partitionBy("modality").parquet(f"{out}/images")
+    table("instance", INSTANCES_SCHEMA).write.parquet(f"{out}/instances")
+    t2 = time.perf_counter()
+
+    recipes = {"ct": load_recipe(str(CT_RECIPE)), "x": load_recipe(str(_xray_recipe_path()))}
+    work_names = _WORK_SCHEMA.names
+
+    def run_recipe(row: Any) -> tuple[Any, ...]:
+        import cv2
+
+        cv2.setNumThreads(1)
+        d = row.asDict()
+        res = process_row(d, recipes["ct" if d.get("modality") == "CT" else "x"], run_id)
+        return tuple(res.get(n) for n in work_names)
+
+    images = spark.read.schema(IMAGES_SCHEMA).parquet(f"{out}/images").select(*_INPUT_COLUMNS)
+    work = images.select(F.udf(run_recipe, _WORK_SCHEMA)(F.struct(*_INPUT_COLUMNS)).alias("w")).select("w.*")
+    work.write.parquet(f"{out}/_staging/work")
+    work = spark.read.parquet(f"{out}/_staging/work")
+    now = F.current_timestamp()
+    processed = work.where(F.col("ok")).select(
+        *[
+            (now if f.name == "processed_at" else F.col(f.name)).cast(f.dataType).alias(f.name)
+            for f in PROCESSED_SCHEMA
+        ]
+    )
+    processed.write.parquet(f"{out}/processed")
+    t3 = time.perf_counter()
+
+    fs = load_feature_set(fs_name)
+
+    def extract(row: Any) -> list[float]:
+        img, msk = decode_row(row.asDict(), True)
+        return fs.extract(img, msk)[0].tolist()
+
+    cols = ["image_id", "pixels", "rows", "cols", "channels", "dtype", "mask"]
+    src = spark.read.parquet(f"{out}/processed")
+    feats = src.select(
+        "image_id",
+        "label",
+        "split",
+        F.udf(extract, ArrayType(DoubleType()))(F.struct(*cols)).alias("features"),
+    )
+    feats.write.parquet(f"{out}/features")
+    t4 = time.perf_counter()
+    n_images = spark.read.parquet(f"{out}/features").count()
+    spark.stop()
+    shutil.rmtree(f"{out}/_staging", ignore_errors=True)
+    return {
+        "wall_s": t4 - t1,
+        "startup_s": t1 - t0,
+        "stage_s": {"ingest": t2 - t1, "preprocess": t3 - t2, "features": t4 - t3},
+        "images": n_images,
+        "failed": None,
+    }
+
+
+# ---------------------------------------------------------------------------- measurement (parent)
+
+
+def _proc_status_kb(pid: int, key: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class TreeSampler:
+    """Samples the peak RSS (``VmHWM``, else RSS) of every process under ``pid`` by role."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_kb: dict[str, int] = {"driver": 0, "jvm": 0, "worker": 0, "workers_total": 0}
+        self.worker_pids: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _role(self, proc: Any) -> str:
+        if proc.pid == self.pid:
+            return "driver"
+        try:
+            exe = (proc.cmdline() or [""])[0]
+        except Exception:
+            return "worker"
+        return "jvm" if Path(exe).name == "java" else "worker"
+
+    def sample(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return
+        total = 0
+        for p in procs:
+            try:
+                kb = _proc_status_kb(p.pid, "VmHWM") or p.memory_info().rss // 1024
+                rss = p.memory_info().rss // 1024
+            except psutil.Error:
+                continue
+            role = self._role(p)
+            if role == "worker":
+                self.worker_pids.add(p.pid)
+                total += rss
+            self.peak_kb[role] = max(self.peak_kb[role], kb)
+        self.peak_kb["workers_total"] = max(self.peak_kb["workers_total"], total)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+
+def _become_subreaper() -> bool:
+    """Make orphaned descendants (the JVM, pyspark daemons) our children, so their CPU time is counted."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except Exception:
+        return False
+
+
+def _reap_orphans(keep: set[int], timeout: float = 90.0) -> None:
+    """Wait for the children that are not in ``keep`` (orphans handed to us as subreaper) to exit."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = [p for p in psutil.Process().children() if p.pid not in keep]
+        if not pending:
+            return
+        for p in pending:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(p.pid, os.WNOHANG)
+        if time.monotonic() > deadline:
+            for p in pending:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()  # a descendant of a benchmark subprocess that outlived it
+            deadline = time.monotonic() + 30
+        time.sleep(0.1)
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def feature_digests(out: Path) -> dict[str, str]:
+    """``{image_id: sha256 of the float64 feature vector}`` read with pyarrow (never through Spark)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    digests: dict[str, str] = {}
+    for f in sorted((out / "features").rglob("*.parquet")):
+        t = pq.read_table(f, columns=["image_id", "features"])
+        ids = t.column("image_id").to_pylist()
+        col = t.column("features")
+        if pa.types.is_struct(col.type):  # a Spark ML vector: (type, size, indices, values)
+            values = col.combine_chunks().field("values").to_pylist()
+        else:
+            values = col.to_pylist()
+        for i, v in zip(ids, values, strict=True):
+            digests[i] = hashlib.sha256(np.asarray(v, dtype=np.float64).tobytes()).hexdigest()[:16]
+    return digests
+
+
+def run_mode(
+    mode: str, corpus_dir: Path, out: Path, fs_name: str, cores: int, conf: dict[str, str]
+) -> dict[str, Any]:
+    """Run one mode in a subprocess and measure it from here."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    result_file = out.parent / f"{out.name}.result.json"
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--_worker",
+        mode.split("+", 1)[0],
+        "--_corpus",
+        str(corpus_dir),
+        "--out",
+        str(out),
+        "--feature-set",
+        fs_name,
+        "--cores",
+        str(cores),
+        "--_result",
+        str(result_file),
+    ]
+    for k, v in conf.items():
+        cmd += ["--conf", f"{k}={v}"]
+    env = {**os.environ, **_THREAD_ENV, "MEDIMG_SPARK_LOG_LEVEL": "ERROR"}
+    import psutil
+
+    keep = {p.pid for p in psutil.Process().children()}
+    load_before = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    with subprocess.Popen(cmd, env=env, cwd=REPO) as proc, TreeSampler(proc.pid) as sampler:
+        rc = proc.wait()
+    _reap_orphans(keep)
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if rc != 0:
+        raise RuntimeError(f"mode {mode} failed with exit code {rc}: {' '.join(cmd)}")
+    res = json.loads(result_file.read_text())
+    result_file.unlink()
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    n = int(res["images"])
+    digests = feature_digests(out)
+    joined = "\n".join(f"{k} {v}" for k, v in sorted(digests.items()))
+    sizes = {t: _dir_bytes(out / t) for t in TABLES if (out / t).exists()}
+    driver_kb = max(sampler.peak_kb["driver"], int(res.get("self_maxrss_kb", 0)))
+    return {
+        "images": n,
+        "failed": res.get("failed"),
+        "wall_s": round(res["wall_s"], 3),
+        "process_s": round(elapsed, 3),
+        "startup_s": round(res.get("startup_s", 0.0), 3),
+        "stage_s": {k: round(v, 2) for k, v in res.get("stage_s", {}).items()},
+        "images_per_s": round(n / res["wall_s"], 3) if n else 0.0,
+        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "cores_used": round(cpu / elapsed, 2),
+        "cpu_s": round(cpu, 2),
+        "cpu_s_per_image": round(cpu / n, 4) if n else None,
+        "driver_peak_rss_mb": round(driver_kb / 1024, 1),
+        "jvm_peak_rss_mb": round(sampler.peak_kb["jvm"] / 1024, 1) or None,
+        "workers_peak_rss_mb": round(sampler.peak_kb["worker"] / 1024, 1),
+        "workers_total_peak_rss_mb": round(sampler.peak_kb["workers_total"] / 1024, 1),
+        "worker_processes": len(sampler.worker_pids),
+        "output_bytes": sum(sizes.values()),
+        "output_bytes_by_table": sizes,
+        "features_digest": hashlib.sha256(joined.encode()).hexdigest()[:16],
+        "feature_digests": digests,
+        "conf": conf,
+    }
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    conf = dict(kv.split("=", 1) for kv in args.conf)
+    files = corpus_files(Path(args._corpus))
+    if args._worker == "loop":
+        res = run_loop_or_pool(files, args.out, args.feature_set, 1)
+    elif args._worker == "pool":
+        res = run_loop_or_pool(files, args.out, args.feature_set, args.cores)
+    elif args._worker == "spark":
+        res = run_spark(Path(args._corpus), args.out, args.feature_set, f"local[{args.cores}]", conf)
+    elif args._worker == "spark_local1":
+        res = run_spark(Path(args._corpus), args.out, args.feature_set, "local[1]", conf)
+    elif args._worker == "spark_row_udf":
+        res = run_spark_row_udf(Path(args._corpus), args.out, args.feature_set, f"local[{args.cores}]", conf)
+    else:
+        raise SystemExit(f"unknown mode {args._worker}")
+    res["self_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path(args._result).write_text(json.dumps(res))
+
+
+# -------------------------------------------------------------------------------------- reporting
+
+
+def machine_info() -> dict[str, Any]:
+    import psutil
+
+    versions: dict[str, str] = {"python": platform.python_version()}
+    for mod in ("pyspark", "numpy", "cv2", "pydicom", "pyarrow", "skimage", "pylibjpeg", "openjpeg", "gdcm"):
+        try:
+            m = __import__(mod)
+            versions[mod] = str(getattr(m, "__version__", None) or getattr(m, "GDCM_VERSION", "?"))
+        except Exception:
+            versions[mod] = "missing"
+    java = subprocess.run(["java", "-version"], capture_output=True, text=True, check=False).stderr
+    versions["java"] = java.splitlines()[0] if java else "?"
+    try:
+        versions["medimg_spark_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO, check=False
+        ).stdout.strip()
+    except OSError:
+        versions["medimg_spark_commit"] = "?"
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu_model": _cpu_model(),
+        "platform": platform.platform(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "versions": versions,
+    }
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
+
+
+SUMMARY_KEYS = (
+    "images_per_s",
+    "cpu_s_per_image",
+    "driver_peak_rss_mb",
+    "jvm_peak_rss_mb",
+    "workers_peak_rss_mb",
+    "workers_total_peak_rss_mb",
+    "output_bytes",
+    "wall_s",
+    "startup_s",
+    "cpu_s",
+)
+
+
+def summarise(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of the repeats for the numbers; the rest from the first repeat."""
+    out = {k: v for k, v in repeats[0].items() if k != "feature_digests"}
+    for k in SUMMARY_KEYS:
+        vals = [r[k] for r in repeats if r.get(k) is not None]
+        if vals:
+            out[k] = round(statistics.median(vals), 4)
+    out["repeats"] = len(repeats)
+    if len(repeats) > 1:
+        out["images_per_s_all"] = [r["images_per_s"] for r in repeats]
+    return out
+
+
+def compare_outputs(modes: dict[str, dict[str, Any]], digests: dict[str, dict[str, str]]) -> dict[str, Any]:
+    ref_mode = "loop" if "loop" in digests else next(iter(digests))
+    ref = digests[ref_mode]
+    out: dict[str, Any] = {"reference": ref_mode}
+    for m, d in digests.items():
+        diff = sum(1 for k in set(ref) | set(d) if ref.get(k) != d.get(k))
+        out[m] = {"images": len(d), "mismatches_vs_reference": diff}
+        modes[m]["feature_mismatches_vs_" + ref_mode] = diff
+    out["all_equal"] = all(v["mismatches_vs_reference"] == 0 for k, v in out.items() if isinstance(v, dict))
+    return out
+
+
+def targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's targets, evaluated on what was measured."""
+    t: dict[str, Any] = {}
+    by_n = {r["n"]: r["modes"] for r in runs}
+    for n, m in sorted(by_n.items()):
+        if "spark" in m and "pool" in m:
+            ratio = m["spark"]["images_per_s"] / m["pool"]["images_per_s"]
+            t[f"spark_vs_pool_throughput_n{n}"] = {
+                "ratio": round(ratio, 3),
+                "target": ">= 0.9",
+                "met": ratio >= 0.9,
+            }
+        if "spark" in m and "loop" in m:
+            ratio = m["spark"]["cpu_s_per_image"] / m["loop"]["cpu_s_per_image"]
+            t[f"spark_vs_loop_cpu_per_image_n{n}"] = {
+                "ratio": round(ratio, 3),
+                "target": "<= 1.2",
+                "met": ratio <= 1.2,
+            }
+        if "spark" in m and "spark_row_udf" in m:
+            ratio = m["spark"]["images_per_s"] / m["spark_row_udf"]["images_per_s"]
+            t[f"arrow_vs_row_udf_throughput_n{n}"] = {
+                "ratio": round(ratio, 3),
+                "target": ">= 5",
+                "met": ratio >= 5,
+            }
+        if "spark" in m and "spark_local1" in m:
+            ratio = m["spark"]["images_per_s"] / m["spark_local1"]["images_per_s"]
+            t[f"spark_local2_vs_local1_n{n}"] = {"ratio": round(ratio, 3), "target": "> 1 (grows with cores)"}
+    if 2000 in by_n and 8000 in by_n and "spark" in by_n[2000] and "spark" in by_n[8000]:
+        a, b = by_n[2000]["spark"]["driver_peak_rss_mb"], by_n[8000]["spark"]["driver_peak_rss_mb"]
+        ratio = b / a
+        t["driver_rss_n8000_vs_n2000"] = {"ratio": round(ratio, 3), "target": "<= 1.1", "met": ratio <= 1.1}
+    return t
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        f"# medimg-spark benchmark ({report['started_at']})",
+        "",
+        f"Machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gib']} GiB; {m['platform']}; "
+        f"load average at start {m['load_avg_at_start']} (shared machine).",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
+        f"Work per image: ingest decode → recipe (CT: ct_lung; PNG: xray_filters) → quality before/after → "
+        f"features `{report['feature_set']}` → Parquet (zstd). Corpus per N: N CT DICOM 512² "
+        f"(1 in {J2K_EVERY} JPEG 2000) + N/2 PNG 1024²; images = 1.5 N. Spark settings: conf/spark-defaults.conf"
+        + (f" + {report['spark_conf']}" if report.get("spark_conf") else "")
+        + ".",
+        "",
+        "| N | mode | images | images/s | CPU s/image | driver peak RSS MB | JVM peak RSS MB "
+        "| worker peak RSS MB (max / sum) | output MB | wall s | cores used | load 1m | repeats | equal outputs |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for run in report["runs"]:
+        for mode, r in run["modes"].items():
+            mism = next((v for k, v in r.items() if k.startswith("feature_mismatches_vs_")), None)
+            lines.append(
+                f"| {run['n']} | {mode} | {r['images']} | {r['images_per_s']:.2f} | {r['cpu_s_per_image']:.3f} "
+                f"| {r['driver_peak_rss_mb']:.0f} | {r['jvm_peak_rss_mb'] or 0:.0f} "
+                f"| {r['workers_peak_rss_mb']:.0f} / {r['workers_total_peak_rss_mb']:.0f} "
+                f"| {r['output_bytes'] / 2**20:.0f} | {r['wall_s']:.1f} | {r.get('cores_used', '-')} "
+                f"| {'-'.join(str(x) for x in r.get('load_avg_1m', [])) or '-'} | {r['repeats']} "
+                f"| {'yes' if mism == 0 else f'{mism} differ'} |"
+            )
+    for run in report["runs"]:
+        for mode, err in (run.get("failed_modes") or {}).items():
+            lines.append(f"| {run['n']} | {mode} | FAILED: {err[-300:]} |" + " |" * 11)
+    if report.get("targets"):
+        lines += ["", "| target | ratio | wanted | met |", "| --- | ---: | --- | --- |"]
+        for k, v in report["targets"].items():
+            lines.append(f"| {k} | {v['ratio']} | {v['target']} | {v.get('met', '-')} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    import psutil  # noqa: F401  (fail early when missing)
+
+    _become_subreaper()
+    cores = args.cores
+    sizes = [QUICK_N] if args.quick else (args.n or list(DEFAULT_SIZES))
+    out_root = Path(args.out).resolve()
+    out_root.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work).resolve() if args.work else CACHE / "runs"
+    conf = dict(kv.split("=", 1) for kv in args.conf)
+    report: dict[str, Any] = {
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "feature_set": args.feature_set,
+        "spark_conf": conf,
+        "quick": bool(args.quick),
+        "runs": [],
+    }
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    for n in sizes:
+        root = corpus(n, cores)
+        if args.modes:
+            modes = list(args.modes)
+        elif args.quick:
+            modes = list(QUICK_MODES)
+        else:
+            modes = list(DEFAULT_PLAN.get(n, ALL_MODES) if args.n is None else ALL_MODES)
+        variants = {}
+        for spec in args.variant:
+            name, _, settings = spec.partition(":")
+            variants[f"spark+{name}"] = dict(kv.split("=", 1) for kv in settings.split(",") if kv)
+        modes += [v for v in variants if v not in modes]
+        reps = args.repeats if args.repeats else (2 if 100 < n <= 500 else 1)
+        results: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+        failures: dict[str, str] = {}
+        for rep in range(reps):
+            order = modes if rep % 2 == 0 else list(reversed(modes))  # alternate to spread load drift
+            for mode in order:
+                print(f"N={n} repeat {rep + 1}/{reps}: {mode} ...", flush=True)
+                mode_conf = {**conf, **variants.get(mode, {})}
+                try:
+                    r = run_mode(mode, root, work / f"n{n}" / mode, args.feature_set, cores, mode_conf)
+                except RuntimeError as exc:  # recorded, and the other modes still run
+                    print(f"  FAILED: {exc}", flush=True)
+                    failures[mode] = str(exc)
+                    continue
+                print(
+                    f"  {r['images']} images, {r['images_per_s']:.2f} images/s, "
+                    f"{r['cpu_s_per_image']} CPU s/image, wall {r['wall_s']:.1f} s",
+                    flush=True,
+                )
+                results[mode].append(r)
+        results = {m: rs for m, rs in results.items() if rs}
+        digests = {m: rs[0]["feature_digests"] for m, rs in results.items()}
+        summary = {m: summarise(rs) for m, rs in results.items()}
+        run = {
+            "n": n,
+            "images_expected": n + n // 2,
+            "modes": summary,
+            "outputs": compare_outputs(summary, digests),
+            "failed_modes": failures,
+        }
+        report["runs"].append(run)
+        if not args.keep_outputs:
+            shutil.rmtree(work / f"n{n}", ignore_errors=True)
+        write_reports(report, out_root, args.out == str(REPO / "benchmarks" / "results"), stamp)
+    write_reports(report, out_root, args.out == str(REPO / "benchmarks" / "results"), stamp)
+    print(markdown(report))
+    return report
+
+
+def write_reports(report: dict[str, Any], out_root: Path, default_out: bool, stamp: str) -> None:
+    """``results.json``/``.md`` for one size; ``bench_<stamp>.json``/``.md`` for several (or the default --out)."""
+    report["targets"] = targets(report["runs"])
+    report["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    if len(report["runs"]) == 1:
+        single = {**report["runs"][0], **{k: v for k, v in report.items() if k != "runs"}}
+        (out_root / "results.json").write_text(json.dumps(single, indent=2) + "\n")
+        (out_root / "results.md").write_text(markdown(report))
+    if len(report["runs"]) > 1 or default_out:
+        (out_root / f"bench_{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out_root / f"bench_{stamp}.md").write_text(markdown(report))
+    print(f"results in {out_root}", flush=True)
+
+
+def combine(paths: list[str], out_root: Path) -> dict[str, Any]:
+    """Merge single-size ``results.json`` files (separate runs) into one ``bench_<stamp>`` report."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    report: dict[str, Any] = {
+        k: v for k, v in runs[0].items() if k not in ("n", "images_expected", "modes", "outputs")
+    }
+    report["combined_from"] = [
+        {"n": r["n"], "started_at": r["started_at"], "load_avg_at_start": r["machine"]["load_avg_at_start"]}
+        for r in runs
+    ]
+    by_n: dict[int, dict[str, Any]] = {}
+    for r in runs:  # runs of one size are merged: a later file's modes replace an earlier file's
+        merged = by_n.setdefault(r["n"], {"n": r["n"], "images_expected": r["images_expected"], "modes": {}})
+        merged["modes"].update(r["modes"])
+        failed = {**merged.get("failed_modes", {}), **r.get("failed_modes", {})}
+        merged["failed_modes"] = {m: e for m, e in failed.items() if m not in merged["modes"]}
+    for merged in by_n.values():
+        modes = merged["modes"]
+        ref = "loop" if "loop" in modes else next(iter(modes))
+        merged["outputs"] = {"reference": ref}
+        for m, v in modes.items():
+            same = (
+                v["features_digest"] == modes[ref]["features_digest"] and v["images"] == modes[ref]["images"]
+            )
+            merged["outputs"][m] = {"images": v["images"], "digest_equal_to_reference": same}
+        merged["outputs"]["all_equal"] = all(
+            o["digest_equal_to_reference"] for o in merged["outputs"].values() if isinstance(o, dict)
+        )
+    report["runs"] = [by_n[n] for n in sorted(by_n)]
+    out_root.mkdir(parents=True, exist_ok=True)
+    write_reports(report, out_root, True, dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"))
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, action="append", help="corpus size N (repeatable); default 500 2000 8000")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="where results go")
+    p.add_argument(
+        "--quick", action="store_true", help=f"smoke run: N={QUICK_N}, modes {', '.join(QUICK_MODES)}"
+    )
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=ALL_MODES,
+        help="modes to run (default: all; without --n the plan of DEFAULT_PLAN)",
+    )
+    p.add_argument("--repeats", type=int, help="repeats per mode (default 2 at 100 < N <= 500, else 1)")
+    p.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="Pool size and local[cores]")
+    p.add_argument("--feature-set", default="shape", help="feature set name or YAML (default shape)")
+    p.add_argument("--conf", action="append", default=[], help="extra Spark setting key=value (repeatable)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="extra Spark mode NAME:key=value,... run as spark+NAME alternated with the others (tuning)",
+    )
+    p.add_argument("--work", help="scratch folder for the outputs (default benchmarks/.cache/runs)")
+    p.add_argument("--keep-outputs", action="store_true", help="keep the Parquet outputs of each mode")
+    p.add_argument(
+        "--combine", nargs="+", metavar="RESULTS_JSON", help="merge single-size results into --out"
+    )
+    p.add_argument("--_worker", help=argparse.SUPPRESS)
+    p.add_argument("--_corpus", help=argparse.SUPPRESS)
+    p.add_argument("--_result", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args._worker:
+        worker_main(args)
+        return 0
+    if args.combine:
+        combine(args.combine, Path(args.out))
+        return 0
+    report = bench(args)
+    ok = all(r["outputs"]["all_equal"] and not r["failed_modes"] for r in report["runs"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

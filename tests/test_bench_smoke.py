@@ -1,0 +1,59 @@
+"""Smoke check of the performance benchmark: ``benchmarks/run.py --quick`` runs every mode on a tiny corpus.
+
+Checks the shape of ``results.json`` and that every mode processed the same images with equal outputs
+(equal per-image feature checksums between the plain-Python loop and each Spark/Pool mode).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = ("loop", "pool", "spark", "spark_row_udf")
+PER_MODE_KEYS = ("images_per_s", "cpu_s_per_image", "driver_peak_rss_mb", "workers_peak_rss_mb")
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert (out / "results.md").is_file()
+    return json.loads((out / "results.json").read_text())
+
+
+def test_results_shape(quick_results: dict) -> None:
+    assert isinstance(quick_results["n"], int) and quick_results["n"] > 0
+    assert set(MODES) <= set(quick_results["modes"])
+    for mode in MODES:
+        stats = quick_results["modes"][mode]
+        for key in PER_MODE_KEYS:
+            assert isinstance(stats[key], (int, float)), (mode, key, stats.get(key))
+            assert stats[key] > 0, (mode, key, stats[key])
+    machine = quick_results["machine"]
+    assert machine["cores"] >= 1 and machine["memory_gib"] > 0
+    assert machine["versions"]["pyspark"] != "missing"
+
+
+def test_every_mode_same_images_and_outputs(quick_results: dict) -> None:
+    expected = quick_results["images_expected"]
+    modes = quick_results["modes"]
+    assert {m: modes[m]["images"] for m in MODES} == dict.fromkeys(MODES, expected)
+    digests = {m: modes[m]["features_digest"] for m in MODES}
+    assert len(set(digests.values())) == 1, digests
+    outputs = quick_results["outputs"]
+    assert outputs["reference"] == "loop" and outputs["all_equal"]
+    for mode in MODES:
+        assert outputs[mode] == {"images": expected, "mismatches_vs_reference": 0}
