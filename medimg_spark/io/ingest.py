@@ -537,10 +537,19 @@ class _HadoopFS:
         fs.delete(jpath, True)
 
     def touch(self, path: str, text: str = "") -> None:
+        """Write ``text`` to ``path`` atomically: a temporary sibling, then a rename.
+
+        A process killed mid-write leaves only the hidden temporary file, never a truncated marker.
+        """
         jpath, fs = self._p(path)
-        stream = fs.create(jpath, True)
+        tmp, _ = self._p(f"{path.rsplit('/', 1)[0]}/.{jpath.getName()}.{secrets.token_hex(4)}.tmp")
+        stream = fs.create(tmp, True)
         stream.write(bytearray(text.encode()))
         stream.close()
+        if fs.exists(jpath):
+            fs.delete(jpath, False)
+        if not fs.rename(tmp, jpath):
+            raise OSError(f"could not rename {tmp} to {path}")
 
     def read_text(self, path: str) -> str:
         jpath, fs = self._p(path)
