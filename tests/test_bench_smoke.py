@@ -41,7 +41,8 @@ def test_results_shape(quick_results: dict) -> None:
         stats = quick_results["modes"][mode]
         for key in PER_MODE_KEYS:
             assert isinstance(stats[key], (int, float)), (mode, key, stats.get(key))
-            assert stats[key] > 0, (mode, key, stats[key])
+            # the single-process loop has no worker processes
+            assert stats[key] >= 0 if (mode, key) == ("loop", "workers_peak_rss_mb") else stats[key] > 0
     machine = quick_results["machine"]
     assert machine["cores"] >= 1 and machine["memory_gib"] > 0
     assert machine["versions"]["pyspark"] != "missing"
