@@ -1,15 +1,6 @@
 """End-to-end de-identification with Spark on real PHI-laden DICOM files (deid-data, pydicom).
 
-PHI set (what must not appear in any output byte): every value, recursively, of attributes
-listed in Table E.1-1 (under the basic profile none of them is K) and of every private
-attribute, taken from all input files. Values are rendered as text; a value is skipped when
-(a) it is shorter than 4 characters, (b) it is a number shorter than 6 characters (such numbers
-legitimately occur among kept numeric attributes: geometry, exposure), (c) it is one of
-a few generic words (NONE, UNKNOWN, DEFAULT, YES, NO, PATIENT: the last occurs in the
-tool's own rule names and messages), or (d) it occurs within the value of an
-attribute that is kept by design (allow-listed, outside any removed sequence) in some input file.
-Numbers with one decimal point are measurements, not identifiers, and all-zero numbers are
-trivial. Matching is exact (case-sensitive), as a leaked value is copied verbatim.
+The PHI set (what must not appear in any output byte) and its rules are in ``tests/phi.py``.
 DICOM outputs are scanned byte for byte except the Pixel Data value, which is compared with the
 input instead (unchanged) or checked as cleaned.
 """
