@@ -602,6 +602,12 @@ def _feature_partitions(
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import pandas as pd
 
+        try:
+            import cv2
+
+            cv2.setNumThreads(1)  # one task per core: OpenCV's own threads would oversubscribe
+        except ImportError:
+            pass
         fs = FeatureSet.model_validate_json(fs_json)
         for pdf in batches:
             feats: list[list[float] | None] = []

@@ -44,7 +44,7 @@ from medimg_spark.schema import IMAGES_SCHEMA, QUARANTINE_SCHEMA
 
 if TYPE_CHECKING:
     import pyarrow as pa
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 QUALITY_STRUCT = StructType([StructField(k, DoubleType(), True) for k in QUALITY_KEYS])
 """Spark struct of :func:`medimg_spark.quality.quality_metrics` (NaN where a metric is undefined)."""
@@ -109,6 +109,10 @@ _WORK_SCHEMA = StructType(
         StructField("error_message", StringType(), True),
     ]
 )
+
+
+# Up to this many already-done image ids are broadcast to skip them (about 100 bytes each on the wire).
+_BROADCAST_DONE_IDS = 2_000_000
 
 
 def new_run_id() -> str:
@@ -264,8 +268,18 @@ def preprocess(
         done_parts.append(images.join(failed, ["source_path", "frame_index"], "left_semi").select("image_id"))
     selected = images.count()
     todo = images
-    for part in done_parts:
-        todo = todo.join(part.distinct(), "image_id", "left_anti")
+    done: DataFrame | None = None
+    if done_parts:
+        done = done_parts[0]
+        for part in done_parts[1:]:
+            done = done.unionByName(part)
+        done = done.distinct().persist()
+        n_done = done.count()
+        if n_done:
+            # Never shuffle pixel rows for this: a done-set that fits is broadcast (Spark's size estimate
+            # comes from the Parquet files, pixels included, so it would choose a sort-merge join).
+            small = n_done <= _BROADCAST_DONE_IDS
+            todo = todo.join(F.broadcast(done) if small else done, "image_id", "left_anti")
 
     conf_key = "spark.sql.execution.arrow.maxRecordsPerBatch"
     old_batch = spark.conf.get(conf_key, "10000") or "10000"
@@ -281,6 +295,8 @@ def preprocess(
         )
     finally:
         spark.conf.set(conf_key, old_batch)
+        if done is not None:
+            done.unpersist()
     try:
         work = spark.read.schema(_WORK_SCHEMA).parquet(staging)
         now = F.current_timestamp()
