@@ -61,6 +61,7 @@ test: lint browser pytest
 
 bench: install-dev
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/transport.py --n 2000
 
 dist: venv
 	rm -rf dist && $(PIP) wheel --quiet --no-deps --wheel-dir dist .

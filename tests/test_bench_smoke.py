@@ -58,3 +58,39 @@ def test_every_mode_same_images_and_outputs(quick_results: dict) -> None:
     assert outputs["reference"] == "loop" and outputs["all_equal"]
     for mode in MODES:
         assert outputs[mode] == {"images": expected, "mismatches_vs_reference": 0}
+
+
+def test_transport_benchmark_smoke(tmp_path: Path) -> None:
+    """``benchmarks/transport.py``: every execution path returns every pixel row unchanged (checked by CRC)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "transport.py"),
+            "--n",
+            "8",
+            "--repeats",
+            "1",
+            "--cores",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, f"transport benchmark failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    report = json.loads((tmp_path / "transport.json").read_text())
+    assert report["images"] == 12  # 8 CT frames + 4 X-rays
+    assert report["checksum"][0] == 12
+    for mode, stats in report["modes"].items():  # rows and pixel CRCs came back unchanged
+        assert stats["checksums"] == [report["checksum"]], mode
+    assert set(report["modes"]) == {"baseline", "map_in_arrow", "map_in_pandas", "arrow_udf", "row_udf"}
+    for mode, stats in report["modes"].items():
+        assert stats["images_per_s"] > 0 and stats["cpu_ms_per_image"] > 0, (mode, stats)
+    assert set(report["vs_row_udf"]) == {"map_in_arrow", "map_in_pandas", "arrow_udf"}
+    assert "| row_udf |" in (tmp_path / "transport.md").read_text()
