@@ -149,15 +149,7 @@ def measure(n: int, repeats: int, cores: int, work: Path) -> dict[str, Any]:
             "cpu_ms_per_image": round(1000 * (jvm + worker) / n_images, 2),
             "checksums": [list(c) for c in sorted(checksums[mode])],
         }
-    row = modes["row_udf"]
-    ratios = {
-        m: {
-            "throughput_vs_row_udf": round(v["images_per_s"] / row["images_per_s"], 2),
-            "cpu_row_udf_over_mode": round(row["cpu_ms_per_image"] / v["cpu_ms_per_image"], 2),
-        }
-        for m, v in modes.items()
-        if m not in ("row_udf", "baseline")
-    }
+    ratios = compare(modes)
     return {
         "n": n,
         "images": int(n_images),
@@ -170,6 +162,31 @@ def measure(n: int, repeats: int, cores: int, work: Path) -> dict[str, Any]:
     }
 
 
+def compare(modes: dict[str, Any]) -> dict[str, Any]:
+    """Each Arrow path against the row UDF: raw, and net of the ``baseline`` scan every mode shares."""
+    row, base = modes["row_udf"], modes["baseline"]
+
+    def net_s(v: dict[str, Any]) -> float:  # seconds per image spent on the way to Python and back
+        return 1 / v["images_per_s"] - 1 / base["images_per_s"]
+
+    def ratio(a: float, b: float) -> float | None:  # None when noise leaves nothing to compare (tiny N)
+        return round(a / b, 2) if a > 0 and b > 0 else None
+
+    return {
+        m: {
+            "throughput_vs_row_udf": round(v["images_per_s"] / row["images_per_s"], 2),
+            "cpu_row_udf_over_mode": round(row["cpu_ms_per_image"] / v["cpu_ms_per_image"], 2),
+            "net_time_row_udf_over_mode": ratio(net_s(row), net_s(v)),
+            "net_cpu_row_udf_over_mode": ratio(
+                row["cpu_ms_per_image"] - base["cpu_ms_per_image"],
+                v["cpu_ms_per_image"] - base["cpu_ms_per_image"],
+            ),
+        }
+        for m, v in modes.items()
+        if m not in ("row_udf", "baseline")
+    }
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
@@ -179,15 +196,21 @@ def markdown(report: dict[str, Any]) -> str:
         f"N={report['n']}: {report['images']} images, {report['pixel_mb']} MB of pixels, local[{report['cores']}], "
         f"identity function, median of {report['repeats']} alternated repeats.",
         "",
-        "| mode | images/s | pixel MB/s | CPU ms/image (JVM + workers) | throughput vs row UDF |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| mode | images/s | pixel MB/s | CPU ms/image (JVM + workers) | throughput vs row UDF "
+        "| net of baseline: time, CPU vs row UDF |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for mode, v in report["modes"].items():
         vs = report["vs_row_udf"].get(mode)
         ratio = f"{vs['throughput_vs_row_udf']}×" if vs else ("1×" if mode == "row_udf" else "–")
+        net = (
+            f"{vs['net_time_row_udf_over_mode']}×, {vs['net_cpu_row_udf_over_mode']}×"
+            if vs
+            else ("1×, 1×" if mode == "row_udf" else "–")
+        )
         lines.append(
             f"| {mode} | {v['images_per_s']} | {v['pixel_mb_per_s']} | {v['cpu_ms_per_image']} "
-            f"({v['cpu_ms_per_image_jvm']} + {v['cpu_ms_per_image_workers']}) | {ratio} |"
+            f"({v['cpu_ms_per_image_jvm']} + {v['cpu_ms_per_image_workers']}) | {ratio} | {net} |"
         )
     return "\n".join(lines) + "\n"
 
