@@ -111,8 +111,9 @@ _WORK_SCHEMA = StructType(
 )
 
 
-# Up to this many already-done image ids are broadcast to skip them (about 100 bytes each on the wire).
-_BROADCAST_DONE_IDS = 2_000_000
+# Up to this many already-done image ids are broadcast to skip them (about 100 bytes each: ~20 MB); a larger
+# done-set is joined by Spark's choice (a shuffle of the pixel rows, only on very large incremental reruns).
+_BROADCAST_DONE_IDS = 200_000
 
 
 def new_run_id() -> str:

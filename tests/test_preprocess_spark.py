@@ -151,6 +151,21 @@ def test_spark_equals_plain_python_and_rerun_is_idempotent(
     assert spark.read.parquet(str(out_dir / "quarantine")).count() == 3
 
 
+def test_rerun_skips_done_frames_without_broadcast(
+    spark: Any, out_dir: Path, frames: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A done-set over the broadcast limit takes Spark's own join, with the same result."""
+    import medimg_spark.preprocess as pre
+
+    recipe_path = str(RECIPES / "denoise.yaml")
+    preprocess(spark, str(out_dir), recipe_path)  # every frame done (here or by the test above)
+    monkeypatch.setattr(pre, "_BROADCAST_DONE_IDS", 0)
+    again = preprocess(spark, str(out_dir), recipe_path)
+    assert again["frames_processed"] == 0 and again["frames_quarantined"] == 0
+    assert again["frames_skipped"] == len(frames)
+    assert spark.read.parquet(str(out_dir / "processed")).count() == 6
+
+
 def test_where_filter_and_non_segmenting_recipe(
     spark: Any, out_dir: Path, frames: list[dict[str, Any]]
 ) -> None:
