@@ -155,6 +155,24 @@ def test_labels_csv_parent_dir_and_too_large(spark, tmp_path: Path, sample_npz: 
     assert ingest(spark, [str(src)], str(out), cfg)["quarantined"] == 0
 
 
+def test_stale_decoded_staging_is_removed(spark, tmp_path: Path) -> None:
+    """Decoded rows staged by a killed run are removed by the next run; a finished run leaves none."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), src / "ct.dcm")
+    out = tmp_path / "out"
+    stale = out / "_staging" / "decoded-ingest-killed"
+    stale.mkdir(parents=True)
+    (stale / "part-0.parquet").write_bytes(b"left by a killed run")
+    keep = out / "_staging" / "batch-7"  # an incremental batch's staging belongs to its own protocol
+    keep.mkdir()
+    summary = ingest(spark, [str(src)], str(out), deidentify=None)
+    assert summary["frames_written"] == 1
+    assert not stale.exists()
+    assert keep.exists()
+    assert [p.name for p in (out / "_staging").iterdir()] == ["batch-7"]
+
+
 def test_npz_ingest_counts_per_split(spark, tmp_path: Path, sample_npz: Path) -> None:
     ref = np.load(sample_npz)
     summary = ingest(spark, [str(sample_npz)], str(tmp_path / "out"))

@@ -452,6 +452,8 @@ def ingest(
     ctx = _context(run_id, cfg, labels_csv, deidentify)
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(paths)
     empty = _empty_files(files)
+    # decoded rows staged by a run that was killed before it could remove them
+    _HadoopFS(spark).delete_glob(f"{out_uri}/{STAGING_DIR}/decoded-*")
     counts = _ingest_files(spark, files, empty, out_uri, out_uri, ctx, cfg)
     summary = _summary(run_id, inputs, out_uri, counts, started, identified=deidentify is None)
     if summary["identified"]:
@@ -567,6 +569,12 @@ class _HadoopFS:
         finally:
             stream.close()
         return bytes(data).decode()
+
+    def delete_glob(self, pattern: str) -> None:
+        """Delete (recursively) every path matching the Hadoop glob ``pattern``."""
+        jpath, fs = self._p(pattern)
+        for status in fs.globStatus(jpath) or []:
+            fs.delete(status.getPath(), True)
 
     def data_files(self, root: str) -> list[str]:
         """Paths relative to ``root`` of its files (recursive), without ``_SUCCESS``/hidden files."""
