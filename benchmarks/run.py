@@ -782,6 +782,13 @@ def compare_outputs(modes: dict[str, dict[str, Any]], digests: dict[str, dict[st
     return out
 
 
+def _target(ratio: float, wanted: str) -> dict[str, Any]:
+    """``{"ratio", "target", "met"}`` for a target written as ``">= x"`` or ``"<= x"``."""
+    op, bound = wanted.split()
+    met = ratio >= float(bound) if op == ">=" else ratio <= float(bound)
+    return {"ratio": round(ratio, 3), "target": wanted, "met": met}
+
+
 def targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The issue's targets, evaluated on what was measured."""
     t: dict[str, Any] = {}
@@ -789,42 +796,27 @@ def targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
     # the loop's CPU per image does not depend on N: a size run without the loop uses the largest with it
     loops = {n: m["loop"]["cpu_s_per_image"] for n, m in by_n.items() if "loop" in m}
     for n, m in sorted(by_n.items()):
-        if "spark" in m and "pool" in m:
-            ratio = m["spark"]["images_per_s"] / m["pool"]["images_per_s"]
-            t[f"spark_vs_pool_throughput_n{n}"] = {
-                "ratio": round(ratio, 3),
-                "target": ">= 0.9",
-                "met": ratio >= 0.9,
-            }
-        if "spark" in m and "loop" in m:
-            ratio = m["spark"]["cpu_s_per_image"] / m["loop"]["cpu_s_per_image"]
-            t[f"spark_vs_loop_cpu_per_image_n{n}"] = {
-                "ratio": round(ratio, 3),
-                "target": "<= 1.2",
-                "met": ratio <= 1.2,
-            }
-        elif "spark" in m and loops:
-            ref = max(loops)
-            ratio = m["spark"]["cpu_s_per_image"] / loops[ref]
-            t[f"spark_vs_loop_cpu_per_image_n{n}_loop_n{ref}"] = {
-                "ratio": round(ratio, 3),
-                "target": "<= 1.2",
-                "met": ratio <= 1.2,
-            }
-        if "spark" in m and "spark_row_udf" in m:
-            ratio = m["spark"]["images_per_s"] / m["spark_row_udf"]["images_per_s"]
-            t[f"arrow_vs_row_udf_throughput_n{n}"] = {
-                "ratio": round(ratio, 3),
-                "target": ">= 5",
-                "met": ratio >= 5,
-            }
-        if "spark" in m and "spark_local1" in m:
-            ratio = m["spark"]["images_per_s"] / m["spark_local1"]["images_per_s"]
+        if "spark" not in m:
+            continue
+        spark = m["spark"]
+        if "pool" in m:
+            t[f"spark_vs_pool_throughput_n{n}"] = _target(
+                spark["images_per_s"] / m["pool"]["images_per_s"], ">= 0.9"
+            )
+        if loops:
+            ref = n if n in loops else max(loops)
+            key = f"spark_vs_loop_cpu_per_image_n{n}" + ("" if ref == n else f"_loop_n{ref}")
+            t[key] = _target(spark["cpu_s_per_image"] / loops[ref], "<= 1.2")
+        if "spark_row_udf" in m:
+            t[f"arrow_vs_row_udf_throughput_n{n}"] = _target(
+                spark["images_per_s"] / m["spark_row_udf"]["images_per_s"], ">= 5"
+            )
+        if "spark_local1" in m:
+            ratio = spark["images_per_s"] / m["spark_local1"]["images_per_s"]
             t[f"spark_local2_vs_local1_n{n}"] = {"ratio": round(ratio, 3), "target": "> 1 (grows with cores)"}
-    if 2000 in by_n and 8000 in by_n and "spark" in by_n[2000] and "spark" in by_n[8000]:
+    if "spark" in by_n.get(2000, {}) and "spark" in by_n.get(8000, {}):
         a, b = by_n[2000]["spark"]["driver_peak_rss_mb"], by_n[8000]["spark"]["driver_peak_rss_mb"]
-        ratio = b / a
-        t["driver_rss_n8000_vs_n2000"] = {"ratio": round(ratio, 3), "target": "<= 1.1", "met": ratio <= 1.1}
+        t["driver_rss_n8000_vs_n2000"] = _target(b / a, "<= 1.1")
     return t
 
 

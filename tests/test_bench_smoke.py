@@ -18,18 +18,23 @@ MODES = ("loop", "pool", "spark", "spark_row_udf")
 PER_MODE_KEYS = ("images_per_s", "cpu_s_per_image", "driver_peak_rss_mb", "workers_peak_rss_mb")
 
 
-@pytest.fixture(scope="module")
-def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    out = tmp_path_factory.mktemp("bench")
+def run_benchmark(script: str, *args: str) -> None:
+    """Run ``benchmarks/<script>`` with ``args`` in a fresh interpreter; fail with its output if it fails."""
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--out", str(out)],
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
-    assert proc.returncode == 0, f"benchmark failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bench")
+    run_benchmark("run.py", "--quick", "--out", str(out))
     assert (out / "results.md").is_file()
     return json.loads((out / "results.json").read_text())
 
@@ -62,28 +67,10 @@ def test_every_mode_same_images_and_outputs(quick_results: dict) -> None:
 
 def test_transport_benchmark_smoke(tmp_path: Path) -> None:
     """``benchmarks/transport.py``: every execution path returns every pixel row unchanged (checked by CRC)."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "transport.py"),
-            "--n",
-            "8",
-            "--repeats",
-            "1",
-            "--cores",
-            "1",
-            "--out",
-            str(tmp_path),
-            "--work",
-            str(tmp_path / "work"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, f"transport benchmark failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    run_benchmark(
+        "transport.py", "--n", "8", "--repeats", "1", "--cores", "1", "--out", str(tmp_path),
+        "--work", str(tmp_path / "work"),
+    )  # fmt: skip
     report = json.loads((tmp_path / "transport.json").read_text())
     assert report["images"] == 12  # 8 CT frames + 4 X-rays
     assert report["checksum"][0] == 12
