@@ -33,7 +33,23 @@ class IngestConfig(StrictModel):
     max_file_bytes: int = Field(
         BINARY_FILE_LIMIT, ge=1, le=BINARY_FILE_LIMIT, description="Larger files are quarantined unread."
     )
-    max_decompressed_bytes: int = Field(1 << 30, ge=1, description="Limit for gzip-wrapped files.")
+    max_decompressed_bytes: int = Field(
+        1 << 30, ge=1, description="Limit for gzip-wrapped files and the inflated members of .npz archives."
+    )
+    max_decoded_bytes: int = Field(
+        512 << 20,
+        ge=1 << 20,
+        description=(
+            "Refuse, before decoding, a file whose pixels would take more memory than this "
+            "(rows x cols x frames x bytes per sample from its header). The default suits a 2 GB Python "
+            "worker, which holds the file's bytes, the decoded array and one output batch at once."
+        ),
+    )
+    max_seconds_per_file: float | None = Field(
+        300.0,
+        gt=0,
+        description="Time budget of one file's parse and decode (null: none); over it the file is quarantined.",
+    )
     label_from_parent_dir: bool = Field(False, description="Label = name of the file's parent folder.")
     output_batch_bytes: int = Field(
         32 << 20, ge=1 << 20, description="Arrow batches from the decoder are flushed at this many bytes."

@@ -50,3 +50,19 @@ class DecodeError(IngestFileError):
 
 class RecipeError(MedimgError):
     """A processing recipe step failed or has invalid parameters."""
+
+
+class InvalidHeaderError(IngestFileError):
+    """A header value is malformed (a file-meta UID that is not a UID, a negative frame count...)."""
+
+
+class ImageTooLargeError(IngestFileError):
+    """Decoding would exceed ``ingest.max_decoded_bytes``: refused before any pixel is decoded."""
+
+
+class FileTimeoutError(IngestFileError):
+    """Reading or decoding one file took longer than ``ingest.max_seconds_per_file``."""
+
+
+class WorkerCrashError(IngestFileError):
+    """The Python worker died (killed by the OS, or a crash in native code) while reading this file."""

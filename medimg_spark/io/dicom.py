@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from medimg_spark.errors import TruncatedFileError
+from medimg_spark.errors import (
+    ImageTooLargeError,
+    InvalidHeaderError,
+    NoPixelDataError,
+    TruncatedFileError,
+)
 from medimg_spark.io.detect import DICOM_RESYNC_WINDOW, looks_like_dicom_element
 from medimg_spark.io.model import Frame, ParsedFile
 
@@ -19,6 +26,33 @@ BULK_DATA_THRESHOLD = 1024
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _ENCODINGS = ((True, True), (False, True), (False, False))  # (implicit VR, little endian)
+
+#: Largest value of a 32-bit signed integer column (``n_frames``, ``instance_number``...).
+INT32_MAX = 2**31 - 1
+#: A DICOM UID: dot-separated decimal components, at most 64 characters (PS3.5 §9.1).
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: Value representation of each standard File Meta Information element (PS3.10 §7.1).
+_FILE_META_VR = {
+    0x0000: "UL",
+    0x0001: "OB",
+    0x0002: "UI",
+    0x0003: "UI",
+    0x0010: "UI",
+    0x0012: "UI",
+    0x0013: "SH",
+    0x0016: "AE",
+    0x0017: "AE",
+    0x0018: "AE",
+    0x0026: "UR",
+    0x0027: "UR",
+    0x0028: "UR",
+    0x0100: "UI",
+    0x0102: "OB",
+}
+_TEXT_MAX = {"UI": 64, "SH": 16, "AE": 16, "UR": 1024}
+_BINARY_META_MAX = 1 << 16
+#: pydicom's warning when a file ends inside an undefined-length item or sequence.
+_EOF_WARNING = "End of file reached before delimiter"
 
 
 def _read_raw(data: bytes, offset: int, implicit: bool, little: bool) -> Any:
@@ -36,30 +70,36 @@ def _element_count(ds: Any) -> int:
     return sum(1 for _ in ds)
 
 
-def _read_without_preamble(data: bytes, recovered: list[str]) -> tuple[Any, int]:
-    """Read a dataset without preamble/file meta: try each encoding at each plausible start offset."""
-    best: tuple[int, Any, int, tuple[bool, bool]] | None = None
+def _read_without_preamble(data: bytes, recovered: list[str], messages: list[str]) -> tuple[Any, int]:
+    """Read a dataset without preamble/file meta: try each encoding at each plausible start offset.
+
+    The warnings pydicom gave while reading the chosen candidate are appended to ``messages``.
+    """
+    best: tuple[int, Any, int, tuple[bool, bool], list[str]] | None = None
     for offset in range(min(DICOM_RESYNC_WINDOW, len(data))):
         if not looks_like_dicom_element(data, offset):
             continue
         for implicit, little in _ENCODINGS:
-            try:
-                ds = _read_raw(data, offset, implicit, little)
-                # Touch every value so a wrong encoding fails here rather than later.
-                for elem in ds.iterall():
-                    _ = elem.value
-            except Exception:
-                continue
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    ds = _read_raw(data, offset, implicit, little)
+                    # Touch every value so a wrong encoding fails here rather than later.
+                    for elem in ds.iterall():
+                        _ = elem.value
+                except Exception:
+                    continue
             n = _element_count(ds)
             if best is None or n > best[0]:
-                best = (n, ds, offset, (implicit, little))
+                best = (n, ds, offset, (implicit, little), [str(w.message) for w in caught])
         if best is not None and best[0] > 1:
             break
     if best is None:
         from pydicom.errors import InvalidDicomError
 
         raise InvalidDicomError("no readable DICOM data elements found at the start of the file")
-    _, ds, offset, (implicit, little) = best
+    _, ds, offset, (implicit, little), found = best
+    messages.extend(found)
     recovered.append("no_preamble")
     if offset:
         recovered.append(f"skipped_{offset}_leading_bytes")
@@ -126,33 +166,182 @@ def read_dataset_bytes(data: bytes) -> tuple[Any, list[str]]:
     import pydicom
 
     recovered: list[str] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         if len(data) >= 132 and data[128:132] == b"DICM":
             ds = pydicom.dcmread(io.BytesIO(data))
             start = 0
         else:
-            ds, start = _read_without_preamble(data, recovered)
+            ds, start = _read_without_preamble(data, recovered, messages)
+    messages.extend(str(w.message) for w in caught)
+    if any(_EOF_WARNING in m for m in messages):
+        raise TruncatedFileError(
+            "the file ends inside an item or sequence of undefined length (no delimiter before the end "
+            "of the file); the file is truncated, re-export or re-transfer it"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         object.__setattr__(ds, "_medimg_source", data[start:])
         try:
-            check_complete(ds, len(data), start)
+            check_complete(ds, len(data), start)  # on the raw elements: before any value is converted
         finally:
             object.__delattr__(ds, "_medimg_source")
-        ts = ds.file_meta.get("TransferSyntaxUID")
-        if ts is None or not str(ts):
-            if any(k in ds for k in _PIXEL_KEYWORDS) and "PixelData" in ds and _is_encapsulated(ds):
-                inferred = _infer_encapsulated_syntax(ds)
-                if inferred is not None:
-                    ds.file_meta.TransferSyntaxUID = inferred
-                    recovered.append("inferred_transfer_syntax")
-            else:
-                implicit, little = getattr(ds, "original_encoding", (True, True))
-                ds.file_meta.TransferSyntaxUID = _uncompressed_syntax(
-                    bool(implicit) if implicit is not None else True,
-                    bool(little) if little is not None else True,
-                )
+        if _drop_delimiters(ds):
+            recovered.append("stray_delimiters_removed")
+        validate_file_meta(ds)
+    if not len(ds._dict):
+        raise TruncatedFileError(
+            "the file holds no data elements after its header; it is truncated, re-export or re-transfer it"
+        )
+    ts = ds.file_meta.get("TransferSyntaxUID")
+    if ts is None or not str(ts):
+        if any(k in ds for k in _PIXEL_KEYWORDS) and "PixelData" in ds and _is_encapsulated(ds):
+            inferred = _infer_encapsulated_syntax(ds)
+            if inferred is not None:
+                ds.file_meta.TransferSyntaxUID = inferred
                 recovered.append("inferred_transfer_syntax")
+        else:
+            implicit, little = getattr(ds, "original_encoding", (True, True))
+            ds.file_meta.TransferSyntaxUID = _uncompressed_syntax(
+                bool(implicit) if implicit is not None else True,
+                bool(little) if little is not None else True,
+            )
+            recovered.append("inferred_transfer_syntax")
     return ds, recovered
+
+
+def _drop_delimiters(ds: Any, depth: int = 0) -> int:
+    """Remove stray item/sequence delimiters ((FFFE,E000), (FFFE,E00D), (FFFE,E0DD)) from a dataset.
+
+    Some writers leave delimiter items outside any sequence. pydicom reads them as elements of VR
+    ``NONE`` that cannot be converted, and writes a dataset without them; they carry no value, so
+    they are dropped here, in nested sequence items too.
+
+    Returns:
+        How many were removed.
+    """
+    removed = 0
+    for tag in list(ds._dict):
+        if tag >> 16 == 0xFFFE:
+            del ds._dict[tag]
+            removed += 1
+            continue
+        raw = ds._dict[tag]
+        vr = getattr(raw, "VR", None)
+        if vr not in ("SQ", None) or depth > 64:
+            continue
+        try:
+            elem = ds[tag]
+        except Exception:
+            continue  # an unreadable value is reported where it is used
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                removed += _drop_delimiters(item, depth + 1)
+    return removed
+
+
+def validate_file_meta(ds: Any) -> None:
+    """Check every File Meta Information element before any of its values is used.
+
+    A damaged file-meta length can make one element swallow the whole dataset (patient name,
+    UIDs, dates...); such values must never be copied into a table. Checked: the group (0002),
+    the value representation of standard elements, UID syntax and length, text lengths.
+
+    Raises:
+        InvalidHeaderError: naming the element (never its value).
+    """
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        return
+    for tag in list(meta._dict):
+        name = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+        fix = "the file meta header is damaged; re-export the file"
+        if tag >> 16 != 0x0002:
+            raise InvalidHeaderError(f"file meta holds element {name} outside group 0002; {fix}")
+        try:
+            elem = meta[tag]
+        except Exception as exc:
+            raise InvalidHeaderError(
+                f"file meta element {name} cannot be read ({type(exc).__name__}); {fix}"
+            ) from None
+        expected = _FILE_META_VR.get(tag & 0xFFFF)
+        if expected is not None and str(elem.VR) != expected:
+            raise InvalidHeaderError(f"file meta element {name} has VR {elem.VR}, expected {expected}; {fix}")
+        value = elem.value
+        if value is None:
+            continue
+        if isinstance(value, bytes | bytearray):
+            if len(value) > _BINARY_META_MAX:
+                raise InvalidHeaderError(f"file meta element {name} is {len(value)} bytes long; {fix}")
+            continue
+        if isinstance(value, int):
+            continue
+        text = str(value)
+        limit = _TEXT_MAX.get(elem.VR, 1024)
+        if len(text) > limit:
+            raise InvalidHeaderError(
+                f"file meta element {name} ({elem.VR}) holds {len(text)} characters, more than {limit}; {fix}"
+            )
+        if elem.VR == "UI":
+            uid = text.rstrip("\x00 ")
+            if uid and not _UID.match(uid):
+                raise InvalidHeaderError(f"file meta element {name} is not a valid UID; {fix}")
+        elif not text.isprintable() or not text.isascii():
+            raise InvalidHeaderError(f"file meta element {name} holds non-printable characters; {fix}")
+
+
+def number_of_frames(ds: Any) -> int:
+    """NumberOfFrames as pydicom reads it (absent or 0 → 1), checked to be a sane positive integer.
+
+    Raises:
+        InvalidHeaderError: the value is not an integer, is negative, or does not fit 32 bits.
+    """
+    if "NumberOfFrames" not in ds:
+        return 1
+    try:
+        value = ds.NumberOfFrames
+        n = 0 if value is None or value == "" else int(value)
+    except Exception:
+        raise InvalidHeaderError(
+            "NumberOfFrames (0028,0008) is not an integer; the header is damaged, re-export the file"
+        ) from None
+    if n < 0 or n > INT32_MAX:
+        raise InvalidHeaderError(
+            f"NumberOfFrames (0028,0008) = {n} is out of range (1..{INT32_MAX}); the header is damaged, "
+            "re-export the file"
+        )
+    return n or 1
+
+
+def decoded_size(ds: Any, n_frames: int) -> int | None:
+    """Bytes ``pixel_array`` would allocate: rows × cols × samples × frames × bytes per sample.
+
+    None when Rows/Columns are missing (pydicom then refuses to decode anyway).
+    """
+    rows, cols = _int(_get(ds, "Rows")), _int(_get(ds, "Columns"))
+    if rows is None or cols is None:
+        return None
+    samples = max(1, _int(_get(ds, "SamplesPerPixel")) or 1)
+    bits = _int(_get(ds, "BitsAllocated")) or 8
+    if "FloatPixelData" in ds:
+        bits = 32
+    elif "DoubleFloatPixelData" in ds:
+        bits = 64
+    per_sample = max(1, math.ceil(bits / 8))
+    return max(rows, 0) * max(cols, 0) * samples * n_frames * max(per_sample, 1)
+
+
+def implies_pixels(ds: Any) -> bool:
+    """Whether the header declares an image (Rows and Columns, or an image storage SOP class)."""
+    if "Rows" in ds and "Columns" in ds and (_int(_get(ds, "Rows")) or 0) > 0:
+        return True
+    from pydicom.uid import UID
+
+    for sop in (_get(ds, "SOPClassUID"), ds.file_meta.get("MediaStorageSOPClassUID")):
+        if sop and "Image Storage" in UID(str(sop)).name:
+            return True
+    return False
 
 
 def check_complete(ds: Any, total: int, start: int = 0) -> None:
@@ -220,10 +409,12 @@ def _floats(value: Any) -> list[float] | None:
 
 
 def _int(value: Any) -> int | None:
+    """An integer value, or None when missing, not an integer, or outside the 32-bit column range."""
     try:
-        return None if value is None or value == "" else int(value)
-    except (TypeError, ValueError):
+        n = None if value is None or value == "" else int(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return n if n is None or -INT32_MAX - 1 <= n <= INT32_MAX else None
 
 
 def _str(value: Any) -> str | None:
@@ -306,14 +497,29 @@ def stored_photometric(ds: Any, channels: int) -> str | None:
     return pi
 
 
-def parse_dicom(data: bytes, deidentify: Callable[[Any], Any] | None = None) -> ParsedFile:
+def parse_dicom(
+    data: bytes, deidentify: Callable[[Any], Any] | None = None, max_decoded_bytes: int | None = None
+) -> ParsedFile:
     """Parse DICOM bytes; pixels decode lazily through :attr:`ParsedFile.decode`.
 
     Args:
         data: the file's bytes.
         deidentify: applied to the dataset before any metadata is extracted.
+        max_decoded_bytes: refuse to decode pixels that would take more memory than this.
+
+    Raises:
+        NoPixelDataError: the header declares an image but the file holds no pixel data.
+        InvalidHeaderError: a file-meta value or NumberOfFrames is malformed.
     """
     ds, recovered = read_dataset_bytes(data)
+    has_pixels = any(k in ds for k in _PIXEL_KEYWORDS)
+    if not has_pixels and implies_pixels(ds):
+        raise NoPixelDataError(
+            "the header declares an image (Rows/Columns or an image storage SOP class) but the file holds "
+            "no pixel data; it is truncated or damaged, re-export it"
+        )
+    n_frames = number_of_frames(ds) if has_pixels else 0
+    size = decoded_size(ds, n_frames) if has_pixels else None
     if deidentify is not None:
         try:
             ds = deidentify(ds)
@@ -321,7 +527,7 @@ def parse_dicom(data: bytes, deidentify: Callable[[Any], Any] | None = None) -> 
             exc.medimg_stage = "deid"  # type: ignore[attr-defined]
             raise
     has_pixels = any(k in ds for k in _PIXEL_KEYWORDS)
-    n_frames = (_int(_get(ds, "NumberOfFrames")) or 1) if has_pixels else 0
+    n_frames = n_frames if has_pixels else 0
     modality = _str(_get(ds, "Modality")) or "OT"
     sop_class = _str(_get(ds, "SOPClassUID")) or _str(ds.file_meta.get("MediaStorageSOPClassUID"))
     image_meta: dict[str, Any] = {
@@ -350,6 +556,12 @@ def parse_dicom(data: bytes, deidentify: Callable[[Any], Any] | None = None) -> 
     }
 
     def decode() -> Iterator[Frame]:
+        if max_decoded_bytes is not None and size is not None and size > max_decoded_bytes:
+            raise ImageTooLargeError(
+                f"decoding needs {size} bytes ({n_frames} frame(s) of {_int(_get(ds, 'Rows'))}x"
+                f"{_int(_get(ds, 'Columns'))}), over ingest.max_decoded_bytes = {max_decoded_bytes}; "
+                "raise the limit (and the worker memory) or split the file"
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = ds.pixel_array

@@ -6,14 +6,20 @@ its own; :mod:`medimg_spark.io.ingest` runs it inside executors.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import posixpath
+import signal
+import threading
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from medimg_spark.errors import EmptyFileError, UnsupportedFormatError
+from medimg_spark.errors import EmptyFileError, FileTimeoutError, UnsupportedFormatError
 from medimg_spark.io import detect
 from medimg_spark.io.model import ParsedFile
 from medimg_spark.io.pixels import encode
@@ -30,7 +36,9 @@ class FileContext:
     Attributes:
         run_id: the ingest run id written to every row.
         default_modality: modality of non-DICOM files.
-        max_decompressed_bytes: limit for gzip-wrapped files.
+        max_decompressed_bytes: limit for gzip-wrapped files and the members of ``.npz`` archives.
+        max_decoded_bytes: refuse (before decoding) pixels that would take more memory than this.
+        max_seconds_per_file: time budget of one file's parse and decode (None: no limit).
         labels_by_path: ``{local path: (label, split)}`` from ``--labels``.
         labels_by_sha: ``{file sha256: (label, split)}`` from ``--labels``.
         label_from_parent_dir: take the label from the parent folder's name.
@@ -40,6 +48,8 @@ class FileContext:
     run_id: str
     default_modality: str = "OT"
     max_decompressed_bytes: int = 1 << 30
+    max_decoded_bytes: int = 512 << 20
+    max_seconds_per_file: float | None = None
     labels_by_path: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     labels_by_sha: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     label_from_parent_dir: bool = False
@@ -76,18 +86,18 @@ def _parse(data: bytes, ctx: FileContext, recovered: list[str]) -> ParsedFile:
     if fmt == detect.DICOM:
         from medimg_spark.io.dicom import parse_dicom
 
-        return parse_dicom(data, ctx.deidentify)
+        return parse_dicom(data, ctx.deidentify, ctx.max_decoded_bytes)
     if fmt in (detect.PNG, detect.JPEG, detect.TIFF):
         from medimg_spark.io.raster import parse_raster
 
-        return parse_raster(data, fmt, ctx.default_modality)
+        return parse_raster(data, fmt, ctx.default_modality, ctx.max_decoded_bytes)
     if fmt in (detect.NIFTI1, detect.NIFTI2):
         from medimg_spark.io.nifti import parse_nifti
 
-        return parse_nifti(data, fmt, ctx.default_modality)
+        return parse_nifti(data, fmt, ctx.default_modality, ctx.max_decoded_bytes)
     from medimg_spark.io.npz import parse_npz
 
-    return parse_npz(data, ctx.default_modality)
+    return parse_npz(data, ctx.default_modality, ctx.max_decompressed_bytes, ctx.max_decoded_bytes)
 
 
 def _quarantine(
@@ -125,11 +135,86 @@ def _labels(path: str, sha: str, ctx: FileContext) -> tuple[str | None, str | No
     return None
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence warnings and the ``pydicom`` logger (their messages may quote identifying values)."""
+    logger = logging.getLogger("pydicom")
+    was_disabled = logger.disabled
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = was_disabled
+
+
+#: Exceptions that are never a file's fault: they stop the worker as they would without medimg.
+_NOT_A_FILE_ERROR = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+class TimeBudget:
+    """A per-file time limit, enforced with ``SIGALRM`` in the worker's main thread.
+
+    The time spent inside :meth:`running` blocks is summed; when it exceeds ``seconds`` a
+    :class:`FileTimeoutError` is raised at the next Python bytecode. Native code (a codec) is not
+    interrupted: it is bounded by the size checks made before decoding, and the alarm fires when it
+    returns. Outside the main thread, or without ``seconds``, the budget is not enforced.
+    """
+
+    def __init__(self, seconds: float | None) -> None:
+        self.left = seconds
+        self._active = False
+        self.enabled = bool(seconds) and hasattr(signal, "setitimer")
+        if self.enabled:
+            self.enabled = threading.current_thread() is threading.main_thread()
+
+    def _expire(self, signum: int, frame: Any) -> None:
+        if self._active:
+            self._active = False
+            raise FileTimeoutError(
+                "reading this file took longer than ingest.max_seconds_per_file; raise the limit if the "
+                "file is legitimately slow to decode"
+            )
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Count the time of the block against the budget, raising FileTimeoutError when it is spent.
+
+        Warnings and the ``pydicom`` logger are silenced inside: library messages quote header values
+        (patient names, dates), which must not reach the workers' logs.
+        """
+        with _quiet():
+            if not self.enabled or self.left is None:
+                yield
+                return
+            yield from self._timed()
+
+    def _timed(self) -> Iterator[None]:
+        assert self.left is not None
+        if self.left <= 0:
+            raise FileTimeoutError("the time budget of this file (ingest.max_seconds_per_file) is spent")
+        start = time.monotonic()
+        previous = signal.signal(signal.SIGALRM, self._expire)
+        self._active = True
+        signal.setitimer(signal.ITIMER_REAL, self.left)
+        try:
+            yield
+        finally:
+            self._active = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            self.left -= time.monotonic() - start
+
+
 def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[str, Any]]:
     """Yield the output rows of one file, each a dict with ``_kind`` = image, instance or quarantine.
 
     Never raises for a bad file: every failure becomes one quarantine row naming the stage
-    (``read``, ``parse`` or ``decode``) and the exception class.
+    (``read``, ``parse``, ``deid`` or ``decode``) and the exception class. Failures of native codecs
+    that raise ``BaseException`` subclasses (pyo3's ``PanicException``) are caught too; only
+    ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` pass. Parse and decode share the time
+    budget ``ctx.max_seconds_per_file``.
     """
     sha = hashlib.sha256(content).hexdigest()
     base: dict[str, Any] = {
@@ -141,10 +226,14 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
     if not content:
         yield _quarantine(base, "read", EmptyFileError("file has zero bytes; re-export or remove it"))
         return
+    budget = TimeBudget(ctx.max_seconds_per_file)
     recovered: list[str] = []
     try:
-        parsed = _parse(content, ctx, recovered)
-    except Exception as exc:
+        with budget.running():
+            parsed = _parse(content, ctx, recovered)
+    except _NOT_A_FILE_ERROR:
+        raise
+    except BaseException as exc:
         yield _quarantine(base, "parse", exc, redact=ctx.deidentify is not None)
         return
     recovered.extend(parsed.recovered)
@@ -165,28 +254,40 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
         return
     file_labels = _labels(path, sha, ctx)
     written = 0
-    try:
-        for frame in parsed.decode():
-            pixels, rows, cols, channels, dtype = encode(frame.array)
-            row = {
-                "_kind": IMAGE,
-                **common,
-                **parsed.image_meta,
-                **frame.meta,
-                "image_id": image_id(sha, frame.index),
-                "frame_index": frame.index,
-                "rows": rows,
-                "cols": cols,
-                "channels": channels,
-                "dtype": dtype,
-                "pixels": pixels,
-            }
-            if file_labels is not None:
-                row["label"], split = file_labels
-                if split is not None or "split" not in row:
-                    row["split"] = split
-            yield row
-            written += 1
-    except Exception as exc:
-        # frame_index: the first frame that failed, or None when nothing could be decoded.
-        yield _quarantine(base, "decode", exc, written or None, redact=ctx.deidentify is not None)
+    frames: Iterator[Any] | None = None
+    while True:
+        # Only the decoder's own work is guarded: the consumer's time between rows is not this file's,
+        # and a GeneratorExit thrown into the ``yield`` below must not be taken for a decode failure.
+        try:
+            with budget.running():
+                if frames is None:
+                    frames = iter(parsed.decode())
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                pixels, rows, cols, channels, dtype = encode(frame.array)
+        except _NOT_A_FILE_ERROR:
+            raise
+        except BaseException as exc:
+            # frame_index: the first frame that failed, or None when nothing could be decoded.
+            yield _quarantine(base, "decode", exc, written or None, redact=ctx.deidentify is not None)
+            return
+        row = {
+            "_kind": IMAGE,
+            **common,
+            **parsed.image_meta,
+            **frame.meta,
+            "image_id": image_id(sha, frame.index),
+            "frame_index": frame.index,
+            "rows": rows,
+            "cols": cols,
+            "channels": channels,
+            "dtype": dtype,
+            "pixels": pixels,
+        }
+        if file_labels is not None:
+            row["label"], split = file_labels
+            if split is not None or "split" not in row:
+                row["split"] = split
+        yield row
+        written += 1

@@ -213,6 +213,8 @@ def _context(run_id: str, cfg: IngestConfig, labels_csv: str | None, deidentify:
         run_id=run_id,
         default_modality=cfg.default_modality,
         max_decompressed_bytes=cfg.max_decompressed_bytes,
+        max_decoded_bytes=cfg.max_decoded_bytes,
+        max_seconds_per_file=cfg.max_seconds_per_file,
         labels_by_path=by_path,
         labels_by_sha=by_sha,
         label_from_parent_dir=cfg.label_from_parent_dir,

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from medimg_spark.errors import NoPixelDataError
+from medimg_spark.errors import (
+    ImageTooLargeError,
+    InvalidHeaderError,
+    NoPixelDataError,
+    TruncatedFileError,
+)
 from medimg_spark.io.model import Frame, ParsedFile
 
 
@@ -49,15 +55,66 @@ def slices(volume: np.ndarray) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
         yield idx, volume[index]
 
 
-def parse_nifti(data: bytes, fmt: str, modality: str) -> ParsedFile:
+#: Largest frame count the ``n_frames`` column holds.
+_INT32_MAX = 2**31 - 1
+
+
+def check_size(header: Any, shape: tuple[int, ...], available: int, max_decoded_bytes: int | None) -> int:
+    """Check the header's dimensions against the bytes present and the decode limit.
+
+    Returns:
+        The number of bytes the image data occupies.
+
+    Raises:
+        InvalidHeaderError: a dimension is negative or the frame count does not fit 32 bits.
+        TruncatedFileError: the file holds fewer data bytes than the dimensions declare.
+        ImageTooLargeError: the data would take more than ``max_decoded_bytes`` in memory.
+    """
+    if any(d < 0 for d in shape):
+        raise InvalidHeaderError(f"NIfTI header declares negative dimensions {shape}; the header is damaged")
+    itemsize = int(np.dtype(header.get_data_dtype()).itemsize)
+    n_frames = math.prod(shape[2:]) if len(shape) > 2 else 1
+    if n_frames > _INT32_MAX:
+        raise InvalidHeaderError(
+            f"NIfTI header declares {n_frames} slices (dimensions {shape}), more than {_INT32_MAX}; "
+            "the header is damaged"
+        )
+    need = math.prod(shape) * itemsize
+    if need > available:
+        raise TruncatedFileError(
+            f"NIfTI header declares {need} bytes of data (dimensions {shape}) but the file holds {available}; "
+            "it is truncated or its header is damaged"
+        )
+    if max_decoded_bytes is not None and need > max_decoded_bytes:
+        raise ImageTooLargeError(
+            f"NIfTI image needs {need} bytes (dimensions {shape}), over ingest.max_decoded_bytes = "
+            f"{max_decoded_bytes}; raise the limit (and the worker memory) or split the file"
+        )
+    return need
+
+
+def parse_nifti(data: bytes, fmt: str, modality: str, max_decoded_bytes: int | None = None) -> ParsedFile:
     """Parse NIfTI bytes. Frames are slices of the raw stored array (``dataobj.get_unscaled()``);
-    the scaling goes to ``rescale_slope``/``rescale_intercept`` as for DICOM."""
+    the scaling goes to ``rescale_slope``/``rescale_intercept`` as for DICOM.
+
+    The dimensions are checked against the data present and ``max_decoded_bytes`` before any voxel
+    is read (see :func:`check_size`).
+    """
+    if data[344:347] == b"ni1" or data[4:7] == b"ni2":
+        from medimg_spark.errors import UnsupportedFormatError
+
+        raise UnsupportedFormatError(
+            "NIfTI header of a separate .hdr/.img pair (its voxels are in another file); convert the pair to "
+            "a single .nii with nibabel or 3D Slicer"
+        )
     img = load_nifti(data, fmt)
     header = img.header
     shape = tuple(int(s) for s in img.shape)
-    if not shape or int(np.prod(shape)) == 0:
+    if not shape or math.prod(shape) == 0:
         raise NoPixelDataError(f"NIfTI image has an empty shape {shape}")
-    n_frames = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    offset = int(header.get_data_offset())
+    check_size(header, shape, max(len(data) - offset, 0), max_decoded_bytes)
+    n_frames = math.prod(shape[2:]) if len(shape) > 2 else 1
     slope, inter = header.get_slope_inter()
     zooms = [float(z) for z in header.get_zooms()]
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 
 import numpy as np
 
-from medimg_spark.errors import DecodeError
+from medimg_spark.errors import DecodeError, ImageTooLargeError
 from medimg_spark.io.model import Frame, ParsedFile
 
 
@@ -43,19 +44,74 @@ def decode_raster(data: bytes, fmt: str) -> list[np.ndarray]:
     return pages
 
 
-def parse_raster(data: bytes, fmt: str, modality: str) -> ParsedFile:
-    """Parse a PNG/JPEG/TIFF file; pixels decode lazily (a corrupt stream fails at ``decode``)."""
+#: Channels OpenCV returns for each PNG colour type (IMREAD_UNCHANGED; palette becomes BGR).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 4, 6: 4}
+#: JPEG start-of-frame markers (SOF0..SOF15 without DHT, JPG and DAC).
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def png_size(data: bytes) -> int | None:
+    """Bytes of the decoded image, from the PNG's IHDR chunk (None when there is no IHDR)."""
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    return width * height * _PNG_CHANNELS.get(colour, 4) * (2 if depth == 16 else 1)
+
+
+def jpeg_size(data: bytes) -> int | None:
+    """Bytes of the decoded image, from the JPEG's start-of-frame header (None when none is found)."""
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        code = data[i + 1]
+        if code == 0xFF:  # fill byte
+            i += 1
+            continue
+        if code in _SOF:
+            precision = data[i + 4]
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            components = data[i + 9]
+            return height * width * max(components, 1) * (2 if precision > 8 else 1)
+        if code == 0x01 or 0xD0 <= code <= 0xD9:
+            i += 2
+            continue
+        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
+    return None
+
+
+def parse_raster(data: bytes, fmt: str, modality: str, max_decoded_bytes: int | None = None) -> ParsedFile:
+    """Parse a PNG/JPEG/TIFF file; pixels decode lazily (a corrupt stream fails at ``decode``).
+
+    The decoded size is read from the header (PNG IHDR, JPEG SOF, every TIFF page) and checked
+    against ``max_decoded_bytes`` before any pixel is decoded.
+
+    Raises:
+        ImageTooLargeError: decoding would take more than ``max_decoded_bytes``.
+    """
     n_frames = 1
+    size: int | None
     if fmt == "tiff":
         import io
 
+        import numpy as np
         import tifffile
 
         try:
             with tifffile.TiffFile(io.BytesIO(data)) as tif:
                 n_frames = max(1, len(tif.pages))
+                size = 0
+                for page in tif.pages:
+                    size += int(np.prod(page.shape, dtype=object)) * np.dtype(page.dtype).itemsize
         except Exception as exc:
-            raise DecodeError(f"TIFF structure is unreadable: {exc}") from exc
+            raise DecodeError(f"TIFF structure is unreadable ({type(exc).__name__})") from None
+    else:
+        size = png_size(data) if fmt == "png" else jpeg_size(data)
+    if max_decoded_bytes is not None and size is not None and size > max_decoded_bytes:
+        raise ImageTooLargeError(
+            f"decoding this {fmt.upper()} needs {size} bytes, over ingest.max_decoded_bytes = "
+            f"{max_decoded_bytes}; raise the limit (and the worker memory) or split the image"
+        )
 
     def decode() -> Iterator[Frame]:
         for i, page in enumerate(decode_raster(data, fmt)):

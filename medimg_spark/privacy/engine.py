@@ -351,6 +351,9 @@ class Deidentifier:
             if group == 0x0002:
                 run.actions.append(AuditEntry(path, describe_tag(tag), "X", "file_meta"))
                 continue
+            if group == 0xFFFE:  # a stray item/sequence delimiter outside any sequence: no value
+                run.actions.append(AuditEntry(path, "", "X", "delimiter"))
+                continue
             if group % 2 == 1:
                 if 0x0010 <= elem_no <= 0x00FF:
                     creators.append(tag)
@@ -526,10 +529,15 @@ class Deidentifier:
         src_meta = getattr(src, "file_meta", None)
         meta = FileMetaDataset()
         ts: str | None = src_meta.get("TransferSyntaxUID") if src_meta is not None else None
+        if ts is not None and not _valid_uid(ts):
+            ts = None
         if ts is None:
             implicit = getattr(src, "original_encoding", (False, True))[0]
             ts = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
         sop_class = out.get("SOPClassUID") or (src_meta.get("MediaStorageSOPClassUID") if src_meta else None)
+        if sop_class and not _valid_uid(sop_class):
+            # never copied unchecked: a damaged length can make this element swallow the dataset
+            sop_class = None
         if sop_class:
             meta.MediaStorageSOPClassUID = sop_class
         sop_uid = str(out.get("SOPInstanceUID", "") or "")
@@ -625,6 +633,15 @@ class Deidentifier:
         for (keyword, new), original in run.uids.items():
             add(new, "uid", keyword or "UID", original)
         return list(entries.values())
+
+
+_UID_SYNTAX = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def _valid_uid(value: Any) -> bool:
+    """A DICOM UID: digits and dots, at most 64 characters."""
+    text = str(value).rstrip("\x00 ")
+    return len(text) <= 64 and bool(_UID_SYNTAX.match(text))
 
 
 def entry_for(tag: int) -> ProfileEntry | None:
