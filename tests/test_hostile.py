@@ -193,6 +193,7 @@ def test_png_and_jpeg_with_huge_header_dimensions_are_refused() -> None:
     q = only_quarantine(rows(_png_with_size(60000, 60000), path="file:/in/x.png"))
     assert (q["stage"], q["error_class"]) == ("parse", "ImageTooLargeError")
     ok, buf = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))
+    assert ok
     jpeg = bytearray(buf.tobytes())
     sof = jpeg.index(b"\xff\xc0")
     jpeg[sof + 5 : sof + 9] = struct.pack(">HH", 65000, 65000)
