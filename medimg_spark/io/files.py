@@ -135,18 +135,25 @@ def _labels(path: str, sha: str, ctx: FileContext) -> tuple[str | None, str | No
     return None
 
 
+_DROP = logging.NullHandler()
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence warnings and the ``pydicom`` logger (their messages may quote identifying values)."""
     logger = logging.getLogger("pydicom")
-    was_disabled = logger.disabled
-    logger.disabled = True
+    # Child loggers (pydicom.pixels.decoders...) ignore a parent's ``disabled``: stop propagation at
+    # "pydicom" and give it a handler that drops everything, so nothing reaches root or lastResort.
+    saved = (logger.disabled, logger.propagate)
+    logger.disabled, logger.propagate = True, False
+    logger.addHandler(_DROP)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.disabled = was_disabled
+        logger.removeHandler(_DROP)
+        logger.disabled, logger.propagate = saved
 
 
 #: Exceptions that are never a file's fault: they stop the worker as they would without medimg.
