@@ -79,6 +79,24 @@ def check_java(minimum: int = 17) -> int:
     return major
 
 
+#: Attempts of a task in local mode, as ``spark.task.maxFailures``' default on a cluster.
+LOCAL_TASK_ATTEMPTS = 4
+_LOCAL = re.compile(r"^local(\[(\*|\d+)\])?$")
+
+
+def with_task_retries(master: str) -> str:
+    """``local`` / ``local[N]`` → ``local[N,4]``: retry a failed task, as a cluster does.
+
+    Spark's local mode tries each task once, so a Python worker killed by the OS would fail the
+    whole job; with retries the ingest crash guard quarantines the file it died on. A master that
+    names its own failure count (``local[N,F]``) or is not local is returned unchanged.
+    """
+    m = _LOCAL.match(master.strip())
+    if not m:
+        return master
+    return f"local[{m.group(2) or 1},{LOCAL_TASK_ATTEMPTS}]"
+
+
 def build_session(
     app_name: str = "medimg-spark",
     master: str | None = None,
@@ -109,7 +127,7 @@ def build_session(
         given = dict(SparkConf().getAll())
         settings = {k: v for k, v in settings.items() if k not in given}
     else:
-        settings["spark.master"] = master or settings.get("spark.master") or DEFAULT_MASTER
+        settings["spark.master"] = with_task_retries(master or settings.get("spark.master") or DEFAULT_MASTER)
         # Executors run the same interpreter (and so the same installed packages) as the driver.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)

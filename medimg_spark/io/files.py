@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
+import os
 import posixpath
 import signal
 import threading
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from medimg_spark.errors import EmptyFileError, FileTimeoutError, UnsupportedFormatError
+from medimg_spark.errors import EmptyFileError, FileTimeoutError, UnsupportedFormatError, WorkerCrashError
 from medimg_spark.io import detect
 from medimg_spark.io.model import ParsedFile
 from medimg_spark.io.pixels import encode
@@ -39,6 +41,7 @@ class FileContext:
         max_decompressed_bytes: limit for gzip-wrapped files and the members of ``.npz`` archives.
         max_decoded_bytes: refuse (before decoding) pixels that would take more memory than this.
         max_seconds_per_file: time budget of one file's parse and decode (None: no limit).
+        crash_dir: folder of the crash guards' marks (see :class:`CrashGuard`); None disables them.
         labels_by_path: ``{local path: (label, split)}`` from ``--labels``.
         labels_by_sha: ``{file sha256: (label, split)}`` from ``--labels``.
         label_from_parent_dir: take the label from the parent folder's name.
@@ -50,6 +53,7 @@ class FileContext:
     max_decompressed_bytes: int = 1 << 30
     max_decoded_bytes: int = 512 << 20
     max_seconds_per_file: float | None = None
+    crash_dir: str | None = None
     labels_by_path: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     labels_by_sha: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     label_from_parent_dir: bool = False
@@ -298,3 +302,73 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
                 row["split"] = split
         yield row
         written += 1
+
+
+class CrashGuard:
+    """Marks the file a task is reading, so that the retry of a task whose worker died skips it.
+
+    Before each file the task writes its path to ``<crash_dir>/<task key>`` (atomically); after the
+    partition it removes the mark. A worker killed by the OS (out of memory) or by a crash in native
+    code leaves the mark behind; Spark retries the task (``spark.task.maxFailures``; ``local[N,F]``),
+    and the retry quarantines that one file as :class:`WorkerCrashError` instead of reading it again.
+    The mark is found when the retry runs on a host that sees ``crash_dir``: always in local mode,
+    and on a cluster when ``--out`` is a shared local mount (else a node-local temporary folder).
+
+    Args:
+        crash_dir: folder for the marks (created when missing).
+        key: stable across the attempts of one task (run id, stage id, partition id).
+    """
+
+    def __init__(self, crash_dir: str, key: str) -> None:
+        self.path = os.path.join(crash_dir, key)
+        self._dir = crash_dir
+
+    def previous(self) -> str | None:
+        """The file an earlier attempt of this task was reading when its worker died, if any."""
+        try:
+            with open(self.path, encoding="utf-8", errors="surrogateescape") as fh:
+                return str(json.load(fh)["path"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def mark(self, path: str) -> None:
+        """Record that ``path`` is being read now, by this process (JSON ``{"pid", "path"}``)."""
+        os.makedirs(self._dir, exist_ok=True)
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as fh:
+            json.dump({"pid": os.getpid(), "path": path}, fh, ensure_ascii=False)
+        os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        """The partition is done: remove the mark."""
+        with contextlib.suppress(OSError):
+            os.remove(self.path)
+
+
+def process_files(
+    files: Iterator[tuple[str, bytes]], ctx: FileContext, guard: CrashGuard | None = None
+) -> Iterator[dict[str, Any]]:
+    """:func:`process_file` over a task's files, with the crash guard around each one.
+
+    A file an earlier attempt of the task died on becomes one ``WorkerCrashError`` quarantine row.
+    """
+    crashed = guard.previous() if guard is not None else None
+    for path, content in files:
+        if crashed is not None and path == crashed:
+            base = {
+                "source_path": path,
+                "file_sha256": hashlib.sha256(content).hexdigest(),
+                "size_bytes": len(content),
+                "ingest_run_id": ctx.run_id,
+            }
+            exc = WorkerCrashError(
+                "the Python worker died while reading this file (killed by the OS, e.g. out of memory, or a "
+                "crash in a native codec); lower ingest.max_decoded_bytes or raise the worker memory"
+            )
+            yield _quarantine(base, "decode", exc)
+            continue
+        if guard is not None:
+            guard.mark(path)
+        yield from process_file(path, content, ctx)
+    if guard is not None:
+        guard.clear()

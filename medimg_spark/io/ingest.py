@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from medimg_spark.config import IngestConfig
 from medimg_spark.errors import ConfigError, EmptyFileError, FileTooLargeError
-from medimg_spark.io.files import IMAGE, INSTANCE, QUARANTINE, FileContext, local_path, process_file
+from medimg_spark.io.files import (
+    IMAGE,
+    INSTANCE,
+    QUARANTINE,
+    CrashGuard,
+    FileContext,
+    local_path,
+    process_files,
+)
 from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA
 
 if TYPE_CHECKING:
@@ -83,27 +91,33 @@ def decode_partition(
         cv2.setNumThreads(1)  # one task per core: OpenCV's own threads would oversubscribe
     except ImportError:
         pass
+    from pyspark import TaskContext
+
     arrow_schema = to_arrow_schema(UNION_SCHEMA)
+    tc = TaskContext.get()
+    guard = None
+    if ctx.crash_dir and tc is not None:
+        guard = CrashGuard(ctx.crash_dir, f"{ctx.run_id}-s{tc.stageId()}-p{tc.partitionId()}")
+
+    def files() -> Iterator[tuple[str, bytes]]:
+        for batch in batches:
+            paths = batch.column("path").to_pylist()
+            contents = batch.column("content")
+            for i, path in enumerate(paths):
+                yield path, contents[i].as_py() or b""
+
     pending: list[dict[str, Any]] = []
     size = 0
-    for batch in batches:
-        paths = batch.column("path").to_pylist()
-        contents = batch.column("content")
-        for i, path in enumerate(paths):
-            content = contents[i].as_py() or b""
-            for row in process_file(path, content, ctx):
-                pending.append(row)
-                size += len(row.get("pixels") or b"") + 512
-                if size >= flush_bytes:
-                    yield _rows_to_batch(pending, arrow_schema)
-                    pending, size = [], 0
+    for row in process_files(files(), ctx, guard):
+        pending.append(row)
+        size += len(row.get("pixels") or b"") + 512
+        if size >= flush_bytes:
+            yield _rows_to_batch(pending, arrow_schema)
+            pending, size = [], 0
     if pending:
         yield _rows_to_batch(pending, arrow_schema)
     flush = getattr(ctx.deidentify, "flush", None)
     if flush is not None:
-        from pyspark import TaskContext
-
-        tc = TaskContext.get()
         flush(f"p{tc.partitionId()}-a{tc.attemptNumber()}" if tc else "driver")
     del pa
 
@@ -207,10 +221,23 @@ def _empty_files(files: DataFrame) -> list[str]:
     return sorted(p for p in indexed if p not in listed)
 
 
-def _context(run_id: str, cfg: IngestConfig, labels_csv: str | None, deidentify: Any) -> FileContext:
+def crash_dir(out_uri: str, run_id: str) -> str:
+    """Folder of the crash guards' marks: under the output's staging when it is a local path."""
+    import tempfile
+
+    local = local_path(out_uri)
+    if "://" not in local:
+        return f"{local}/{STAGING_DIR}/crash-{run_id}"
+    return os.path.join(tempfile.gettempdir(), "medimg-crash", run_id)
+
+
+def _context(
+    run_id: str, cfg: IngestConfig, labels_csv: str | None, deidentify: Any, out_uri: str | None = None
+) -> FileContext:
     by_path, by_sha = read_labels_csv(labels_csv) if labels_csv else ({}, {})
     return FileContext(
         run_id=run_id,
+        crash_dir=crash_dir(out_uri, run_id) if out_uri else None,
         default_modality=cfg.default_modality,
         max_decompressed_bytes=cfg.max_decompressed_bytes,
         max_decoded_bytes=cfg.max_decoded_bytes,
@@ -347,6 +374,10 @@ def _ingest_files(
             df.unpersist()
     finally:
         _HadoopFS(spark).delete(decoded_dir)
+        if ctx.crash_dir and "://" not in ctx.crash_dir:
+            import shutil
+
+            shutil.rmtree(ctx.crash_dir, ignore_errors=True)  # marks left by workers that died
 
     by_class: dict[str, int] = {}
     by_stage: dict[str, int] = {}
@@ -451,7 +482,7 @@ def ingest(
     run_id = run_id or new_run_id()
     paths = check_inputs(inputs)
     out_uri = _out_uri(out)
-    ctx = _context(run_id, cfg, labels_csv, deidentify)
+    ctx = _context(run_id, cfg, labels_csv, deidentify, out_uri)
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(paths)
     empty = _empty_files(files)
     # decoded rows staged by a run that was killed before it could remove them
@@ -689,7 +720,7 @@ def ingest_incremental(
         if "://" not in p and not p.startswith("file:") and not Path(p).is_dir():
             raise ConfigError(f"incremental ingest watches folders; {p} is not a folder")
     out_uri = _out_uri(out)
-    ctx = _context(run_id, cfg, labels_csv, deidentify)
+    ctx = _context(run_id, cfg, labels_csv, deidentify, out_uri)
     schema = spark.read.format("binaryFile").load(paths[0]).schema
     stream = None
     for p in paths:
