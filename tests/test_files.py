@@ -198,10 +198,33 @@ def test_npz_with_only_a_test_split() -> None:
 
 def test_labels_from_csv_mapping_and_parent_dir() -> None:
     data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
-    ctx = FileContext(run_id="r", labels_by_path={"/data/a b/ct.dcm": ("nodule", "train")})
-    (img,) = rows(data, "file:/data/a%20b/ct.dcm", ctx)["image"]
+    # binaryFile's path column is a Hadoop path string: not URI-encoded, so never percent-decoded.
+    ctx = FileContext(
+        run_id="r",
+        labels_by_path={"/data/a b/ct.dcm": ("nodule", "train"), "/data/x%20y/ct.dcm": ("cyst", "val")},
+    )
+    (img,) = rows(data, "file:/data/a b/ct.dcm", ctx)["image"]
     assert (img["label"], img["split"]) == ("nodule", "train")
+    (img,) = rows(data, "file:/data/x%20y/ct.dcm", ctx)["image"]
+    assert (img["label"], img["split"]) == ("cyst", "val")
     ctx = FileContext(run_id="r", label_from_parent_dir=True)
     (img,) = rows(data, "file:/data/pneumonia/ct.dcm", ctx)["image"]
     assert (img["label"], img["split"]) == ("pneumonia", None)
-    assert local_path("file:/data/a%20b/x.dcm") == "/data/a b/x.dcm"
+    (img,) = rows(data, "file:/data/percent%20enc/ct.dcm", ctx)["image"]
+    assert img["label"] == "percent%20enc"
+
+
+@pytest.mark.parametrize(
+    "path, local",
+    [
+        ("file:/data/a b/x.dcm", "/data/a b/x.dcm"),
+        ("file:/data/x%20y/p%25.dcm", "/data/x%20y/p%25.dcm"),  # decoded exactly once: not at all here
+        ("file:/data/a#b/q?.dcm", "/data/a#b/q?.dcm"),
+        ("file:///data/a:b.dcm", "/data/a:b.dcm"),
+        ("file://localhost/data/x.dcm", "/data/x.dcm"),
+        ("/data/x%20y", "/data/x%20y"),
+        ("hdfs://nn:8020/data/x%20y", "hdfs://nn:8020/data/x%20y"),
+    ],
+)
+def test_local_path_never_percent_decodes(path: str, local: str) -> None:
+    assert local_path(path) == local

@@ -19,7 +19,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from medimg_spark.errors import EmptyFileError, FileTimeoutError, UnsupportedFormatError, WorkerCrashError
 from medimg_spark.io import detect
@@ -60,12 +59,26 @@ class FileContext:
     deidentify: Callable[[Any], Any] | None = None
 
 
-def local_path(uri: str) -> str:
-    """``file:/a/b%20c`` → ``/a/b c``; other schemes are returned unchanged."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return posixpath.normpath(unquote(parsed.path))
-    return uri
+def local_path(path: str) -> str:
+    """The local file of a Hadoop path string: ``file:/a/b c.dcm`` → ``/a/b c.dcm``.
+
+    Hadoop path strings (binaryFile's ``path`` column, ``source_path``, ``Path.toString()``) are not
+    URI-encoded, so nothing is percent-decoded: ``file:/a/x%20y.dcm`` is the file ``/a/x%20y.dcm``
+    (a URI such as an ``inputFiles()`` entry is decoded once by ``listing.hadoop_path`` first). ``#``
+    and ``?`` are parts of the name. Paths of other schemes (``hdfs://``, ``s3a://``) are returned
+    unchanged; strings without a scheme are local paths.
+    """
+    if path.startswith("file:"):
+        rest = path[len("file:") :]
+        if rest.startswith("//"):  # file://host/x: only an empty host or localhost is local
+            host, _, tail = rest[2:].partition("/")
+            if host not in ("", "localhost"):
+                return path
+            rest = "/" + tail
+        return posixpath.normpath(rest)
+    if "://" in path:
+        return path
+    return posixpath.normpath(path)
 
 
 def image_id(file_sha256: str, frame_index: int) -> str:
