@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 
 from medimg_spark.config import IngestConfig
 from medimg_spark.io.files import image_id, local_path
-from medimg_spark.io.ingest import ingest
+from medimg_spark.io.ingest import ingest, prepare_lake
 from medimg_spark.io.pixels import encode
 
 
@@ -165,6 +165,7 @@ def test_stale_decoded_staging_is_removed(spark, tmp_path: Path) -> None:
     src.mkdir()
     shutil.copy(get_testdata_file("CT_small.dcm"), src / "ct.dcm")
     out = tmp_path / "out"
+    assert prepare_lake(str(out)) == "created"  # what a run does before its first job
     stale = out / "_staging" / "decoded-ingest-killed"
     stale.mkdir(parents=True)
     (stale / "part-0.parquet").write_bytes(b"left by a killed run")

@@ -12,15 +12,19 @@ import csv
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
+import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medimg_spark.config import IngestConfig
-from medimg_spark.errors import ConfigError, EmptyFileError, FileTooLargeError
+from medimg_spark.errors import ConfigError, EmptyFileError, FileTooLargeError, IngestFileError
 from medimg_spark.io.files import (
     IMAGE,
     INSTANCE,
@@ -29,6 +33,16 @@ from medimg_spark.io.files import (
     FileContext,
     local_path,
     process_files,
+)
+from medimg_spark.io.listing import (
+    BROKEN_SYMLINK,
+    NAME_ENCODING,
+    NO_PERMISSION,
+    NOT_REGULAR,
+    UNLISTABLE_DIR,
+    Listing,
+    hadoop_path,
+    list_local,
 )
 from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA
 
@@ -55,6 +69,22 @@ def _union_schema() -> StructType:
 
 
 UNION_SCHEMA = _union_schema()
+
+log = logging.getLogger("medimg.ingest")
+
+
+class FileNameEncodingError(IngestFileError):
+    """The file's name is not valid UTF-8, so Spark and Hadoop cannot open it (quarantined unread)."""
+
+
+class UnreadablePathError(IngestFileError):
+    """A listed path Spark's reader cannot be given: a broken symlink, not a regular file, no read
+    permission, a folder that cannot be listed, or a file the reader did not return (quarantined unread)."""
+
+
+class NotALakeError(ConfigError):
+    """``--out`` is a non-empty directory that medimg ingest did not create, or holds foreign files."""
+
 
 #: Quarantine stages at which ingest gave up on a whole file (a rerun does not try it again).
 FILE_STAGES = ("read", "parse", "deid", "decode")
@@ -122,50 +152,101 @@ def decode_partition(
     del pa
 
 
-def read_labels_csv(path: str) -> tuple[dict[str, tuple[str | None, str | None]], dict[str, Any]]:
+@dataclass
+class LabelsCSV:
+    """The ``--labels`` CSV.
+
+    Attributes:
+        path: the CSV file.
+        by_path: ``{local path: (label, split)}``; each row is keyed by its path as written (made absolute
+            against the CSV's folder) and by its symlink-resolved real path.
+        by_sha: ``{file sha256: (label, split)}``.
+        rows: per data row, its keys (paths, or the sha256): a row matches a file when one key does.
+    """
+
+    path: str
+    by_path: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    by_sha: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    rows: list[tuple[str, ...]] = field(default_factory=list)
+
+
+_LABEL_COLUMNS = "a header line naming 'label' and 'path' or 'file_sha256' (optional 'split')"
+
+
+def read_labels(path: str) -> LabelsCSV:
     """Read ``--labels``: columns ``path`` or ``file_sha256``, ``label``, optional ``split``.
 
-    Relative paths are resolved against the CSV's folder.
+    Relative paths are resolved against the CSV's folder. Error messages name the file, the line and
+    the expected columns but never quote the file's content.
 
-    Returns:
-        ``(by_path, by_sha)`` mappings to ``(label, split)``.
+    Raises:
+        ConfigError: the file is missing, not UTF-8 CSV, or lacks the columns.
     """
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"labels file {p} does not exist; pass a CSV with columns path,label[,split]")
-    by_path: dict[str, tuple[str | None, str | None]] = {}
-    by_sha: dict[str, tuple[str | None, str | None]] = {}
-    with p.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = set(reader.fieldnames or [])
-        if "label" not in cols or not ({"path", "file_sha256"} & cols):
-            raise ConfigError(
-                f"labels file {p} has columns {sorted(cols)}; it needs 'label' and 'path' or 'file_sha256'"
-            )
-        for n, rec in enumerate(reader, start=2):
-            label = (rec.get("label") or "").strip() or None
-            split = (rec.get("split") or "").strip() or None
-            if rec.get("file_sha256"):
-                by_sha[rec["file_sha256"].strip().lower()] = (label, split)
-            elif rec.get("path"):
-                target = Path(rec["path"].strip())
-                if not target.is_absolute():
-                    target = p.parent / target
-                by_path[os.path.normpath(str(target.resolve()))] = (label, split)
-            else:
-                raise ConfigError(f"labels file {p}, line {n}: neither 'path' nor 'file_sha256' is set")
-    return by_path, by_sha
+        raise ConfigError(f"labels file {p} does not exist; pass a CSV with {_LABEL_COLUMNS}")
+    out = LabelsCSV(str(p))
+    try:
+        with p.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            cols = set(reader.fieldnames or [])
+            if "label" not in cols or not ({"path", "file_sha256"} & cols):
+                raise ConfigError(
+                    f"labels file {p} does not have the expected columns: it needs {_LABEL_COLUMNS}, "
+                    "e.g. 'path,label,split'"
+                )
+            for n, rec in enumerate(reader, start=2):
+                label = (rec.get("label") or "").strip() or None
+                split = (rec.get("split") or "").strip() or None
+                sha = (rec.get("file_sha256") or "").strip().lower()
+                where = (rec.get("path") or "").strip()
+                if sha:
+                    out.by_sha[sha] = (label, split)
+                    out.rows.append((sha,))
+                elif where:
+                    if "\x00" in where:
+                        raise ConfigError(
+                            f"labels file {p}, line {n}: 'path' contains a NUL byte; fix the CSV"
+                        )
+                    target = Path(where)
+                    if not target.is_absolute():
+                        target = p.parent / target
+                    keys = tuple(dict.fromkeys([os.path.abspath(target), os.path.realpath(target)]))
+                    for key in keys:
+                        out.by_path[key] = (label, split)
+                    out.rows.append(keys)
+                else:
+                    raise ConfigError(f"labels file {p}, line {n}: neither 'path' nor 'file_sha256' is set")
+    except UnicodeDecodeError:
+        raise ConfigError(f"labels file {p} is not UTF-8 text; pass a CSV with {_LABEL_COLUMNS}") from None
+    except csv.Error as err:
+        line = getattr(err, "line_num", None) or "?"
+        raise ConfigError(
+            f"labels file {p} is not a readable CSV (line {line}); pass a CSV with {_LABEL_COLUMNS}"
+        ) from None
+    return out
+
+
+def read_labels_csv(path: str) -> tuple[dict[str, tuple[str | None, str | None]], dict[str, Any]]:
+    """``(by_path, by_sha)`` of :func:`read_labels`."""
+    labels = read_labels(path)
+    return labels.by_path, labels.by_sha
 
 
 def check_inputs(inputs: list[str]) -> list[str]:
+    """Validate INPUTs: local paths (and ``file:`` URIs) must exist and are made absolute; other URIs pass.
+
+    Raises:
+        ConfigError: no input, or a local input that does not exist.
+    """
     if not inputs:
         raise ConfigError("no INPUT given: pass one or more files or folders to ingest")
     out = []
     for item in inputs:
-        if "://" in item or item.startswith("file:"):
+        if "://" in item and not item.startswith("file:"):
             out.append(item)
             continue
-        p = Path(item)
+        p = Path(local_path(item))
         if not p.exists():
             raise ConfigError(f"input {item} does not exist; pass existing files or folders")
         out.append(str(p.resolve()))
@@ -197,28 +278,176 @@ def _seen_keys(spark: SparkSession, out: str) -> DataFrame | None:
     return seen.distinct()
 
 
+#: Error classes of files quarantined without being read (a rerun does not quarantine them again).
+UNREAD_CLASSES = (
+    FileTooLargeError.__name__,
+    EmptyFileError.__name__,
+    FileNameEncodingError.__name__,
+    UnreadablePathError.__name__,
+)
+
+
 def _seen_unread_paths(spark: SparkSession, out: str) -> DataFrame | None:
-    """Paths of files quarantined unread (empty or too large) by earlier runs into ``out``."""
+    """Paths of files quarantined unread (empty, too large, unreadable) by earlier runs into ``out``."""
     path = f"{out}/quarantine"
     if not _table_exists(spark, path):
         return None
     q = spark.read.parquet(path)
-    unread = (FileTooLargeError.__name__, EmptyFileError.__name__)
+    unread = UNREAD_CLASSES
     return q.where((q.stage == "read") & q.error_class.isin(*unread)).select("source_path").distinct()
 
 
-def _normalise_uri(path: str) -> str:
-    """Spark's scan writes ``file:/x`` where its file index says ``file:///x``."""
-    return "file:/" + path[len("file:///") :] if path.startswith("file:///") else path
+#: A file quarantined on the driver without being read: (path, sha256, size, error class, message).
+UnreadFile = tuple[str, str | None, int | None, str, str]
+
+_EMPTY_MESSAGE = "file has zero bytes; re-export or remove it"
+_PROBLEMS: dict[str, tuple[type[IngestFileError], str]] = {
+    NAME_ENCODING: (
+        FileNameEncodingError,
+        "the file name is not valid UTF-8 (shown with \\xNN escapes), so Spark cannot open it; rename it "
+        "to UTF-8 (e.g. convmv -f latin1 -t utf8 --notest) and ingest again",
+    ),
+    BROKEN_SYMLINK: (
+        UnreadablePathError,
+        "broken symlink (its target does not exist); fix or remove the link",
+    ),
+    NOT_REGULAR: (
+        UnreadablePathError,
+        "not a regular file (a FIFO, socket or device); remove it from the input folders",
+    ),
+    NO_PERMISSION: (UnreadablePathError, "no read permission; grant read access (chmod) and ingest again"),
+    UNLISTABLE_DIR: (
+        UnreadablePathError,
+        "folder cannot be listed (no permission), none of its files was read; grant read and execute "
+        "access (chmod) and ingest again",
+    ),
+}
 
 
-def _empty_files(files: DataFrame) -> list[str]:
-    """Zero-length files: Spark's file scan skips them, but its file index lists them."""
-    indexed = [_normalise_uri(p) for p in files.inputFiles()]
-    if not indexed:
-        return []
-    listed = {r.path for r in files.select("path").collect()}  # paths only, no content
-    return sorted(p for p in indexed if p not in listed)
+@dataclass
+class _Inputs:
+    """What ingest reads: the driver's listing of local inputs and the binaryFile scan of all inputs."""
+
+    listing: Listing
+    files: DataFrame
+    remote: DataFrame | None = None
+
+
+def _glob_escape(path: str) -> str:
+    """Escape Hadoop glob characters (``FileSystem.globStatus``: ``\\c`` is a literal ``c``)."""
+    return re.sub(r"([\\{}\[\]*?])", r"\\\1", path)
+
+
+def _no_glob_options(spark: SparkSession) -> dict[str, str] | None:
+    """The DataSource option that turns path globbing off (Spark's own streaming source sets it)."""
+    try:
+        jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+        key = jvm.org.apache.spark.sql.execution.datasources.DataSource.GLOB_PATHS_KEY()  # type: ignore[union-attr]
+    except Exception:  # not in this Spark version: escape the glob characters instead
+        return None
+    return {str(key): "false"}
+
+
+#: Hadoop options of the binaryFile scan of local inputs: the raw local file system, without the
+#: checksum layer, whose ``.name.crc`` lookup fails on names with a colon ("Relative path in absolute
+#: URI"); not cached, so that the session's shared ``file:`` file system is left as it is.
+RAW_LOCAL_FS = {
+    "fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
+    "fs.file.impl.disable.cache": "true",
+}
+_LISTING_THRESHOLD = "spark.sql.sources.parallelPartitionDiscovery.threshold"
+
+
+@contextmanager
+def _serial_listing(spark: SparkSession, n_paths: int) -> Iterator[None]:
+    """List ``n_paths`` local paths on the driver: Spark's parallel listing runs one task per path."""
+    old = spark.conf.get(_LISTING_THRESHOLD)
+    if old is not None and n_paths <= int(old):
+        yield
+        return
+    spark.conf.set(_LISTING_THRESHOLD, str(n_paths))
+    try:
+        yield
+    finally:
+        if old is None:
+            spark.conf.unset(_LISTING_THRESHOLD)
+        else:
+            spark.conf.set(_LISTING_THRESHOLD, old)
+
+
+def _binary_files(spark: SparkSession, roots: list[str]) -> DataFrame:
+    """binaryFile scan of local roots (folders and files from :func:`list_local`), paths taken literally."""
+    reader = spark.read.format("binaryFile").options(**RAW_LOCAL_FS).option("recursiveFileLookup", "true")
+    no_glob = _no_glob_options(spark)
+    if no_glob is None:
+        roots = [_glob_escape(r) for r in roots]
+    else:
+        reader = reader.options(**no_glob)
+    with _serial_listing(spark, len(roots)):
+        return reader.load(roots)
+
+
+def _scan_inputs(spark: SparkSession, paths: list[str]) -> _Inputs:
+    """List local inputs on the driver (:func:`list_local`) and scan every input with binaryFile."""
+    local = [p for p in paths if "://" not in p]
+    remote_paths = [p for p in paths if "://" in p]
+    listing = list_local(local)
+    frames = []
+    if listing.roots:
+        frames.append(_binary_files(spark, listing.roots))
+    remote = None
+    if remote_paths:
+        remote = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(remote_paths)
+        frames.append(remote)
+    if not frames:
+        schema = "path string, modificationTime timestamp, length long, content binary"
+        return _Inputs(listing, spark.createDataFrame([], schema))
+    files = frames[0]
+    for extra in frames[1:]:
+        files = files.unionByName(extra)
+    return _Inputs(listing, files, remote)
+
+
+def _problem_rows(listing: Listing) -> list[UnreadFile]:
+    """Quarantine rows of the listing's problems (files Spark's reader must not be given)."""
+    out: list[UnreadFile] = []
+    for prob in listing.problems:
+        cls, message = _PROBLEMS[prob.kind]
+        out.append((prob.path, None, prob.size, cls.__name__, message))
+    return out
+
+
+def _unread_files(inputs: _Inputs) -> tuple[list[UnreadFile], set[str]]:
+    """Files that get a quarantine row without being read, and every path the scan returned.
+
+    Zero-length files (which a binaryFile scan skips), files listed on the driver that the scan did not
+    return, and the listing's problems (names that are not UTF-8, broken symlinks, ...). Paths are
+    compared as Hadoop path strings on both sides (a URI of Spark's file index is decoded once).
+    """
+    scanned = {r.path for r in inputs.files.select("path").collect()}  # paths only, no content
+    expected: dict[str, int | None] = dict(inputs.listing.files)
+    if inputs.remote is not None:
+        expected.update({hadoop_path(u): None for u in inputs.remote.inputFiles()})
+    empty_sha = hashlib.sha256(b"").hexdigest()
+    out: list[UnreadFile] = []
+    for path, size in sorted(expected.items()):
+        if path in scanned:
+            continue
+        if not size:  # zero bytes, or a URI input's file that its scan skipped: an empty file
+            out.append((path, empty_sha, 0, EmptyFileError.__name__, _EMPTY_MESSAGE))
+        else:
+            message = (
+                "listed when the run started but not returned by Spark's binaryFile scan (deleted or "
+                "replaced meanwhile?); ingest it again"
+            )
+            out.append((path, None, size, UnreadablePathError.__name__, message))
+    out += _problem_rows(inputs.listing)
+    extra = scanned.difference(expected) if inputs.remote is None else set()
+    if extra:
+        log.warning(
+            "the binaryFile scan returned %d file(s) the listing did not; they are ingested", len(extra)
+        )
+    return out, scanned
 
 
 def crash_dir(out_uri: str, run_id: str) -> str:
@@ -232,9 +461,14 @@ def crash_dir(out_uri: str, run_id: str) -> str:
 
 
 def _context(
-    run_id: str, cfg: IngestConfig, labels_csv: str | None, deidentify: Any, out_uri: str | None = None
+    run_id: str,
+    cfg: IngestConfig,
+    labels_csv: str | LabelsCSV | None,
+    deidentify: Any,
+    out_uri: str | None = None,
 ) -> FileContext:
-    by_path, by_sha = read_labels_csv(labels_csv) if labels_csv else ({}, {})
+    labels = read_labels(labels_csv) if isinstance(labels_csv, str) else labels_csv
+    by_path, by_sha = (labels.by_path, labels.by_sha) if labels else ({}, {})
     return FileContext(
         run_id=run_id,
         crash_dir=crash_dir(out_uri, run_id) if out_uri else None,
@@ -252,29 +486,32 @@ def _context(
 def _ingest_files(
     spark: SparkSession,
     files: DataFrame,
-    empty: list[str],
+    unread_known: list[UnreadFile],
     seen_in: str,
     dest: str,
     ctx: FileContext,
     cfg: IngestConfig,
+    labels: LabelsCSV | None = None,
 ) -> dict[str, Any]:
     """Decode ``files`` (binaryFile rows) and append the three tables under ``dest``.
 
     Args:
         files: DataFrame with ``path``, ``length``, ``content``.
-        empty: paths of zero-length files (which a binaryFile scan skips).
+        unread_known: files quarantined without being read (zero-length files, which a binaryFile scan
+            skips, and the listing's problems); none of them is a row of ``files``.
         seen_in: output directory whose tables say what was ingested already.
         dest: directory the tables are appended to (``seen_in``, or a staging directory).
+        labels: the ``--labels`` CSV, to report which of its rows matched a file.
 
     Returns:
-        Counts for the run summary.
+        Counts for the run summary (``labels_matched``: indices of the label rows that matched).
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     run_id = ctx.run_id
     listing = files.select("path", "length").persist(StorageLevel.MEMORY_AND_DISK)
-    files_seen = listing.count() + len(empty)
+    files_seen = listing.count() + len(unread_known)
 
     # Files over the limit are quarantined unread (the length filter is pushed into the scan, so
     # their content is never loaded); so are empty files, which the scan would silently skip.
@@ -292,12 +529,10 @@ def _ingest_files(
             ),
         ).alias("error_message"),
     )
-    if empty:
-        empty_sha = hashlib.sha256(b"").hexdigest()
-        message = "file has zero bytes; re-export or remove it"
+    if unread_known:
         unread = unread.unionByName(
             spark.createDataFrame(
-                [(p, empty_sha, 0, EmptyFileError.__name__, message) for p in empty],
+                unread_known,
                 "path string, file_sha256 string, length long, error_class string, error_message string",
             )
         )
@@ -370,6 +605,7 @@ def _ingest_files(
         unread_by_class = {
             r.error_class: r["count"] for r in unread_rows.groupBy("error_class").count().collect()
         }
+        matched = _matched_labels(spark, labels, listing, keys, unread_known)
         for df in (fresh, listing, unread_rows):
             df.unpersist()
     finally:
@@ -399,7 +635,30 @@ def _ingest_files(
         "quarantined_by_stage": by_stage,
         "duplicates_skipped": n_paths - n_unique,
         "already_ingested": n_unique - n_fresh,
+        "labels_matched": matched,
     }
+
+
+def _matched_labels(
+    spark: SparkSession,
+    labels: LabelsCSV | None,
+    listing: DataFrame,
+    keys: DataFrame,
+    unread_known: list[UnreadFile],
+) -> list[int]:
+    """Indices of the ``--labels`` rows that match a file of this batch, by path or by content."""
+    if labels is None or not labels.rows:
+        return []
+    paths: set[str] = set()
+    if labels.by_path:
+        seen = [r.path for r in listing.select("path").collect()] + [u[0] for u in unread_known]
+        paths = {local_path(p) for p in seen}
+    shas: set[str] = set()
+    if labels.by_sha:
+        wanted = spark.createDataFrame([(s,) for s in labels.by_sha], "file_sha256 string")
+        found = keys.select("file_sha256").distinct().join(wanted, "file_sha256", "left_semi")
+        shas = {r.file_sha256 for r in found.collect()}
+    return [i for i, row in enumerate(labels.rows) if any(k in paths or k in shas for k in row)]
 
 
 COUNT_KEYS = (
@@ -422,11 +681,19 @@ def add_counts(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
         for name, n in part.get(k, {}).items():
             merged[name] = merged.get(name, 0) + n
         out[k] = merged
+    out["labels_matched"] = sorted(set(out.get("labels_matched", [])) | set(part.get("labels_matched", [])))
     return out
 
 
 def _summary(
-    run_id: str, inputs: list[str], out_uri: str, counts: dict[str, Any], started: float, identified: bool
+    run_id: str,
+    inputs: list[str],
+    out_uri: str,
+    counts: dict[str, Any],
+    started: float,
+    identified: bool,
+    labels: LabelsCSV | None = None,
+    symlinks_skipped: int = 0,
 ) -> dict[str, Any]:
     wall = time.perf_counter() - started
     by_class = counts.get("quarantined_by_error_class", {})
@@ -443,6 +710,8 @@ def _summary(
         "quarantined_by_error_class": dict(sorted(by_class.items())),
         "quarantined_by_stage": dict(sorted(by_stage.items())),
         **{k: counts.get(k, 0) for k in COUNT_KEYS[4:]},
+        "labels_unmatched": len(labels.rows) - len(counts.get("labels_matched", [])) if labels else 0,
+        "symlinks_skipped": symlinks_skipped,
         "wall_time_s": round(wall, 3),
         "frames_per_s": round(frames / wall, 2) if wall > 0 else None,
         "identified": identified,
@@ -482,17 +751,200 @@ def ingest(
     run_id = run_id or new_run_id()
     paths = check_inputs(inputs)
     out_uri = _out_uri(out)
-    ctx = _context(run_id, cfg, labels_csv, deidentify, out_uri)
-    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(paths)
-    empty = _empty_files(files)
-    # decoded rows staged by a run that was killed before it could remove them
-    _HadoopFS(spark).delete_glob(f"{out_uri}/{STAGING_DIR}/decoded-*")
-    counts = _ingest_files(spark, files, empty, out_uri, out_uri, ctx, cfg)
-    summary = _summary(run_id, inputs, out_uri, counts, started, identified=deidentify is None)
+    labels = read_labels(labels_csv) if labels_csv else None
+    fs = _HadoopFS(spark)
+    prepare_lake(out_uri, fs)  # before any job: refuses a foreign directory, writes the lake marker
+    ctx = _context(run_id, cfg, labels, deidentify, out_uri)
+    inputs_ = _scan_inputs(spark, paths)
+    unread, _ = _unread_files(inputs_)
+    # decoded rows staged by a run that was killed before it could remove them (only in a lake)
+    fs.delete_glob(f"{_glob_escape(out_uri)}/{STAGING_DIR}/decoded-*")
+    try:
+        counts = _ingest_files(spark, inputs_.files, unread, out_uri, out_uri, ctx, cfg, labels)
+    finally:
+        fs.remove_if_empty(f"{out_uri}/{STAGING_DIR}")
+    summary = _summary(
+        run_id,
+        inputs,
+        out_uri,
+        counts,
+        started,
+        identified=deidentify is None,
+        labels=labels,
+        symlinks_skipped=inputs_.listing.symlinks_skipped,
+    )
+    _warn_unmatched_labels(summary, labels)
     if summary["identified"]:
         _mark_identified(out_uri, run_id)
     write_run_summary(spark, out_uri, summary)
     return summary
+
+
+def _warn_unmatched_labels(summary: dict[str, Any], labels: LabelsCSV | None) -> None:
+    n = summary.get("labels_unmatched", 0)
+    if labels is not None and n:
+        log.warning(
+            "%d of %d rows of the labels file %s match no input file (by path or file_sha256); "
+            "check its paths (relative to the CSV's folder) against the inputs",
+            n,
+            len(labels.rows),
+            labels.path,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The output directory: a medimg lake, marked by LAKE_MARKER when ingest creates it.
+# ---------------------------------------------------------------------------------------------
+
+#: Marker file of a directory created by medimg ingest (hidden from Spark's readers by its ``_``).
+LAKE_MARKER = "_MEDIMG_LAKE"
+LAKE_FORMAT = "medimg-lake"
+#: Version of the lake layout written by this code (the marker's ``version``).
+LAKE_VERSION = 1
+
+
+class _LocalFS:
+    """The file system calls of :func:`prepare_lake` for local paths (no Spark needed)."""
+
+    def list_names(self, path: str) -> list[str] | None:
+        """Names in folder ``path``; None when it does not exist."""
+        p = Path(local_path(path))
+        if not p.exists():
+            return None
+        if not p.is_dir():
+            raise NotALakeError(f"--out {path} is a file, not a directory; pass a new or empty directory")
+        return [c.name for c in p.iterdir()]
+
+    def read_text(self, path: str) -> str:
+        return Path(local_path(path)).read_text(encoding="utf-8")
+
+    def touch(self, path: str, text: str = "") -> None:
+        target = Path(local_path(path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+
+    def data_files(self, root: str) -> list[str]:
+        base = Path(local_path(root))
+        out = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(("_", "."))]
+            rel = os.path.relpath(dirpath, base)
+            out += [f if rel == "." else f"{rel}/{f}" for f in filenames if not f.startswith(("_", "."))]
+        return out
+
+
+def _lake_fs(out: str, spark_fs: _HadoopFS | None) -> _LocalFS | _HadoopFS:
+    if "://" not in local_path(out) or spark_fs is None:
+        return _LocalFS()
+    return spark_fs
+
+
+def _is_ingest_summary(text: str) -> bool:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("stage") == "ingest" and "run_id" in data
+
+
+def prepare_lake(out: str, spark_fs: _HadoopFS | None = None, ignore: Iterable[str] = ()) -> str:
+    """Make sure ``out`` is a medimg lake ingest may write into, before any Spark job.
+
+    A missing or empty directory becomes a lake (the marker :data:`LAKE_MARKER` is written, JSON with
+    the format version); a lake written by an older version (``runs/*.json`` ingest summaries but no
+    marker) gets the marker. Its tables must hold only files ingest writes.
+
+    Args:
+        out: the output directory (local path, or a URI then checked through ``spark_fs``).
+        spark_fs: Hadoop file system calls, for URIs (local paths need no Spark).
+        ignore: names in ``out`` that do not count as content (e.g. the ``--log-json`` file).
+
+    Returns:
+        ``"created"``, ``"lake"`` or ``"upgraded"``.
+
+    Raises:
+        NotALakeError: ``out`` is a file, or a non-empty directory that is not a lake, or a lake whose
+            tables hold files ingest did not write.
+    """
+    fs = _lake_fs(out, spark_fs)
+    names = fs.list_names(out)
+    marker = f"{out}/{LAKE_MARKER}"
+    if names is not None and LAKE_MARKER in names:
+        _check_marker(marker, fs.read_text(marker))
+        _check_tables(out, fs)
+        return "lake"
+    if names is not None and [n for n in names if n not in set(ignore)]:
+        legacy = "runs" in names and any(
+            _is_ingest_summary(fs.read_text(f"{out}/runs/{n}"))
+            for n in sorted(fs.list_names(f"{out}/runs") or [])[-5:]
+            if n.endswith(".json")
+        )
+        if not legacy:
+            raise NotALakeError(
+                f"--out {out} is not empty and is not a medimg lake (no {LAKE_MARKER} marker and no "
+                "ingest run summaries under runs/): ingest would mix its tables and staging files with files "
+                "it did not write. Choose a new or empty directory for --out, or an existing lake written by "
+                "medimg ingest"
+            )
+        _check_tables(out, fs)
+        state = "upgraded"
+    else:
+        state = "created"
+    import medimg_spark
+
+    text = json.dumps(
+        {
+            "format": LAKE_FORMAT,
+            "version": LAKE_VERSION,
+            "created_by": f"medimg-spark {medimg_spark.__version__}",
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "note": "written by medimg ingest; tables: images/ instances/ quarantine/, summaries: runs/",
+        },
+        indent=2,
+    )
+    fs.touch(marker, text + "\n")
+    return state
+
+
+def _check_marker(marker: str, text: str) -> None:
+    try:
+        data = json.loads(text)
+        version = int(data["version"])
+    except (ValueError, KeyError, TypeError):
+        raise NotALakeError(
+            f"{marker} is not a medimg lake marker (JSON with 'format' and 'version'); if this directory "
+            "is a lake written by medimg ingest, delete the marker to have it written again"
+        ) from None
+    if data.get("format") != LAKE_FORMAT or version > LAKE_VERSION:
+        raise NotALakeError(
+            f"{marker}: lake format {data.get('format')!r} version {version} is not one this medimg-spark "
+            f"writes ({LAKE_FORMAT!r} up to version {LAKE_VERSION}); upgrade medimg-spark or choose another --out"
+        )
+
+
+def _check_tables(out: str, fs: _LocalFS | _HadoopFS) -> None:
+    """Every data file of the ingest tables must be Parquet written by Spark (else reading them fails)."""
+    for table in TABLES:
+        visible = [
+            rel
+            for rel in fs.data_files(f"{out}/{table}")
+            if not any(c.startswith(("_", ".")) for c in rel.split("/"))
+        ]
+        foreign = [
+            rel
+            for rel in visible
+            if not rel.endswith(".parquet")
+            or (table == "images" and any("=" not in part for part in rel.split("/")[:-1]))
+            or (table != "images" and "/" in rel)
+        ]
+        if foreign:
+            shown = ", ".join(f"{table}/{rel}" for rel in sorted(foreign)[:3])
+            raise NotALakeError(
+                f"--out {out}: table {table}/ holds {len(foreign)} file(s) that ingest did not write "
+                f"({shown}); move them out of the lake (tables hold only Spark's Parquet part files)"
+            )
 
 
 def _mark_identified(out: str, run_id: str) -> None:
@@ -538,11 +990,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         "wall_time_s",
         "frames_per_s",
     ]
+    keys += [k for k in ("labels_unmatched", "symlinks_skipped") if summary.get(k)]
     width = max(len(k) for k in keys)
     for k in keys:
         lines.append(f"  {k:<{width}}  {summary.get(k)}")
     for cls, n in summary.get("quarantined_by_error_class", {}).items():
         lines.append(f"    quarantine {cls}: {n}")
+    if summary.get("labels_unmatched"):
+        lines.append(f"  WARNING: {summary['labels_unmatched']} row(s) of --labels match no input file")
     if summary.get("identified"):
         lines.append(
             f"  WARNING: output is IDENTIFIED (--keep-phi): original identifiers kept; see {IDENTIFIED_MARKER}"
@@ -603,6 +1058,21 @@ class _HadoopFS:
             stream.close()
         return bytes(data).decode()
 
+    def list_names(self, path: str) -> list[str] | None:
+        """Names in folder ``path``; None when it does not exist."""
+        jpath, fs = self._p(path)
+        if not fs.exists(jpath):
+            return None
+        if not fs.getFileStatus(jpath).isDirectory():
+            raise NotALakeError(f"--out {path} is a file, not a directory; pass a new or empty directory")
+        return [st.getPath().getName() for st in fs.listStatus(jpath)]
+
+    def remove_if_empty(self, path: str) -> None:
+        """Delete folder ``path`` when it exists and is empty."""
+        if self.list_names(path) == []:
+            jpath, fs = self._p(path)
+            fs.delete(jpath, False)
+
     def delete_glob(self, pattern: str) -> None:
         """Delete (recursively) every path matching the Hadoop glob ``pattern``."""
         jpath, fs = self._p(pattern)
@@ -648,7 +1118,7 @@ def _batch_files(fs: _HadoopFS, checkpoint: str, n_sources: int, batch_id: int) 
             if line.strip():
                 entry = json.loads(line)
                 if int(entry.get("batchId", batch_id)) == batch_id:
-                    paths.append(_normalise_uri(entry["path"]))
+                    paths.append(hadoop_path(entry["path"]))  # the log holds URIs: decode them once
     return paths
 
 
@@ -661,8 +1131,15 @@ def _commit_batch(
     n_sources: int,
     ctx: FileContext,
     cfg: IngestConfig,
+    labels: LabelsCSV | None = None,
+    skipped: tuple[str, ...] = (),
+    problems: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Process one micro-batch exactly once, even when a crashed attempt of it is replayed.
+
+    Files under ``skipped`` folder symlinks (cycles, folders reached twice; see
+    :mod:`medimg_spark.io.listing`), which the streaming source follows, are left out of the batch,
+    and so are the listing's ``problems`` (quarantined unread by :func:`ingest_incremental` itself).
 
     Protocol: the batch is written to ``_staging/batch-<id>``; once complete (marker ``_COMPLETE``)
     its files are moved into the tables (a move whose target exists is a replay and skipped), then
@@ -678,9 +1155,26 @@ def _commit_batch(
         counts = json.loads(fs.read_text(complete))
     else:
         fs.delete(staging)
+        if skipped:
+            from pyspark.sql import functions as F
+
+            under = [f"{link}/" for link in skipped]
+            batch = batch.where(~F.col("path").startswith(under[0]))
+            for prefix in under[1:]:
+                batch = batch.where(~F.col("path").startswith(prefix))
+        if problems:
+            from pyspark.sql import functions as F
+
+            batch = batch.where(~F.col("path").isin(*sorted(problems)))
         listed = {r.path for r in batch.select("path").collect()}
-        empty = sorted(set(_batch_files(fs, f"{out_uri}/{CHECKPOINT_DIR}", n_sources, batch_id)) - listed)
-        counts = _ingest_files(spark, batch, empty, out_uri, staging, ctx, cfg)
+        logged = _batch_files(fs, f"{out_uri}/{CHECKPOINT_DIR}", n_sources, batch_id)
+        empty_sha = hashlib.sha256(b"").hexdigest()
+        unread: list[UnreadFile] = [
+            (p, empty_sha, 0, EmptyFileError.__name__, _EMPTY_MESSAGE)
+            for p in sorted(set(logged) - listed - problems)
+            if not p.startswith(tuple(f"{link}/" for link in skipped))
+        ]
+        counts = _ingest_files(spark, batch, unread, out_uri, staging, ctx, cfg, labels)
         fs.touch(complete, json.dumps(counts))
     prefix = f"b{batch_id:09d}-"
     for table in TABLES:
@@ -720,23 +1214,49 @@ def ingest_incremental(
         if "://" not in p and not p.startswith("file:") and not Path(p).is_dir():
             raise ConfigError(f"incremental ingest watches folders; {p} is not a folder")
     out_uri = _out_uri(out)
-    ctx = _context(run_id, cfg, labels_csv, deidentify, out_uri)
-    schema = spark.read.format("binaryFile").load(paths[0]).schema
+    labels = read_labels(labels_csv) if labels_csv else None
+    fs = _HadoopFS(spark)
+    prepare_lake(out_uri, fs)  # before any job: refuses a foreign directory, writes the lake marker
+    ctx = _context(run_id, cfg, labels, deidentify, out_uri)
+    # The streaming source lists the folders itself; the driver's listing only finds the folder
+    # symlinks it must not follow (cycles, folders reached twice).
+    listing = list_local([p for p in paths if "://" not in p])
+    skipped = tuple(listing.skipped)
+    schema = "path string, modificationTime timestamp, length long, content binary"
+    # Files the streaming source cannot name or read (names that are not UTF-8 it does not list at
+    # all): quarantined here, once across runs.
+    totals: dict[str, Any] = {}
+    problem_rows = _problem_rows(listing)
+    seen_unread = _seen_unread_paths(spark, out_uri) if problem_rows else None
+    if seen_unread is not None:
+        from pyspark.sql import functions as F
+
+        wanted = [row[0] for row in problem_rows]
+        done = {r.source_path for r in seen_unread.where(F.col("source_path").isin(*wanted)).collect()}
+        problem_rows = [row for row in problem_rows if row[0] not in done]
+    if problem_rows:
+        empty = spark.createDataFrame([], schema)
+        totals = _ingest_files(spark, empty, problem_rows, out_uri, out_uri, ctx, cfg, labels)
+    problems = frozenset(p.path for p in listing.problems)
     stream = None
     for p in paths:
         reader = spark.readStream.format("binaryFile").schema(schema).option("recursiveFileLookup", "true")
+        if "://" not in p:
+            reader = reader.options(**RAW_LOCAL_FS)
+            p = f"file:{_glob_escape(p)}" if re.search(r"[{}\[\]*?\\]", p) else f"file:{p}"
         if cfg.max_files_per_trigger:
             reader = reader.option("maxFilesPerTrigger", cfg.max_files_per_trigger)
         s = reader.load(p)
         stream = s if stream is None else stream.unionByName(s)
     assert stream is not None
-    fs = _HadoopFS(spark)
-    totals: dict[str, Any] = {}
     batches: list[int] = []
 
     def per_batch(batch: DataFrame, batch_id: int) -> None:
         nonlocal totals
-        totals = add_counts(totals, _commit_batch(spark, fs, batch, batch_id, out_uri, len(paths), ctx, cfg))
+        counts = _commit_batch(
+            spark, fs, batch, batch_id, out_uri, len(paths), ctx, cfg, labels, skipped, problems
+        )
+        totals = add_counts(totals, counts)
         batches.append(batch_id)
 
     query = (
@@ -745,8 +1265,21 @@ def ingest_incremental(
         .trigger(availableNow=True)
         .start()
     )
-    query.awaitTermination()
-    summary = _summary(run_id, inputs, out_uri, totals, started, identified=deidentify is None)
+    try:
+        query.awaitTermination()
+    finally:
+        fs.remove_if_empty(f"{out_uri}/{STAGING_DIR}")
+    summary = _summary(
+        run_id,
+        inputs,
+        out_uri,
+        totals,
+        started,
+        identified=deidentify is None,
+        labels=labels,
+        symlinks_skipped=listing.symlinks_skipped,
+    )
+    _warn_unmatched_labels(summary, labels)
     summary["incremental"] = True
     summary["micro_batches"] = batches
     if summary["identified"] and summary["files_seen"]:
