@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from medimg_spark.errors import ConfigError, JavaMissingError, MedimgError
@@ -214,8 +215,43 @@ def _session(args: argparse.Namespace, cfg: Any, app: str) -> Any:
     )
 
 
-def _print(summary: dict[str, Any], text: str, as_json: bool) -> None:
-    print(json.dumps(summary, indent=2, default=str) if as_json else text)
+def _print(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None:
+    """Print a verb's summary (``--json``: as JSON) and add its counts to the ``--log-json`` end event."""
+    record = getattr(args, "log_record", None)
+    if record is not None:
+        # the numeric fields, as `medimg run` logs them for its stages
+        record.update(
+            {k: v for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        )
+        for key in ("run_id", "out"):
+            if isinstance(summary.get(key), str):
+                record[key] = summary[key]
+    print(json.dumps(summary, indent=2, default=str) if args.json else text)
+
+
+def _log_name_in(out: str, log_json: str | None) -> tuple[str, ...]:
+    """The ``--log-json`` file's name when it lies directly in ``out`` (it is not lake content)."""
+    if not log_json or log_json == "-":
+        return ()
+    target = Path(log_json).resolve()
+    return (target.name,) if target.parent == Path(out).resolve() else ()
+
+
+def check_lake_out(out: str, log_json: str | None = None) -> None:
+    """Before Spark starts: refuse a local ``--out`` that is not a medimg lake, else mark it as one.
+
+    URIs (``hdfs://``, ``s3a://``) are checked by ingest through Spark's Hadoop file system, right
+    after the session starts and before any job.
+
+    Raises:
+        NotALakeError: a ConfigError (exit code 2) naming the directory and the fix.
+    """
+    from medimg_spark.io.files import local_path
+    from medimg_spark.io.ingest import prepare_lake
+
+    if "://" in local_path(out):
+        return
+    prepare_lake(out, None, ignore=_log_name_in(out, log_json))
 
 
 _DEID_OPTIONS = {
@@ -281,20 +317,30 @@ def ingest_deidentifier(args: argparse.Namespace, cfg: Any, run_id: str) -> Any:
 def cmd_ingest(args: argparse.Namespace) -> int:
     """``medimg ingest``."""
     from medimg_spark.config import load_config
-    from medimg_spark.io.ingest import check_inputs, format_summary, ingest, ingest_incremental, new_run_id
+    from medimg_spark.io.ingest import (
+        check_inputs,
+        format_summary,
+        ingest,
+        ingest_incremental,
+        new_run_id,
+        read_labels,
+    )
 
     cfg = load_config(args.config)
     check_inputs(args.inputs)
+    if args.labels:
+        read_labels(args.labels)  # validated before Spark starts
     if args.label_from_parent_dir:
         cfg.ingest.label_from_parent_dir = True
     run_id = args.run_id or new_run_id()
     hook = ingest_deidentifier(args, cfg, run_id)
+    check_lake_out(args.out, args.log_json)
     spark = _session(args, cfg, "ingest")
     run = ingest_incremental if args.incremental else ingest
     summary = run(
         spark, args.inputs, args.out, cfg.ingest, labels_csv=args.labels, deidentify=hook, run_id=run_id
     )
-    _print(summary, format_summary(summary), args.json)
+    _print(args, summary, format_summary(summary))
     return EXIT_OK
 
 
@@ -318,7 +364,7 @@ def cmd_deid(args: argparse.Namespace) -> int:
         vault_key_file=args.vault_key_file,
     )
     text = "\n".join(f"  {k}: {v}" for k, v in summary.items())
-    _print(summary, f"deid run → {args.out}\n{text}", args.json)
+    _print(args, summary, f"deid run → {args.out}\n{text}")
     return EXIT_OK
 
 
@@ -358,7 +404,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     spark = _session(args, cfg, "preprocess")
     summary = preprocess(spark, args.out, recipe, where=args.where)
     text = "\n".join(f"  {k}: {v}" for k, v in summary.items())
-    _print(summary, f"preprocess → {args.out}/processed\n{text}", args.json)
+    _print(args, summary, f"preprocess → {args.out}/processed\n{text}")
     return EXIT_OK
 
 
@@ -370,7 +416,7 @@ def cmd_quality(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     spark = _session(args, cfg, "quality")
     report = quality_report(spark, args.out)
-    _print(report, format_quality_table(report), args.json)
+    _print(args, report, format_quality_table(report))
     return EXIT_OK
 
 
@@ -398,7 +444,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     spark = _session(args, cfg, "features")
     summary = compute_features(spark, args.out, source=args.source, feature_set=args.feature_set)
     shown = {k: v for k, v in summary.items() if k != "feature_names"}
-    _print(summary, "features → " + ", ".join(f"{k}={v}" for k, v in shown.items()), args.json)
+    _print(args, summary, "features → " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     return EXIT_OK
 
 
@@ -416,7 +462,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         tcfg = tcfg.model_copy(update={"model_dir": f"{args.out}/models/{args.name}"})
     spark = _session(args, cfg, "train")
     summary = train(spark, args.out, args.model, tcfg)
-    _print(summary, "train → " + ", ".join(f"{k}={v}" for k, v in summary.items()), args.json)
+    _print(args, summary, "train → " + ", ".join(f"{k}={v}" for k, v in summary.items()))
     return EXIT_OK
 
 
@@ -428,7 +474,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     spark = _session(args, cfg, "predict")
     summary = predict(spark, args.out, args.model, split=args.split)
-    _print(summary, "predict → " + ", ".join(f"{k}={v}" for k, v in summary.items()), args.json)
+    _print(args, summary, "predict → " + ", ".join(f"{k}={v}" for k, v in summary.items()))
     return EXIT_OK
 
 
@@ -440,7 +486,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     spark = _session(args, cfg, "evaluate")
     metrics = evaluate(spark, args.out, args.model, args.split)
-    _print(metrics, format_metrics(metrics, f"{metrics.get('model')} on {args.split}"), args.json)
+    _print(args, metrics, format_metrics(metrics, f"{metrics.get('model')} on {args.split}"))
     return EXIT_OK
 
 
@@ -452,7 +498,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     spark = _session(args, cfg, "localize")
     summary = localize(spark, args.out, args.method, _section(cfg, "localize") or None)
-    _print(summary, "localize → " + ", ".join(f"{k}={v}" for k, v in summary.items()), args.json)
+    _print(args, summary, "localize → " + ", ".join(f"{k}={v}" for k, v in summary.items()))
     return EXIT_OK
 
 
@@ -464,14 +510,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     spark = _session(args, cfg, "report")
     summary = build_report(spark, args.out)
-    _print(summary, format_summary(summary), args.json)
+    _print(args, summary, format_summary(summary))
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``medimg run``."""
-    from pathlib import Path
-
     from medimg_spark.config import load_config
     from medimg_spark.io.ingest import format_summary, new_run_id
     from medimg_spark.pipeline import load_pipeline, run_pipeline, validate_recipes
@@ -486,6 +530,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     validate_recipes(pc, Path.cwd())
     run_id = new_run_id()
     hook = ingest_deidentifier(args, cfg, run_id) if "ingest" in pc.stages else None
+    if "ingest" in pc.stages:
+        check_lake_out(out, args.log_json)
     spark = _session(args, cfg, "run")
     log = RunLog(args.log_json)
     try:
@@ -535,7 +581,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             logging.getLogger().setLevel(logging.DEBUG)
         handler: Callable[[argparse.Namespace], int] = args.handler
-        return handler(args)
+        if args.command == "run":  # logs its pipeline and each stage itself
+            return handler(args)
+        run_log = RunLog(getattr(args, "log_json", None))
+        try:
+            with run_log.stage(args.command, out=getattr(args, "out", None)) as record:
+                args.log_record = record
+                return handler(args)
+        finally:
+            run_log.close()
     except (ConfigError, JavaMissingError) as err:
         print(f"medimg: error: {err}", file=sys.stderr)
         return EXIT_CONFIG
