@@ -6,13 +6,17 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
+N ?= 10000
+FUZZ_SEED ?= 1
+FUZZ_WORK ?= benchmarks/.cache/fuzz
 
-.PHONY: help java venv install install-dev demo test lint pytest browser bench dist docker clean
+.PHONY: help java venv install install-dev demo test lint pytest browser bench fuzz dist docker clean
 
 help:
 	@echo "make demo   - create $(VENV), install, run the pipeline on the bundled sample data"
 	@echo "make test   - install dev dependencies, run lint (ruff, mypy) and the test suite"
 	@echo "make bench  - run the performance benchmark (benchmarks/run.py)"
+	@echo "make fuzz   - fuzz medimg ingest with N (default 10000) mutated files (benchmarks/fuzz.py)"
 	@echo "make dist   - build the wheel shipped to Spark executors (dist/)"
 
 java:
@@ -62,6 +66,10 @@ test: lint browser pytest
 bench: install-dev
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/transport.py --n 2000
+
+# Fuzz `medimg ingest` with N seeded mutations of real files; report in $(FUZZ_WORK)/fuzz_report.json.
+fuzz: install-dev
+	$(PY) benchmarks/fuzz.py --n $(N) --seed $(FUZZ_SEED) --work $(FUZZ_WORK)
 
 dist: venv
 	rm -rf dist && $(PIP) wheel --quiet --no-deps --wheel-dir dist .
