@@ -417,8 +417,8 @@ def _problem_rows(listing: Listing) -> list[UnreadFile]:
     return out
 
 
-def _unread_files(inputs: _Inputs) -> tuple[list[UnreadFile], set[str]]:
-    """Files that get a quarantine row without being read, and every path the scan returned.
+def _unread_files(inputs: _Inputs) -> list[UnreadFile]:
+    """Files that get a quarantine row without being read.
 
     Zero-length files (which a binaryFile scan skips), files listed on the driver that the scan did not
     return, and the listing's problems (names that are not UTF-8, broken symlinks, ...). Paths are
@@ -447,7 +447,7 @@ def _unread_files(inputs: _Inputs) -> tuple[list[UnreadFile], set[str]]:
         log.warning(
             "the binaryFile scan returned %d file(s) the listing did not; they are ingested", len(extra)
         )
-    return out, scanned
+    return out
 
 
 def crash_dir(out_uri: str, run_id: str) -> str:
@@ -756,7 +756,7 @@ def ingest(
     prepare_lake(out_uri, fs)  # before any job: refuses a foreign directory, writes the lake marker
     ctx = _context(run_id, cfg, labels, deidentify, out_uri)
     inputs_ = _scan_inputs(spark, paths)
-    unread, _ = _unread_files(inputs_)
+    unread = _unread_files(inputs_)
     # decoded rows staged by a run that was killed before it could remove them (only in a lake)
     fs.delete_glob(f"{_glob_escape(out_uri)}/{STAGING_DIR}/decoded-*")
     try:
@@ -925,7 +925,13 @@ def _check_marker(marker: str, text: str) -> None:
 
 
 def _check_tables(out: str, fs: _LocalFS | _HadoopFS) -> None:
-    """Every data file of the ingest tables must be Parquet written by Spark (else reading them fails)."""
+    """Every data file of the ingest tables must be Parquet written by Spark (else reading them fails).
+
+    Checked in local lakes only: listing every file of a lake through Hadoop's API costs Py4J calls per
+    file.
+    """
+    if not isinstance(fs, _LocalFS):
+        return
     for table in TABLES:
         visible = [
             rel
