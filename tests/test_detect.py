@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
+from medimg_spark.errors import ImageTooLargeError
 from medimg_spark.io import detect
 
 NIB_DATA = Path(__import__("nibabel").__file__).parent / "tests" / "data"
@@ -68,5 +69,5 @@ def test_rejects_noise_and_text() -> None:
 def test_gunzip_limit() -> None:
     data = gzip.compress(b"\0" * 1000)
     assert detect.gunzip(data, 1000) == b"\0" * 1000
-    with pytest.raises(ValueError, match="limit"):
+    with pytest.raises(ImageTooLargeError, match="max_decompressed_bytes"):
         detect.gunzip(data, 999)

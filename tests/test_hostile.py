@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 
 import cv2
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -330,3 +331,143 @@ def test_hostile_files_through_spark_one_outcome_each_no_phi(spark, tmp_path: Pa
         text = "\n".join(str(r) for r in df.drop("pixels").collect() if r is not None)
         blobs[table] = text.encode()
     assert find_phi(phi, blobs) == []
+
+
+# -- found by benchmarks/fuzz.py ---------------------------------------------------------------------------
+
+
+def test_gunzip_allocates_as_it_inflates_not_the_whole_limit() -> None:
+    """Under the workers' address-space limit, reading ``limit + 1`` bytes at once was a MemoryError."""
+    code = (
+        "import gzip, resource; from medimg_spark.io.detect import gunzip; "
+        "resource.setrlimit(resource.RLIMIT_AS, (1200 << 20, 1200 << 20)); "
+        "print(len(gunzip(gzip.compress(b'x' * 1000), 1 << 30)))"
+    )
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "1000", done.stderr[-500:]
+
+
+def _phi_of(name: str) -> list[str]:
+    return collect_phi([pydicom.dcmread(get_testdata_file(name), force=True)], DeidConfig(), KEY)
+
+
+def test_kept_attribute_whose_length_swallows_the_next_elements_is_not_copied() -> None:
+    data = bytearray(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    at = data.index(b"\x08\x00\x60\x00CS\x02\x00CT")
+    data[at + 6 : at + 8] = (600).to_bytes(2, "little")  # Modality now swallows 600 bytes of elements
+    phi = _phi_of("CT_small.dcm")
+    out = rows(bytes(data), FileContext(run_id="t", deidentify=_deid()))
+    assert find_phi(phi, {"rows": repr(out).encode()}) == []
+    for r in out["instance"] + out["image"]:
+        assert r["modality"] == "OT"  # the damaged value was dropped, not copied
+
+
+def test_removed_uid_moved_onto_a_kept_tag_by_a_bit_flip_is_not_copied() -> None:
+    data = Path(get_testdata_file("MR_small_implicit.dcm")).read_bytes()
+    original = pydicom.dcmread(get_testdata_file("MR_small_implicit.dcm"))
+    flipped = data.replace(b"\x08\x00\x18\x00", b"\x08\x00\x08\x00", 1)  # (0008,0018) -> (0008,0008)
+    assert flipped != data
+    out = rows(flipped, FileContext(run_id="t", deidentify=_deid()))
+    assert str(original.SOPInstanceUID) not in repr(out)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: b"\x1e" + gzip.compress(Path(get_testdata_file("CT_small.dcm")).read_bytes())[1:],
+        lambda: gzip.decompress(
+            (Path(nib.__file__).parent / "tests" / "data" / "example_nifti2.nii.gz").read_bytes()
+        )[:31],
+    ],
+    ids=["gzip-magic-flipped", "nifti2-cut-in-header"],
+)
+def test_random_bytes_are_not_taken_for_a_dicom_object(make) -> None:  # type: ignore[no-untyped-def]
+    q = only_quarantine(rows(make()))
+    assert q["stage"] == "parse"
+
+
+@pytest.mark.parametrize("cut", [334, 338, 339])
+def test_cut_inside_the_element_after_an_undefined_length_sequence_is_truncated(cut: int) -> None:
+    data = Path(get_testdata_file("nested_priv_SQ.dcm")).read_bytes()[:cut]
+    q = only_quarantine(rows(data))
+    assert (q["stage"], q["error_class"]) == ("parse", "TruncatedFileError")
+
+
+def _save(ds: pydicom.Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("rows_", "cols_"), [(1, 64), (64, 1), (1, 1)])
+def test_rows_columns_that_do_not_describe_the_pixel_data_are_a_decode_error(rows_: int, cols_: int) -> None:
+    ds = pydicom.dcmread(get_testdata_file("emri_small.dcm"))  # 10 frames of 64x64
+    ds.Rows, ds.Columns = rows_, cols_
+    out = rows(_save(ds))
+    q = only_quarantine(out)
+    assert (q["stage"], q["error_class"]) == ("decode", "DecodeError")
+
+
+def test_tiff_page_opencv_cannot_decode_is_reported() -> None:
+    """Every page is either a frame or named by a decode quarantine row (OpenCV may drop pages silently)."""
+    import tifffile
+
+    buf = io.BytesIO()
+    with tifffile.TiffWriter(buf) as tw:
+        for k in range(4):
+            tw.write((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * (k + 1)), compression="zlib")
+    data = bytearray(buf.getvalue())
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        offset, count = int(tif.pages[2].dataoffsets[0]), int(tif.pages[2].databytecounts[0])
+    data[offset + 2 : offset + count] = bytes(count - 2)  # page 3's deflate stream is broken
+    out = rows(bytes(data), path="file:/in/p.tif")
+    assert out["instance"][0]["n_frames"] == 4
+    (q,) = out["quarantine"]
+    assert q["stage"] == "decode" and (q["frame_index"] or 0) == len(out["image"]) < 4
+
+
+@pytest.mark.parametrize(
+    ("name", "change"),
+    [
+        ("MR_small_jpeg_ls_lossless.dcm", {"Rows": 32768}),
+        ("MR_small_jpeg_ls_lossless.dcm", {"Columns": 65535}),
+        ("MR_small_jp2klossless.dcm", {"PhotometricInterpretation": "YBR_FULL_422"}),
+    ],
+    ids=["jpegls-rows", "jpegls-cols", "j2k-ybr422"],
+)
+def test_header_contradicting_the_codestream_is_refused_before_gdcm_aborts(name: str, change: dict) -> None:
+    """gdcm aborts the whole process (SIGABRT) on these; run in a child so a regression cannot kill pytest."""
+    import subprocess
+    import sys
+
+    ds = pydicom.dcmread(get_testdata_file(name))
+    for key, value in change.items():
+        setattr(ds, key, value)
+    code = (
+        "import sys; from medimg_spark.io.files import FileContext, process_file; "
+        "rows = list(process_file('file:/x', sys.stdin.buffer.read(), FileContext(run_id='t'))); "
+        "print([(r['_kind'], r.get('stage'), r.get('error_class')) for r in rows])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], input=_save(ds), capture_output=True, check=False, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "('quarantine', 'decode', 'DecodeError')" in done.stdout.decode()
+
+
+def test_gzipped_dicom_with_long_zero_padding_reads_fast() -> None:
+    data = gzip.compress(Path(get_testdata_file("CT_small.dcm")).read_bytes() + bytes(64 << 20))
+    started = time.perf_counter()
+    out = rows(data, path="file:/in/x.dcm.gz")
+    assert time.perf_counter() - started < 10  # 41 s before: every 8 zero bytes parsed as an element
+    assert len(out["image"]) == 1 and "trailing_zero_padding_ignored" in out["instance"][0]["recovered"]
+    # zeros that belong to the pixel data (a dark last row) are not padding
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    arr = ds.pixel_array.copy()
+    ds.Rows = 128 + 8192
+    ds.PixelData = np.concatenate([arr, np.zeros((8192, 128), arr.dtype)]).tobytes()
+    out = rows(_save(ds))
+    assert len(out["image"]) == 1 and out["image"][0]["rows"] == 128 + 8192

@@ -92,10 +92,33 @@ def detect_format(data: bytes) -> str | None:
     return None
 
 
+#: Bytes inflated per step by :func:`gunzip`: memory grows with the output, never by the limit at once.
+_GUNZIP_CHUNK = 8 << 20
+
+
 def gunzip(data: bytes, limit: int) -> bytes:
-    """Decompress gzip data, refusing output larger than ``limit`` bytes (zip-bomb guard)."""
+    """Decompress gzip data, refusing output larger than ``limit`` bytes (zip-bomb guard).
+
+    The output is inflated in chunks, so memory follows what the stream really holds (reading
+    ``limit + 1`` bytes at once would reserve the whole limit up front).
+
+    Raises:
+        ImageTooLargeError: the content inflates past ``limit``.
+    """
+    from medimg_spark.errors import ImageTooLargeError
+
+    out = io.BytesIO()  # grows in place; getvalue() hands over its buffer without a copy
+    size = 0
     with gzip.GzipFile(fileobj=io.BytesIO(data)) as gz:
-        out = gz.read(limit + 1)
-    if len(out) > limit:
-        raise ValueError(f"gzip content exceeds the {limit}-byte limit")
-    return out
+        while True:
+            chunk = gz.read(min(_GUNZIP_CHUNK, limit + 1 - size))
+            if not chunk:
+                break
+            out.write(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise ImageTooLargeError(
+                    f"gzip content inflates past ingest.max_decompressed_bytes = {limit}; raise the limit "
+                    "or decompress the file before ingest"
+                )
+    return out.getvalue()

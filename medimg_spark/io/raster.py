@@ -114,9 +114,15 @@ def parse_raster(data: bytes, fmt: str, modality: str, max_decoded_bytes: int | 
         )
 
     def decode() -> Iterator[Frame]:
-        for i, page in enumerate(decode_raster(data, fmt)):
+        pages = decode_raster(data, fmt)
+        for i, page in enumerate(pages):
             arr, photometric = _to_rgb(page)
             yield Frame(i, arr, {"photometric": photometric, "bits_stored": int(arr.dtype.itemsize * 8)})
+        if len(pages) < n_frames:  # OpenCV skips the pages it cannot decode without saying so
+            raise DecodeError(
+                f"OpenCV decoded {len(pages)} of the {n_frames} TIFF pages (the others are corrupt or in a "
+                "format it does not read)"
+            )
 
     return ParsedFile(
         source_format=fmt,

@@ -447,6 +447,11 @@ class Deidentifier:
         if basis == "pseudonym":
             value = run.patient_pseudonym
         elif action == "K":
+            if not valid_value(elem):
+                # A damaged length or tag can put other elements' bytes (names, UIDs, dates) into a kept
+                # attribute: a value that is not valid text of its VR is never copied.
+                run.actions.append(AuditEntry(path, keyword, "X", "invalid_value"))
+                return
             out.add(copy.copy(elem))
             run.actions.append(AuditEntry(path, keyword, "K", basis))
             return
@@ -458,6 +463,9 @@ class Deidentifier:
         elif action == "D":
             value = self._dummy(vr)
         else:  # C
+            if not valid_value(elem):
+                run.actions.append(AuditEntry(path, keyword, "X", "invalid_value"))
+                return
             value = self._clean(elem, run)
             if value is None:
                 run.actions.append(AuditEntry(path, keyword, "X", "unparseable"))
@@ -636,6 +644,53 @@ class Deidentifier:
 
 
 _UID_SYNTAX = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: Format of the VRs whose values are codes, numbers, dates or times (PS3.5 Table 6.2-1, slightly
+#: lenient: lower case in CS, UIDs with leading zeros, as real files have them).
+_VR_FORMAT = {
+    "AS": re.compile(r"^\d\d\d[DWMY]$"),
+    "CS": re.compile(r"^[A-Za-z0-9 _]*$"),
+    "DS": re.compile(r"^ *[+\-]?(\d+|\d+\.\d*|\.\d+)([eE][+\-]?\d+)? *$"),
+    "IS": re.compile(r"^ *[+\-]?\d+ *$"),
+    "DA": re.compile(r"^[0-9\-. ]*$"),
+    "TM": re.compile(r"^[0-9:.\- ]*$"),
+    "DT": re.compile(r"^[0-9.+\- ]*$"),
+    "UI": re.compile(r"^[0-9.]*$"),
+}
+#: Control characters allowed in free text (ST, LT, UT: TAB, LF, FF, CR; every text VR: ESC).
+_FREE_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
+_LINE_CONTROL = re.compile(r"[\x00-\x1a\x1c-\x1f\x7f]")
+_FREE_TEXT_VRS = frozenset({"ST", "LT", "UT"})
+#: Maximum lengths pydicom's table leaves out (ranges of dates and times count twice, plus the dash).
+_MORE_MAX_LEN = {"AS": 4, "DA": 18, "TM": 28, "DT": 54}
+
+
+def valid_value(elem: DataElement) -> bool:
+    """Whether a text element's value is valid for its VR: length, format, no stray control bytes.
+
+    Binary and numeric VRs are not text and always pass; PN is checked per component group.
+    """
+    from pydicom.valuerep import MAX_VALUE_LEN
+
+    vr = elem.VR
+    if vr not in STRING_VRS or elem.value is None:
+        return True
+    values = elem.value if isinstance(elem.value, list | MultiValue) else [elem.value]
+    limit = MAX_VALUE_LEN.get(vr, _MORE_MAX_LEN.get(vr))
+    pattern = _VR_FORMAT.get(vr)
+    control = _FREE_TEXT_CONTROL if vr in _FREE_TEXT_VRS else _LINE_CONTROL
+    for value in values:
+        text = str(value).rstrip("\x00 ") if vr == "UI" else str(value)
+        if vr == "PN":
+            if any(len(part) > 64 for part in text.split("=")) or control.search(text):
+                return False
+            continue
+        if limit is not None and len(text) > limit:
+            return False
+        if pattern is not None and not pattern.match(text):
+            return False
+        if control.search(text):
+            return False
+    return True
 
 
 def _valid_uid(value: Any) -> bool:
