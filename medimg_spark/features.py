@@ -38,12 +38,16 @@ from skimage.measure import label as _cc_label
 from skimage.measure import regionprops
 
 from medimg_spark.errors import ConfigError, MedimgError
+from medimg_spark.storage import get_storage, join
 
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
 Features = tuple[np.ndarray, list[str]]
+
+#: The feature set a features table was computed with, recorded next to its Parquet files.
+FEATURE_SET_FILE = "_feature_set.json"
 
 GLCM_PROPS: tuple[str, ...] = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "ASM")
 
@@ -659,7 +663,8 @@ def compute_features(
 
     Args:
         spark: active session.
-        out_dir: the run's output folder holding ``images/`` or ``processed/``.
+        out_dir: the run's output folder holding ``images/`` or ``processed/`` (local path or URI,
+            reached through :mod:`medimg_spark.storage`).
         source: ``images`` (schema :data:`medimg_spark.schema.IMAGES_SCHEMA`) or ``processed``
             (image_id, pixels, dtype, rows, cols, channels, mask, label, split); ``processed``
             masks are passed to the extractors.
@@ -680,10 +685,11 @@ def compute_features(
     if source not in ("images", "processed"):
         raise FeatureError(f"source={source!r} is not supported; use 'images' or 'processed'")
     fs = load_feature_set(feature_set)
-    src = Path(out_dir) / source
-    if not src.exists():
+    store = get_storage(spark)
+    src = join(out_dir, source)
+    if not store.exists(src):
         raise FeatureError(f"{src} does not exist; run the stage that writes the {source} table first")
-    df = spark.read.parquet(str(src))
+    df = spark.read.parquet(src)
     use_mask = "mask" in df.columns
     cols = ["image_id", "pixels", "rows", "cols", "channels", "dtype", "label", "split"]
     missing = [c for c in cols if c not in df.columns and c not in ("label", "split")]
@@ -734,12 +740,12 @@ def compute_features(
             "split",
             array_to_vector(F.col("values")).alias("features", metadata=vector_metadata(names)),
         )
-        dest = Path(out_dir) / "features"
-        out.write.mode("overwrite").parquet(str(dest))
+        dest = join(out_dir, "features")
+        out.write.mode("overwrite").parquet(dest)
     finally:
         computed.unpersist()
     summary: dict[str, Any] = {
-        "path": str(dest),
+        "path": dest,
         "feature_set": fs.name,
         "n_features": len(names),
         "feature_names": names,
@@ -748,5 +754,7 @@ def compute_features(
         "failures": failures,
         "seconds": round(time.time() - t0, 3),
     }
-    (dest / "_feature_set.json").write_text(json.dumps({"feature_set": json.loads(fs.model_dump_json())}))
+    store.write_text(
+        join(dest, FEATURE_SET_FILE), json.dumps({"feature_set": json.loads(fs.model_dump_json())})
+    )
     return summary

@@ -86,7 +86,7 @@ def run_dir(spark, data: dict, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def _spark_predictions(
-    spark, run_dir: Path, model_path: Path, split: str = "val"
+    spark, run_dir: Path, model_path: str | Path, split: str = "val"
 ) -> tuple[np.ndarray, np.ndarray]:
     from medimg_spark.ml import predictions_frame
 
@@ -106,8 +106,9 @@ def test_sklearn_models_driver_spark_and_reload_agree(
         assert info["val"]["roc_auc"] > 0.85, (name, info["val"])
         proba = model.predict_proba(data["Xv"])
         pred = model.predict(data["Xv"])
-        path = model.save(tmp_path / name)
-        card = json.loads((path / "card.json").read_text())
+        path = model.save(tmp_path / name)  # the folder, as a storage path string
+        assert path == str(tmp_path / name)
+        card = json.loads((tmp_path / name / "card.json").read_text())
         assert card["classes"] == ["0", "1"] and card["feature_names"] == data["names"]
         assert card["threshold"] == pytest.approx(model.card.threshold)
         reloaded = load_model(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -11,8 +10,9 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from medimg_spark.features import FeatureSet, load_feature_set
+from medimg_spark.features import FEATURE_SET_FILE, FeatureSet, load_feature_set
 from medimg_spark.ml.errors import ModelDataError
+from medimg_spark.storage import get_storage, join
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -118,17 +118,18 @@ def augmented_features(
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
 
+    store = get_storage(spark)
     if feature_set is None:
-        rec = Path(out_dir) / "features" / "_feature_set.json"
-        if not rec.exists():
+        rec = join(out_dir, "features", FEATURE_SET_FILE)
+        if not store.exists(rec):
             raise ModelDataError(f"{rec} is missing; run compute_features or pass feature_set explicitly")
-        fs = FeatureSet.model_validate(json.loads(rec.read_text())["feature_set"])
+        fs = FeatureSet.model_validate(store.read_json(rec)["feature_set"])
     else:
         fs = load_feature_set(feature_set)
-    src = Path(out_dir) / cfg.source
-    if not src.exists():
+    src = join(out_dir, cfg.source)
+    if not store.exists(src):
         raise ModelDataError(f"augmentation needs {src}; run ingest/preprocess or set augment.source")
-    df = spark.read.parquet(str(src)).where(F.col("split") == split)
+    df = spark.read.parquet(src).where(F.col("split") == split)
     use_mask = "mask" in df.columns
     cols = ["image_id", "pixels", "rows", "cols", "channels", "dtype", "label"] + (
         ["mask"] if use_mask else []

@@ -12,6 +12,7 @@ from medimg_spark.ml.errors import ModelDataError
 from medimg_spark.ml.metrics import classification_metrics, format_metrics
 from medimg_spark.ml.model import load_model
 from medimg_spark.ml.predict import predictions_frame
+from medimg_spark.storage import Storage, get_storage, join
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -34,7 +35,8 @@ def evaluate(
     Raises:
         ModelDataError: the split has no labelled rows.
     """
-    model = load_model(model_path)
+    store = get_storage(spark)
+    model = load_model(model_path, storage=store)
     pdf = predictions_frame(spark, out_dir, model, split).where("label IS NOT NULL").toPandas()
     if len(pdf) == 0:
         raise ModelDataError(
@@ -49,19 +51,29 @@ def evaluate(
         model.card.positive_label,
     )
     metrics.update(model=model.card.model_name, split=split, threshold=model.card.threshold)
-    return write_metrics(out_dir, model.card.model_name, split, metrics)
+    return write_metrics(out_dir, model.card.model_name, split, metrics, store)
 
 
 def write_metrics(
-    out_dir: str | Path, model_name: str, split: str, metrics: dict[str, Any]
+    out_dir: str | Path,
+    model_name: str,
+    split: str,
+    metrics: dict[str, Any],
+    storage: Storage | None = None,
 ) -> dict[str, Any]:
-    """Write ``metrics`` to ``out_dir/metrics/eval_<model>_<split>.json`` (and a .txt table); returns it with ``path``."""
-    folder = Path(out_dir) / METRICS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"eval_{model_name}_{split}.json"
-    out = {**metrics, "path": str(path)}
-    path.write_text(json.dumps(out, indent=2, default=_json_default))
-    path.with_suffix(".txt").write_text(format_metrics(out, f"{model_name} on {split}") + "\n")
+    """Write ``metrics`` to ``out_dir/metrics/eval_<model>_<split>.json`` (and a .txt table); returns it with ``path``.
+
+    Args:
+        out_dir: the run's output folder (local path or URI).
+        storage: how to reach it (default: the active SparkSession's, see
+            :func:`medimg_spark.storage.get_storage`).
+    """
+    store = storage or get_storage()
+    stem = join(out_dir, METRICS_DIR, f"eval_{model_name}_{split}")
+    path = f"{stem}.json"
+    out = {**metrics, "path": path}
+    store.write_text(path, json.dumps(out, indent=2, default=_json_default))
+    store.write_text(f"{stem}.txt", format_metrics(out, f"{model_name} on {split}") + "\n")
     return out
 
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medimg_spark.features import to_gray, to_unit
 from medimg_spark.ml.errors import ModelConfigError, ModelDataError
+from medimg_spark.storage import get_storage, join
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 FRAME_METHODS = ("kmeans", "dbscan", "gmm")
 DATASET_METHODS = ("mllib_kmeans", "mllib_gmm")
+#: Summary of a dataset clustering, written next to the ``clusters`` table's Parquet files.
+CLUSTERS_SUMMARY = "_summary.json"
 
 
 class LocalizeConfig(BaseModel):
@@ -230,24 +233,24 @@ def localize(
             f"unknown localize method {method!r}; choose from {list(FRAME_METHODS + DATASET_METHODS)}"
         )
     t0 = time.time()
-    src = Path(out_dir) / cfg.source
-    if not src.exists():
+    src = join(out_dir, cfg.source)
+    if not get_storage(spark).exists(src):
         other = "images" if cfg.source == "processed" else "processed"
         raise ModelDataError(f"{src} does not exist; run the stage that writes it or set source: {other}")
-    df = spark.read.parquet(str(src))
+    df = spark.read.parquet(src)
     use_mask = "mask" in df.columns
     cols = ["image_id", "pixels", "rows", "cols", "channels", "dtype"] + (["mask"] if use_mask else [])
     schema = "image_id string, method string, " + ", ".join(f"{n} {t}" for n, t in REGION_FIELDS)
     regions = df.select(*cols).mapInPandas(
         _region_partitions(method, cfg.model_dump_json(), use_mask), schema
     )
-    dest = Path(out_dir) / "regions"
-    regions.write.mode("overwrite").parquet(str(dest))
-    written = spark.read.parquet(str(dest))
+    dest = join(out_dir, "regions")
+    regions.write.mode("overwrite").parquet(dest)
+    written = spark.read.parquet(dest)
     n_regions = written.count()
     n_frames = written.select("image_id").distinct().count()
     return {
-        "path": str(dest),
+        "path": dest,
         "method": method,
         "n_regions": int(n_regions),
         "n_frames_with_regions": int(n_frames),
@@ -287,13 +290,13 @@ def _cluster_dataset(
             featuresCol="__x", predictionCol="cluster", metricName="silhouette"
         ).evaluate(assigned)
         cols = [c for c in ("image_id", "label", "split") if c in df.columns]
-        dest = Path(out_dir) / "clusters"
-        assigned.select(*cols, F.col("cluster").cast("int")).write.mode("overwrite").parquet(str(dest))
+        dest = join(out_dir, "clusters")
+        assigned.select(*cols, F.col("cluster").cast("int")).write.mode("overwrite").parquet(dest)
         sizes = {int(r["cluster"]): int(r["count"]) for r in assigned.groupBy("cluster").count().collect()}
     finally:
         assigned.unpersist()
     summary = {
-        "path": str(dest),
+        "path": dest,
         "method": method,
         "k": cfg.k,
         "n_rows": int(n),
@@ -301,5 +304,5 @@ def _cluster_dataset(
         "cluster_sizes": dict(sorted(sizes.items())),
         "seconds": round(time.time() - t0, 3),
     }
-    (dest / "_summary.json").write_text(json.dumps(summary, indent=2))
+    get_storage(spark).write_text(join(dest, CLUSTERS_SUMMARY), json.dumps(summary, indent=2))
     return summary

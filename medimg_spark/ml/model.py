@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from pyspark.ml import Transformer
 
 from medimg_spark.ml.errors import ModelDataError, ModelLoadError
 from medimg_spark.ml.estimators import positive_scores
+from medimg_spark.storage import Storage, get_storage, join
 
 if TYPE_CHECKING:
     from pyspark.ml import PipelineModel
@@ -135,12 +137,21 @@ class _Classifier(Transformer):
         idx = self.card.decide(self.predict_proba(X))
         return np.asarray(self.classes, dtype=object)[idx]
 
-    def save(self, path: str | Path) -> Path:
-        """Write the model and ``card.json`` to the folder ``path`` (overwritten)."""
+    def save(self, path: str | Path, storage: Storage | None = None) -> str:
+        """Write the model and ``card.json`` to the folder ``path`` (local path or URI; files overwritten).
+
+        Args:
+            path: the model folder.
+            storage: how to reach ``path`` (default: the active SparkSession's, see
+                :func:`medimg_spark.storage.get_storage`).
+
+        Returns:
+            ``path`` as a string.
+        """
         raise ModelLoadError(f"{type(self).__name__} cannot be saved")
 
-    def _write_card(self, folder: Path) -> None:
-        (folder / CARD_FILE).write_text(self.card.model_dump_json(indent=2))
+    def _write_card(self, store: Storage, folder: str) -> None:
+        store.write_text(join(folder, CARD_FILE), self.card.model_dump_json(indent=2))
 
 
 class SklearnClassifier(_Classifier):
@@ -232,12 +243,17 @@ class SklearnClassifier(_Classifier):
             *PREDICTION_COLUMNS,
         )
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``model.joblib`` and ``card.json`` into the folder ``path``."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        joblib.dump(self.estimator, folder / SKLEARN_FILE)
-        self._write_card(folder)
+    def save(self, path: str | Path, storage: Storage | None = None) -> str:
+        """Write ``model.joblib`` and ``card.json`` into the folder ``path`` (local path or URI).
+
+        joblib writes a local temporary file, which is then uploaded through ``storage``.
+        """
+        store = storage or get_storage()
+        folder = os.fspath(path)
+        store.mkdirs(folder)
+        with store.staged_file(join(folder, SKLEARN_FILE)) as local:
+            joblib.dump(self.estimator, local)
+        self._write_card(store, folder)
         return folder
 
 
@@ -303,12 +319,13 @@ class MllibClassifier(_Classifier):
             prediction.alias("prediction"),
         )
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``pipeline/`` (MLlib persistence) and ``card.json`` into the folder ``path``."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.pipeline.write().overwrite().save(str(folder / MLLIB_DIR))
-        self._write_card(folder)
+    def save(self, path: str | Path, storage: Storage | None = None) -> str:
+        """Write ``pipeline/`` (MLlib persistence) and ``card.json`` into the folder ``path`` (local path or URI)."""
+        store = storage or get_storage()
+        folder = os.fspath(path)
+        store.mkdirs(folder)
+        self.pipeline.write().overwrite().save(join(folder, MLLIB_DIR))
+        self._write_card(store, folder)
         return folder
 
 
@@ -361,23 +378,32 @@ def _mllib_row_proba(clf: Any, v: Any, n_classes: int) -> np.ndarray:
     return np.array([1.0 - p1, p1])
 
 
-def load_model(path: str | Path, features_col: str = "features") -> SklearnClassifier | MllibClassifier:
+def load_model(
+    path: str | Path, features_col: str = "features", storage: Storage | None = None
+) -> SklearnClassifier | MllibClassifier:
     """Load a model folder written by :func:`medimg_spark.ml.train` or ``.save``.
+
+    Args:
+        path: the model folder (local path or URI).
+        features_col: the vector column the model reads.
+        storage: how to reach ``path`` (default: the active SparkSession's, see
+            :func:`medimg_spark.storage.get_storage`).
 
     Raises:
         ModelLoadError: the folder, card or model file is missing or unreadable.
     """
-    folder = Path(path)
-    card_path = folder / CARD_FILE
-    if not card_path.exists():
+    store = storage or get_storage()
+    folder = os.fspath(path)
+    card_path = join(folder, CARD_FILE)
+    if not store.exists(card_path):
         raise ModelLoadError(f"{folder} has no {CARD_FILE}; pass the folder written by train()")
     try:
-        card = ModelCard.model_validate(json.loads(card_path.read_text()))
+        card = ModelCard.model_validate(json.loads(store.read_text(card_path)))
     except (ValueError, TypeError) as exc:
         raise ModelLoadError(f"{card_path} is not a valid model card: {exc}") from exc
     if card.kind == "sklearn":
-        f = folder / SKLEARN_FILE
-        if not f.exists():
+        f = join(folder, SKLEARN_FILE)
+        if not store.exists(f):
             raise ModelLoadError(f"{folder} lacks {SKLEARN_FILE}; retrain or copy the whole model folder")
         if card.sklearn_version != sklearn.__version__:
             import warnings
@@ -387,10 +413,12 @@ def load_model(path: str | Path, features_col: str = "features") -> SklearnClass
                 f"running {sklearn.__version__}; predictions may differ",
                 stacklevel=2,
             )
-        return SklearnClassifier(joblib.load(f), card, features_col)
+        with store.local_copy(f) as local:
+            estimator = joblib.load(local)
+        return SklearnClassifier(estimator, card, features_col)
     from pyspark.ml import PipelineModel
 
-    d = folder / MLLIB_DIR
-    if not d.exists():
+    d = join(folder, MLLIB_DIR)
+    if not store.exists(d):
         raise ModelLoadError(f"{folder} lacks {MLLIB_DIR}/; retrain or copy the whole model folder")
-    return MllibClassifier(PipelineModel.load(str(d)), card, features_col)
+    return MllibClassifier(PipelineModel.load(d), card, features_col)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from medimg_spark.ml.errors import ModelDataError
 from medimg_spark.ml.model import MllibClassifier, SklearnClassifier, load_model
 from medimg_spark.ml.train import read_features
+from medimg_spark.storage import get_storage, join
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -37,7 +38,7 @@ def predictions_frame(
     n_expected = len(model.card.feature_names)
     if first is not None and len(first[0]) != n_expected:
         raise ModelDataError(
-            f"features in {Path(out_dir) / features_dir} have {len(first[0])} values, model "
+            f"features in {join(out_dir, features_dir)} have {len(first[0])} values, model "
             f"{model.card.model_name} expects {n_expected}; recompute features with feature set "
             f"{model.card.feature_set!r}"
         )
@@ -75,20 +76,20 @@ def predict(
     from pyspark.sql import functions as F
 
     t0 = time.time()
-    model = load_model(model_path)
+    model = load_model(model_path, storage=get_storage(spark))
     pred = predictions_frame(spark, out_dir, model, split)
-    root = Path(out_dir) / PREDICTIONS_DIR
+    root = join(out_dir, PREDICTIONS_DIR)
     pred.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy("model").parquet(
-        str(root)
+        root
     )
-    dest = root / f"model={model.card.model_name}"
-    written = spark.read.parquet(str(root)).where(F.col("model") == model.card.model_name)
+    dest = join(root, f"model={model.card.model_name}")
+    written = spark.read.parquet(root).where(F.col("model") == model.card.model_name)
     counts = {r["prediction"]: int(r["count"]) for r in written.groupBy("prediction").count().collect()}
     n = sum(counts.values())
     secs = time.time() - t0
     return {
-        "path": str(root),
-        "partition": str(dest),
+        "path": root,
+        "partition": dest,
         "model": model.card.model_name,
         "split": split,
         "n_rows": n,

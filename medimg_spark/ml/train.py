@@ -19,6 +19,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from medimg_spark.features import FEATURE_SET_FILE
 from medimg_spark.ml.augment import AugmentConfig, augment_summary, augmented_features
 from medimg_spark.ml.errors import ModelConfigError, ModelDataError
 from medimg_spark.ml.estimators import MLLIB_MODELS, SKLEARN_MODELS, build_sklearn
@@ -31,6 +32,7 @@ from medimg_spark.ml.model import (
     data_hash,
     mllib_label_input,
 )
+from medimg_spark.storage import basename, get_storage, join
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -75,7 +77,7 @@ class TrainConfig(BaseModel):
         """The name recorded for a model trained with this config."""
         if self.name:
             return self.name
-        return Path(self.model_dir).name if self.model_dir else model_name
+        return basename(self.model_dir) if self.model_dir else model_name
 
 
 def parse_train_config(data: TrainConfig | dict[str, Any] | str | Path | None) -> TrainConfig:
@@ -103,15 +105,15 @@ def parse_train_config(data: TrainConfig | dict[str, Any] | str | Path | None) -
 
 
 def read_features(spark: SparkSession, out_dir: str | Path, features_dir: str = "features") -> DataFrame:
-    """The features table of a run.
+    """The features table of a run (``out_dir``: local path or URI).
 
     Raises:
         ModelDataError: the table is missing.
     """
-    path = Path(out_dir) / features_dir
-    if not path.exists():
+    path = join(out_dir, features_dir)
+    if not get_storage(spark).exists(path):
         raise ModelDataError(f"{path} does not exist; run compute_features (medimg features) first")
-    return spark.read.parquet(str(path))
+    return spark.read.parquet(path)
 
 
 def collect_split(df: DataFrame, split: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -239,9 +241,7 @@ def train(
             f"unknown model {model_name!r}; choose from {sorted(SKLEARN_MODELS) + list(MLLIB_MODELS)}"
         )
     df = read_features(spark, out_dir, cfg.features_dir)
-    model_dir = (
-        Path(cfg.model_dir) if cfg.model_dir else Path(out_dir) / "models" / cfg.display_name(model_name)
-    )
+    model_dir = cfg.model_dir or join(out_dir, "models", cfg.display_name(model_name))
     if model_name in SKLEARN_MODELS:
         return _train_sklearn(spark, df, out_dir, model_name, cfg, model_dir)
     return _train_mllib(spark, df, out_dir, model_name, cfg, model_dir)
@@ -380,7 +380,7 @@ def _train_sklearn(
     out_dir: str | Path,
     model_name: str,
     cfg: TrainConfig,
-    model_dir: Path,
+    model_dir: str,
 ) -> dict[str, Any]:
     names = _feature_names(df)
     ids, X, y = collect_split(df, cfg.train_split)
@@ -402,31 +402,30 @@ def _train_sklearn(
         _, Xv, yv = collect_split(df, cfg.val_split)
         if len(yv) == 0:
             Xv = yv = None
-    fs_name = _recorded_feature_set(out_dir, cfg)
+    fs_name = _recorded_feature_set(spark, out_dir, cfg)
     model, info = fit_sklearn_arrays(model_name, cfg, X, y, Xv, yv, names, ids, fs_name)
     model.card.spark_version = spark.version
-    model.save(model_dir)
+    model.save(model_dir, get_storage(spark))
     return _summary(model, model_dir, info)
 
 
-def _recorded_feature_set(out_dir: str | Path, cfg: TrainConfig) -> str | None:
-    import json
-
+def _recorded_feature_set(spark: SparkSession, out_dir: str | Path, cfg: TrainConfig) -> str | None:
     if cfg.feature_set:
         return cfg.feature_set
-    rec = Path(out_dir) / cfg.features_dir / "_feature_set.json"
-    if rec.exists():
-        return str(json.loads(rec.read_text())["feature_set"].get("name"))
+    store = get_storage(spark)
+    rec = join(out_dir, cfg.features_dir, FEATURE_SET_FILE)
+    if store.exists(rec):
+        return str(store.read_json(rec)["feature_set"].get("name"))
     return None
 
 
 def _summary(
-    model: SklearnClassifier | MllibClassifier, model_dir: Path, info: dict[str, Any]
+    model: SklearnClassifier | MllibClassifier, model_dir: str, info: dict[str, Any]
 ) -> dict[str, Any]:
     c = model.card
     return {
         "model_name": c.model_name,
-        "model_path": str(model_dir),
+        "model_path": model_dir,
         "kind": c.kind,
         "classes": c.classes,
         "positive_label": c.positive_label,
@@ -526,7 +525,7 @@ def _train_mllib(
     out_dir: str | Path,
     model_name: str,
     cfg: TrainConfig,
-    model_dir: Path,
+    model_dir: str,
 ) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
@@ -579,7 +578,7 @@ def _train_mllib(
             positive_label=pos,
             threshold_rule=cfg.threshold.rule if pos is not None else None,
             feature_names=names,
-            feature_set=_recorded_feature_set(out_dir, cfg),
+            feature_set=_recorded_feature_set(spark, out_dir, cfg),
             train_data_sha256=_spark_data_hash(train_df),
             n_train=n,
             class_weight=cfg.class_weight,
@@ -621,7 +620,7 @@ def _train_mllib(
             card.threshold = _threshold(cfg, np.array([]), np.zeros((0, len(classes))), classes, pos)
         train_seconds = time.time() - t0
         card.metrics = {"val": _compact(metrics), "train_seconds": round(train_seconds, 3)}
-        model.save(model_dir)
+        model.save(model_dir, get_storage(spark))
     finally:
         train_df.unpersist()
     return _summary(
