@@ -20,12 +20,11 @@ into ``out/metrics/quality.json``; :func:`format_quality_table` renders it as te
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
+import os
 import secrets
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql.types import (
@@ -41,6 +40,7 @@ from pyspark.sql.types import (
 
 from medimg_spark.quality import METRIC_DIRECTION, QUALITY_KEYS
 from medimg_spark.schema import IMAGES_SCHEMA, QUARANTINE_SCHEMA
+from medimg_spark.storage import get_storage, is_local, join, parent
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -114,6 +114,8 @@ _WORK_SCHEMA = StructType(
 # Up to this many already-done image ids are broadcast to skip them (about 100 bytes each: ~20 MB); a larger
 # done-set is joined by Spark's choice (a shuffle of the pixel rows, only on very large incremental reruns).
 _BROADCAST_DONE_IDS = 200_000
+#: Where :func:`quality_report` writes its JSON, relative to the output directory.
+QUALITY_FILE = "metrics/quality.json"
 
 
 def new_run_id() -> str:
@@ -202,24 +204,20 @@ def _process_partition(
 
 
 def _exists(spark: SparkSession, path: str) -> bool:
-    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
-    jpath = jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
-    fs = jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
-    return bool(fs.exists(jpath))
+    return get_storage(spark).exists(path)
 
 
 def _delete(spark: SparkSession, path: str) -> None:
-    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
-    jpath = jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
-    fs = jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
-    fs.delete(jpath, True)
-    parent = jpath.getParent()
-    if fs.exists(parent) and len(fs.listStatus(parent)) == 0:
-        fs.delete(parent, True)
+    """Delete the folder ``path``, and its parent when that is left empty (the ``_staging`` folder)."""
+    store = get_storage(spark)
+    store.delete(path)
+    store.remove_if_empty(parent(path))
 
 
 def _uri(out_dir: str) -> str:
-    return out_dir if "://" in out_dir or out_dir.startswith("file:") else str(Path(out_dir).resolve())
+    """``out_dir`` for Spark: URIs as they are, local paths absolute (Spark resolves against the JVM's cwd)."""
+    out_dir = os.fspath(out_dir)
+    return out_dir if not is_local(out_dir) or out_dir.startswith("file:") else os.path.realpath(out_dir)
 
 
 def preprocess(
@@ -250,19 +248,19 @@ def preprocess(
     started = time.perf_counter()
     run_id = new_run_id()
     out = _uri(out_dir)
-    if not _exists(spark, f"{out}/images"):
+    if not _exists(spark, join(out, "images")):
         raise ConfigError(f"no images table at {out}/images; run ingest into {out_dir} first")
-    images = spark.read.schema(IMAGES_SCHEMA).parquet(f"{out}/images")
+    images = spark.read.schema(IMAGES_SCHEMA).parquet(join(out, "images"))
     if where:
         images = images.where(where)
     images = images.select(*_INPUT_COLUMNS)
 
     done_parts = []
-    if _exists(spark, f"{out}/processed"):
-        prev = spark.read.schema(PROCESSED_SCHEMA).parquet(f"{out}/processed")
+    if _exists(spark, join(out, "processed")):
+        prev = spark.read.schema(PROCESSED_SCHEMA).parquet(join(out, "processed"))
         done_parts.append(prev.where(F.col("recipe_hash") == recipe.hash).select("image_id"))
-    if _exists(spark, f"{out}/quarantine"):
-        q = spark.read.schema(QUARANTINE_SCHEMA).parquet(f"{out}/quarantine")
+    if _exists(spark, join(out, "quarantine")):
+        q = spark.read.schema(QUARANTINE_SCHEMA).parquet(join(out, "quarantine"))
         failed = q.where(
             (F.col("stage") == "preprocess") & F.col("error_message").contains(f"recipe_hash={recipe.hash}")
         ).select("source_path", "frame_index")
@@ -289,7 +287,7 @@ def preprocess(
     recipe_json = recipe.model_dump_json()
     # The results go to a staging table first: computing them exactly once matters because appending
     # to ``processed`` refreshes every cached plan that reads it (a persisted DataFrame would be redone).
-    staging = f"{out}/_staging/{run_id}"
+    staging = join(out, "_staging", run_id)
     try:
         todo.mapInArrow(lambda it: _process_partition(it, recipe_json, run_id), _WORK_SCHEMA).write.parquet(
             staging
@@ -317,8 +315,8 @@ def preprocess(
             *[defaults.get(f.name, F.col(f.name)).cast(f.dataType).alias(f.name) for f in QUARANTINE_SCHEMA]
         )
         counts = work.groupBy("ok", "error_class").count().collect()
-        processed.write.mode("append").parquet(f"{out}/processed")
-        quarantine.write.mode("append").parquet(f"{out}/quarantine")
+        processed.write.mode("append").parquet(join(out, "processed"))
+        quarantine.write.mode("append").parquet(join(out, "quarantine"))
     finally:
         _delete(spark, staging)
     n_ok = sum(int(r["count"]) for r in counts if r["ok"])
@@ -353,9 +351,9 @@ def quality_report(spark: SparkSession, out_dir: str) -> dict[str, Any]:
     from medimg_spark.errors import ConfigError
 
     out = _uri(out_dir)
-    if not _exists(spark, f"{out}/processed"):
+    if not _exists(spark, join(out, "processed")):
         raise ConfigError(f"no processed table at {out}/processed; run preprocess first")
-    df = spark.read.schema(PROCESSED_SCHEMA).parquet(f"{out}/processed")
+    df = spark.read.schema(PROCESSED_SCHEMA).parquet(join(out, "processed"))
 
     def clean(col: Any) -> Any:
         return F.when(F.isnan(col), None).otherwise(col)
@@ -404,16 +402,7 @@ def quality_report(spark: SparkSession, out_dir: str) -> dict[str, Any]:
             }
         )
     report = {"generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "groups": groups}
-    local = (
-        Path(out.removeprefix("file://").removeprefix("file:"))
-        if "://" not in out or out.startswith("file:")
-        else None
-    )
-    if local is not None:
-        (local / "metrics").mkdir(parents=True, exist_ok=True)
-        (local / "metrics" / "quality.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    else:
-        spark.sparkContext.parallelize([json.dumps(report)], 1).saveAsTextFile(f"{out}/metrics/quality.json")
+    get_storage(spark).write_json(join(out, QUALITY_FILE), report)
     return report
 
 
