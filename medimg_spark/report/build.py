@@ -7,17 +7,15 @@ bounded sample of quality-metric values reach the driver; whole tables of pixels
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medimg_spark.errors import MedimgError
 from medimg_spark.report import html as H
 from medimg_spark.report import images as I
+from medimg_spark.storage import Storage, StorageError, basename, get_storage, join
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -44,13 +42,14 @@ SECTIONS = (
 
 
 class ReportError(MedimgError):
-    """The report cannot be built: the output directory is missing or not on the local file system."""
+    """The report cannot be built: the output directory is missing or cannot be reached."""
 
 
 @dataclass
 class _Ctx:
     spark: SparkSession
-    out: Path
+    store: Storage
+    out: str
     n_images: int = 0
     n_thumbnails: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -63,42 +62,48 @@ class _Ctx:
         """Record a problem; it is shown at the end of the section being built and in the summary."""
         self.warnings.append(message)
 
-    def table_path(self, name: str) -> Path | None:
-        path = self.out / name
-        if path.is_dir() and next(path.rglob("*.parquet"), None) is not None:
-            return path
-        return None
+    def path(self, *parts: str) -> str:
+        """A path under the output directory."""
+        return join(self.out, *parts)
+
+    def table_path(self, name: str) -> str | None:
+        path = self.path(name)
+        if not self.store.is_dir(path):
+            return None
+        found = self.store.walk(path, dirs=False, pattern="*.parquet", include_hidden=False)
+        return path if next(found, None) is not None else None
 
     def read(self, name: str, schema: Any = None) -> DataFrame | None:
         path = self.table_path(name)
         if path is None:
             return None
         reader = self.spark.read if schema is None else self.spark.read.schema(schema)
-        return reader.parquet(str(path))
+        return reader.parquet(path)
+
+    def json_files(self, folder: str, pattern: str) -> list[str]:
+        """Sorted paths of the files matching ``pattern`` in ``out/folder`` (none when it is missing)."""
+        return self.store.list(self.path(folder), dirs=False, pattern=pattern, missing_ok=True)
 
 
-def _local_dir(out_dir: str) -> Path:
-    from medimg_spark.io.files import local_path
-
-    if "://" in out_dir and not out_dir.startswith("file:"):
-        raise ReportError(
-            f"--out {out_dir} is not on the local file system; the report reads JSON files and writes "
-            "HTML locally: copy the directory to a local path (e.g. hadoop fs -get) and pass that"
-        )
-    path = Path(local_path(out_dir))
-    if not path.is_dir():
+def _out_dir(store: Storage, out_dir: str) -> str:
+    try:
+        found = store.is_dir(out_dir)
+    except StorageError as err:
+        raise ReportError(f"cannot read the output directory: {err}") from None
+    if not found:
         raise ReportError(
             f"output directory {out_dir} does not exist; run medimg ingest --out {out_dir} first"
         )
-    return path
+    return out_dir
 
 
-def _read_json(ctx: _Ctx, path: Path) -> Any:
+def _read_json(ctx: _Ctx, path: str) -> Any:
     """Parsed JSON, or None after recording a warning that names the file."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        ctx.warn(f"could not read {path.relative_to(ctx.out)}: {exc}; re-run the stage that writes it")
+        return ctx.store.read_json(path)
+    except (StorageError, OSError, ValueError) as exc:
+        rel = path[len(ctx.out) :].lstrip("/") if path.startswith(ctx.out) else path
+        ctx.warn(f"could not read {rel}: {exc}")
         return None
 
 
@@ -332,13 +337,13 @@ _QUALITY_HEADERS = [
 
 
 def _quality(ctx: _Ctx) -> tuple[bool, str]:
-    path = ctx.out / "metrics" / "quality.json"
-    if not path.is_file():
+    path = ctx.path("metrics", "quality.json")
+    if not ctx.store.is_file(path):
         return False, H.not_run("DIR/metrics/quality.json", "Run medimg quality --out DIR after preprocess.")
     data = _read_json(ctx, path)
     if not isinstance(data, dict) or not isinstance(data.get("groups"), list):
         if data is not None:
-            ctx.warn(f"metrics/{path.name} has no 'groups' list; re-run medimg quality --out DIR")
+            ctx.warn(f"metrics/{basename(path)} has no 'groups' list; re-run medimg quality --out DIR")
         return True, ""
     parts = [f'<p class="muted">quality.json generated {H.esc(data.get("generated_at"))}.</p>']
     samples = _metric_samples(ctx, data["groups"])
@@ -446,7 +451,7 @@ _MODEL_KEYS = (
 
 
 def _models(ctx: _Ctx) -> tuple[bool, str]:
-    files = sorted((ctx.out / "metrics").glob("eval_*.json")) if (ctx.out / "metrics").is_dir() else []
+    files = ctx.json_files("metrics", "eval_*.json")
     if not files:
         return False, H.not_run(
             "DIR/metrics/eval_<model>_<split>.json",
@@ -458,7 +463,7 @@ def _models(ctx: _Ctx) -> tuple[bool, str]:
         data = _read_json(ctx, path)
         if not isinstance(data, dict):
             continue
-        model = str(data.get("model") or path.stem.removeprefix("eval_"))
+        model = str(data.get("model") or basename(path).removesuffix(".json").removeprefix("eval_"))
         evals.append((path, model, str(data.get("split") or ""), data))
     summary = H.table(
         ["model", "split", *_MODEL_KEYS],
@@ -468,7 +473,7 @@ def _models(ctx: _Ctx) -> tuple[bool, str]:
     parts = [summary]
     for path, model, split, d in evals:
         parts.append(
-            f'<h3>{H.esc(model)} on {H.esc(split)} <span class="muted">{H.esc(path.name)}</span></h3>'
+            f'<h3>{H.esc(model)} on {H.esc(split)} <span class="muted">{H.esc(basename(path))}</span></h3>'
         )
         scalars = {
             k: v
@@ -616,8 +621,8 @@ def _regions(ctx: _Ctx) -> str:
 
 def _clusters(ctx: _Ctx) -> str:
     parts = []
-    summary_path = ctx.out / "clusters" / "_summary.json"
-    if summary_path.is_file():
+    summary_path = ctx.path("clusters", "_summary.json")
+    if ctx.store.is_file(summary_path):
         data = _read_json(ctx, summary_path)
         if isinstance(data, dict):
             parts.append(H.kv_table({k: v for k, v in data.items() if k not in ("path",)}))
@@ -647,15 +652,14 @@ def _clusters(ctx: _Ctx) -> str:
 
 
 def _runs(ctx: _Ctx) -> tuple[bool, str]:
-    folder = ctx.out / "runs"
-    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    files = ctx.json_files("runs", "*.json")
     if not files:
         return False, H.not_run("DIR/runs/*.json", "Run any stage (medimg ingest --out DIR writes one).")
     records = []
     for path in files:
         data = _read_json(ctx, path)
         if isinstance(data, dict):
-            records.append((str(data.get("run_id") or path.stem), data))
+            records.append((str(data.get("run_id") or basename(path).removesuffix(".json")), data))
     records.sort(key=lambda t: t[0])
     rows = []
     for run_id, d in records:
@@ -682,18 +686,20 @@ def build_report(spark: SparkSession, out_dir: str) -> dict[str, Any]:
 
     Args:
         spark: the session (tables are aggregated with Spark; only a few frames reach the driver).
-        out_dir: the ``--out`` directory of the other stages (local path or ``file:`` URI).
+        out_dir: the ``--out`` directory of the other stages (local path or URI: tables and JSON
+            files are read, and the page written, through :mod:`medimg_spark.storage`).
 
     Returns:
         Summary: ``path``, ``bytes``, ``sections`` (name → present), ``sections_present``,
         ``sections_total``, ``images`` (embedded PNGs), ``thumbnails``, ``warnings``, ``seconds``.
 
     Raises:
-        ReportError: ``out_dir`` does not exist or is not on the local file system.
+        ReportError: ``out_dir`` does not exist or cannot be reached.
     """
     started = time.perf_counter()
-    out = _local_dir(out_dir)
-    ctx = _Ctx(spark=spark, out=out)
+    store = get_storage(spark)
+    out = _out_dir(store, out_dir)
+    ctx = _Ctx(spark=spark, store=store, out=out)
     builders: dict[str, Callable[[_Ctx], tuple[bool, str]]] = {
         "dataset": _dataset,
         "thumbnails": _thumbnails,
@@ -704,7 +710,7 @@ def build_report(spark: SparkSession, out_dir: str) -> dict[str, Any]:
     }
     present: dict[str, bool] = {}
     body: list[str] = []
-    if (out / "IDENTIFIED").exists():
+    if store.exists(ctx.path("IDENTIFIED")):
         body.append(
             '<p class="warn">This output is IDENTIFIED (ingested with --keep-phi): its tables hold original '
             "patient identifiers. Do not share this report outside the approved environment.</p>"
@@ -722,13 +728,9 @@ def build_report(spark: SparkSession, out_dir: str) -> dict[str, Any]:
         [(a, t.split(". ", 1)[-1]) for a, t in SECTIONS],
         "".join(body),
     )
-    dest = out / REPORT_DIR / REPORT_FILE
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{REPORT_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(document, encoding="utf-8")
-    os.replace(tmp, dest)
+    dest = store.write_text(ctx.path(REPORT_DIR, REPORT_FILE), document)  # atomic: temporary sibling, rename
     return {
-        "path": str(dest),
+        "path": dest,
         "bytes": len(document.encode("utf-8")),
         "sections": present,
         "sections_present": sum(present.values()),
