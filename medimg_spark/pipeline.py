@@ -12,6 +12,7 @@ from pydantic import Field
 from medimg_spark.config import MedimgConfig, StrictModel, validate_section
 from medimg_spark.errors import ConfigError
 from medimg_spark.runlog import RunLog
+from medimg_spark.storage import is_local, join
 
 #: Stages in pipeline order; each reads only tables written by the stages before it.
 STAGES = ("ingest", "preprocess", "quality", "features", "train", "predict", "evaluate", "localize", "report")
@@ -100,7 +101,7 @@ def resolve_input(item: str, base: Path) -> str:
         if not target.exists():
             raise ConfigError(f"input {item}: {target} does not exist in the installed package")
         return str(target)
-    if "://" in item:
+    if not is_local(item) or item.startswith("file:"):  # URIs: hdfs://, s3a://, file:...
         return item
     p = Path(item)
     return str(p if p.is_absolute() else (base / p))
@@ -180,7 +181,7 @@ def run_pipeline(
         from medimg_spark.ml import evaluate, parse_train_config, predict, train
 
         for m in pc.models:
-            model_dir = f"{out}/models/{m.name}"
+            model_dir = join(out, "models", m.name)
             if "train" in pc.stages:
                 estimator, options = m.resolved(base)
                 tcfg = parse_train_config({**options, "model_dir": model_dir, "name": m.name})
