@@ -301,3 +301,173 @@ def test_uris_need_spark_and_a_connector(spark: Any, tmp_path: Path) -> None:
     assert get_storage(spark).spark is spark
     assert get_storage().spark is spark  # the active session
     assert "hadoop" in repr(hadoop) and "local only" in repr(Storage(None))
+
+
+# ----------------------------------------------------------------------------- the demo pipeline on viewfs://
+
+DEMO_STAGES = [
+    "ingest",
+    "preprocess",
+    "quality",
+    "features",
+    "train",
+    "predict",
+    "evaluate",
+    "localize",
+    "report",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_inputs(tmp_path_factory: pytest.TempPathFactory, sample_npz: Path) -> Path:
+    """A small cut of the demo's data: PneumoniaMNIST frames and real CT and MR DICOMs."""
+    import io
+    import shutil
+
+    import numpy as np
+    from pydicom.data import get_testdata_file
+
+    src = tmp_path_factory.mktemp("demo_in")
+    ref = np.load(sample_npz)
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        train_images=ref["train_images"][:120],
+        train_labels=ref["train_labels"][:120],
+        val_images=ref["val_images"][:60],
+        val_labels=ref["val_labels"][:60],
+    )
+    (src / "small.npz").write_bytes(buf.getvalue())
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(get_testdata_file(name), src / name)
+    return src
+
+
+def demo_config(path: Path, inputs: Path, spark_conf: dict[str, str]) -> Path:
+    """conf/demo.yaml on ``inputs``, with the predict stage and an MLlib model added."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "conf" / "demo.yaml").read_text())
+    pipe = cfg["pipeline"]
+    pipe.pop("out", None)
+    pipe["inputs"] = [str(inputs)]
+    assert [s for s in DEMO_STAGES if s != "predict"] == pipe["stages"]
+    pipe["stages"] = DEMO_STAGES
+    pipe["models"].append({"name": "mlr", "model": "mllib_logreg"})
+    cfg["spark"]["conf"].update(spark_conf)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def table_rows(spark: Any, folder: Path) -> dict[str, int]:
+    """Rows of each Parquet table of a run folder (read as a plain local path)."""
+    names = [
+        "images",
+        "instances",
+        "quarantine",
+        "processed",
+        "features",
+        "predictions",
+        "regions",
+        "clusters",
+    ]
+    return {n: spark.read.parquet(str(folder / n)).count() for n in names}
+
+
+def medimg_run(config: Path, out: str, cwd: Path) -> dict[str, Any]:
+    """``medimg run --config CONFIG --out OUT --ephemeral-key --json`` in its own process (its own Spark)."""
+    import subprocess
+    import sys
+
+    args = ["run", "--config", str(config), "--out", out, "--ephemeral-key", "--json", "--master", "local[2]"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "medimg_spark.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+def test_demo_pipeline_on_viewfs_matches_a_local_run(spark: Any, demo_inputs: Path, tmp_path: Path) -> None:
+    """``medimg run --out viewfs://lake/lake/run1`` (the mount table in the YAML config's Spark conf)
+    writes every stage's output into the linked local folder, equal to the same run into a local path."""
+    real = tmp_path / "real"
+    real.mkdir()
+    cwd = tmp_path / "cwd"  # a relative "viewfs:/lake/..." folder would appear here if a path were mangled
+    cwd.mkdir()
+    link = {"spark.hadoop.fs.viewfs.mounttable.lake.link./lake": real.as_uri()}
+    uri = "viewfs://lake/lake/run1"
+    remote = medimg_run(demo_config(tmp_path / "demo-viewfs.yaml", demo_inputs, link), uri, cwd)
+    assert list(cwd.iterdir()) == []
+    local_out = tmp_path / "local-run"
+    local = medimg_run(demo_config(tmp_path / "demo-local.yaml", demo_inputs, {}), str(local_out), cwd)
+    print(f"viewfs run {remote['wall_time_s']} s, local run {local['wall_time_s']} s")
+
+    # every stage's output landed in the linked folder, under the names a local run uses
+    run1 = real / "run1"
+    for rel in (
+        "_MEDIMG_LAKE",
+        "metrics/quality.json",
+        "features/_feature_set.json",
+        "models/demo_logreg/card.json",
+        "models/demo_logreg/model.joblib",
+        "models/mlr/card.json",
+        "metrics/eval_demo_logreg_val.json",
+        "metrics/eval_demo_logreg_val.txt",
+        "metrics/eval_mlr_val.json",
+        "clusters/_summary.json",
+        "report/index.html",
+    ):
+        assert (run1 / rel).is_file(), rel
+        assert (local_out / rel).is_file(), rel
+    for rel in ("models/mlr/pipeline", "predictions/model=demo_logreg", "predictions/model=mlr", "regions"):
+        assert (run1 / rel).is_dir(), rel
+    assert len(list((run1 / "runs").glob("ingest-*.json"))) == 1
+
+    # the summaries name the URI paths, never a mangled local path
+    assert remote["features"]["path"] == f"{uri}/features"
+    assert [t["model_path"] for t in remote["train"]] == [f"{uri}/models/demo_logreg", f"{uri}/models/mlr"]
+    assert remote["report"]["path"] == f"{uri}/report/index.html"
+    assert [e["path"] for e in remote["evaluate"]] == [
+        f"{uri}/metrics/eval_demo_logreg_val.json",
+        f"{uri}/metrics/eval_mlr_val.json",
+    ]
+
+    # equal to the local run: rows of every table, counts of every stage, the metrics
+    assert table_rows(spark, run1) == table_rows(spark, local_out)
+    for key in ("files_seen", "files_ingested", "frames_written", "quarantined_by_error_class"):
+        assert remote["ingest"][key] == local["ingest"][key], key
+    processed = [
+        (p["recipe_name"], p["frames_processed"], p["frames_quarantined"]) for p in remote["preprocess"]
+    ]
+    assert processed == [
+        (p["recipe_name"], p["frames_processed"], p["frames_quarantined"]) for p in local["preprocess"]
+    ]
+    assert [g["frames"] for g in remote["quality"]["groups"]] == [
+        g["frames"] for g in local["quality"]["groups"]
+    ]
+    for key in ("n_images", "n_failed", "feature_names"):
+        assert remote["features"][key] == local["features"][key], key
+    for r, lo in zip(remote["train"], local["train"], strict=True):
+        assert (r["n_train"], r["n_val"], r["classes"]) == (lo["n_train"], lo["n_val"], lo["classes"])
+    assert [p["n_rows"] for p in remote["predict"]] == [p["n_rows"] for p in local["predict"]]
+    for r, lo in zip(remote["evaluate"], local["evaluate"], strict=True):
+        assert r["model"] == lo["model"] and r["n"] == lo["n"] == 60
+        for key in ("accuracy", "balanced_accuracy", "roc_auc", "sensitivity", "specificity"):
+            assert r[key] == pytest.approx(lo[key], abs=1e-6), (r["model"], key)
+        stored = json.loads((run1 / "metrics" / f"eval_{r['model']}_val.json").read_text())
+        assert stored["roc_auc"] == pytest.approx(r["roc_auc"]) and stored["path"] == r["path"]
+    regions = {x["method"]: x for x in remote["localize"]}
+    local_regions = {x["method"]: x for x in local["localize"]}
+    assert regions["kmeans"]["n_regions"] == local_regions["kmeans"]["n_regions"]
+    assert regions["mllib_kmeans"]["n_rows"] == local_regions["mllib_kmeans"]["n_rows"]
+    assert remote["report"]["sections"] == local["report"]["sections"]
+    assert all(remote["report"]["sections"].values())
+    assert remote["report"]["warnings"] == []
+    html = (run1 / "report" / "index.html").read_text(encoding="utf-8")
+    assert uri in html and "demo_logreg" in html and "mlr" in html
