@@ -32,7 +32,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from medimg_spark.features import FeatureSet, compute_features  # noqa: E402
-from medimg_spark.io.ingest import ingest  # noqa: E402
+from medimg_spark.io.ingest import ingest, prepare_lake  # noqa: E402
 from medimg_spark.ml import (  # noqa: E402
     AugmentConfig,
     augment_stack,
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out.resolve()
     spark = build_session("medimg-pneumonia-benchmark", master=args.master)
+    prepare_lake(str(out))  # the trimmed input is written inside the lake, so mark it a lake first
     data = trimmed_input(args.data, args.limit, out / "input")
     t0 = time.time()
     summary = ingest(spark, [str(data)], str(out), deidentify=_deidentifier())
