@@ -41,6 +41,7 @@ class FileContext:
         max_decoded_bytes: refuse (before decoding) pixels that would take more memory than this.
         max_seconds_per_file: time budget of one file's parse and decode (None: no limit).
         crash_dir: folder of the crash guards' marks (see :class:`CrashGuard`); None disables them.
+        max_file_bytes: largest local file a task reads (larger ones are quarantined unread).
         labels_by_path: ``{local path: (label, split)}`` from ``--labels``.
         labels_by_sha: ``{file sha256: (label, split)}`` from ``--labels``.
         label_from_parent_dir: take the label from the parent folder's name.
@@ -53,6 +54,7 @@ class FileContext:
     max_decoded_bytes: int = 512 << 20
     max_seconds_per_file: float | None = None
     crash_dir: str | None = None
+    max_file_bytes: int = 2**31 - 1
     labels_by_path: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     labels_by_sha: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     label_from_parent_dir: bool = False
@@ -358,15 +360,46 @@ class CrashGuard:
             os.remove(self.path)
 
 
+def read_local(path: str, limit: int) -> bytes:
+    """Read a listed local file (a Hadoop path string such as ``file:/a/b c.dcm``), at most ``limit`` bytes.
+
+    Raises:
+        OSError: the file vanished, is unreadable, or grew past ``limit`` since it was listed.
+    """
+    with open(local_path(path), "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > limit:
+            raise OSError(f"file grew past the {limit}-byte limit after it was listed; ingest it again")
+        data = fh.read(size)  # exactly its size: a read of ``limit`` bytes would reserve them up front
+        if fh.read(1):
+            raise OSError("file grew while it was read; ingest it again when it is complete")
+    return data
+
+
 def process_files(
-    files: Iterator[tuple[str, bytes]], ctx: FileContext, guard: CrashGuard | None = None
+    files: Iterator[tuple[str, bytes | None]], ctx: FileContext, guard: CrashGuard | None = None
 ) -> Iterator[dict[str, Any]]:
     """:func:`process_file` over a task's files, with the crash guard around each one.
 
-    A file an earlier attempt of the task died on becomes one ``WorkerCrashError`` quarantine row.
+    A file given without content (``None``) is read here from the local file system. A file an
+    earlier attempt of the task died on becomes one ``WorkerCrashError`` quarantine row.
     """
     crashed = guard.previous() if guard is not None else None
-    for path, content in files:
+    for path, maybe_content in files:
+        if maybe_content is None:  # a listed local file: read it here, in the task
+            try:
+                content = read_local(path, ctx.max_file_bytes)
+            except (OSError, MemoryError) as exc:
+                base: dict[str, Any] = {
+                    "source_path": path,
+                    "file_sha256": None,
+                    "size_bytes": None,
+                    "ingest_run_id": ctx.run_id,
+                }
+                yield _quarantine(base, "read", exc)
+                continue
+        else:
+            content = maybe_content
         if crashed is not None and path == crashed:
             base = {
                 "source_path": path,
@@ -374,11 +407,11 @@ def process_files(
                 "size_bytes": len(content),
                 "ingest_run_id": ctx.run_id,
             }
-            exc = WorkerCrashError(
+            crash = WorkerCrashError(
                 "the Python worker died while reading this file (killed by the OS, e.g. out of memory, or a "
                 "crash in a native codec); lower ingest.max_decoded_bytes or raise the worker memory"
             )
-            yield _quarantine(base, "decode", exc)
+            yield _quarantine(base, "decode", crash)
             continue
         if guard is not None:
             guard.mark(path)

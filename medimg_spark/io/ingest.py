@@ -18,7 +18,6 @@ import re
 import secrets
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,12 +128,12 @@ def decode_partition(
     if ctx.crash_dir and tc is not None:
         guard = CrashGuard(ctx.crash_dir, f"{ctx.run_id}-s{tc.stageId()}-p{tc.partitionId()}")
 
-    def files() -> Iterator[tuple[str, bytes]]:
+    def files() -> Iterator[tuple[str, bytes | None]]:
         for batch in batches:
             paths = batch.column("path").to_pylist()
             contents = batch.column("content")
             for i, path in enumerate(paths):
-                yield path, contents[i].as_py() or b""
+                yield path, contents[i].as_py()  # None: a listed local file the task reads itself
 
     pending: list[dict[str, Any]] = []
     size = 0
@@ -338,16 +337,6 @@ def _glob_escape(path: str) -> str:
     return re.sub(r"([\\{}\[\]*?])", r"\\\1", path)
 
 
-def _no_glob_options(spark: SparkSession) -> dict[str, str] | None:
-    """The DataSource option that turns path globbing off (Spark's own streaming source sets it)."""
-    try:
-        jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
-        key = jvm.org.apache.spark.sql.execution.datasources.DataSource.GLOB_PATHS_KEY()  # type: ignore[union-attr]
-    except Exception:  # not in this Spark version: escape the glob characters instead
-        return None
-    return {str(key): "false"}
-
-
 #: Hadoop options of the binaryFile scan of local inputs: the raw local file system, without the
 #: checksum layer, whose ``.name.crc`` lookup fails on names with a colon ("Relative path in absolute
 #: URI"); not cached, so that the session's shared ``file:`` file system is left as it is.
@@ -355,36 +344,42 @@ RAW_LOCAL_FS = {
     "fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
     "fs.file.impl.disable.cache": "true",
 }
-_LISTING_THRESHOLD = "spark.sql.sources.parallelPartitionDiscovery.threshold"
 
 
-@contextmanager
-def _serial_listing(spark: SparkSession, n_paths: int) -> Iterator[None]:
-    """List ``n_paths`` local paths on the driver: Spark's parallel listing runs one task per path."""
-    old = spark.conf.get(_LISTING_THRESHOLD)
-    if old is not None and n_paths <= int(old):
-        yield
-        return
-    spark.conf.set(_LISTING_THRESHOLD, str(n_paths))
-    try:
-        yield
-    finally:
-        if old is None:
-            spark.conf.unset(_LISTING_THRESHOLD)
-        else:
-            spark.conf.set(_LISTING_THRESHOLD, old)
+#: Bytes of file content per task of a local scan (as ``spark.sql.files.maxPartitionBytes``).
+LOCAL_BYTES_PER_TASK = 128 << 20
+#: What opening one file weighs when files are split into tasks (``spark.sql.files.openCostInBytes``).
+LOCAL_OPEN_COST = 4 << 20
 
 
-def _binary_files(spark: SparkSession, roots: list[str]) -> DataFrame:
-    """binaryFile scan of local roots (folders and files from :func:`list_local`), paths taken literally."""
-    reader = spark.read.format("binaryFile").options(**RAW_LOCAL_FS).option("recursiveFileLookup", "true")
-    no_glob = _no_glob_options(spark)
-    if no_glob is None:
-        roots = [_glob_escape(r) for r in roots]
-    else:
-        reader = reader.options(**no_glob)
-    with _serial_listing(spark, len(roots)):
-        return reader.load(roots)
+def _local_files(spark: SparkSession, listing: Listing) -> DataFrame:
+    """The listed local files as binaryFile-shaped rows whose ``content`` the decoding task reads.
+
+    Handing Spark the listing's paths one by one (when a folder holds a name its reader cannot take)
+    costs the driver minutes per thousand paths; instead the non-empty files are spread over tasks in
+    listing order (as Spark sizes a file scan's splits) with a null ``content``, and
+    :func:`medimg_spark.io.files.process_files` reads each one from the local file system (a local path
+    on a cluster must be on a mount every executor sees, as for binaryFile).
+    """
+    from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType, TimestampType
+
+    rows = [(path, None, size, None) for path, size in listing.files.items() if size]
+    # Split as Spark splits a file scan: each file weighs its size plus an open cost, and a task gets
+    # min(maxPartitionBytes, max(openCost, total / defaultParallelism)) of weight.
+    weight = sum(size + LOCAL_OPEN_COST for _, _, size, _ in rows)
+    per_task = min(
+        LOCAL_BYTES_PER_TASK, max(LOCAL_OPEN_COST, weight // spark.sparkContext.defaultParallelism)
+    )
+    slices = max(1, min(len(rows), -(-weight // per_task), 100_000))
+    schema = StructType(
+        [
+            StructField("path", StringType(), False),
+            StructField("modificationTime", TimestampType(), True),
+            StructField("length", LongType(), False),
+            StructField("content", BinaryType(), True),
+        ]
+    )
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, slices), schema)
 
 
 def _scan_inputs(spark: SparkSession, paths: list[str]) -> _Inputs:
@@ -393,8 +388,8 @@ def _scan_inputs(spark: SparkSession, paths: list[str]) -> _Inputs:
     remote_paths = [p for p in paths if "://" in p]
     listing = list_local(local)
     frames = []
-    if listing.roots:
-        frames.append(_binary_files(spark, listing.roots))
+    if listing.files:
+        frames.append(_local_files(spark, listing))
     remote = None
     if remote_paths:
         remote = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(remote_paths)
@@ -424,7 +419,9 @@ def _unread_files(inputs: _Inputs) -> list[UnreadFile]:
     return, and the listing's problems (names that are not UTF-8, broken symlinks, ...). Paths are
     compared as Hadoop path strings on both sides (a URI of Spark's file index is decoded once).
     """
-    scanned = {r.path for r in inputs.files.select("path").collect()}  # paths only, no content
+    scanned = {path for path, size in inputs.listing.files.items() if size}  # read by the tasks
+    if inputs.remote is not None:
+        scanned |= {r.path for r in inputs.remote.select("path").collect()}  # paths only, no content
     expected: dict[str, int | None] = dict(inputs.listing.files)
     if inputs.remote is not None:
         expected.update({hadoop_path(u): None for u in inputs.remote.inputFiles()})
@@ -475,6 +472,7 @@ def _context(
         default_modality=cfg.default_modality,
         max_decompressed_bytes=cfg.max_decompressed_bytes,
         max_decoded_bytes=cfg.max_decoded_bytes,
+        max_file_bytes=cfg.max_file_bytes,
         max_seconds_per_file=cfg.max_seconds_per_file,
         labels_by_path=by_path,
         labels_by_sha=by_sha,
