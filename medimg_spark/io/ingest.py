@@ -953,13 +953,17 @@ def _check_tables(out: str, fs: _LocalFS | _HadoopFS) -> None:
 
 def _mark_identified(out: str, run_id: str) -> None:
     """Write the IDENTIFIED marker: this output holds original identifiers (``--keep-phi``)."""
+    text = f"{run_id}: ingested with --keep-phi; tables hold original identifiers (PHI)\n"
     local = local_path(f"{out}/{IDENTIFIED_MARKER}")
-    if "://" in local:
+    if "://" in local:  # a Hadoop URI: through the storage layer (an object store rewrites the file)
+        from medimg_spark.storage import get_storage
+
+        get_storage().append_text(f"{out}/{IDENTIFIED_MARKER}", text)
         return
     path = Path(local)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
-        fh.write(f"{run_id}: ingested with --keep-phi; tables hold original identifiers (PHI)\n")
+        fh.write(text)
 
 
 def write_run_summary(spark: SparkSession, out: str, summary: dict[str, Any]) -> str:
