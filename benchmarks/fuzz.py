@@ -2482,7 +2482,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.triage_worker:
         return triage_worker(args.triage_worker)
     sys.setrecursionlimit(20000)
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="medimg-fuzz-"))
+    work = (Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="medimg-fuzz-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     corpus, out = work / "corpus", work / "out"
     for d in (corpus, out):
