@@ -102,6 +102,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.run import _proc_status_kb  # noqa: E402  (the end-to-end benchmark's /proc reader)
+
 SAMPLE_NPZ = REPO / "data" / "sample" / "pneumoniamnist" / "pneumoniamnist_trainval.npz"
 GIB = 1 << 30
 MIB = 1 << 20
@@ -1535,17 +1537,6 @@ def build_corpus(
 
 
 # ============================================================================ running the CLI
-
-
-def _proc_status_kb(pid: int, key: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 class TreeWatch:

@@ -119,6 +119,16 @@ def _parse(data: bytes, ctx: FileContext, recovered: list[str]) -> ParsedFile:
     return parse_npz(data, ctx.default_modality, ctx.max_decompressed_bytes, ctx.max_decoded_bytes)
 
 
+def _base_row(path: str, content: bytes | None, ctx: FileContext) -> dict[str, Any]:
+    """Columns every row of a file carries (hash and size unknown when it could not be read)."""
+    return {
+        "source_path": path,
+        "file_sha256": hashlib.sha256(content).hexdigest() if content is not None else None,
+        "size_bytes": len(content) if content is not None else None,
+        "ingest_run_id": ctx.run_id,
+    }
+
+
 def _quarantine(
     base: dict[str, Any], stage: str, exc: BaseException, frame_index: int | None = None, redact: bool = False
 ) -> dict:
@@ -242,13 +252,8 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
     ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` pass. Parse and decode share the time
     budget ``ctx.max_seconds_per_file``.
     """
-    sha = hashlib.sha256(content).hexdigest()
-    base: dict[str, Any] = {
-        "source_path": path,
-        "file_sha256": sha,
-        "size_bytes": len(content),
-        "ingest_run_id": ctx.run_id,
-    }
+    base = _base_row(path, content, ctx)
+    sha = base["file_sha256"]
     if not content:
         yield _quarantine(base, "read", EmptyFileError("file has zero bytes; re-export or remove it"))
         return
@@ -390,23 +395,12 @@ def process_files(
             try:
                 content = read_local(path, ctx.max_file_bytes)
             except (OSError, MemoryError) as exc:
-                base: dict[str, Any] = {
-                    "source_path": path,
-                    "file_sha256": None,
-                    "size_bytes": None,
-                    "ingest_run_id": ctx.run_id,
-                }
-                yield _quarantine(base, "read", exc)
+                yield _quarantine(_base_row(path, None, ctx), "read", exc)
                 continue
         else:
             content = maybe_content
         if crashed is not None and path == crashed:
-            base = {
-                "source_path": path,
-                "file_sha256": hashlib.sha256(content).hexdigest(),
-                "size_bytes": len(content),
-                "ingest_run_id": ctx.run_id,
-            }
+            base = _base_row(path, content, ctx)
             crash = WorkerCrashError(
                 "the Python worker died while reading this file (killed by the OS, e.g. out of memory, or a "
                 "crash in a native codec); lower ingest.max_decoded_bytes or raise the worker memory"
