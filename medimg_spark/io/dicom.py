@@ -7,7 +7,6 @@ import itertools
 import json
 import math
 import re
-import struct
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +20,7 @@ from medimg_spark.errors import (
     NoPixelDataError,
     TruncatedFileError,
 )
+from medimg_spark.io import codestream
 from medimg_spark.io.detect import DICOM_RESYNC_WINDOW, looks_like_dicom_element
 from medimg_spark.io.model import Frame, ParsedFile
 
@@ -33,7 +33,8 @@ _ENCODINGS = ((True, True), (False, True), (False, False))  # (implicit VR, litt
 #: Largest value of a 32-bit signed integer column (``n_frames``, ``instance_number``...).
 INT32_MAX = 2**31 - 1
 #: A DICOM UID: dot-separated decimal components, at most 64 characters (PS3.5 §9.1).
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: A DICOM UID's characters (PS3.5 9.1): digit groups separated by dots (at most 64 characters in all).
+UID_SYNTAX = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 #: Value representation of each standard File Meta Information element (PS3.10 §7.1).
 _FILE_META_VR = {
     0x0000: "UL",
@@ -130,30 +131,26 @@ def _infer_encapsulated_syntax(ds: Any) -> Any | None:
     from pydicom.encaps import generate_fragments
 
     try:
-        fragment = next(generate_fragments(ds.PixelData))
+        # the first item is the Basic Offset Table (often empty): the codestream starts in the second
+        fragment = next(itertools.islice(generate_fragments(ds.PixelData), 1, None))
     except Exception:
         return None
-    if fragment.startswith(b"\xff\x4f\xff\x51") or fragment[4:8] == b"jP  ":
+    if fragment.startswith(codestream.J2K_SOC_SIZ) or fragment[4:8] == b"jP  ":
         return uid.JPEG2000
     if fragment.startswith(b"\xff\xd8"):
-        marker = fragment[2:]
-        # Find the SOF marker to tell the JPEG process apart.
-        i = 0
-        while i + 4 <= len(marker):
-            if marker[i] != 0xFF:
-                break
-            code = marker[i + 1]
-            if code in (0xC0,):
-                return uid.JPEGBaseline8Bit
-            if code in (0xC1, 0xC2):
-                return uid.JPEGExtended12Bit
-            if code == 0xC3:
-                return uid.JPEGLosslessSV1
-            if code == 0xF7:
-                return uid.JPEGLSLossless
-            seg_len = int.from_bytes(marker[i + 2 : i + 4], "big")
-            i += 2 + seg_len
-        return uid.JPEGBaseline8Bit
+        # the start-of-frame marker tells the JPEG process apart
+        process: dict[int, Any] = {
+            0xC1: uid.JPEGExtended12Bit,
+            0xC2: uid.JPEGExtended12Bit,
+            0xC3: uid.JPEGLosslessSV1,
+            0xF7: uid.JPEGLSLossless,
+        }
+        frame = codestream.jpeg_geometry(fragment)
+        if frame is None:
+            return uid.JPEGBaseline8Bit
+        if frame.marker == 0xF7 and codestream.jpeg_ls_near(fragment):
+            return uid.JPEGLSNearLossless
+        return process.get(frame.marker or 0xC0, uid.JPEGBaseline8Bit)
     return uid.RLELossless if len(fragment) >= 64 and int.from_bytes(fragment[:4], "little") <= 15 else None
 
 
@@ -341,7 +338,7 @@ def validate_file_meta(ds: Any) -> None:
             )
         if elem.VR == "UI":
             uid = text.rstrip("\x00 ")
-            if uid and not _UID.match(uid):
+            if uid and not UID_SYNTAX.match(uid):
                 raise InvalidHeaderError(f"file meta element {name} is not a valid UID; {fix}")
         elif not text.isprintable() or not text.isascii():
             raise InvalidHeaderError(f"file meta element {name} holds non-printable characters; {fix}")
@@ -404,34 +401,12 @@ _PI_SAMPLES = {
     "ARGB": 4,
     "CMYK": 4,
 }
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}  # + SOF55 (JPEG-LS)
 
 
 def codestream_geometry(fragment: bytes) -> tuple[int, int, int] | None:
     """``(rows, cols, components)`` from a JPEG / JPEG-LS SOF or a JPEG 2000 SIZ marker (None if absent)."""
-    siz = fragment.find(b"\xff\x4f\xff\x51")
-    if siz >= 0 and len(fragment) >= siz + 42:
-        xsiz, ysiz, xo, yo = struct.unpack(">IIII", fragment[siz + 8 : siz + 24])
-        (csiz,) = struct.unpack(">H", fragment[siz + 40 : siz + 42])
-        return ysiz - yo, xsiz - xo, csiz
-    if not fragment.startswith(b"\xff\xd8"):
-        return None
-    i = 2
-    while i + 10 <= len(fragment):
-        if fragment[i] != 0xFF:
-            return None
-        code = fragment[i + 1]
-        if code == 0xFF:
-            i += 1
-            continue
-        if code in _JPEG_SOF:
-            rows, cols = struct.unpack(">HH", fragment[i + 5 : i + 9])
-            return rows, cols, fragment[i + 9]
-        if code == 0x01 or 0xD0 <= code <= 0xD9:
-            i += 2
-            continue
-        i += 2 + struct.unpack(">H", fragment[i + 2 : i + 4])[0]
-    return None
+    found = codestream.geometry(fragment)
+    return None if found is None else (found.rows, found.cols, found.components)
 
 
 def check_pixel_header(ds: Any, n_frames: int) -> None:

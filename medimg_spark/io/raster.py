@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from medimg_spark.errors import DecodeError, ImageTooLargeError
+from medimg_spark.io import codestream
 from medimg_spark.io.model import Frame, ParsedFile
 
 
@@ -46,10 +47,9 @@ def decode_raster(data: bytes, fmt: str) -> list[np.ndarray]:
 
 #: Channels OpenCV returns for each PNG colour type (IMREAD_UNCHANGED; palette becomes BGR).
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 4, 6: 4}
+
+
 #: JPEG start-of-frame markers (SOF0..SOF15 without DHT, JPG and DAC).
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
 def png_size(data: bytes) -> int | None:
     """Bytes of the decoded image, from the PNG's IHDR chunk (None when there is no IHDR)."""
     if len(data) < 33 or data[12:16] != b"IHDR":
@@ -60,24 +60,8 @@ def png_size(data: bytes) -> int | None:
 
 def jpeg_size(data: bytes) -> int | None:
     """Bytes of the decoded image, from the JPEG's start-of-frame header (None when none is found)."""
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            return None
-        code = data[i + 1]
-        if code == 0xFF:  # fill byte
-            i += 1
-            continue
-        if code in _SOF:
-            precision = data[i + 4]
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            components = data[i + 9]
-            return height * width * max(components, 1) * (2 if precision > 8 else 1)
-        if code == 0x01 or 0xD0 <= code <= 0xD9:
-            i += 2
-            continue
-        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
-    return None
+    frame = codestream.jpeg_geometry(data)
+    return None if frame is None else frame.decoded_bytes
 
 
 def parse_raster(data: bytes, fmt: str, modality: str, max_decoded_bytes: int | None = None) -> ParsedFile:

@@ -26,6 +26,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from medimg_spark.io.dicom import UID_SYNTAX
 from medimg_spark.privacy.allowlist import ALLOWED_TAGS, OVERLAY_STRUCTURE_ELEMENTS
 from medimg_spark.privacy.config import OPTION_CODES, DeidConfig, describe_tag
 from medimg_spark.privacy.errors import BurnedInAnnotationError, OcrUnavailableError
@@ -643,7 +644,6 @@ class Deidentifier:
         return list(entries.values())
 
 
-_UID_SYNTAX = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 #: Format of the VRs whose values are codes, numbers, dates or times (PS3.5 Table 6.2-1, slightly
 #: lenient: lower case in CS, UIDs with leading zeros, as real files have them).
 _VR_FORMAT = {
@@ -696,7 +696,7 @@ def valid_value(elem: DataElement) -> bool:
 def _valid_uid(value: Any) -> bool:
     """A DICOM UID: digits and dots, at most 64 characters."""
     text = str(value).rstrip("\x00 ")
-    return len(text) <= 64 and bool(_UID_SYNTAX.match(text))
+    return len(text) <= 64 and bool(UID_SYNTAX.match(text))
 
 
 def entry_for(tag: int) -> ProfileEntry | None:
