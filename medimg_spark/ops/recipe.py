@@ -188,6 +188,25 @@ def load_recipe(path: str | Path) -> Recipe:
     return parse_recipe(data, str(p))
 
 
+def resolve_recipe(name: str) -> str:
+    """A recipe path as given, or ``conf/recipes/<name>.yaml`` for a shipped recipe's name.
+
+    Looks in ``./conf/recipes`` first, then in :data:`RECIPES_DIR`. (Moved here from ``cli`` so the
+    pipeline resolves recipes without importing the command line.)
+
+    Raises:
+        ConfigError: no such file or shipped recipe.
+    """
+    p = Path(name)
+    if p.is_file():
+        return str(p)
+    for base in (Path.cwd() / "conf" / "recipes", RECIPES_DIR):
+        candidate = base / (name if name.endswith(".yaml") else f"{name}.yaml")
+        if candidate.is_file():
+            return str(candidate)
+    raise ConfigError(f"recipe {name} not found: pass a YAML path or a name from conf/recipes/")
+
+
 def apply_recipe(recipe: Recipe, image: Array, meta: Meta | None = None) -> tuple[Array, Array | None]:
     """Run ``recipe`` on one frame in plain Python.
 
