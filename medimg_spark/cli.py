@@ -10,7 +10,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +201,7 @@ def _session(args: argparse.Namespace, cfg: Any, app: str) -> Any:
     )
 
 
-def _print(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None:
+def _print(args: argparse.Namespace, summary: Mapping[str, object], text: str) -> None:
     """Print a verb's summary (``--json``: as JSON) and add its counts to the ``--log-json`` end event."""
     record = getattr(args, "log_record", None)
     if record is not None:

@@ -131,6 +131,16 @@ class Registry(Generic[T]):
             raise ValueError(f"lazy target {target!r} must look like 'package.module:attribute'")
         self._add(Entry(name, help, dict(meta), target))
 
+    def unregister(self, name: str) -> Entry[T]:
+        """Remove and return the entry of ``name`` (for plug-ins and tests that register temporarily).
+
+        Raises:
+            UnknownNameError: (or this registry's ``error`` class) naming the registered names.
+        """
+        entry = self.entry(name)
+        del self._entries[name]
+        return entry
+
     # --- reading -----------------------------------------------------------------------------------
 
     def unknown_message(self, name: object) -> str:

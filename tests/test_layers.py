@@ -116,12 +116,12 @@ def medimg_spark_version() -> str:
 
 
 def test_spark_layers_fail_cleanly_without_pyspark() -> None:
-    """The Spark layer is what needs pyspark: importing it names the missing module."""
+    """The Spark layer is what needs pyspark (so the blocker above is really in force for the package)."""
     out = _run(
         """
         import json
         try:
-            import medimg_spark.features.stage  # the Spark stage of the feature layer
+            import medimg_spark.preprocess  # a Spark stage: its schemas are pyspark types
             err = ""
         except ImportError as exc:
             err = str(exc)

@@ -34,6 +34,7 @@ from medimg_spark.ml.model import (
 )
 from medimg_spark.ml.models import ESTIMATORS, model_kind
 from medimg_spark.storage import basename, get_storage, join
+from medimg_spark.summaries import TrainSummary
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -218,7 +219,7 @@ def train(
     out_dir: str | Path,
     model_name: str,
     config: TrainConfig | dict[str, Any] | str | Path | None = None,
-) -> dict[str, Any]:
+) -> TrainSummary:
     """Fit ``model_name`` on the train split of ``out_dir/features`` and save it.
 
     Args:
@@ -380,7 +381,7 @@ def _train_sklearn(
     model_name: str,
     cfg: TrainConfig,
     model_dir: str,
-) -> dict[str, Any]:
+) -> TrainSummary:
     names = _feature_names(df)
     ids, X, y = collect_split(df, cfg.train_split)
     if len(y) == 0:
@@ -420,7 +421,7 @@ def _recorded_feature_set(spark: SparkSession, out_dir: str | Path, cfg: TrainCo
 
 def _summary(
     model: SklearnClassifier | MllibClassifier, model_dir: str, info: dict[str, Any]
-) -> dict[str, Any]:
+) -> TrainSummary:
     c = model.card
     return {
         "model_name": c.model_name,
@@ -504,7 +505,7 @@ def _train_mllib(
     model_name: str,
     cfg: TrainConfig,
     model_dir: str,
-) -> dict[str, Any]:
+) -> TrainSummary:
     from pyspark.sql import functions as F
 
     t0 = time.time()
