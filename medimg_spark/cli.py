@@ -123,10 +123,10 @@ def _add_features(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``medimg train``."""
-    p.add_argument("--out", required=True, help="output directory holding features/")
+    """Arguments of ``medimg train``; the model choices are the estimator registry's names."""
     from medimg_spark.ml.models import ESTIMATORS
 
+    p.add_argument("--out", required=True, help="output directory holding features/")
     p.add_argument(
         "--model",
         required=True,
