@@ -10,12 +10,13 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from medimg_spark.errors import ConfigError, JavaMissingError, MedimgError
 from medimg_spark.runlog import RunLog
+from medimg_spark.stages import STAGES
 
 log = logging.getLogger("medimg")
 
@@ -38,8 +39,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-json", metavar="FILE", help="append JSON-lines stage events to FILE ('-' = stderr)")
 
 
-def _add_ingest(sub: Any) -> None:
-    p = sub.add_parser("ingest", help="read image files into images/instances/quarantine Parquet tables")
+def _add_ingest(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``medimg ingest``."""
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders (recursive)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--labels", help="CSV with columns path (or file_sha256), label[, split]")
@@ -57,7 +58,6 @@ def _add_ingest(sub: Any) -> None:
         help="keep original identifiers (the output is marked IDENTIFIED); default is to de-identify",
     )
     _common(p)
-    p.set_defaults(handler=cmd_ingest)
 
 
 def _privacy_args(p: argparse.ArgumentParser) -> None:
@@ -75,8 +75,8 @@ def _privacy_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_deid(sub: Any) -> None:
-    p = sub.add_parser("deid", help="write de-identified DICOM files plus an audit table")
+def _add_deid(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``medimg deid``."""
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM files or folders (recursive)")
     p.add_argument("--out", required=True, help="output directory (dicom/, deid_audit/, quarantine/)")
     p.add_argument("--profile", default="basic", choices=["basic"], help="confidentiality profile")
@@ -89,94 +89,88 @@ def _add_deid(sub: Any) -> None:
     )
     _privacy_args(p)
     _common(p)
-    p.set_defaults(handler=cmd_deid)
 
 
-def _add_reidentify(sub: Any) -> None:
-    p = sub.add_parser("reidentify", help="look a pseudonym up in the encrypted vault")
+def _add_reidentify(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``medimg reidentify``."""
     p.add_argument("--vault", required=True, help="vault directory")
     p.add_argument("--pseudonym", required=True, help="patient pseudonym or replacement UID")
     p.add_argument("--vault-key-file", help="vault master-key file; else $MEDIMG_VAULT_KEY_FILE")
-    p.set_defaults(handler=cmd_reidentify)
 
 
-def _add_preprocess(sub: Any) -> None:
-    p = sub.add_parser("preprocess", help="apply a recipe to DIR/images, writing DIR/processed")
+def _add_preprocess(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``medimg preprocess``."""
     p.add_argument("--out", required=True, help="output directory holding images/")
     p.add_argument("--recipe", required=True, help="recipe YAML (a path, or a name in conf/recipes)")
     p.add_argument("--where", help="SQL filter on the images table, e.g. \"modality = 'CT'\"")
     _common(p)
-    p.set_defaults(handler=cmd_preprocess)
 
 
-def _add_quality(sub: Any) -> None:
-    p = sub.add_parser("quality", help="aggregate quality before/after into DIR/metrics/quality.json")
+def _add_quality(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``medimg quality``."""
     p.add_argument("--out", required=True, help="output directory holding processed/")
     _common(p)
-    p.set_defaults(handler=cmd_quality)
 
 
-def _add_features(sub: Any) -> None:
-    p = sub.add_parser("features", help="compute a feature set per frame into DIR/features")
+def _add_features(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``medimg features``."""
     p.add_argument("--out", required=True, help="output directory holding images/ or processed/")
     p.add_argument("--from", dest="source", choices=["images", "processed"], default="images")
     p.add_argument(
         "--set", dest="feature_set", default="texture", help="feature set name (conf/features) or YAML"
     )
     _common(p)
-    p.set_defaults(handler=cmd_features)
 
 
-def _add_train(sub: Any) -> None:
-    p = sub.add_parser("train", help="train a classifier on DIR/features (train split; choices on val)")
+def _add_train(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``medimg train``; the model choices are the estimator registry's names."""
+    from medimg_spark.ml.models import ESTIMATORS
+
     p.add_argument("--out", required=True, help="output directory holding features/")
     p.add_argument(
-        "--model", required=True, help="estimator: sk_svc, sk_rf, sk_hgb, sk_logreg, sk_ensemble, mllib_*"
+        "--model",
+        required=True,
+        choices=ESTIMATORS.names(),
+        metavar="MODEL",
+        help="estimator: " + ", ".join(ESTIMATORS.names()),
     )
     p.add_argument("--name", help="saved model name (default: the estimator name)")
     _common(p)
-    p.set_defaults(handler=cmd_train)
 
 
-def _add_predict(sub: Any) -> None:
-    p = sub.add_parser("predict", help="batch prediction of DIR/features into DIR/predictions")
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``medimg predict``."""
     p.add_argument("--out", required=True, help="output directory holding features/")
     p.add_argument("--model", required=True, help="saved model directory (DIR/models/<name>)")
     p.add_argument("--split", help="only this split")
     _common(p)
-    p.set_defaults(handler=cmd_predict)
 
 
-def _add_evaluate(sub: Any) -> None:
-    p = sub.add_parser(
-        "evaluate", help="metrics of a saved model on a split → DIR/metrics/eval_<model>_<split>.json"
-    )
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``medimg evaluate``."""
     p.add_argument("--out", required=True, help="output directory holding features/")
     p.add_argument("--model", required=True, help="saved model directory (DIR/models/<name>)")
     p.add_argument("--split", required=True, help="split to evaluate, e.g. val or test")
     _common(p)
-    p.set_defaults(handler=cmd_evaluate)
 
 
-def _add_localize(sub: Any) -> None:
-    p = sub.add_parser("localize", help="regions per frame (kmeans|dbscan|gmm) or dataset clusters (mllib_*)")
+def _add_localize(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``medimg localize``."""
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
         "--method", required=True, choices=["kmeans", "dbscan", "gmm", "mllib_kmeans", "mllib_gmm"]
     )
     _common(p)
-    p.set_defaults(handler=cmd_localize)
 
 
-def _add_report(sub: Any) -> None:
-    p = sub.add_parser("report", help="write DIR/report/index.html: one self-contained HTML report")
+def _add_report(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``medimg report``."""
     p.add_argument("--out", required=True, help="output directory of the pipeline")
     _common(p)
-    p.set_defaults(handler=cmd_report)
 
 
-def _add_run(sub: Any) -> None:
-    p = sub.add_parser("run", help="run the pipeline stages listed in a YAML config")
+def _add_run(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``medimg run``."""
     p.add_argument("--out", help="output directory (overrides pipeline.out)")
     p.add_argument("--incremental", action="store_true", help="ingest only files not seen by earlier runs")
     _privacy_args(p)
@@ -184,7 +178,6 @@ def _add_run(sub: Any) -> None:
         "--keep-phi", action="store_true", help="ingest keeps original identifiers (output IDENTIFIED)"
     )
     _common(p)
-    p.set_defaults(handler=cmd_run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,18 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="medimg", description="Distributed medical-image ETL and ML on Apache Spark")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    _add_ingest(sub)
-    _add_deid(sub)
-    _add_reidentify(sub)
-    _add_preprocess(sub)
-    _add_quality(sub)
-    _add_features(sub)
-    _add_train(sub)
-    _add_predict(sub)
-    _add_evaluate(sub)
-    _add_localize(sub)
-    _add_report(sub)
-    _add_run(sub)
+    for stage in STAGES.entries():  # one subcommand per registered stage, in registration order
+        spec = stage.load()
+        p = sub.add_parser(spec.name, help=spec.help)
+        spec.load_add_args()(p)
+        p.set_defaults(handler=spec.load_run())
     return parser
 
 
@@ -215,7 +201,7 @@ def _session(args: argparse.Namespace, cfg: Any, app: str) -> Any:
     )
 
 
-def _print(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None:
+def _print(args: argparse.Namespace, summary: Mapping[str, object], text: str) -> None:
     """Print a verb's summary (``--json``: as JSON) and add its counts to the ``--log-json`` end event."""
     record = getattr(args, "log_record", None)
     if record is not None:
@@ -378,24 +364,11 @@ def cmd_reidentify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def resolve_recipe(name: str) -> str:
-    """A recipe path as given, or ``conf/recipes/<name>.yaml`` for a shipped recipe's name."""
-    from pathlib import Path
-
-    p = Path(name)
-    if p.is_file():
-        return str(p)
-    for base in (Path.cwd() / "conf" / "recipes", Path(__file__).resolve().parents[1] / "conf" / "recipes"):
-        candidate = base / (name if name.endswith(".yaml") else f"{name}.yaml")
-        if candidate.is_file():
-            return str(candidate)
-    raise ConfigError(f"recipe {name} not found: pass a YAML path or a name from conf/recipes/")
-
-
 def cmd_preprocess(args: argparse.Namespace) -> int:
     """``medimg preprocess``."""
     from medimg_spark.config import load_config
     from medimg_spark.ops import load_recipe
+    from medimg_spark.ops.recipe import resolve_recipe
     from medimg_spark.preprocess import preprocess
 
     cfg = load_config(args.config)
@@ -602,6 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_job(verb: str, argv: Sequence[str] | None = None) -> None:
     """Body of a thin ``jobs/<verb>.py`` entry point for ``spark-submit``."""
+    STAGES.entry(verb)  # an unknown verb names the registered stages
     args = list(sys.argv[1:] if argv is None else argv)
     sys.exit(main([verb, *args]))
 

@@ -12,10 +12,12 @@ from pydantic import Field
 from medimg_spark.config import MedimgConfig, StrictModel, validate_section
 from medimg_spark.errors import ConfigError
 from medimg_spark.runlog import RunLog
+from medimg_spark.stages import pipeline_stages
 from medimg_spark.storage import is_local, join
 
-#: Stages in pipeline order; each reads only tables written by the stages before it.
-STAGES = ("ingest", "preprocess", "quality", "features", "train", "predict", "evaluate", "localize", "report")
+#: Stages in pipeline order (the ``pipeline=True`` entries of :data:`medimg_spark.stages.STAGES`);
+#: each reads only tables written by the stages before it.
+STAGES: tuple[str, ...] = pipeline_stages()
 
 
 class RecipeRun(StrictModel):
@@ -224,7 +226,7 @@ def _counts(summary: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_recipe_path(name: str, base: Path) -> str:
     """A recipe path (relative to ``base``) or the name of a shipped recipe."""
-    from medimg_spark.cli import resolve_recipe
+    from medimg_spark.ops.recipe import resolve_recipe
 
     p = Path(name)
     if not p.is_absolute() and (base / p).is_file():
@@ -248,7 +250,8 @@ def validate_recipes(pc: PipelineConfig, base: Path) -> None:
         except Exception as err:
             raise ConfigError(f"pipeline.features.set: {err}") from None
     if "train" in pc.stages:
-        from medimg_spark.ml import MLLIB_MODELS, SKLEARN_MODELS, parse_train_config
+        from medimg_spark.ml import parse_train_config
+        from medimg_spark.ml.models import ESTIMATORS
 
         for m in pc.models:
             try:
@@ -257,8 +260,8 @@ def validate_recipes(pc: PipelineConfig, base: Path) -> None:
                 raise
             except Exception as err:
                 raise ConfigError(f"pipeline.models[{m.name}].experiment: {err}") from None
-            if estimator not in {*MLLIB_MODELS, *SKLEARN_MODELS}:
-                known = ", ".join(sorted({*MLLIB_MODELS, *SKLEARN_MODELS}))
+            if estimator not in ESTIMATORS:
+                known = ", ".join(ESTIMATORS.names())
                 raise ConfigError(
                     f"pipeline.models[{m.name}].model {estimator!r} is unknown; choose from {known}"
                 )

@@ -20,7 +20,6 @@ into ``out/metrics/quality.json``; :func:`format_quality_table` renders it as te
 from __future__ import annotations
 
 import datetime as dt
-import math
 import os
 import secrets
 import time
@@ -38,13 +37,16 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from medimg_spark.quality import METRIC_DIRECTION, QUALITY_KEYS
+from medimg_spark.quality import QUALITY_KEYS
 from medimg_spark.schema import IMAGES_SCHEMA, QUARANTINE_SCHEMA
 from medimg_spark.storage import get_storage, is_local, join, parent
+from medimg_spark.summaries import PreprocessSummary
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
+
+    from medimg_spark.quality_stage import QUALITY_FILE, format_quality_table, quality_report  # noqa: F401
 
 QUALITY_STRUCT = StructType([StructField(k, DoubleType(), True) for k in QUALITY_KEYS])
 """Spark struct of :func:`medimg_spark.quality.quality_metrics` (NaN where a metric is undefined)."""
@@ -115,7 +117,6 @@ _WORK_SCHEMA = StructType(
 # done-set is joined by Spark's choice (a shuffle of the pixel rows, only on very large incremental reruns).
 _BROADCAST_DONE_IDS = 200_000
 #: Where :func:`quality_report` writes its JSON, relative to the output directory.
-QUALITY_FILE = "metrics/quality.json"
 
 
 def new_run_id() -> str:
@@ -222,7 +223,7 @@ def _uri(out_dir: str) -> str:
 
 def preprocess(
     spark: SparkSession, out_dir: str, recipe_path: str, where: str | None = None
-) -> dict[str, Any]:
+) -> PreprocessSummary:
     """Apply a recipe to ``out_dir/images`` and append ``out_dir/processed`` and ``out_dir/quarantine``.
 
     Args:
@@ -334,98 +335,13 @@ def preprocess(
     }
 
 
-def quality_report(spark: SparkSession, out_dir: str) -> dict[str, Any]:
-    """Aggregate quality before/after per recipe (name and hash), modality and metric.
-
-    For each metric: ``count`` (frames where both values are defined), ``before``/``after``
-    ``{p10, median, p90}`` (``percentile_approx``), ``delta_median`` (median of after - before) and
-    ``improved_share``: the share of frames where the metric moved in its better direction
-    (:data:`~medimg_spark.quality.METRIC_DIRECTION`; null for metrics without one: mean, std).
-    NaN values (undefined metrics) are left out. Written to ``out_dir/metrics/quality.json``.
-
-    Returns:
-        ``{"groups": [{"recipe_name", "recipe_hash", "modality", "frames", "metrics": {name: {...}}}]}``.
-    """
-    from pyspark.sql import functions as F
-
-    from medimg_spark.errors import ConfigError
-
-    out = _uri(out_dir)
-    if not _exists(spark, join(out, "processed")):
-        raise ConfigError(f"no processed table at {out}/processed; run preprocess first")
-    df = spark.read.schema(PROCESSED_SCHEMA).parquet(join(out, "processed"))
-
-    def clean(col: Any) -> Any:
-        return F.when(F.isnan(col), None).otherwise(col)
-
-    aggs = [F.count(F.lit(1)).alias("frames")]
-    for k in QUALITY_KEYS:
-        b = clean(F.col(f"quality_before.{k}"))
-        a = clean(F.col(f"quality_after.{k}"))
-        both = b.isNotNull() & a.isNotNull()
-        aggs.append(F.count(F.when(both, 1)).alias(f"{k}__count"))
-        aggs.append(F.percentile_approx(b, [0.1, 0.5, 0.9], 10000).alias(f"{k}__before"))
-        aggs.append(F.percentile_approx(a, [0.1, 0.5, 0.9], 10000).alias(f"{k}__after"))
-        aggs.append(F.percentile_approx(F.when(both, a - b), 0.5, 10000).alias(f"{k}__delta"))
-        direction = METRIC_DIRECTION[k]
-        if direction:
-            better = (a > b) if direction > 0 else (a < b)
-            aggs.append(F.avg(F.when(both, better.cast("double"))).alias(f"{k}__improved"))
-    rows = df.groupBy("recipe_name", "recipe_hash", "modality").agg(*aggs).collect()
-
-    def num(v: Any) -> float | None:
-        return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
-
-    def pct(v: Any) -> dict[str, float | None]:
-        vals = list(v) if v is not None else [None, None, None]
-        return {"p10": num(vals[0]), "median": num(vals[1]), "p90": num(vals[2])}
-
-    groups = []
-    for r in sorted(rows, key=lambda r: (r["recipe_name"], r["recipe_hash"], r["modality"])):
-        metrics = {}
-        for k in QUALITY_KEYS:
-            metrics[k] = {
-                "count": int(r[f"{k}__count"]),
-                "direction": {1: "higher", -1: "lower", 0: None}[METRIC_DIRECTION[k]],
-                "before": pct(r[f"{k}__before"]),
-                "after": pct(r[f"{k}__after"]),
-                "delta_median": num(r[f"{k}__delta"]),
-                "improved_share": num(r[f"{k}__improved"]) if METRIC_DIRECTION[k] else None,
-            }
-        groups.append(
-            {
-                "recipe_name": r["recipe_name"],
-                "recipe_hash": r["recipe_hash"],
-                "modality": r["modality"],
-                "frames": int(r["frames"]),
-                "metrics": metrics,
-            }
-        )
-    report = {"generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "groups": groups}
-    get_storage(spark).write_json(join(out, QUALITY_FILE), report)
-    return report
+_QUALITY_NAMES = ("QUALITY_FILE", "format_quality_table", "quality_report")
 
 
-def format_quality_table(report: dict[str, Any]) -> str:
-    """Render :func:`quality_report` output as a fixed-width text table (one block per group)."""
+def __getattr__(name: str) -> Any:
+    """Re-export of :mod:`medimg_spark.quality_stage` (imported on use: it imports this module)."""
+    if name in _QUALITY_NAMES:
+        from medimg_spark import quality_stage
 
-    def f(v: float | None) -> str:
-        return "-" if v is None else f"{v:.4g}"
-
-    header = f"{'metric':<14}{'better':>7}{'n':>6}{'before p50':>12}{'after p50':>12}{'after p10':>11}{'after p90':>11}{'Δ p50':>11}{'improved':>10}"
-    lines: list[str] = []
-    for g in report.get("groups", []):
-        lines.append(
-            f"{g['recipe_name']} [{g['recipe_hash'][:12]}]  modality={g['modality']}  frames={g['frames']}"
-        )
-        lines.append(header)
-        lines.append("-" * len(header))
-        for k, m in g["metrics"].items():
-            share = m["improved_share"]
-            lines.append(
-                f"{k:<14}{m['direction'] or '':>7}{m['count']:>6}{f(m['before']['median']):>12}"
-                f"{f(m['after']['median']):>12}{f(m['after']['p10']):>11}{f(m['after']['p90']):>11}"
-                f"{f(m['delta_median']):>11}{'-' if share is None else f'{share:.0%}':>10}"
-            )
-        lines.append("")
-    return "\n".join(lines) if lines else "no processed frames"
+        return getattr(quality_stage, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

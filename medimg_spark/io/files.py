@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medimg_spark.errors import EmptyFileError, FileTimeoutError, UnsupportedFormatError, WorkerCrashError
-from medimg_spark.io import detect
+from medimg_spark.io import detect, readers
 from medimg_spark.io.model import ParsedFile
 from medimg_spark.io.pixels import encode
 
@@ -96,27 +96,10 @@ def _parse(data: bytes, ctx: FileContext, recovered: list[str]) -> ParsedFile:
         fmt = detect.detect_format(data)
         if fmt == detect.GZIP:
             raise UnsupportedFormatError("nested gzip streams are not supported; decompress the file first")
-    if fmt is None:
-        raise UnsupportedFormatError(
-            "content matches no supported format (DICOM, PNG, JPEG, TIFF, NIfTI-1/2, MedMNIST npz)"
-        )
     if fmt == detect.ZIP:
         raise UnsupportedFormatError("zip archive whose members are not .npy arrays; extract it first")
-    if fmt == detect.DICOM:
-        from medimg_spark.io.dicom import parse_dicom
-
-        return parse_dicom(data, ctx.deidentify, ctx.max_decoded_bytes)
-    if fmt in (detect.PNG, detect.JPEG, detect.TIFF):
-        from medimg_spark.io.raster import parse_raster
-
-        return parse_raster(data, fmt, ctx.default_modality, ctx.max_decoded_bytes)
-    if fmt in (detect.NIFTI1, detect.NIFTI2):
-        from medimg_spark.io.nifti import parse_nifti
-
-        return parse_nifti(data, fmt, ctx.default_modality, ctx.max_decoded_bytes)
-    from medimg_spark.io.npz import parse_npz
-
-    return parse_npz(data, ctx.default_modality, ctx.max_decompressed_bytes, ctx.max_decoded_bytes)
+    fmt, reader = readers.reader_for(fmt, data)  # UnsupportedFormatError names the supported formats
+    return reader.load()(data, fmt, ctx)
 
 
 def _base_row(path: str, content: bytes | None, ctx: FileContext) -> dict[str, Any]:

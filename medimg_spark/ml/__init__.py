@@ -10,24 +10,71 @@ Entry points (wired to ``medimg train|predict|evaluate|localize``):
 
 from __future__ import annotations
 
-from medimg_spark.ml.augment import AugmentConfig, augment_image, augment_stack, augmented_features
-from medimg_spark.ml.errors import ModelConfigError, ModelDataError, ModelError, ModelLoadError
-from medimg_spark.ml.estimators import MLLIB_MODELS, SKLEARN_MODELS, build_sklearn
-from medimg_spark.ml.evaluate import evaluate, write_metrics
-from medimg_spark.ml.localize import LocalizeConfig, find_regions, foreground_mask, localize
-from medimg_spark.ml.metrics import choose_threshold, classification_metrics, format_metrics, format_table
-from medimg_spark.ml.model import MllibClassifier, ModelCard, SklearnClassifier, load_model
-from medimg_spark.ml.predict import predict, predictions_frame
-from medimg_spark.ml.train import (
-    ThresholdConfig,
-    TrainConfig,
-    build_mllib_pipeline,
-    fit_sklearn_arrays,
-    parse_train_config,
-    train,
-)
+from typing import TYPE_CHECKING
+
+from medimg_spark._lazy import lazy_exports
+
+# public name -> 'module:attribute', imported on first use (PEP 562): importing the package stays cheap
+_EXPORTS = {
+    "ESTIMATORS": "medimg_spark.ml.models:ESTIMATORS",
+    "AugmentConfig": "medimg_spark.ml.augment:AugmentConfig",
+    "augment_image": "medimg_spark.ml.augment:augment_image",
+    "augment_stack": "medimg_spark.ml.augment:augment_stack",
+    "augmented_features": "medimg_spark.ml.augment:augmented_features",
+    "ModelConfigError": "medimg_spark.ml.errors:ModelConfigError",
+    "ModelDataError": "medimg_spark.ml.errors:ModelDataError",
+    "ModelError": "medimg_spark.ml.errors:ModelError",
+    "ModelLoadError": "medimg_spark.ml.errors:ModelLoadError",
+    "MLLIB_MODELS": "medimg_spark.ml.estimators:MLLIB_MODELS",
+    "SKLEARN_MODELS": "medimg_spark.ml.estimators:SKLEARN_MODELS",
+    "build_sklearn": "medimg_spark.ml.estimators:build_sklearn",
+    "evaluate": "medimg_spark.ml.evaluate:evaluate",
+    "write_metrics": "medimg_spark.ml.evaluate:write_metrics",
+    "LocalizeConfig": "medimg_spark.ml.localize:LocalizeConfig",
+    "find_regions": "medimg_spark.ml.localize:find_regions",
+    "foreground_mask": "medimg_spark.ml.localize:foreground_mask",
+    "localize": "medimg_spark.ml.localize:localize",
+    "choose_threshold": "medimg_spark.ml.metrics:choose_threshold",
+    "classification_metrics": "medimg_spark.ml.metrics:classification_metrics",
+    "format_metrics": "medimg_spark.ml.metrics:format_metrics",
+    "format_table": "medimg_spark.ml.metrics:format_table",
+    "MllibClassifier": "medimg_spark.ml.model:MllibClassifier",
+    "ModelCard": "medimg_spark.ml.model:ModelCard",
+    "SklearnClassifier": "medimg_spark.ml.model:SklearnClassifier",
+    "load_model": "medimg_spark.ml.model:load_model",
+    "predict": "medimg_spark.ml.predict:predict",
+    "predictions_frame": "medimg_spark.ml.predict:predictions_frame",
+    "ThresholdConfig": "medimg_spark.ml.train:ThresholdConfig",
+    "TrainConfig": "medimg_spark.ml.train:TrainConfig",
+    "build_mllib_pipeline": "medimg_spark.ml.train:build_mllib_pipeline",
+    "fit_sklearn_arrays": "medimg_spark.ml.train:fit_sklearn_arrays",
+    "parse_train_config": "medimg_spark.ml.train:parse_train_config",
+    "train": "medimg_spark.ml.train:train",
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:
+    from medimg_spark.ml.augment import AugmentConfig, augment_image, augment_stack, augmented_features
+    from medimg_spark.ml.errors import ModelConfigError, ModelDataError, ModelError, ModelLoadError
+    from medimg_spark.ml.estimators import MLLIB_MODELS, SKLEARN_MODELS, build_sklearn
+    from medimg_spark.ml.evaluate import evaluate, write_metrics
+    from medimg_spark.ml.localize import LocalizeConfig, find_regions, foreground_mask, localize
+    from medimg_spark.ml.metrics import choose_threshold, classification_metrics, format_metrics, format_table
+    from medimg_spark.ml.model import MllibClassifier, ModelCard, SklearnClassifier, load_model
+    from medimg_spark.ml.models import ESTIMATORS
+    from medimg_spark.ml.predict import predict, predictions_frame
+    from medimg_spark.ml.train import (
+        ThresholdConfig,
+        TrainConfig,
+        build_mllib_pipeline,
+        fit_sklearn_arrays,
+        parse_train_config,
+        train,
+    )
 
 __all__ = [
+    "ESTIMATORS",
     "MLLIB_MODELS",
     "SKLEARN_MODELS",
     "AugmentConfig",

@@ -1,7 +1,8 @@
 """Registries of scikit-learn and Spark MLlib classifiers known to :func:`medimg_spark.ml.train`.
 
-scikit-learn models are named ``sk_<kind>`` and MLlib models ``mllib_<kind>``; see
-:data:`SKLEARN_MODELS` and :data:`MLLIB_MODELS`. Every builder takes the estimator's
+scikit-learn models are named ``sk_<kind>`` and MLlib models ``mllib_<kind>``; both are registered
+in :data:`medimg_spark.ml.models.ESTIMATORS`, from which :data:`SKLEARN_MODELS` and :data:`MLLIB_MODELS`
+are derived. Every builder takes the estimator's
 keyword parameters (validated against the estimator) plus the class-weighting choice.
 """
 
@@ -22,6 +23,7 @@ from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.class_weight import compute_sample_weight
 
 from medimg_spark.ml.errors import ModelConfigError
+from medimg_spark.ml.models import ESTIMATORS
 
 
 class SelectFeatures(TransformerMixin, BaseEstimator):
@@ -219,23 +221,12 @@ def _sk_ensemble(
 
 
 SKLEARN_MODELS: dict[str, Callable[..., BaseEstimator]] = {
-    "sk_logreg": _sk_logreg,
-    "sk_linear_svm": _sk_linear_svm,
-    "sk_svc": _sk_svc,
-    "sk_rf": _sk_rf,
-    "sk_hgb": _sk_hgb,
-    "sk_mlp": _sk_mlp,
-    "sk_ensemble": _sk_ensemble,
+    name: ESTIMATORS.get(name) for name in ESTIMATORS.names(kind="sklearn")
 }
+"""scikit-learn model name → builder (the ``sklearn`` entries of :data:`~medimg_spark.ml.models.ESTIMATORS`)."""
 
-MLLIB_MODELS: tuple[str, ...] = (
-    "mllib_logreg",
-    "mllib_linear_svc",
-    "mllib_naive_bayes",
-    "mllib_rf",
-    "mllib_gbt",
-    "mllib_mlp",
-)
+MLLIB_MODELS: tuple[str, ...] = ESTIMATORS.names(kind="mllib")
+"""MLlib model names (the ``mllib`` entries of :data:`~medimg_spark.ml.models.ESTIMATORS`)."""
 
 
 def build_sklearn(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -13,6 +13,7 @@ from medimg_spark.ml.metrics import classification_metrics, format_metrics
 from medimg_spark.ml.model import load_model
 from medimg_spark.ml.predict import predictions_frame
 from medimg_spark.storage import Storage, get_storage, join
+from medimg_spark.summaries import EvaluateSummary
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -25,7 +26,7 @@ def evaluate(
     out_dir: str | Path,
     model_path: str | Path,
     split: str,
-) -> dict[str, Any]:
+) -> EvaluateSummary:
     """Predict the labelled rows of ``split`` and compute classification metrics.
 
     Returns:
@@ -60,7 +61,7 @@ def write_metrics(
     split: str,
     metrics: dict[str, Any],
     storage: Storage | None = None,
-) -> dict[str, Any]:
+) -> EvaluateSummary:
     """Write ``metrics`` to ``out_dir/metrics/eval_<model>_<split>.json`` (and a .txt table); returns it with ``path``.
 
     Args:
@@ -71,7 +72,7 @@ def write_metrics(
     store = storage or get_storage()
     stem = join(out_dir, METRICS_DIR, f"eval_{model_name}_{split}")
     path = f"{stem}.json"
-    out = {**metrics, "path": path}
+    out = cast("EvaluateSummary", {**metrics, "path": path})
     store.write_text(path, json.dumps(out, indent=2, default=_json_default))
     store.write_text(f"{stem}.txt", format_metrics(out, f"{model_name} on {split}") + "\n")
     return out

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from medimg_spark.features import to_gray, to_unit
 from medimg_spark.ml.errors import ModelConfigError, ModelDataError
 from medimg_spark.storage import get_storage, join
+from medimg_spark.summaries import LocalizeSummary
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -211,7 +212,7 @@ def localize(
     out_dir: str | Path,
     method: str,
     config: LocalizeConfig | dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> LocalizeSummary:
     """Per-frame regions (``kmeans``/``dbscan``/``gmm``) or dataset clusters (``mllib_kmeans``/``mllib_gmm``).
 
     Writes ``out_dir/regions/`` (image_id, method, region, area, centroid_row, centroid_col,
@@ -260,7 +261,7 @@ def localize(
 
 def _cluster_dataset(
     spark: SparkSession, out_dir: str | Path, method: str, cfg: LocalizeConfig
-) -> dict[str, Any]:
+) -> LocalizeSummary:
     from pyspark.ml.clustering import GaussianMixture, KMeans
     from pyspark.ml.evaluation import ClusteringEvaluator
     from pyspark.ml.feature import StandardScaler
@@ -295,7 +296,7 @@ def _cluster_dataset(
         sizes = {int(r["cluster"]): int(r["count"]) for r in assigned.groupBy("cluster").count().collect()}
     finally:
         assigned.unpersist()
-    summary = {
+    summary: LocalizeSummary = {
         "path": dest,
         "method": method,
         "k": cfg.k,

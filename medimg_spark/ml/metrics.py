@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -149,7 +149,7 @@ def classification_metrics(
     return out
 
 
-def format_metrics(metrics: dict[str, Any], title: str | None = None) -> str:
+def format_metrics(metrics: Mapping[str, Any], title: str | None = None) -> str:
     """Render a metrics dict from :func:`classification_metrics` as a plain-text table."""
     lines: list[str] = []
     if title:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from medimg_spark.features import FEATURE_SET_FILE
 from medimg_spark.ml.augment import AugmentConfig, augment_summary, augmented_features
 from medimg_spark.ml.errors import ModelConfigError, ModelDataError
-from medimg_spark.ml.estimators import MLLIB_MODELS, SKLEARN_MODELS, build_sklearn
+from medimg_spark.ml.estimators import MLLIB_MODELS, build_sklearn
 from medimg_spark.ml.metrics import ThresholdRule, choose_threshold, classification_metrics
 from medimg_spark.ml.model import (
     LABEL_INPUT,
@@ -32,7 +32,9 @@ from medimg_spark.ml.model import (
     data_hash,
     mllib_label_input,
 )
+from medimg_spark.ml.models import ESTIMATORS, model_kind
 from medimg_spark.storage import basename, get_storage, join
+from medimg_spark.summaries import TrainSummary
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -217,7 +219,7 @@ def train(
     out_dir: str | Path,
     model_name: str,
     config: TrainConfig | dict[str, Any] | str | Path | None = None,
-) -> dict[str, Any]:
+) -> TrainSummary:
     """Fit ``model_name`` on the train split of ``out_dir/features`` and save it.
 
     Args:
@@ -236,13 +238,11 @@ def train(
         ModelDataError: missing table, empty or single-class train split.
     """
     cfg = parse_train_config(config)
-    if model_name not in SKLEARN_MODELS and model_name not in MLLIB_MODELS:
-        raise ModelConfigError(
-            f"unknown model {model_name!r}; choose from {sorted(SKLEARN_MODELS) + list(MLLIB_MODELS)}"
-        )
+    if model_name not in ESTIMATORS:
+        raise ModelConfigError(f"unknown model {model_name!r}; choose from {list(ESTIMATORS.names())}")
     df = read_features(spark, out_dir, cfg.features_dir)
     model_dir = cfg.model_dir or join(out_dir, "models", cfg.display_name(model_name))
-    if model_name in SKLEARN_MODELS:
+    if model_kind(model_name) == "sklearn":
         return _train_sklearn(spark, df, out_dir, model_name, cfg, model_dir)
     return _train_mllib(spark, df, out_dir, model_name, cfg, model_dir)
 
@@ -381,7 +381,7 @@ def _train_sklearn(
     model_name: str,
     cfg: TrainConfig,
     model_dir: str,
-) -> dict[str, Any]:
+) -> TrainSummary:
     names = _feature_names(df)
     ids, X, y = collect_split(df, cfg.train_split)
     if len(y) == 0:
@@ -421,7 +421,7 @@ def _recorded_feature_set(spark: SparkSession, out_dir: str | Path, cfg: TrainCo
 
 def _summary(
     model: SklearnClassifier | MllibClassifier, model_dir: str, info: dict[str, Any]
-) -> dict[str, Any]:
+) -> TrainSummary:
     c = model.card
     return {
         "model_name": c.model_name,
@@ -456,34 +456,13 @@ def build_mllib_pipeline(
         ModelConfigError: unknown model, invalid parameter name, or a binary-only model on multi-class labels.
     """
     from pyspark.ml import Pipeline
-    from pyspark.ml import classification as C
     from pyspark.ml.feature import MinMaxScaler, StandardScaler, StringIndexer
 
     p = dict(params)
     common: dict[str, Any] = {"featuresCol": SCALED, "labelCol": LABEL_IDX}
-    if model_name == "mllib_logreg":
-        clf: Any = C.LogisticRegression(**common, maxIter=200)
-    elif model_name == "mllib_linear_svc":
-        if n_classes != 2:
-            raise ModelConfigError("mllib_linear_svc is binary only; use mllib_logreg for multi-class labels")
-        clf = C.LinearSVC(**common, maxIter=200)
-    elif model_name == "mllib_naive_bayes":
-        clf = C.NaiveBayes(**common, modelType=p.pop("modelType", "gaussian"))
-    elif model_name == "mllib_rf":
-        clf = C.RandomForestClassifier(**common, numTrees=100, seed=seed)
-    elif model_name == "mllib_gbt":
-        if n_classes != 2:
-            raise ModelConfigError(
-                "mllib_gbt is binary only; use mllib_rf or mllib_logreg for multi-class labels"
-            )
-        clf = C.GBTClassifier(**common, maxIter=50, seed=seed)
-    elif model_name == "mllib_mlp":
-        hidden = list(p.pop("hidden", [64]))
-        clf = C.MultilayerPerceptronClassifier(
-            **common, layers=[n_features, *hidden, n_classes], seed=seed, maxIter=200
-        )
-    else:
+    if model_kind(model_name) != "mllib":
         raise ModelConfigError(f"unknown MLlib model {model_name!r}; choose from {list(MLLIB_MODELS)}")
+    clf: Any = ESTIMATORS.get(model_name)(common, p, n_features, n_classes, seed)
     if weighted and clf.hasParam("weightCol"):
         clf.setWeightCol(WEIGHT_COL)
     for k, v in p.items():
@@ -526,7 +505,7 @@ def _train_mllib(
     model_name: str,
     cfg: TrainConfig,
     model_dir: str,
-) -> dict[str, Any]:
+) -> TrainSummary:
     from pyspark.sql import functions as F
 
     t0 = time.time()

@@ -2,7 +2,8 @@
 
 Each op takes a (rows, cols) or (rows, cols, 3) array of uint8, uint16, int16 or float32 and documents
 the dtype it returns (see :mod:`medimg_spark.ops._common` for the shared rules). Segmentation ops
-return a uint8 0/1 mask. Recipes (:mod:`medimg_spark.ops.recipe`) are validated YAML step lists.
+return a uint8 0/1 mask. Recipes (:mod:`medimg_spark.ops.recipe`) are validated YAML step lists; each op's step model sits next to
+its function and registers itself in :data:`STEPS` (see :mod:`medimg_spark.ops._step`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from medimg_spark.ops._common import (
     display_range,
     noise_sigma_mad,
 )
+from medimg_spark.ops._step import STEPS, register_step
 from medimg_spark.ops.clean import clip, flag_empty, replace_nonfinite
 from medimg_spark.ops.convert import (
     WINDOW_PRESETS,
@@ -65,6 +67,7 @@ from medimg_spark.ops.segment import (
 
 __all__ = [
     "RECIPES_DIR",
+    "STEPS",
     "STEP_MODELS",
     "SUPPORTED_DTYPES",
     "WINDOW_PRESETS",
@@ -106,6 +109,7 @@ __all__ = [
     "otsu_threshold",
     "parse_recipe",
     "percentile_scale",
+    "register_step",
     "remove_small_objects",
     "replace_nonfinite",
     "resample_spacing",

@@ -6,9 +6,13 @@ unchanged or raises :class:`~medimg_spark.ops.EmptyFrameError`.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
+from pydantic import Field, model_validator
 
 from medimg_spark.ops._common import Array, EmptyFrameError, cast_like, check_image, finite_min_max
+from medimg_spark.ops._step import Meta, Step, register_step
 
 
 def clip(
@@ -91,3 +95,58 @@ def flag_empty(
             f"frame is constant or nearly so: finite range {hi - lo:g} <= min_range {min_range:g}"
         )
     return arr
+
+
+# --- recipe steps (registered by op name; see medimg_spark.ops.recipe) ------------------------------
+
+
+@register_step
+class FlagEmpty(Step):
+    """Quarantine frames that are too small, constant or mostly non-finite (:func:`flag_empty`)."""
+
+    op: Literal["flag_empty"]
+    min_rows: int = Field(2, ge=1)
+    min_cols: int = Field(2, ge=1)
+    min_range: float = Field(0.0, ge=0)
+    max_nonfinite_fraction: float = Field(0.0, ge=0, le=1)
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        return flag_empty(image, self.min_rows, self.min_cols, self.min_range, self.max_nonfinite_fraction)
+
+
+@register_step
+class ReplaceNonfinite(Step):
+    """NaN → ``nan``, ±inf → ``posinf``/``neginf`` (default finite max/min)."""
+
+    op: Literal["replace_nonfinite"]
+    nan: float = 0.0
+    posinf: float | None = None
+    neginf: float | None = None
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        return replace_nonfinite(image, self.nan, self.posinf, self.neginf)
+
+
+@register_step
+class Clip(Step):
+    """Clip to absolute bounds (``minimum``/``maximum``) and/or percentiles."""
+
+    op: Literal["clip"]
+    minimum: float | None = None
+    maximum: float | None = None
+    lower_percentile: float | None = Field(None, ge=0, le=100)
+    upper_percentile: float | None = Field(None, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Clip:
+        if all(v is None for v in (self.minimum, self.maximum, self.lower_percentile, self.upper_percentile)):
+            raise ValueError("give at least one of minimum, maximum, lower_percentile, upper_percentile")
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError(f"minimum {self.minimum} must be <= maximum {self.maximum}")
+        lo, hi = self.lower_percentile, self.upper_percentile
+        if lo is not None and hi is not None and lo >= hi:
+            raise ValueError(f"lower_percentile {lo} must be < upper_percentile {hi}")
+        return self
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        return clip(image, self.minimum, self.maximum, self.lower_percentile, self.upper_percentile)

@@ -7,12 +7,14 @@ Output dtypes: :func:`rescale` → float32 (e.g. Hounsfield units); :func:`windo
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
+from pydantic import Field, model_validator
 
-from medimg_spark.ops._common import Array, check_image, finite_min_max, luma, to_unit
+from medimg_spark.ops._common import Array, MissingMetadataError, check_image, finite_min_max, luma, to_unit
+from medimg_spark.ops._step import Meta, Step, meta_value, register_step
 
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "lung": (-600.0, 1500.0),
@@ -182,3 +184,154 @@ def to_float(image: Array, scale: Literal["none", "dtype", "minmax"] = "none") -
         out = arr.astype(np.float32) * np.float32(1.0 / np.iinfo(arr.dtype).max)
         return np.maximum(out, np.float32(-1.0)) if arr.dtype.kind == "i" else out
     return arr.astype(np.float32)
+
+
+# --- recipe steps (registered by op name; see medimg_spark.ops.recipe) ------------------------------
+
+
+@register_step
+class Rescale(Step):
+    """Stored values → physical units (HU for CT). ``None`` takes RescaleSlope/Intercept from the header."""
+
+    op: Literal["rescale"]
+    slope: float | None = None
+    intercept: float | None = None
+    require_header: bool = False
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        slope = self.slope if self.slope is not None else meta_value(meta, "rescale_slope")
+        intercept = self.intercept if self.intercept is not None else meta_value(meta, "rescale_intercept")
+        if self.require_header and (slope is None or intercept is None):
+            raise MissingMetadataError(
+                "frame has no RescaleSlope/RescaleIntercept; set slope/intercept in the step "
+                "or require_header: false"
+            )
+        return rescale(image, 1.0 if slope is None else float(slope), float(intercept or 0.0))
+
+
+@register_step
+class Window(Step):
+    """VOI window to [0, 1]: explicit ``center``/``width``, a ``preset``, or ``from_header``."""
+
+    op: Literal["window"]
+    center: float | None = None
+    width: float | None = Field(None, ge=1)
+    preset: Literal["lung", "mediastinum", "bone", "brain"] | None = None
+    from_header: bool = False
+    fallback_preset: Literal["lung", "mediastinum", "bone", "brain"] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Window:
+        explicit = self.center is not None or self.width is not None
+        if explicit and (self.center is None or self.width is None):
+            raise ValueError("give both center and width (e.g. center: -600, width: 1500)")
+        sources = int(explicit) + int(self.preset is not None) + int(self.from_header)
+        if sources != 1:
+            raise ValueError(
+                "give exactly one window source: center+width, preset (lung, mediastinum, bone, brain) "
+                "or from_header: true"
+            )
+        if self.fallback_preset is not None and not self.from_header:
+            raise ValueError("fallback_preset only applies with from_header: true")
+        return self
+
+    def resolve(self, meta: Meta | None) -> tuple[float, float]:
+        """The (centre, width) used for a frame with header values ``meta``."""
+        if self.preset is not None:
+            return WINDOW_PRESETS[self.preset]
+        if self.center is not None and self.width is not None:
+            return self.center, self.width
+        c, w = meta_value(meta, "window_center"), meta_value(meta, "window_width")
+        if c is not None and w is not None and float(w) >= 1:
+            return float(c), float(w)
+        if self.fallback_preset is not None:
+            return WINDOW_PRESETS[self.fallback_preset]
+        raise MissingMetadataError(
+            "frame has no usable WindowCenter/WindowWidth; add fallback_preset or use an explicit window"
+        )
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        center, width = self.resolve(meta)
+        return window(image, center, width)
+
+
+@register_step
+class InvertMonochrome1(Step):
+    """Invert MONOCHROME1 frames (photometric from the header) so that high values are bright."""
+
+    op: Literal["invert_monochrome1"]
+    force: bool = False
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        photometric = str(meta_value(meta, "photometric") or "").upper()
+        if self.force or photometric == "MONOCHROME1":
+            return invert(image)
+        return image
+
+
+@register_step
+class ToFloat(Step):
+    """Convert to float32 (``scale``: none, dtype like img_as_float32, or minmax)."""
+
+    op: Literal["to_float"]
+    scale: Literal["none", "dtype", "minmax"] = "dtype"
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        return to_float(image, self.scale)
+
+
+class _Geometry(Step):
+    kind: ClassVar[Literal["image", "segment", "mask", "geometry"]] = "geometry"
+
+
+@register_step
+class Resize(_Geometry):
+    """Resize to ``rows`` x ``cols`` (keeping the aspect ratio and padding by default); masks follow."""
+
+    op: Literal["resize"]
+    rows: int = Field(ge=1, le=16384)
+    cols: int = Field(ge=1, le=16384)
+    keep_aspect: bool = True
+    interpolation: Literal["nearest", "linear", "cubic", "area"] = "area"
+    pad_value: float = 0.0
+
+    def run(self, image: Array, mask: Array | None, meta: Meta | None) -> tuple[Array, Array | None]:
+        out = resize(image, self.rows, self.cols, self.keep_aspect, self.interpolation, self.pad_value)
+        if mask is not None:
+            mask = resize(mask, self.rows, self.cols, self.keep_aspect, "nearest", 0.0)
+        return out, mask
+
+
+@register_step
+class ResampleSpacing(_Geometry):
+    """Resize so that a pixel covers ``spacing`` mm (needs PixelSpacing; masks follow)."""
+
+    op: Literal["resample_spacing"]
+    spacing: float = Field(gt=0)
+    interpolation: Literal["nearest", "linear", "cubic", "area"] = "area"
+    skip_without_spacing: bool = False
+
+    def run(self, image: Array, mask: Array | None, meta: Meta | None) -> tuple[Array, Array | None]:
+        ps = meta_value(meta, "pixel_spacing")
+        if ps is None or len(ps) < 2:
+            if self.skip_without_spacing:
+                return image, mask
+            raise MissingMetadataError("frame has no PixelSpacing; set skip_without_spacing: true to pass it")
+        spacing = (float(ps[0]), float(ps[1]))
+        out = resample_spacing(image, spacing, self.spacing, self.interpolation)
+        if mask is not None:
+            mask = resize(mask, out.shape[0], out.shape[1], False, "nearest")
+        return out, mask
+
+
+@register_step
+class CropForeground(_Geometry):
+    """Crop image (and mask) to the bounding box of luma > ``threshold`` (default: > minimum)."""
+
+    op: Literal["crop_foreground"]
+    threshold: float | None = None
+    margin: int = Field(0, ge=0)
+
+    def run(self, image: Array, mask: Array | None, meta: Meta | None) -> tuple[Array, Array | None]:
+        bbox = foreground_bbox(image, self.threshold, self.margin)
+        return crop(image, bbox), None if mask is None else crop(mask, bbox)

@@ -15,10 +15,11 @@ OpenCV's histogram equalisation is 8-bit only and its CLAHE 8/16-bit only, so:
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 
 from medimg_spark.ops._common import (
     Array,
@@ -30,6 +31,7 @@ from medimg_spark.ops._common import (
     to_uint,
     to_unit,
 )
+from medimg_spark.ops._step import Meta, Step, register_step
 
 
 def _from_uint16(u16: Array, dtype: np.dtype[Any]) -> Array:
@@ -140,3 +142,76 @@ def gamma(image: Array, gamma: float = 1.0) -> Array:
     if hi <= lo:
         return arr.copy()
     return cast_like(lo + (hi - lo) * to_unit(arr) ** gamma, arr.dtype)
+
+
+# --- recipe steps (registered by op name; see medimg_spark.ops.recipe) ------------------------------
+
+
+@register_step
+class ContrastStretch(Step):
+    """Stretch the ``lower``/``upper`` percentiles to the dtype's display range."""
+
+    op: Literal["contrast_stretch"]
+    lower: float = Field(2.0, ge=0, le=100)
+    upper: float = Field(98.0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _order(self) -> ContrastStretch:
+        if self.lower >= self.upper:
+            raise ValueError(f"lower ({self.lower}) must be < upper ({self.upper})")
+        return self
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        return contrast_stretch(image, self.lower, self.upper)
+
+
+@register_step
+class Equalize(Step):
+    """Global histogram equalisation (uint8: OpenCV; other dtypes via uint16, see ops.enhance)."""
+
+    op: Literal["equalize"]
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        return equalize(image)
+
+
+@register_step
+class Clahe(Step):
+    """CLAHE (OpenCV); ``tile_grid`` is [rows, cols] of tiles."""
+
+    op: Literal["clahe"]
+    clip_limit: float = Field(2.0, gt=0, le=100)
+    tile_grid: tuple[int, int] = (8, 8)
+
+    @field_validator("tile_grid")
+    @classmethod
+    def _tiles(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 1 or max(v) > 256:
+            raise ValueError(f"tile counts must be between 1 and 256, got {list(v)}")
+        return v
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        return clahe(image, self.clip_limit, self.tile_grid)
+
+
+@register_step
+class UnsharpMask(Step):
+    """Unsharp-mask sharpening ``x + amount * (x - blur_sigma(x))``."""
+
+    op: Literal["unsharp_mask"]
+    sigma: float = Field(1.0, gt=0, le=50)
+    amount: float = Field(1.0, ge=0, le=20)
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        return unsharp_mask(image, self.sigma, self.amount)
+
+
+@register_step
+class Gamma(Step):
+    """Gamma curve on the image's own range (dtype preserved)."""
+
+    op: Literal["gamma"]
+    gamma: float = Field(gt=0, le=20)
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        return gamma(image, self.gamma)

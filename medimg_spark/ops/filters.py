@@ -8,8 +8,11 @@ behaves the same on uint8 radiographs and int16 CT. Non-finite values propagate:
 
 from __future__ import annotations
 
+from typing import Literal
+
 import cv2
 import numpy as np
+from pydantic import Field, field_validator
 from scipy import ndimage
 
 from medimg_spark.ops._common import (
@@ -21,6 +24,7 @@ from medimg_spark.ops._common import (
     per_channel,
     to_unit,
 )
+from medimg_spark.ops._step import Meta, Step, odd_positive, register_step
 
 
 def _odd(ksize: int, name: str = "ksize") -> int:
@@ -114,3 +118,78 @@ def nl_means_filter(
         channel_axis=-1 if arr.ndim == 3 else None,
     )
     return cast_like(out * (hi - lo) + lo, arr.dtype)
+
+
+# --- recipe steps (registered by op name; see medimg_spark.ops.recipe) ------------------------------
+
+
+class _Kernel(Step):
+    ksize: int = 3
+
+    @field_validator("ksize")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        return odd_positive(v)
+
+
+@register_step
+class Mean(_Kernel):
+    """Box filter (dtype preserved)."""
+
+    op: Literal["mean"]
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        return mean_filter(image, self.ksize)
+
+
+@register_step
+class Median(_Kernel):
+    """Median filter (dtype preserved)."""
+
+    op: Literal["median"]
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        return median_filter(image, self.ksize)
+
+
+@register_step
+class Gaussian(Step):
+    """Gaussian blur (dtype preserved); ``ksize: 0`` derives the kernel from ``sigma``."""
+
+    op: Literal["gaussian"]
+    sigma: float = Field(1.0, gt=0, le=100)
+    ksize: int = 0
+
+    @field_validator("ksize")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        return v if v == 0 else odd_positive(v)
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        return gaussian_filter(image, self.sigma, self.ksize)
+
+
+@register_step
+class Bilateral(Step):
+    """Bilateral filter; ``sigma_color`` is a fraction of the image range (dtype preserved)."""
+
+    op: Literal["bilateral"]
+    diameter: int = Field(5, ge=-1, le=31)
+    sigma_color: float = Field(0.1, gt=0)
+    sigma_space: float = Field(2.0, gt=0)
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        return bilateral_filter(image, self.diameter, self.sigma_color, self.sigma_space)
+
+
+@register_step
+class NLMeans(Step):
+    """Non-local means; ``h`` is a fraction of the image range, ``null`` = 0.8 x estimated noise σ."""
+
+    op: Literal["nl_means"]
+    h: float | None = Field(None, gt=0)
+    patch_size: int = Field(5, ge=1, le=21)
+    patch_distance: int = Field(6, ge=1, le=30)
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        return nl_means_filter(image, self.h, self.patch_size, self.patch_distance)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import cv2
 import numpy as np
+from pydantic import Field
 from scipy import ndimage
 
-from medimg_spark.ops._common import Array, cast_like, check_image, check_mask, finite_min_max
+from medimg_spark.ops._common import (
+    Array,
+    RecipeConfigError,
+    cast_like,
+    check_image,
+    check_mask,
+    finite_min_max,
+)
+from medimg_spark.ops._step import Meta, Step, register_step
 
 
 def _components(mask: Array, connectivity: int) -> tuple[int, Array, Array]:
@@ -48,3 +59,65 @@ def apply_mask(image: Array, mask: Array, fill: float | None = None) -> Array:
     out = arr.copy()
     out[m == 0] = cast_like(np.asarray(value, dtype=np.float64), arr.dtype)
     return out
+
+
+# --- recipe steps (registered by op name; see medimg_spark.ops.recipe) ------------------------------
+
+
+class _MaskStep(Step):
+    kind: ClassVar[Literal["image", "segment", "mask", "geometry"]] = "mask"
+
+    def mask_op(self, mask: Array) -> Array:
+        raise RecipeConfigError(f"op '{self.op}' has no mask transform")
+
+    def run(self, image: Array, mask: Array | None, meta: Meta | None) -> tuple[Array, Array | None]:
+        if mask is None:
+            raise RecipeConfigError(f"op '{self.op}' needs a mask from an earlier segmentation step")
+        return image, self.mask_op(mask)
+
+
+@register_step
+class LargestComponent(_MaskStep):
+    """Keep the ``n`` largest connected components."""
+
+    op: Literal["largest_component"]
+    n: int = Field(1, ge=1, le=1000)
+    connectivity: Literal[4, 8] = 8
+
+    def mask_op(self, mask: Array) -> Array:
+        return largest_component(mask, self.n, self.connectivity)
+
+
+@register_step
+class FillHoles(_MaskStep):
+    """Fill holes in the mask."""
+
+    op: Literal["fill_holes"]
+
+    def mask_op(self, mask: Array) -> Array:
+        return fill_holes(mask)
+
+
+@register_step
+class RemoveSmallObjects(_MaskStep):
+    """Drop components smaller than ``min_size`` pixels."""
+
+    op: Literal["remove_small_objects"]
+    min_size: int = Field(64, ge=1)
+    connectivity: Literal[4, 8] = 8
+
+    def mask_op(self, mask: Array) -> Array:
+        return remove_small_objects(mask, self.min_size, self.connectivity)
+
+
+@register_step
+class ApplyMask(_MaskStep):
+    """Set image pixels outside the mask to ``fill`` (default: the image minimum)."""
+
+    op: Literal["apply_mask"]
+    fill: float | None = None
+
+    def run(self, image: Array, mask: Array | None, meta: Meta | None) -> tuple[Array, Array | None]:
+        if mask is None:
+            raise RecipeConfigError("op 'apply_mask' needs a mask from an earlier segmentation step")
+        return apply_mask(image, mask, self.fill), mask

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
+from pydantic import Field, model_validator
 
 from medimg_spark.ops._common import Array, check_image, to_unit
+from medimg_spark.ops._step import Meta, Step, register_step
 
 
 def minmax(image: Array) -> Array:
@@ -39,3 +43,46 @@ def percentile_scale(image: Array, lower: float = 1.0, upper: float = 99.0, clip
         out = np.clip(out, 0.0, 1.0)
     out[~finite] = 0.0
     return out.astype(np.float32)
+
+
+# --- recipe steps (registered by op name; see medimg_spark.ops.recipe) ------------------------------
+
+
+@register_step
+class MinMax(Step):
+    """Min-max to [0, 1], float32."""
+
+    op: Literal["minmax"]
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        return minmax(image)
+
+
+@register_step
+class ZScore(Step):
+    """``(x - mean) / std``, float32; ``within_mask`` uses the current mask's pixels for the statistics."""
+
+    op: Literal["zscore"]
+    within_mask: bool = False
+
+    def run(self, image: Array, mask: Array | None, meta: Meta | None) -> tuple[Array, Array | None]:
+        return zscore(image, mask if self.within_mask else None), mask
+
+
+@register_step
+class PercentileScale(Step):
+    """Map the ``lower``/``upper`` percentiles to 0/1, float32."""
+
+    op: Literal["percentile_scale"]
+    lower: float = Field(1.0, ge=0, le=100)
+    upper: float = Field(99.0, ge=0, le=100)
+    clip: bool = True
+
+    @model_validator(mode="after")
+    def _order(self) -> PercentileScale:
+        if self.lower >= self.upper:
+            raise ValueError(f"lower ({self.lower}) must be < upper ({self.upper})")
+        return self
+
+    def image_op(self, image: Array, meta: Meta | None) -> Array:
+        return percentile_scale(image, self.lower, self.upper, self.clip)

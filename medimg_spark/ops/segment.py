@@ -7,12 +7,23 @@ intensity parameters are on the 0..255 scale of that scaled image. Non-finite pi
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import cv2
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 
-from medimg_spark.ops._common import Array, check_image, finite_min_max, gray, luma, to_uint, to_unit
+from medimg_spark.ops._common import (
+    Array,
+    RecipeConfigError,
+    check_image,
+    finite_min_max,
+    gray,
+    luma,
+    to_uint,
+    to_unit,
+)
+from medimg_spark.ops._step import Meta, Step, odd_positive, register_step
 
 Select = Literal["bright", "dark"]
 
@@ -243,3 +254,138 @@ def superpixel_mask(image: Array, select: Select = "dark", **params: Any) -> Arr
     if piecewise.min() == piecewise.max():
         fg = np.zeros(unit.shape, dtype=bool)
     return fg.astype(np.uint8)
+
+
+# --- recipe steps (registered by op name; see medimg_spark.ops.recipe) ------------------------------
+
+
+class _Segment(Step):
+    kind: ClassVar[Literal["image", "segment", "mask", "geometry"]] = "segment"
+    combine: Literal["replace", "and", "or"] = "replace"
+
+    def make_mask(self, image: Array, meta: Meta | None) -> Array:
+        raise RecipeConfigError(f"op '{self.op}' has no segmentation")
+
+    def run(self, image: Array, mask: Array | None, meta: Meta | None) -> tuple[Array, Array | None]:
+        new = self.make_mask(image, meta)
+        if mask is None or self.combine == "replace":
+            return image, new
+        return image, (
+            np.logical_and(mask, new) if self.combine == "and" else np.logical_or(mask, new)
+        ).astype(np.uint8)
+
+
+@register_step
+class Threshold(_Segment):
+    """Fixed threshold ``x > value`` in the image's current units."""
+
+    op: Literal["threshold"]
+    value: float
+    invert: bool = False
+
+    def make_mask(self, image: Array, meta: Meta | None) -> Array:
+        return threshold(image, self.value, self.invert)
+
+
+@register_step
+class Otsu(_Segment):
+    """Otsu threshold."""
+
+    op: Literal["otsu"]
+    invert: bool = False
+
+    def make_mask(self, image: Array, meta: Meta | None) -> Array:
+        return otsu_threshold(image, self.invert)
+
+
+@register_step
+class AdaptiveThreshold(_Segment):
+    """Local (adaptive) threshold; ``offset`` on the 0..255 scale."""
+
+    op: Literal["adaptive_threshold"]
+    block_size: int = Field(11, ge=3, le=255)
+    offset: float = 2.0
+    method: Literal["mean", "gaussian"] = "gaussian"
+    invert: bool = False
+
+    @field_validator("block_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        return odd_positive(v)
+
+    def make_mask(self, image: Array, meta: Meta | None) -> Array:
+        return adaptive_threshold(image, self.block_size, self.offset, self.method, self.invert)
+
+
+@register_step
+class CannyFill(_Segment):
+    """Edge-based segmentation: Canny → closing → filled outer contours."""
+
+    op: Literal["canny_fill"]
+    low: float = Field(50.0, ge=0, le=1020)
+    high: float = Field(150.0, ge=0, le=1020)
+    sigma: float = Field(1.0, ge=0, le=20)
+    close_ksize: int = Field(3, ge=0, le=51)
+    min_area: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> CannyFill:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        return self
+
+    def make_mask(self, image: Array, meta: Meta | None) -> Array:
+        return canny_fill(image, self.low, self.high, self.sigma, self.close_ksize, self.min_area)
+
+
+@register_step
+class Watershed(_Segment):
+    """Marker watershed on the Sobel gradient, markers at Otsu ± ``margin``."""
+
+    op: Literal["watershed"]
+    margin: float = Field(0.1, ge=0, lt=0.5)
+
+    def make_mask(self, image: Array, meta: Meta | None) -> Array:
+        return watershed(image, self.margin)
+
+
+@register_step
+class TextureKMeans(_Segment):
+    """LBP/Gabor/local-statistics features clustered with k-means."""
+
+    op: Literal["texture_kmeans"]
+    n_clusters: int = Field(2, ge=2, le=16)
+    window: int = Field(7, ge=1, le=63)
+    select: Literal["bright", "dark"] = "bright"
+    max_iter: int = Field(50, ge=1, le=1000)
+
+    def make_mask(self, image: Array, meta: Meta | None) -> Array:
+        return texture_kmeans(image, self.n_clusters, self.window, self.select, self.max_iter)
+
+
+@register_step
+class Superpixels(_Segment):
+    """Superpixels (SLIC or quickshift) → Otsu on superpixel means → dark or bright region mask."""
+
+    op: Literal["superpixels"]
+    method: Literal["slic", "quickshift"] = "slic"
+    n_segments: int = Field(100, ge=2, le=100000)
+    compactness: float = Field(0.1, gt=0)
+    sigma: float = Field(1.0, ge=0)
+    kernel_size: float = Field(3.0, gt=0)
+    max_dist: float = Field(6.0, gt=0)
+    ratio: float = Field(0.5, ge=0, le=1)
+    select: Literal["bright", "dark"] = "dark"
+
+    def make_mask(self, image: Array, meta: Meta | None) -> Array:
+        return superpixel_mask(
+            image,
+            select=self.select,
+            method=self.method,
+            n_segments=self.n_segments,
+            compactness=self.compactness,
+            sigma=self.sigma,
+            kernel_size=self.kernel_size,
+            max_dist=self.max_dist,
+            ratio=self.ratio,
+        )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ from medimg_spark.errors import MedimgError
 from medimg_spark.report import html as H
 from medimg_spark.report import images as I
 from medimg_spark.storage import Storage, StorageError, basename, get_storage, join
+from medimg_spark.summaries import ReportSummary
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -678,7 +679,7 @@ def _runs(ctx: _Ctx) -> tuple[bool, str]:
 # ----------------------------------------------------------------------------- entry point
 
 
-def build_report(spark: SparkSession, out_dir: str) -> dict[str, Any]:
+def build_report(spark: SparkSession, out_dir: str) -> ReportSummary:
     """Write ``out_dir/report/index.html``: one self-contained page (inline CSS, PNG data URIs, no scripts).
 
     Sections (each says "Not run yet" when its input is missing): dataset summary, thumbnails
@@ -742,7 +743,7 @@ def build_report(spark: SparkSession, out_dir: str) -> dict[str, Any]:
     }
 
 
-def format_summary(summary: dict[str, Any]) -> str:
+def format_summary(summary: Mapping[str, Any]) -> str:
     """A human-readable summary of :func:`build_report` for the command line."""
     missing = [k for k, ok in summary["sections"].items() if not ok]
     lines = [

@@ -1,0 +1,132 @@
+"""The estimator registry: every classifier ``medimg train`` knows, scikit-learn and MLlib alike.
+
+An entry's metadata says its ``kind`` (``"sklearn"``: fitted on the driver or per group;
+``"mllib"``: a Spark ML Pipeline) and its builder is imported on first use, so listing the
+models (``medimg train --help``, config validation) imports neither scikit-learn nor pyspark.
+
+Builders:
+
+* ``sklearn``: ``(class_weight, seed, **params) -> sklearn estimator`` (see :mod:`.estimators`).
+* ``mllib``: ``(common, params, n_features, n_classes, seed) -> pyspark.ml classifier``, where
+  ``common`` holds the feature/label column names and ``params`` the remaining user parameters
+  (a builder pops the ones it consumes itself).
+
+Adding a model is one ``ESTIMATORS.register_lazy`` line here (or a decorator in your own module,
+imported from here) plus a test in ``tests/test_ml_models.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from medimg_spark.ml.errors import ModelConfigError
+from medimg_spark.registry import Registry, UnknownNameError
+
+ModelKind = Literal["sklearn", "mllib"]
+
+
+class UnknownModelError(UnknownNameError, ModelConfigError):
+    """No estimator is registered under that name."""
+
+
+ESTIMATORS: Registry[Any] = Registry(
+    "model",
+    hint="register one in medimg_spark/ml/models.py (kind sklearn or mllib)",
+    error=UnknownModelError,
+)
+
+_SK = "medimg_spark.ml.estimators"
+ESTIMATORS.register_lazy(
+    "sk_logreg", f"{_SK}:_sk_logreg", kind="sklearn", help="standardised logistic regression"
+)
+ESTIMATORS.register_lazy(
+    "sk_linear_svm", f"{_SK}:_sk_linear_svm", kind="sklearn", help="standardised linear SVM"
+)
+ESTIMATORS.register_lazy(
+    "sk_svc", f"{_SK}:_sk_svc", kind="sklearn", help="RBF SVC with Platt-scaled probabilities"
+)
+ESTIMATORS.register_lazy("sk_rf", f"{_SK}:_sk_rf", kind="sklearn", help="random forest")
+ESTIMATORS.register_lazy("sk_hgb", f"{_SK}:_sk_hgb", kind="sklearn", help="histogram gradient boosting")
+ESTIMATORS.register_lazy(
+    "sk_mlp", f"{_SK}:_sk_mlp", kind="sklearn", help="class-balanced MLP (seed ensemble)"
+)
+ESTIMATORS.register_lazy(
+    "sk_ensemble", f"{_SK}:_sk_ensemble", kind="sklearn", help="soft vote of sk_* members"
+)
+
+
+# --- MLlib classifiers -------------------------------------------------------------------------------
+
+
+def _mllib_logreg(
+    common: dict[str, Any], p: dict[str, Any], n_features: int, n_classes: int, seed: int
+) -> Any:
+    from pyspark.ml.classification import LogisticRegression
+
+    return LogisticRegression(**common, maxIter=200)
+
+
+def _mllib_linear_svc(
+    common: dict[str, Any], p: dict[str, Any], n_features: int, n_classes: int, seed: int
+) -> Any:
+    from pyspark.ml.classification import LinearSVC
+
+    if n_classes != 2:
+        raise ModelConfigError("mllib_linear_svc is binary only; use mllib_logreg for multi-class labels")
+    return LinearSVC(**common, maxIter=200)
+
+
+def _mllib_naive_bayes(
+    common: dict[str, Any], p: dict[str, Any], n_features: int, n_classes: int, seed: int
+) -> Any:
+    from pyspark.ml.classification import NaiveBayes
+
+    return NaiveBayes(**common, modelType=p.pop("modelType", "gaussian"))
+
+
+def _mllib_rf(common: dict[str, Any], p: dict[str, Any], n_features: int, n_classes: int, seed: int) -> Any:
+    from pyspark.ml.classification import RandomForestClassifier
+
+    return RandomForestClassifier(**common, numTrees=100, seed=seed)
+
+
+def _mllib_gbt(common: dict[str, Any], p: dict[str, Any], n_features: int, n_classes: int, seed: int) -> Any:
+    from pyspark.ml.classification import GBTClassifier
+
+    if n_classes != 2:
+        raise ModelConfigError(
+            "mllib_gbt is binary only; use mllib_rf or mllib_logreg for multi-class labels"
+        )
+    return GBTClassifier(**common, maxIter=50, seed=seed)
+
+
+def _mllib_mlp(common: dict[str, Any], p: dict[str, Any], n_features: int, n_classes: int, seed: int) -> Any:
+    from pyspark.ml.classification import MultilayerPerceptronClassifier
+
+    hidden = list(p.pop("hidden", [64]))
+    return MultilayerPerceptronClassifier(
+        **common, layers=[n_features, *hidden, n_classes], seed=seed, maxIter=200
+    )
+
+
+ESTIMATORS.register("mllib_logreg", _mllib_logreg, kind="mllib", help="MLlib logistic regression")
+ESTIMATORS.register("mllib_linear_svc", _mllib_linear_svc, kind="mllib", help="MLlib linear SVC (binary)")
+ESTIMATORS.register("mllib_naive_bayes", _mllib_naive_bayes, kind="mllib", help="MLlib naive Bayes")
+ESTIMATORS.register("mllib_rf", _mllib_rf, kind="mllib", help="MLlib random forest")
+ESTIMATORS.register("mllib_gbt", _mllib_gbt, kind="mllib", help="MLlib gradient-boosted trees (binary)")
+ESTIMATORS.register("mllib_mlp", _mllib_mlp, kind="mllib", help="MLlib multilayer perceptron")
+
+
+def model_kind(name: str) -> ModelKind:
+    """``"sklearn"`` or ``"mllib"``.
+
+    Raises:
+        UnknownModelError: a ModelConfigError listing the registered models.
+    """
+    kind: ModelKind = ESTIMATORS.entry(name).meta["kind"]
+    return kind
+
+
+def model_names(kind: ModelKind | None = None) -> tuple[str, ...]:
+    """Registered model names (of one ``kind``), in registration order."""
+    return ESTIMATORS.names() if kind is None else ESTIMATORS.names(kind=kind)

@@ -1,0 +1,158 @@
+"""The ``quality`` stage: quality before/after preprocessing, aggregated per recipe, modality and metric.
+
+Reads ``out_dir/processed`` (written by :func:`medimg_spark.preprocess.preprocess`) and writes
+``out_dir/metrics/quality.json``. The per-frame metrics themselves are :mod:`medimg_spark.quality`
+(numpy, no Spark).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from medimg_spark.preprocess import PROCESSED_SCHEMA, _exists, _uri
+from medimg_spark.quality import METRIC_DIRECTION, QUALITY_KEYS
+from medimg_spark.storage import get_storage, join
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+QUALITY_FILE = "metrics/quality.json"
+
+
+class Percentiles(TypedDict):
+    """``percentile_approx`` of one metric over a group's frames."""
+
+    p10: float | None
+    median: float | None
+    p90: float | None
+
+
+class MetricSummary(TypedDict):
+    """One metric of one group."""
+
+    count: int
+    direction: str | None
+    before: Percentiles
+    after: Percentiles
+    delta_median: float | None
+    improved_share: float | None
+
+
+class QualityGroup(TypedDict):
+    """The frames of one recipe (name and hash) and modality."""
+
+    recipe_name: str
+    recipe_hash: str
+    modality: str
+    frames: int
+    metrics: dict[str, MetricSummary]
+
+
+class QualityReport(TypedDict):
+    """The ``quality`` stage's summary, as written to ``metrics/quality.json``."""
+
+    generated_at: str
+    groups: list[QualityGroup]
+
+
+def quality_report(spark: SparkSession, out_dir: str) -> QualityReport:
+    """Aggregate quality before/after per recipe (name and hash), modality and metric.
+
+    For each metric: ``count`` (frames where both values are defined), ``before``/``after``
+    ``{p10, median, p90}`` (``percentile_approx``), ``delta_median`` (median of after - before) and
+    ``improved_share``: the share of frames where the metric moved in its better direction
+    (:data:`~medimg_spark.quality.METRIC_DIRECTION`; null for metrics without one: mean, std).
+    NaN values (undefined metrics) are left out. Written to ``out_dir/metrics/quality.json``.
+
+    Returns:
+        ``{"groups": [{"recipe_name", "recipe_hash", "modality", "frames", "metrics": {name: {...}}}]}``.
+    """
+    from pyspark.sql import functions as F
+
+    from medimg_spark.errors import ConfigError
+
+    out = _uri(out_dir)
+    if not _exists(spark, join(out, "processed")):
+        raise ConfigError(f"no processed table at {out}/processed; run preprocess first")
+    df = spark.read.schema(PROCESSED_SCHEMA).parquet(join(out, "processed"))
+
+    def clean(col: Any) -> Any:
+        return F.when(F.isnan(col), None).otherwise(col)
+
+    aggs = [F.count(F.lit(1)).alias("frames")]
+    for k in QUALITY_KEYS:
+        b = clean(F.col(f"quality_before.{k}"))
+        a = clean(F.col(f"quality_after.{k}"))
+        both = b.isNotNull() & a.isNotNull()
+        aggs.append(F.count(F.when(both, 1)).alias(f"{k}__count"))
+        aggs.append(F.percentile_approx(b, [0.1, 0.5, 0.9], 10000).alias(f"{k}__before"))
+        aggs.append(F.percentile_approx(a, [0.1, 0.5, 0.9], 10000).alias(f"{k}__after"))
+        aggs.append(F.percentile_approx(F.when(both, a - b), 0.5, 10000).alias(f"{k}__delta"))
+        direction = METRIC_DIRECTION[k]
+        if direction:
+            better = (a > b) if direction > 0 else (a < b)
+            aggs.append(F.avg(F.when(both, better.cast("double"))).alias(f"{k}__improved"))
+    rows = df.groupBy("recipe_name", "recipe_hash", "modality").agg(*aggs).collect()
+
+    def num(v: Any) -> float | None:
+        return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
+
+    def pct(v: Any) -> Percentiles:
+        vals = list(v) if v is not None else [None, None, None]
+        return {"p10": num(vals[0]), "median": num(vals[1]), "p90": num(vals[2])}
+
+    groups: list[QualityGroup] = []
+    for r in sorted(rows, key=lambda r: (r["recipe_name"], r["recipe_hash"], r["modality"])):
+        metrics: dict[str, MetricSummary] = {}
+        for k in QUALITY_KEYS:
+            metrics[k] = {
+                "count": int(r[f"{k}__count"]),
+                "direction": {1: "higher", -1: "lower", 0: None}[METRIC_DIRECTION[k]],
+                "before": pct(r[f"{k}__before"]),
+                "after": pct(r[f"{k}__after"]),
+                "delta_median": num(r[f"{k}__delta"]),
+                "improved_share": num(r[f"{k}__improved"]) if METRIC_DIRECTION[k] else None,
+            }
+        groups.append(
+            {
+                "recipe_name": r["recipe_name"],
+                "recipe_hash": r["recipe_hash"],
+                "modality": r["modality"],
+                "frames": int(r["frames"]),
+                "metrics": metrics,
+            }
+        )
+    report: QualityReport = {
+        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "groups": groups,
+    }
+    get_storage(spark).write_json(join(out, QUALITY_FILE), report)
+    return report
+
+
+def format_quality_table(report: QualityReport | Mapping[str, Any]) -> str:
+    """Render :func:`quality_report` output as a fixed-width text table (one block per group)."""
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.4g}"
+
+    header = f"{'metric':<14}{'better':>7}{'n':>6}{'before p50':>12}{'after p50':>12}{'after p10':>11}{'after p90':>11}{'Δ p50':>11}{'improved':>10}"
+    lines: list[str] = []
+    for g in report.get("groups", []):
+        lines.append(
+            f"{g['recipe_name']} [{g['recipe_hash'][:12]}]  modality={g['modality']}  frames={g['frames']}"
+        )
+        lines.append(header)
+        lines.append("-" * len(header))
+        for k, m in g["metrics"].items():
+            share = m["improved_share"]
+            lines.append(
+                f"{k:<14}{m['direction'] or '':>7}{m['count']:>6}{f(m['before']['median']):>12}"
+                f"{f(m['after']['median']):>12}{f(m['after']['p10']):>11}{f(m['after']['p90']):>11}"
+                f"{f(m['delta_median']):>11}{'-' if share is None else f'{share:.0%}':>10}"
+            )
+        lines.append("")
+    return "\n".join(lines) if lines else "no processed frames"
