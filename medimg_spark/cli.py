@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from medimg_spark import resources
 from medimg_spark.errors import ConfigError, JavaMissingError, MedimgError
 from medimg_spark.runlog import RunLog
 
@@ -103,7 +104,12 @@ def _add_reidentify(sub: Any) -> None:
 def _add_preprocess(sub: Any) -> None:
     p = sub.add_parser("preprocess", help="apply a recipe to DIR/images, writing DIR/processed")
     p.add_argument("--out", required=True, help="output directory holding images/")
-    p.add_argument("--recipe", required=True, help="recipe YAML (a path, or a name in conf/recipes)")
+    p.add_argument(
+        "--recipe",
+        required=True,
+        help="recipe: a YAML path, or a name in ./conf/recipes/ or shipped: "
+        + ", ".join(resources.shipped_names("recipes")),
+    )
     p.add_argument("--where", help="SQL filter on the images table, e.g. \"modality = 'CT'\"")
     _common(p)
     p.set_defaults(handler=cmd_preprocess)
@@ -121,7 +127,11 @@ def _add_features(sub: Any) -> None:
     p.add_argument("--out", required=True, help="output directory holding images/ or processed/")
     p.add_argument("--from", dest="source", choices=["images", "processed"], default="images")
     p.add_argument(
-        "--set", dest="feature_set", default="texture", help="feature set name (conf/features) or YAML"
+        "--set",
+        dest="feature_set",
+        default="texture",
+        help="feature set: a YAML path, or a name in ./conf/features/ or shipped: "
+        + ", ".join(resources.shipped_names("features")),
     )
     _common(p)
     p.set_defaults(handler=cmd_features)
@@ -379,17 +389,16 @@ def cmd_reidentify(args: argparse.Namespace) -> int:
 
 
 def resolve_recipe(name: str) -> str:
-    """A recipe path as given, or ``conf/recipes/<name>.yaml`` for a shipped recipe's name."""
-    from pathlib import Path
+    """An existing recipe path, ``./conf/recipes/<name>.yaml``, or the name of a shipped recipe as given.
 
-    p = Path(name)
-    if p.is_file():
-        return str(p)
-    for base in (Path.cwd() / "conf" / "recipes", Path(__file__).resolve().parents[1] / "conf" / "recipes"):
-        candidate = base / (name if name.endswith(".yaml") else f"{name}.yaml")
-        if candidate.is_file():
-            return str(candidate)
-    raise ConfigError(f"recipe {name} not found: pass a YAML path or a name from conf/recipes/")
+    A shipped recipe is returned by name (it may live inside a wheel, with no filesystem path);
+    :func:`medimg_spark.ops.load_recipe` resolves it the same way.
+
+    Raises:
+        ConfigError: neither a file nor a known name; the message lists the shipped recipes.
+    """
+    found = resources.resolve("recipes", name)
+    return found.name if found.origin == "shipped" else found.location
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:

@@ -21,7 +21,9 @@ STAGES = ("ingest", "preprocess", "quality", "features", "train", "predict", "ev
 class RecipeRun(StrictModel):
     """One recipe applied by the preprocess stage."""
 
-    recipe: str = Field(description="Recipe YAML path or the name of a shipped recipe (conf/recipes).")
+    recipe: str = Field(
+        description="Recipe YAML path, or a recipe name (./conf/recipes/ or shipped; `medimg preprocess --help` lists them)."
+    )
     where: str | None = Field(None, description="SQL filter on the images table.")
 
 
@@ -29,7 +31,10 @@ class FeaturesRun(StrictModel):
     """The feature set computed by the features stage."""
 
     source: Literal["images", "processed"] = "images"
-    set: str = Field("texture", description="Feature set name (conf/features) or YAML path.")
+    set: str = Field(
+        "texture",
+        description="Feature set name (./conf/features/ or shipped; `medimg features --help` lists them) or YAML path.",
+    )
 
 
 class ModelRun(StrictModel):
@@ -223,7 +228,7 @@ def _counts(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_recipe_path(name: str, base: Path) -> str:
-    """A recipe path (relative to ``base``) or the name of a shipped recipe."""
+    """A recipe path (relative to ``base``, else as :func:`medimg_spark.cli.resolve_recipe` resolves it)."""
     from medimg_spark.cli import resolve_recipe
 
     p = Path(name)

@@ -31,6 +31,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medimg_spark import resources as shipped_resources
 from medimg_spark.errors import ConfigError
 from medimg_spark.ops import clean, convert, enhance, filters, morphology, normalize, segment
 from medimg_spark.ops._common import (
@@ -43,8 +44,8 @@ from medimg_spark.ops._common import (
 
 Meta = Mapping[str, Any]
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "conf" / "recipes"
-"""The shipped recipes (``conf/recipes`` of the source checkout)."""
+RECIPES_DIR = shipped_resources.root().joinpath("recipes")
+"""The shipped recipes (``medimg_spark/resources/recipes``; a folder inside the wheel when zipped)."""
 
 
 class RecipeFileError(RecipeConfigError, ConfigError):
@@ -790,26 +791,22 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Load and validate a recipe YAML file.
 
-    ``path`` may also be the bare name of a shipped recipe (``"ct_lung"`` → ``conf/recipes/ct_lung.yaml``).
+    ``path`` may also be the name of a recipe: ``./conf/recipes/<name>.yaml`` in the working directory,
+    else the shipped ``medimg_spark/resources/recipes/<name>.yaml`` (``"ct_lung"``); an existing path wins.
 
     Raises:
         RecipeFileError: file missing or unreadable, invalid YAML, or invalid recipe.
     """
     import yaml
 
-    p = Path(path)
-    if not p.exists() and p.suffix == "" and len(p.parts) == 1:
-        p = RECIPES_DIR / f"{p}.yaml"
-    if not p.is_file():
-        shipped = ", ".join(sorted(f.stem for f in RECIPES_DIR.glob("*.yaml")))
-        raise RecipeFileError(
-            f"recipe file {path} not found; give a YAML path or a shipped recipe ({shipped})"
-        )
+    found = shipped_resources.resolve("recipes", path, RecipeFileError)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.safe_load(found.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise RecipeFileError(f"recipe {p} is not valid YAML: {exc}") from None
-    return parse_recipe(data, str(p))
+        raise RecipeFileError(f"recipe {found.location} is not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise RecipeFileError(f"recipe file {found.location} cannot be read: {exc}") from None
+    return parse_recipe(data, found.location)
 
 
 def apply_recipe(recipe: Recipe, image: Array, meta: Meta | None = None) -> tuple[Array, Array | None]:
