@@ -71,6 +71,8 @@ def test_wheel_holds_every_packaged_file_and_no_checkout_folders(wheel: Path) ->
         "medimg_spark/resources/features/pneumonia.yaml",
     } <= packaged
     assert packaged <= names, sorted(packaged - names)
+    stale = [n for n in names if n.startswith("medimg_spark/") and not (REPO / n).is_file()]
+    assert not stale, f"files in the wheel that the checkout no longer has (stale build/?): {stale}"
     assert "medimg_spark/py.typed" in names
     assert not [n for n in names if n.startswith(("conf/", "tests/", "jobs/", "data/"))]
 
