@@ -210,7 +210,9 @@ def _submit(
         cwd=cwd,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    (found,) = [ln.split("=", 1)[1] for ln in proc.stderr.splitlines() if ln.startswith("MEDIMG_SPARK_FILE=")]
+    # spark-submit's PythonRunner merges the driver's stderr into its own stdout.
+    output = (proc.stdout + proc.stderr).splitlines()
+    (found,) = [ln.split("=", 1)[1] for ln in output if ln.startswith("MEDIMG_SPARK_FILE=")]
     return time.perf_counter() - started, found
 
 

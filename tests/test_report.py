@@ -124,18 +124,8 @@ def run(spark: Any, sample_npz: Path, tmp_path_factory: pytest.TempPathFactory) 
     (inputs / "notes.dcm").write_bytes(b"this is not an image, just text " * 8)
     out = root / "out"
     ingested = ingest(spark, [str(inputs)], str(out))
-    preprocess(
-        spark,
-        str(out),
-        str(REPO / "medimg_spark/resources/recipes/classify.yaml"),
-        where="source_format = 'npz'",
-    )
-    preprocess(
-        spark,
-        str(out),
-        str(REPO / "medimg_spark/resources/recipes/chest_xray.yaml"),
-        where="source_format = 'dicom'",
-    )
+    preprocess(spark, str(out), "classify", where="source_format = 'npz'")
+    preprocess(spark, str(out), "chest_xray", where="source_format = 'dicom'")
     quality_report(spark, str(out))
     compute_features(spark, str(out), "processed", "pixels14")
     trained = train(spark, str(out), "sk_logreg", {"params": {"C": 0.1}})
