@@ -72,7 +72,7 @@ fuzz: install-dev
 	$(PY) benchmarks/fuzz.py --n $(N) --seed $(FUZZ_SEED) --work $(FUZZ_WORK)
 
 dist: venv
-	rm -rf dist && $(PIP) wheel --quiet --no-deps --wheel-dir dist .
+	rm -rf dist build && $(PIP) wheel --quiet --no-deps --wheel-dir dist .
 	@echo "wheel for spark-submit --py-files: $$(ls dist/*.whl)"
 
 docker:

@@ -23,7 +23,7 @@ The same work runs in every mode, each in its own subprocess (fresh interpreter,
 * ``spark_row_udf``: the same three stages with row-at-a-time Python UDFs (no Arrow) around the same
   per-image functions.
 
-Recipes: CT frames get ``conf/recipes/ct_lung.yaml``; PNG X-rays (no rescale header, 8-bit display values)
+Recipes: CT frames get the shipped ``ct_lung`` recipe; PNG X-rays (no rescale header, 8-bit display values)
 get the same filters without HU rescale and lung window (:data:`XRAY_RECIPE`); the rule is the same in
 every mode. Feature set: ``--feature-set`` (default ``shape``: intensity statistics + region shape).
 
@@ -90,7 +90,7 @@ steps:
     clip_limit: 2.0
     tile_grid: [8, 8]
 """
-CT_RECIPE = REPO / "conf" / "recipes" / "ct_lung.yaml"
+CT_RECIPE = REPO / "medimg_spark" / "resources" / "recipes" / "ct_lung.yaml"
 TABLES = ("images", "instances", "processed", "features")
 _THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -830,7 +830,7 @@ def markdown(report: dict[str, Any]) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
         f"Work per image: ingest decode → recipe (CT: ct_lung; PNG: xray_filters) → quality before/after → "
         f"features `{report['feature_set']}` → Parquet (zstd). Corpus per N: N CT DICOM 512² "
-        f"(1 in {J2K_EVERY} JPEG 2000) + N/2 PNG 1024²; images = 1.5 N. Spark settings: conf/spark-defaults.conf"
+        f"(1 in {J2K_EVERY} JPEG 2000) + N/2 PNG 1024²; images = 1.5 N. Spark settings: medimg_spark/resources/spark-defaults.conf"
         + (f" + {report['spark_conf']}" if report.get("spark_conf") else "")
         + ".",
         "",

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medimg_spark import resources
 from medimg_spark.errors import ConfigError, JavaMissingError, MedimgError
 from medimg_spark.runlog import RunLog
 from medimg_spark.stages import STAGES
@@ -101,7 +102,12 @@ def _add_reidentify(p: argparse.ArgumentParser) -> None:
 def _add_preprocess(p: argparse.ArgumentParser) -> None:
     """Arguments of ``medimg preprocess``."""
     p.add_argument("--out", required=True, help="output directory holding images/")
-    p.add_argument("--recipe", required=True, help="recipe YAML (a path, or a name in conf/recipes)")
+    p.add_argument(
+        "--recipe",
+        required=True,
+        help="recipe: a YAML path, or a name in ./conf/recipes/ or shipped: "
+        + ", ".join(resources.shipped_names("recipes")),
+    )
     p.add_argument("--where", help="SQL filter on the images table, e.g. \"modality = 'CT'\"")
     _common(p)
 
@@ -117,7 +123,11 @@ def _add_features(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory holding images/ or processed/")
     p.add_argument("--from", dest="source", choices=["images", "processed"], default="images")
     p.add_argument(
-        "--set", dest="feature_set", default="texture", help="feature set name (conf/features) or YAML"
+        "--set",
+        dest="feature_set",
+        default="texture",
+        help="feature set: a YAML path, or a name in ./conf/features/ or shipped: "
+        + ", ".join(resources.shipped_names("features")),
     )
     _common(p)
 

@@ -23,7 +23,9 @@ STAGES: tuple[str, ...] = pipeline_stages()
 class RecipeRun(StrictModel):
     """One recipe applied by the preprocess stage."""
 
-    recipe: str = Field(description="Recipe YAML path or the name of a shipped recipe (conf/recipes).")
+    recipe: str = Field(
+        description="Recipe YAML path, or a recipe name (./conf/recipes/ or shipped; `medimg preprocess --help` lists them)."
+    )
     where: str | None = Field(None, description="SQL filter on the images table.")
 
 
@@ -31,7 +33,10 @@ class FeaturesRun(StrictModel):
     """The feature set computed by the features stage."""
 
     source: Literal["images", "processed"] = "images"
-    set: str = Field("texture", description="Feature set name (conf/features) or YAML path.")
+    set: str = Field(
+        "texture",
+        description="Feature set name (./conf/features/ or shipped; `medimg features --help` lists them) or YAML path.",
+    )
 
 
 class ModelRun(StrictModel):

@@ -1,6 +1,6 @@
 """Build or reuse the SparkSession.
 
-Settings come from, in increasing precedence: ``conf/spark-defaults.conf``, the YAML config's
+Settings come from, in increasing precedence: the spark-defaults file (:func:`defaults_file`), the YAML config's
 ``spark.conf`` section, then the ``--master`` flag. Under ``spark-submit`` the submitted
 configuration wins: only keys it leaves unset are filled in.
 """
@@ -15,30 +15,37 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medimg_spark import resources
 from medimg_spark.errors import JavaMissingError
 
 if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
     from pyspark.sql import SparkSession
 
 DEFAULT_MASTER = "local[*]"
-_REPO_CONF = Path(__file__).resolve().parents[1] / "conf" / "spark-defaults.conf"
 
 
-def defaults_file() -> Path | None:
-    """The spark-defaults file: ``$MEDIMG_SPARK_DEFAULTS``, ``./conf/``, or the source checkout's."""
+def defaults_file() -> Path | Traversable | None:
+    """The spark-defaults file: ``$MEDIMG_SPARK_DEFAULTS``, ``./conf/spark-defaults.conf``, else the packaged one.
+
+    The packaged file is ``medimg_spark/resources/spark-defaults.conf`` (a :class:`Traversable`, which may
+    live inside a wheel); None only if the package is incomplete.
+    """
     env = os.environ.get("MEDIMG_SPARK_DEFAULTS")
-    for candidate in (Path(env) if env else None, Path.cwd() / "conf" / "spark-defaults.conf", _REPO_CONF):
+    for candidate in (Path(env) if env else None, Path.cwd() / "conf" / "spark-defaults.conf"):
         if candidate is not None and candidate.is_file():
             return candidate
-    return None
+    packaged = resources.root().joinpath(resources.SPARK_DEFAULTS)
+    return packaged if packaged.is_file() else None
 
 
-def read_spark_defaults(path: Path | None) -> dict[str, str]:
+def read_spark_defaults(path: Path | Traversable | None) -> dict[str, str]:
     """Parse a ``spark-defaults.conf`` file: ``key value`` lines, ``#`` comments."""
     out: dict[str, str] = {}
     if path is None:
         return out
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue

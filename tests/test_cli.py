@@ -66,7 +66,7 @@ def test_config_models_reject_unknown_sections_and_types() -> None:
 
 
 def test_spark_defaults_file_parses() -> None:
-    conf = read_spark_defaults(REPO / "conf" / "spark-defaults.conf")
+    conf = read_spark_defaults(REPO / "medimg_spark" / "resources" / "spark-defaults.conf")
     assert conf["spark.sql.session.timeZone"] == "UTC"
     assert int(conf["spark.sql.execution.arrow.maxRecordsPerBatch"]) > 0
 

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyspark
@@ -19,6 +20,9 @@ import pytest
 from pydicom.data import get_testdata_file
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
+
+if TYPE_CHECKING:
+    from tests.conftest import WheelVenv
 
 REPO = Path(__file__).resolve().parents[1]
 SPARK_HOME = Path(pyspark.__file__).parent
@@ -51,7 +55,7 @@ def _wait_worker(log: Path, timeout: float = 90) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[str]:
+def cluster(tmp_path_factory) -> Iterator[dict[str, Any]]:
     """A standalone master and one worker (2 cores) from the pyspark package, stopped even on failure."""
     tmp = tmp_path_factory.mktemp("cluster")
     port, ui, wui = _free_port(), _free_port(), _free_port()
@@ -110,7 +114,7 @@ def cluster(tmp_path_factory) -> Iterator[str]:
                 )
             )
         _wait_worker(tmp / "worker.log")
-        yield url
+        yield {"url": url, "work": tmp / "work"}
     finally:
         for p in procs[::-1]:
             if p.poll() is None:
@@ -120,19 +124,6 @@ def cluster(tmp_path_factory) -> Iterator[str]:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, 9)
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """The wheel `make dist` builds (pip wheel of this checkout)."""
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(REPO)],
-        check=True,
-        timeout=600,
-    )
-    (found,) = out.glob("medimg_spark-*.whl")
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -162,22 +153,41 @@ pipeline:
   inputs: ["{src}"]
   stages: [ingest, preprocess, quality]
   recipes:
-    - recipe: {REPO / "conf" / "recipes" / "classify.yaml"}
+    - recipe: classify
       where: "source_format = 'npz'"
-    - recipe: {REPO / "conf" / "recipes" / "ct_lung.yaml"}
+    - recipe: ct_lung
       where: "modality = 'CT'"
 """)
     return cfg
 
 
-def _submit(master: str, cfg: Path, out: Path, extra: list[str], job_args: tuple[str, ...] = ()) -> float:
-    env = {
-        **os.environ,
-        "PYSPARK_PYTHON": sys.executable,
-        "PYSPARK_DRIVER_PYTHON": sys.executable,
-        "MEDIMG_DEID_KEY": KEY,
-        "SPARK_LOCAL_IP": "127.0.0.1",
-    }
+def _submit(
+    venv: WheelVenv,
+    master: str,
+    cfg: Path,
+    out: str,
+    cwd: Path,
+    extra: list[str],
+    job_args: tuple[str, ...] = (),
+) -> tuple[float, str]:
+    """spark-submit jobs/pipeline.py with the wheel venv's Python as driver and worker Python.
+
+    The driver runs in ``cwd`` (outside the checkout) with no PYTHONPATH: medimg_spark can only come
+    from the wheel. A wrapper prints where it was imported from, then runs jobs/pipeline.py unchanged.
+    """
+    job = cwd / "pipeline_job.py"
+    job.write_text(
+        "import runpy, sys\n"
+        "import medimg_spark\n"
+        "sys.stderr.write(f'MEDIMG_SPARK_FILE={medimg_spark.__file__}\\n')\n"
+        f"runpy.run_path({str(REPO / 'jobs' / 'pipeline.py')!r}, run_name='__main__')\n"
+    )
+    env = venv.env(
+        PYSPARK_PYTHON=str(venv.python),
+        PYSPARK_DRIVER_PYTHON=str(venv.python),
+        MEDIMG_DEID_KEY=KEY,
+        SPARK_LOCAL_IP="127.0.0.1",
+    )
     started = time.perf_counter()
     proc = subprocess.run(
         [
@@ -185,37 +195,66 @@ def _submit(master: str, cfg: Path, out: Path, extra: list[str], job_args: tuple
             "--master",
             master,
             *extra,
-            str(REPO / "jobs" / "pipeline.py"),
+            str(job),
             "--config",
             str(cfg),
             "--out",
-            str(out),
+            out,
             *job_args,
         ],
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
+        timeout=900,
         check=False,
-        cwd=REPO,
+        cwd=cwd,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return time.perf_counter() - started
+    # spark-submit's PythonRunner merges the driver's stderr into its own stdout.
+    output = (proc.stdout + proc.stderr).splitlines()
+    (found,) = [ln.split("=", 1)[1] for ln in output if ln.startswith("MEDIMG_SPARK_FILE=")]
+    return time.perf_counter() - started, found
 
 
 @pytest.mark.slow
 def test_pipeline_on_standalone_cluster_equals_local(
-    spark, cluster, wheel, pipeline_config, tmp_path
+    spark, cluster, wheel, wheel_venv, pipeline_config, tmp_path
 ) -> None:
-    cluster_out, local_out = tmp_path / "cluster", tmp_path / "local"
-    t_cluster = _submit(
-        cluster,
+    """Only the wheel (on --py-files, in a fresh venv) on the driver and executors; --out on viewfs://."""
+    driver_cwd = tmp_path / "driver"
+    driver_cwd.mkdir()
+    real = tmp_path / "lake"  # viewfs://cluster/lake is linked to this local folder
+    real.mkdir()
+    cluster_out, local_out = real / "run", tmp_path / "local"
+    t_cluster, imported = _submit(
+        wheel_venv,
+        cluster["url"],
         pipeline_config,
-        cluster_out,
-        ["--py-files", str(wheel), "--total-executor-cores", "2", "--executor-memory", "2g"],
+        "viewfs://cluster/lake/run",
+        driver_cwd,
+        [
+            "--py-files",
+            str(wheel),
+            "--total-executor-cores",
+            "2",
+            "--executor-memory",
+            "2g",
+            "--conf",
+            f"spark.hadoop.fs.viewfs.mounttable.cluster.link./lake={real.as_uri()}",
+        ],
     )
+    assert not Path(imported).is_relative_to(REPO), imported
+    assert wheel.name in imported or Path(imported).is_relative_to(wheel_venv.site_packages), imported
+    # Executors ran in the worker's work dir (not the driver's cwd) and left nothing outside the lake.
+    apps = [p for p in cluster["work"].iterdir() if p.name.startswith("app-")]
+    assert apps and all((app / "0").is_dir() for app in apps)
+    assert sorted(p.name for p in driver_cwd.iterdir()) == ["pipeline_job.py"]
+    assert not list(driver_cwd.rglob("viewfs*")) and not list(cluster["work"].rglob("viewfs*"))
+
     log = tmp_path / "run.jsonl"
-    t_local = _submit("local[2]", pipeline_config, local_out, [], ("--log-json", str(log)))
+    t_local, _ = _submit(
+        wheel_venv, "local[2]", pipeline_config, str(local_out), driver_cwd, [], ("--log-json", str(log))
+    )
     print(f"pipeline wall time: cluster {t_cluster:.1f} s, local[2] {t_local:.1f} s")
 
     def images(out: Path):
@@ -246,6 +285,7 @@ def test_pipeline_on_standalone_cluster_equals_local(
         expected = read(local_out)
         assert expected.count() > 0
         assertDataFrameEqual(read(cluster_out), expected)
+    assert (cluster_out / "metrics" / "quality.json").is_file()
     events = [json.loads(line) for line in log.read_text().splitlines()]
     ends = [e for e in events if e["event"] == "stage_end"]
     assert [e["stage"] for e in ends] == ["ingest", "preprocess", "preprocess", "quality"]

@@ -14,6 +14,7 @@ from skimage.feature import graycomatrix, graycoprops, hog, local_binary_pattern
 from skimage.measure import label, regionprops
 
 from medimg_spark import features as F
+from medimg_spark import resources
 from medimg_spark.io.pixels import encode
 from medimg_spark.schema import IMAGES_SCHEMA
 
@@ -166,12 +167,13 @@ def test_names_are_stable_across_frames_and_sets(frames: tuple[np.ndarray, np.nd
 
 
 def test_all_shipped_feature_sets_load_and_run(frames: tuple[np.ndarray, np.ndarray]) -> None:
-    files = sorted((REPO / "conf" / "features").glob("*.yaml"))
-    assert len(files) >= 3
-    for f in files:
-        fs = F.load_feature_set(f)
+    names = resources.shipped_names("features")
+    assert len(names) >= 3 and "pneumonia" in names
+    for name in names:
+        fs = F.load_feature_set(name)
+        assert fs == F.load_feature_set(REPO / "medimg_spark" / "resources" / "features" / f"{name}.yaml")
         v, n = fs.extract(frames[0][0])
-        assert fs.name == f.stem and v.size == len(n) and np.isfinite(v).all()
+        assert fs.name == name and v.size == len(n) and np.isfinite(v).all()
 
 
 def test_feature_set_yaml_rejects_unknown_keys(tmp_path: Path) -> None:

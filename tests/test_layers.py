@@ -148,7 +148,7 @@ def test_cli_and_pipeline_import_in_either_order_without_a_cycle(first: str) -> 
         """,
         block_spark=False,
     )
-    assert out["recipe"].endswith("ct_lung.yaml")
+    assert out["recipe"] == "ct_lung"  # a shipped recipe resolves to its name (it may live in a zipped wheel)
     if first == "medimg_spark.pipeline":
         # pipeline needs nothing from the command line layer
         assert "medimg_spark.cli" not in out["after_first"]
@@ -165,5 +165,5 @@ def test_pipeline_resolves_recipes_without_importing_cli() -> None:
         """
     )
     assert out["cli"] is False
-    assert Path(out["path"]).is_file()
+    assert out["path"] == "ct_lung"  # the shipped recipe by name; load_recipe reads it from the package
     assert out["stages"][0] == "ingest" and out["stages"][-1] == "report"

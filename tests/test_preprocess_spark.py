@@ -18,7 +18,7 @@ from medimg_spark.preprocess import PROCESSED_SCHEMA, format_quality_table, prep
 from medimg_spark.quality import QUALITY_KEYS, quality_metrics
 from medimg_spark.schema import IMAGES_SCHEMA, QUARANTINE_SCHEMA
 
-RECIPES = Path(__file__).resolve().parents[1] / "conf" / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "medimg_spark" / "resources" / "recipes"
 
 
 def _row(image_id: str, arr: np.ndarray, modality: str, **meta: Any) -> dict[str, Any]:

@@ -30,12 +30,11 @@ def _us(name: str) -> pydicom.Dataset:
     return pydicom.dcmread(Path(deid_data.__file__).resolve().parent / "data" / "ultrasounds" / name)
 
 
-def test_packaged_rules_equal_conf_rules() -> None:
-    packaged = REPO / "medimg_spark/privacy/data/pixel_rules.yaml"
-    conf = REPO / "conf/privacy/pixel_rules.yaml"
-    assert packaged.read_text() == conf.read_text()
+def test_packaged_rules_are_the_default_and_the_only_copy() -> None:
+    packaged = REPO / "medimg_spark/resources/privacy/pixel_rules.yaml"
+    assert not (REPO / "conf/privacy/pixel_rules.yaml").exists()
     rules = load_pixel_rules(None)
-    assert rules == load_pixel_rules(str(conf)) and len(rules) >= 2
+    assert rules == load_pixel_rules(str(packaged)) and len(rules) >= 2
     assert all(r.regions for r in rules)
 
 

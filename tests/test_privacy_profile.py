@@ -19,7 +19,8 @@ from medimg_spark.privacy.profile import ProfileEntry, parse_tag
 KEY = bytes(range(32))
 SHARED_TABLE = Path("/work/shared/data/dicom/confidentiality_profile_attributes.json")
 PACKAGE_TABLE = (
-    Path(__file__).resolve().parents[1] / "medimg_spark/privacy/data/confidentiality_profile_attributes.json"
+    Path(__file__).resolve().parents[1]
+    / "medimg_spark/resources/privacy/confidentiality_profile_attributes.json"
 )
 
 #: Independent statement (for the tests) of the IOD types that resolve compound codes away from X.

@@ -101,7 +101,7 @@ def deid_run(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
 
     rules = tmp / "pixel_rules.yaml"
     rules.write_text(
-        (REPO / "conf/privacy/pixel_rules.yaml").read_text()
+        (REPO / "medimg_spark/resources/privacy/pixel_rules.yaml").read_text()
         + """  - name: deid-data CT brain secondary capture (reviewed, no text)
     match: {Modality: CT, Manufacturer: siemens, ManufacturerModelName: SOMATOM Definition AS+, Rows: 456, Columns: 510}
     regions: []

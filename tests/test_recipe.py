@@ -52,7 +52,7 @@ def bad(steps: list[dict[str, Any]], **extra: Any) -> str:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_recipes_load_by_path_and_name(name: str) -> None:
-    r = load_recipe(REPO / "conf" / "recipes" / f"{name}.yaml")
+    r = load_recipe(REPO / "medimg_spark" / "resources" / "recipes" / f"{name}.yaml")
     assert r.name == name and r == load_recipe(name)
     assert len(r.hash) == 64 and r.description
 

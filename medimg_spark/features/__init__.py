@@ -46,7 +46,6 @@ _EXPORTS = {
     "ExtractorSpec": "medimg_spark.features.spec:ExtractorSpec",
     "FeatureSet": "medimg_spark.features.spec:FeatureSet",
     "parse_feature_set": "medimg_spark.features.spec:parse_feature_set",
-    "feature_set_dirs": "medimg_spark.features.spec:feature_set_dirs",
     "load_feature_set": "medimg_spark.features.spec:load_feature_set",
     "vector_metadata": "medimg_spark.features.stage:vector_metadata",
     "feature_names_of": "medimg_spark.features.stage:feature_names_of",
@@ -88,7 +87,6 @@ if TYPE_CHECKING:
         PixelParams,
         RegionExtractor,
         RegionParams,
-        feature_set_dirs,
         load_feature_set,
         parse_feature_set,
     )
@@ -124,7 +122,6 @@ __all__ = [
     "compute_features",
     "decode_row",
     "feature_names_of",
-    "feature_set_dirs",
     "glcm_features",
     "hog_features",
     "intensity_features",

@@ -1,6 +1,6 @@
 """Feature sets: named, ordered lists of extractors, validated from YAML (no Spark).
 
-Named feature sets compose extractors in YAML (``conf/features/<name>.yaml``)::
+Named feature sets compose extractors in YAML (shipped in ``medimg_spark/resources/features/<name>.yaml``)::
 
     name: texture
     extractors:
@@ -200,37 +200,25 @@ def parse_feature_set(data: dict[str, Any], source: str = "<dict>") -> FeatureSe
         raise FeatureSetError(f"invalid feature set in {source}: {exc}") from exc
 
 
-def feature_set_dirs() -> list[Path]:
-    """Folders searched for ``<name>.yaml``: ``./conf/features`` then the repository's ``conf/features``."""
-    return [Path.cwd() / "conf" / "features", Path(__file__).resolve().parents[2] / "conf" / "features"]
-
-
 def load_feature_set(spec: str | Path | FeatureSet | dict[str, Any]) -> FeatureSet:
-    """Load a feature set from a name (``conf/features/<name>.yaml``), a YAML path, a dict or a model.
+    """Load a feature set from a name, a YAML path, a dict or a model.
+
+    A name is looked up in ``./conf/features/<name>.yaml``, then in the shipped feature sets
+    (``medimg_spark/resources/features``, see :func:`medimg_spark.resources.shipped_names`).
 
     Raises:
         FeatureSetError: the file is missing, unreadable or invalid.
     """
+    from medimg_spark import resources
+
     if isinstance(spec, FeatureSet):
         return spec
     if isinstance(spec, dict):
         return parse_feature_set(spec)
-    path = Path(spec)
-    if not path.suffix and not path.exists():
-        for folder in feature_set_dirs():
-            cand = folder / f"{spec}.yaml"
-            if cand.exists():
-                path = cand
-                break
-        else:
-            raise FeatureSetError(
-                f"feature set {str(spec)!r} not found in {[str(d) for d in feature_set_dirs()]}; "
-                "pass a YAML path or add conf/features/<name>.yaml"
-            )
-    if not path.exists():
-        raise FeatureSetError(f"feature-set file {path} does not exist; check the path")
+    found = resources.resolve("features", spec, FeatureSetError)
+    path = found.location
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(found.read_text())
     except yaml.YAMLError as exc:
         raise FeatureSetError(f"feature-set file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -129,7 +129,8 @@ def compute_features(
         source: ``images`` (schema :data:`medimg_spark.schema.IMAGES_SCHEMA`) or ``processed``
             (image_id, pixels, dtype, rows, cols, channels, mask, label, split); ``processed``
             masks are passed to the extractors.
-        feature_set: name under ``conf/features``, YAML path, mapping or :class:`FeatureSet`.
+        feature_set: feature-set name (shipped, or ``./conf/features/<name>.yaml``), YAML path, mapping or
+            :class:`FeatureSet`.
 
     Returns:
         Summary: path, feature_set, n_features, feature_names, n_images, n_failed, failures

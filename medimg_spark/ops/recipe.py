@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from medimg_spark import resources as shipped_resources
 from medimg_spark.errors import ConfigError
 
 # The op modules: importing one registers its steps in STEPS. A new op module is added here.
@@ -46,8 +47,8 @@ from medimg_spark.ops import (  # noqa: F401
 from medimg_spark.ops._common import Array, RecipeConfigError, RecipeStepError, as_supported
 from medimg_spark.ops._step import STEPS, Meta, Step
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "conf" / "recipes"
-"""The shipped recipes (``conf/recipes`` of the source checkout)."""
+RECIPES_DIR = shipped_resources.root().joinpath("recipes")
+"""The shipped recipes (``medimg_spark/resources/recipes``; a folder inside the wheel when zipped)."""
 
 
 class RecipeFileError(RecipeConfigError, ConfigError):
@@ -166,45 +167,36 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Load and validate a recipe YAML file.
 
-    ``path`` may also be the bare name of a shipped recipe (``"ct_lung"`` → ``conf/recipes/ct_lung.yaml``).
+    ``path`` may also be the name of a recipe: ``./conf/recipes/<name>.yaml`` in the working directory,
+    else the shipped ``medimg_spark/resources/recipes/<name>.yaml`` (``"ct_lung"``); an existing path wins.
 
     Raises:
         RecipeFileError: file missing or unreadable, invalid YAML, or invalid recipe.
     """
     import yaml
 
-    p = Path(path)
-    if not p.exists() and p.suffix == "" and len(p.parts) == 1:
-        p = RECIPES_DIR / f"{p}.yaml"
-    if not p.is_file():
-        shipped = ", ".join(sorted(f.stem for f in RECIPES_DIR.glob("*.yaml")))
-        raise RecipeFileError(
-            f"recipe file {path} not found; give a YAML path or a shipped recipe ({shipped})"
-        )
+    found = shipped_resources.resolve("recipes", path, RecipeFileError)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.safe_load(found.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise RecipeFileError(f"recipe {p} is not valid YAML: {exc}") from None
-    return parse_recipe(data, str(p))
+        raise RecipeFileError(f"recipe {found.location} is not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise RecipeFileError(f"recipe file {found.location} cannot be read: {exc}") from None
+    return parse_recipe(data, found.location)
 
 
 def resolve_recipe(name: str) -> str:
-    """A recipe path as given, or ``conf/recipes/<name>.yaml`` for a shipped recipe's name.
+    """An existing recipe path, ``./conf/recipes/<name>.yaml``, or the name of a shipped recipe as given.
 
-    Looks in ``./conf/recipes`` first, then in :data:`RECIPES_DIR`. (Moved here from ``cli`` so the
-    pipeline resolves recipes without importing the command line.)
+    A shipped recipe is returned by name (it may live inside a wheel, with no filesystem path);
+    :func:`load_recipe` resolves it the same way. (Here rather than in ``cli`` so the pipeline
+    resolves recipes without importing the command line.)
 
     Raises:
-        ConfigError: no such file or shipped recipe.
+        ConfigError: neither a file nor a known name; the message lists the shipped recipes.
     """
-    p = Path(name)
-    if p.is_file():
-        return str(p)
-    for base in (Path.cwd() / "conf" / "recipes", RECIPES_DIR):
-        candidate = base / (name if name.endswith(".yaml") else f"{name}.yaml")
-        if candidate.is_file():
-            return str(candidate)
-    raise ConfigError(f"recipe {name} not found: pass a YAML path or a name from conf/recipes/")
+    found = shipped_resources.resolve("recipes", name)
+    return found.name if found.origin == "shipped" else found.location
 
 
 def apply_recipe(recipe: Recipe, image: Array, meta: Meta | None = None) -> tuple[Array, Array | None]:

@@ -584,8 +584,9 @@ class Deidentifier:
                 f"the pixels of this {src.get('Modality', 'unknown-modality')} image "
                 f"({src.get('Rows', '?')}x{src.get('Columns', '?')}, manufacturer "
                 f"{src.get('Manufacturer', 'unknown')!s}, model {src.get('ManufacturerModelName', 'unknown')!s}) "
-                "may carry burned-in text and no pixel rule matches; add a rule to "
-                "conf/privacy/pixel_rules.yaml (DeidConfig.pixel_rules) or pass allow_burned_in=True "
+                "may carry burned-in text and no pixel rule matches; add a rule to a copy of "
+                "medimg_spark/resources/privacy/pixel_rules.yaml and set deid.pixel_rules "
+                "(DeidConfig.pixel_rules) to it, or pass allow_burned_in=True "
                 "after checking the images"
             )
         regions = rule.regions if rule is not None else ()

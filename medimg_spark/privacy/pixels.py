@@ -29,7 +29,6 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -37,6 +36,7 @@ import yaml
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from medimg_spark import resources as shipped_resources
 from medimg_spark.privacy.errors import DeidConfigError, OcrUnavailableError
 
 MATCH_KEYS: dict[str, type] = {
@@ -134,10 +134,8 @@ def load_pixel_rules(path: str | None = None) -> tuple[PixelRule, ...]:
         DeidConfigError: When the file is missing or malformed.
     """
     if path is None:
-        text = (
-            resources.files("medimg_spark.privacy").joinpath("data").joinpath("pixel_rules.yaml").read_text()
-        )
-        source = "<packaged pixel_rules.yaml>"
+        text = shipped_resources.read_shipped(shipped_resources.PIXEL_RULES)
+        source = f"<packaged {shipped_resources.PIXEL_RULES}>"
     else:
         try:
             with open(path, encoding="utf-8") as fh:

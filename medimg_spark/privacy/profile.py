@@ -1,6 +1,7 @@
 """DICOM PS3.15 Table E.1-1 (Basic Application Level Confidentiality Profile) and its options.
 
-The table ships as package data (``data/confidentiality_profile_attributes.json``, MIT, see the
+The table ships as package data (``medimg_spark/resources/privacy/confidentiality_profile_attributes.json``,
+MIT, see the
 ``README.md`` next to it). :func:`load_profile` parses it once per process; :func:`resolve_action`
 turns an entry, the selected options and the attribute's type into one of the simple action
 codes ``D Z X K C U``.
@@ -23,8 +24,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from typing import Literal
+
+from medimg_spark import resources as shipped_resources
 
 OptionName = Literal[
     "rtnSafePrivOpt",
@@ -68,7 +70,6 @@ ATTRIBUTE_TYPES: dict[str, int] = {
     "TreatmentMachineName": 2,  # RT Beams / RT Ion Beams
 }
 
-_PACKAGE = "medimg_spark.privacy"
 TABLE_FILE = "confidentiality_profile_attributes.json"
 
 
@@ -142,9 +143,7 @@ def parse_tag(text: str) -> int:
 @lru_cache(maxsize=1)
 def load_profile() -> Profile:
     """Load and index Table E.1-1 from the package data (cached per process)."""
-    raw = json.loads(
-        resources.files(_PACKAGE).joinpath("data").joinpath(TABLE_FILE).read_text(encoding="utf-8")
-    )
+    raw = json.loads(shipped_resources.read_shipped(f"privacy/{TABLE_FILE}"))
     entries: list[ProfileEntry] = []
     by_tag: dict[int, ProfileEntry] = {}
     patterns: dict[str, ProfileEntry] = {}
