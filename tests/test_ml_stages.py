@@ -151,21 +151,25 @@ def test_classifier_model_files_are_checked_on_load(spark, run: dict[str, Path],
         SklearnClassificationModel.load(path)
 
 
-def test_a_pipeline_holding_a_loaded_cli_model_saves_and_loads(
-    spark, run: dict[str, Path], tmp_path: Path
-) -> None:
+def test_pipelines_holding_loaded_models_save_and_load(spark, run: dict[str, Path], tmp_path: Path) -> None:
     from pyspark.ml import PipelineModel
 
-    from medimg_spark.ml import load_model
+    from medimg_spark.ml import ModelLoadError, load_model, train
 
-    model = load_model(run["out"] / "models" / "sk_logreg")
-    model.setFeaturesCol("vec")
-    pm = PipelineModel(stages=[model])
-    pm.write().save(str(tmp_path / "pm"))
-    back = PipelineModel.load(str(tmp_path / "pm")).stages[0]
-    assert type(back) is type(model) and back.getFeaturesCol() == "vec" and back.card == model.card
-    features = spark.read.parquet(str(run["out"] / "features")).withColumnRenamed("features", "vec")
-    assertDataFrameEqual(back.transform(features), model.transform(features), rtol=0, atol=0)
+    out = run["out"]
+    mllib = train(spark, out, "mllib_logreg", {"model_dir": str(tmp_path / "mllib")})["model_path"]
+    features = spark.read.parquet(str(out / "features")).withColumnRenamed("features", "vec")
+    for i, folder in enumerate([out / "models" / "sk_logreg", mllib]):  # the CLI's model, an MLlib one
+        model = load_model(folder)
+        model.setFeaturesCol("vec").setPredictionCol("label_hat")
+        pm = PipelineModel(stages=[model])
+        pm.write().save(str(tmp_path / f"pm{i}"))
+        back = PipelineModel.load(str(tmp_path / f"pm{i}")).stages[0]
+        assert type(back) is type(model) and back.card == model.card
+        assert back.getFeaturesCol() == "vec" and back.getPredictionCol() == "label_hat"
+        assertDataFrameEqual(back.transform(features), model.transform(features), rtol=0, atol=0)
+    with pytest.raises(ModelLoadError, match="overwrite"):
+        load_model(mllib).write().save(str(tmp_path / "pm0"))
 
 
 def test_params_have_docs_defaults_and_typed_errors() -> None:

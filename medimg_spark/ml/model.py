@@ -230,6 +230,9 @@ class _Classifier(
     def save(self, path: str | Path, storage: Storage | None = None) -> str:  # type: ignore[override]
         """Write the model and ``card.json`` to the folder ``path`` (local path or URI; files overwritten).
 
+        This is the model-store folder :func:`load_model` reads; ``write().save(path)`` writes the
+        ``pyspark.ml`` layout (metadata + this folder under ``path/model``) instead.
+
         Args:
             path: the model folder.
             storage: how to reach ``path`` (default: the active SparkSession's, see
@@ -446,6 +449,8 @@ class _ClassifierWriter(MLWriter):
     def saveImpl(self, path: str) -> None:
         """Write the model folder through :mod:`medimg_spark.storage`, then the metadata."""
         store = get_storage(self.sparkSession)
+        if store.exists(path) and not self.shouldOverwrite:
+            raise ModelLoadError(f"{path} already exists; use write().overwrite().save(path) to replace it")
         folder = join(path, MODEL_SUBDIR)
         self.instance.save(folder, store)
         digests = {
