@@ -394,7 +394,15 @@ class MllibClassifier(_Classifier):
         _check_features(dataset, self.features_col)
         classes = self.classes
         label_in = mllib_label_input(dataset, classes)
-        res = self.pipeline.transform(label_in)
+        pipeline = self.pipeline
+        scaler: Any = pipeline.stages[1]
+        if scaler.hasParam("inputCol") and scaler.getInputCol() != self.features_col:
+            # the fitted pipeline reads "features"; featuresCol names another column
+            from pyspark.ml import PipelineModel
+
+            moved = scaler.copy({scaler.getParam("inputCol"): self.features_col})
+            pipeline = PipelineModel([pipeline.stages[0], moved, *pipeline.stages[2:]])
+        res = pipeline.transform(label_in)
         clf = self.classifier
         if clf.hasParam("probabilityCol") and _is_probabilistic(clf):
             proba = vector_to_array(F.col(clf.getProbabilityCol()))
