@@ -73,11 +73,25 @@ if TYPE_CHECKING:
         train,
     )
 
+# pyspark.ml stages (medimg_spark.ml.stages), imported on first use. The Estimator is reached as
+# medimg_spark.ml.stages.SklearnClassifier: here that name is the fitted model wrapper of ml.model.
+_STAGES = ("FeatureExtractor", "QualityScorer", "RecipeTransformer", "SklearnClassificationModel")
+
+
+def __getattr__(name: str) -> object:
+    if name in _STAGES:
+        from medimg_spark.ml import stages
+
+        return getattr(stages, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ESTIMATORS",
     "MLLIB_MODELS",
     "SKLEARN_MODELS",
     "AugmentConfig",
+    "FeatureExtractor",
     "LocalizeConfig",
     "MllibClassifier",
     "ModelCard",
@@ -85,6 +99,9 @@ __all__ = [
     "ModelDataError",
     "ModelError",
     "ModelLoadError",
+    "QualityScorer",
+    "RecipeTransformer",
+    "SklearnClassificationModel",
     "SklearnClassifier",
     "ThresholdConfig",
     "TrainConfig",

@@ -8,6 +8,13 @@ A saved model is a folder holding ``card.json`` plus either ``model.joblib`` (sc
 * ``probability`` — array<double> of class probabilities (order: ``card.classes``),
 * ``score`` — probability of the positive class (binary tasks; null otherwise),
 * ``prediction`` — the predicted class label (string), after the card's decision threshold.
+
+The column names are Params (``featuresCol``, ``probabilityCol``, ``scoreCol``, ``predictionCol``),
+so both classes are ordinary ``pyspark.ml`` stages: ``model.write().save(path)`` writes the
+``DefaultParams`` metadata plus the model folder under ``path/model`` (through
+:mod:`medimg_spark.storage`, so any Hadoop URI works) and a :class:`~pyspark.ml.PipelineModel`
+holding one saves and loads. ``model.save(folder)`` still writes the plain model folder read by
+:func:`load_model`.
 """
 
 from __future__ import annotations
@@ -27,6 +34,16 @@ import pandas as pd  # runtime import: pandas_udf reads the type hints
 import sklearn
 from pydantic import BaseModel, ConfigDict, Field
 from pyspark.ml import Transformer
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasFeaturesCol, HasPredictionCol, HasProbabilityCol
+from pyspark.ml.util import (
+    DefaultParamsReader,
+    DefaultParamsWriter,
+    MLReadable,
+    MLReader,
+    MLWritable,
+    MLWriter,
+)
 
 from medimg_spark.ml.errors import ModelDataError, ModelLoadError
 from medimg_spark.ml.estimators import positive_scores
@@ -40,6 +57,9 @@ CARD_FILE = "card.json"
 SKLEARN_FILE = "model.joblib"
 MLLIB_DIR = "pipeline"
 PREDICTION_COLUMNS = ("probability", "score", "prediction")
+"""The default output column names (probabilityCol, scoreCol, predictionCol)."""
+MODEL_SUBDIR = "model"
+"""Where ``write().save(path)`` puts the model folder (card.json + model file) under ``path``."""
 
 
 class ModelCard(BaseModel):
@@ -113,15 +133,85 @@ def _check_features(df: DataFrame, col: str) -> None:
         )
 
 
-class _Classifier(Transformer):
-    """Shared parts of the sklearn and MLlib wrappers."""
+class HasScoreCol(Params):
+    """Mixin for the ``scoreCol`` Param (positive-class probability of a binary task)."""
+
+    scoreCol: Param[str] = Param(
+        Params._dummy(),
+        "scoreCol",
+        "output column: probability of the card's positive class (binary tasks; null otherwise)",
+        typeConverter=TypeConverters.toString,
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._setDefault(scoreCol="score")
+
+    def getScoreCol(self) -> str:
+        """The value of ``scoreCol``."""
+        return self.getOrDefault(self.scoreCol)
+
+
+class _Classifier(
+    Transformer,
+    HasFeaturesCol,
+    HasProbabilityCol,
+    HasScoreCol,
+    HasPredictionCol,
+    MLReadable["_Classifier"],
+    MLWritable,
+):
+    """Shared parts of the sklearn and MLlib wrappers: the card, the column Params and persistence."""
 
     card: ModelCard
 
     def __init__(self, card: ModelCard, features_col: str = "features") -> None:
         super().__init__()
         self.card = card
-        self.features_col = features_col
+        self._set(featuresCol=features_col)
+
+    @property
+    def features_col(self) -> str:
+        """The vector column read (the ``featuresCol`` Param)."""
+        return self.getFeaturesCol()
+
+    def setFeaturesCol(self, value: str) -> _Classifier:
+        """Set ``featuresCol``."""
+        return self._set(featuresCol=value)
+
+    def setProbabilityCol(self, value: str) -> _Classifier:
+        """Set ``probabilityCol``."""
+        return self._set(probabilityCol=value)
+
+    def setScoreCol(self, value: str) -> _Classifier:
+        """Set ``scoreCol``."""
+        return self._set(scoreCol=value)
+
+    def setPredictionCol(self, value: str) -> _Classifier:
+        """Set ``predictionCol``."""
+        return self._set(predictionCol=value)
+
+    def output_columns(self) -> tuple[str, str, str]:
+        """``(probabilityCol, scoreCol, predictionCol)``."""
+        return self.getProbabilityCol(), self.getScoreCol(), self.getPredictionCol()
+
+    def _kept_columns(self, dataset: DataFrame) -> list[str]:
+        out = set(self.output_columns())
+        return [c for c in dataset.columns if c not in out]
+
+    @classmethod
+    def _from_loaded(cls, model: _Classifier) -> _Classifier:
+        """An instance of ``cls`` holding what :func:`load_model` returned."""
+        raise NotImplementedError
+
+    def write(self) -> MLWriter:
+        """A writer of ``DefaultParams`` metadata plus the model folder (``path/model``)."""
+        return _ClassifierWriter(self)
+
+    @classmethod
+    def read(cls) -> MLReader[_Classifier]:
+        """A reader of what :meth:`write` saved (or of a plain model folder written by :meth:`save`)."""
+        return _ClassifierReader(cls)
 
     @property
     def classes(self) -> list[str]:
@@ -137,8 +227,11 @@ class _Classifier(Transformer):
         idx = self.card.decide(self.predict_proba(X))
         return np.asarray(self.classes, dtype=object)[idx]
 
-    def save(self, path: str | Path, storage: Storage | None = None) -> str:
+    def save(self, path: str | Path, storage: Storage | None = None) -> str:  # type: ignore[override]
         """Write the model and ``card.json`` to the folder ``path`` (local path or URI; files overwritten).
+
+        This is the model-store folder :func:`load_model` reads; ``write().save(path)`` writes the
+        ``pyspark.ml`` layout (metadata + this folder under ``path/model``) instead.
 
         Args:
             path: the model folder.
@@ -200,7 +293,8 @@ class SklearnClassifier(_Classifier):
         card_json = self.card.model_dump_json()
         n_features = len(self.card.feature_names)
         fcol = self.features_col
-        keep = [c for c in dataset.columns if c not in PREDICTION_COLUMNS]
+        prob_col, score_col, pred_col = self.output_columns()
+        keep = self._kept_columns(dataset)
         vec_cols = {f.name: f.metadata for f in dataset.schema.fields if isinstance(f.dataType, VectorUDT)}
         base = dataset.select(
             *(vector_to_array(F.col(c)).alias(c) if c in vec_cols else F.col(c) for c in keep)
@@ -208,9 +302,9 @@ class SklearnClassifier(_Classifier):
         out_schema = StructType(
             [
                 *base.schema.fields,
-                StructField("probability", ArrayType(DoubleType()), True),
-                StructField("score", DoubleType(), True),
-                StructField("prediction", StringType(), True),
+                StructField(prob_col, ArrayType(DoubleType()), True),
+                StructField(score_col, DoubleType(), True),
+                StructField(pred_col, StringType(), True),
             ]
         )
 
@@ -218,7 +312,7 @@ class SklearnClassifier(_Classifier):
             card = ModelCard.model_validate_json(card_json)
             for pdf in batches:
                 if len(pdf) == 0:
-                    yield pdf.assign(probability=[], score=[], prediction=[])
+                    yield pdf.assign(**{prob_col: [], score_col: [], pred_col: []})
                     continue
                 X = _features_as_matrix(pdf[fcol], n_features)
                 proba = positive_scores(bc.value, X)
@@ -229,9 +323,11 @@ class SklearnClassifier(_Classifier):
                     else np.full(len(X), np.nan)
                 )
                 yield pdf.assign(
-                    probability=list(proba),
-                    score=score,
-                    prediction=np.asarray(card.classes, dtype=object)[idx],
+                    **{
+                        prob_col: list(proba),
+                        score_col: score,
+                        pred_col: np.asarray(card.classes, dtype=object)[idx],
+                    }
                 )
 
         out = base.mapInPandas(_predict, out_schema)
@@ -240,10 +336,18 @@ class SklearnClassifier(_Classifier):
                 array_to_vector(F.col(c)).alias(c, metadata=vec_cols[c]) if c in vec_cols else F.col(c)
                 for c in keep
             ),
-            *PREDICTION_COLUMNS,
+            prob_col,
+            score_col,
+            pred_col,
         )
 
-    def save(self, path: str | Path, storage: Storage | None = None) -> str:
+    @classmethod
+    def _from_loaded(cls, model: _Classifier) -> _Classifier:
+        if not isinstance(model, SklearnClassifier):
+            raise ModelLoadError(f"the saved model is {type(model).__name__}, not a scikit-learn model")
+        return cls(model.estimator, model.card)
+
+    def save(self, path: str | Path, storage: Storage | None = None) -> str:  # type: ignore[override]
         """Write ``model.joblib`` and ``card.json`` into the folder ``path`` (local path or URI).
 
         joblib writes a local temporary file, which is then uploaded through ``storage``.
@@ -290,7 +394,15 @@ class MllibClassifier(_Classifier):
         _check_features(dataset, self.features_col)
         classes = self.classes
         label_in = mllib_label_input(dataset, classes)
-        res = self.pipeline.transform(label_in)
+        pipeline = self.pipeline
+        scaler: Any = pipeline.stages[1]
+        if scaler.hasParam("inputCol") and scaler.getInputCol() != self.features_col:
+            # the fitted pipeline reads "features"; featuresCol names another column
+            from pyspark.ml import PipelineModel
+
+            moved = scaler.copy({scaler.getParam("inputCol"): self.features_col})
+            pipeline = PipelineModel([pipeline.stages[0], moved, *pipeline.stages[2:]])
+        res = pipeline.transform(label_in)
         clf = self.classifier
         if clf.hasParam("probabilityCol") and _is_probabilistic(clf):
             proba = vector_to_array(F.col(clf.getProbabilityCol()))
@@ -311,15 +423,21 @@ class MllibClassifier(_Classifier):
         else:
             score = F.lit(None).cast("double")
             prediction = F.element_at(labels, F.array_position("__proba", F.array_max("__proba")).cast("int"))
-        keep = [c for c in dataset.columns if c not in PREDICTION_COLUMNS]
+        prob_col, score_col, pred_col = self.output_columns()
         return res.select(
-            *keep,
-            F.col("__proba").alias("probability"),
-            score.alias("score"),
-            prediction.alias("prediction"),
+            *self._kept_columns(dataset),
+            F.col("__proba").alias(prob_col),
+            score.alias(score_col),
+            prediction.alias(pred_col),
         )
 
-    def save(self, path: str | Path, storage: Storage | None = None) -> str:
+    @classmethod
+    def _from_loaded(cls, model: _Classifier) -> _Classifier:
+        if not isinstance(model, MllibClassifier):
+            raise ModelLoadError(f"the saved model is {type(model).__name__}, not an MLlib model")
+        return cls(model.pipeline, model.card)
+
+    def save(self, path: str | Path, storage: Storage | None = None) -> str:  # type: ignore[override]
         """Write ``pipeline/`` (MLlib persistence) and ``card.json`` into the folder ``path`` (local path or URI)."""
         store = storage or get_storage()
         folder = os.fspath(path)
@@ -327,6 +445,65 @@ class MllibClassifier(_Classifier):
         self.pipeline.write().overwrite().save(join(folder, MLLIB_DIR))
         self._write_card(store, folder)
         return folder
+
+
+class _ClassifierWriter(MLWriter):
+    """``path/metadata`` (DefaultParams JSON, with the SHA-256 of every model file) + ``path/model/``."""
+
+    def __init__(self, instance: _Classifier) -> None:
+        super().__init__()
+        self.instance = instance
+
+    def saveImpl(self, path: str) -> None:
+        """Write the model folder through :mod:`medimg_spark.storage`, then the metadata."""
+        store = get_storage(self.sparkSession)
+        if store.exists(path) and not self.shouldOverwrite:
+            raise ModelLoadError(f"{path} already exists; use write().overwrite().save(path) to replace it")
+        folder = join(path, MODEL_SUBDIR)
+        self.instance.save(folder, store)
+        digests = {
+            name: hashlib.sha256(store.read_bytes(join(folder, name))).hexdigest()
+            for name in (CARD_FILE, SKLEARN_FILE)
+            if store.exists(join(folder, name))
+        }
+        DefaultParamsWriter.saveMetadata(
+            self.instance, path, self.sparkSession, extraMetadata={"modelFiles": digests}
+        )
+
+
+class _ClassifierReader(MLReader[_Classifier]):
+    """Reads what :class:`_ClassifierWriter` wrote; checks the model files against their recorded SHA-256."""
+
+    def __init__(self, cls: type[_Classifier]) -> None:
+        super().__init__()
+        self.cls = cls
+
+    def load(self, path: str) -> _Classifier:
+        """Load ``path`` (a ``write().save`` folder, or a plain model folder holding ``card.json``).
+
+        Raises:
+            ModelLoadError: the folder is incomplete, a file differs from its recorded hash, or the
+                saved model is of another kind than ``cls``.
+        """
+        store = get_storage(self.sparkSession)
+        if not store.exists(join(path, "metadata")):
+            if store.exists(join(path, CARD_FILE)):
+                return self.cls._from_loaded(load_model(path, storage=store))
+            raise ModelLoadError(f"{path} has neither metadata/ nor {CARD_FILE}; pass a saved model folder")
+        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+        folder = join(path, MODEL_SUBDIR)
+        for name, digest in (metadata.get("modelFiles") or {}).items():
+            f = join(folder, name)
+            if not store.exists(f):
+                raise ModelLoadError(f"{path} lacks {MODEL_SUBDIR}/{name}; copy the whole saved folder")
+            if hashlib.sha256(store.read_bytes(f)).hexdigest() != digest:
+                raise ModelLoadError(
+                    f"{f} differs from the file that was saved (SHA-256 mismatch); re-save the model"
+                )
+        instance = self.cls._from_loaded(load_model(folder, storage=store))
+        instance._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(instance, metadata)
+        return instance
 
 
 LABEL_INPUT = "__label_in"
