@@ -50,6 +50,12 @@ _EXPORTS = {
     "fit_sklearn_arrays": "medimg_spark.ml.train:fit_sklearn_arrays",
     "parse_train_config": "medimg_spark.ml.train:parse_train_config",
     "train": "medimg_spark.ml.train:train",
+    # pyspark.ml stages. The Estimator is reached as medimg_spark.ml.stages.SklearnClassifier: here that
+    # name is the fitted model wrapper of ml.model.
+    "FeatureExtractor": "medimg_spark.ml.stages:FeatureExtractor",
+    "QualityScorer": "medimg_spark.ml.stages:QualityScorer",
+    "RecipeTransformer": "medimg_spark.ml.stages:RecipeTransformer",
+    "SklearnClassificationModel": "medimg_spark.ml.stages:SklearnClassificationModel",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
@@ -64,6 +70,12 @@ if TYPE_CHECKING:
     from medimg_spark.ml.model import MllibClassifier, ModelCard, SklearnClassifier, load_model
     from medimg_spark.ml.models import ESTIMATORS
     from medimg_spark.ml.predict import predict, predictions_frame
+    from medimg_spark.ml.stages import (
+        FeatureExtractor,
+        QualityScorer,
+        RecipeTransformer,
+        SklearnClassificationModel,
+    )
     from medimg_spark.ml.train import (
         ThresholdConfig,
         TrainConfig,
@@ -72,19 +84,6 @@ if TYPE_CHECKING:
         parse_train_config,
         train,
     )
-
-# pyspark.ml stages (medimg_spark.ml.stages), imported on first use. The Estimator is reached as
-# medimg_spark.ml.stages.SklearnClassifier: here that name is the fitted model wrapper of ml.model.
-_STAGES = ("FeatureExtractor", "QualityScorer", "RecipeTransformer", "SklearnClassificationModel")
-
-
-def __getattr__(name: str) -> object:
-    if name in _STAGES:
-        from medimg_spark.ml import stages
-
-        return getattr(stages, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 __all__ = [
     "ESTIMATORS",
