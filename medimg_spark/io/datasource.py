@@ -626,10 +626,6 @@ class MedimgDataSource(DataSource):
         return _BatchReader(self.plan)
 
     def streamReader(self, schema: StructType) -> DataSourceStreamReader:
-        if not os.path.isdir(self.plan.paths[0]):
-            raise DataSourceOptionError(
-                f"readStream.format({self.SOURCE!r}) watches a folder; {self.opts.path} is not a folder"
-            )
         reader: DataSourceStreamReader = _stream_reader_class()(
             self.plan, self.opts, self.opts.max_files_per_trigger
         )
