@@ -27,6 +27,7 @@ The pseudonymisation key is never an option value that could reach the query pla
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -463,6 +464,9 @@ def read_partition(partition: FilesPartition, plan: ReadPlan) -> Iterator[pa.Rec
     flush = getattr(ctx.deidentify, "flush", None)
     if flush is not None:
         flush(f"p{partition.index}-{secrets.token_hex(3)}")
+    if ctx.crash_dir:
+        with contextlib.suppress(OSError):  # empty once every task of the read cleared its mark
+            os.rmdir(ctx.crash_dir)
 
 
 def _chain(*parts: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -535,8 +539,10 @@ class _StreamReader(DataSourceStreamReader):
     logged batch by listing again and taking the same key range, so a file is neither read twice nor
     skipped. Only files whose change time is ``settle_seconds`` old are admitted, so that a file
     appearing while the folder is listed cannot fall behind an offset already handed out.
-    Limitation: a file changed in place (written, chmod'ed, renamed) after it was read gets a new
-    change time and is read again; write files elsewhere and move them into the folder.
+    Limitations: a file changed in place (written, chmod'ed, renamed) after it was read gets a new
+    change time and is read again; write files elsewhere and move them into the folder. A listed
+    problem that cannot be stat'ed at all (it vanished) is keyed at change time 0, so it is
+    quarantined only by the first batch that sees it.
     """
 
     def __init__(self, plan: ReadPlan, opts: ReadOptions, max_files: int | None) -> None:
