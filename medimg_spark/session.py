@@ -141,5 +141,8 @@ def build_session(
     for key, value in settings.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
+    from medimg_spark.io.datasource import register  # spark.read.format("medimg"/"dicom")
+
+    register(session)
     session.sparkContext.setLogLevel(os.environ.get("MEDIMG_SPARK_LOG_LEVEL", "WARN"))
     return session
