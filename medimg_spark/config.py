@@ -1,7 +1,10 @@
 """YAML configuration validated into typed pydantic models before Spark starts.
 
 A config file has one section per stage; every section is optional and every model forbids
-unknown keys, so a typo fails at once with a message naming the key and the file.
+unknown keys, so a typo in any section fails at once (exit code 2) with a message naming the
+dotted key, the file and the fix. The stage sections' models live in
+:mod:`medimg_spark.config_models` (no pyspark or other heavy import); each stage reads its own
+section, a command-line flag winning over it.
 """
 
 from __future__ import annotations
@@ -10,18 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
+from medimg_spark.config_models import (
+    DeidConfig,
+    FeaturesConfig,
+    LocalizeConfig,
+    PipelineConfig,
+    PreprocessConfig,
+    ReportConfig,
+    StrictModel,
+    TrainConfig,
+)
 from medimg_spark.errors import ConfigError
 
 #: Spark's binaryFile source cannot read files larger than this (Int.MaxValue bytes).
 BINARY_FILE_LIMIT = 2**31 - 1
-
-
-class StrictModel(BaseModel):
-    """Base of every config model: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class IngestConfig(StrictModel):
@@ -71,15 +78,19 @@ class SparkSection(StrictModel):
 
 
 class MedimgConfig(StrictModel):
-    """The whole configuration file."""
+    """The whole configuration file: one typed section per stage, each read by that stage."""
 
-    spark: SparkSection = Field(default_factory=SparkSection)
-    ingest: IngestConfig = Field(default_factory=IngestConfig)
-    extra_sections: dict[str, Any] = Field(default_factory=dict, exclude=True)
-
-
-#: Sections owned by other stages: validated by their own models when those stages start.
-STAGE_SECTIONS = ("preprocess", "features", "train", "privacy", "pipeline", "report", "localize")
+    spark: SparkSection = Field(default_factory=SparkSection, description="The Spark session.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="medimg ingest.")
+    privacy: DeidConfig = Field(
+        default_factory=DeidConfig, description="De-identification: medimg ingest, deid, run."
+    )
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig, description="medimg preprocess.")
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig, description="medimg features.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="medimg train.")
+    localize: LocalizeConfig = Field(default_factory=LocalizeConfig, description="medimg localize.")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="medimg report.")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="medimg run.")
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
@@ -102,16 +113,14 @@ def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> Medim
     Raises:
         ConfigError: naming every bad key and how to fix it.
     """
-    data = dict(data or {})
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
-    extra = {k: data.pop(k) for k in list(data) if k in STAGE_SECTIONS}
     try:
-        cfg = MedimgConfig.model_validate(data)
+        return MedimgConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
-    cfg.extra_sections = extra
-    return cfg
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
