@@ -9,11 +9,14 @@ section, a command-line flag winning over it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 from medimg_spark.config_models import (
     DeidConfig,
@@ -72,25 +75,47 @@ class IngestConfig(StrictModel):
 class SparkSection(StrictModel):
     """Spark settings: ``master`` and any ``spark.*`` key of the session."""
 
-    master: str | None = None
-    app_name: str = "medimg-spark"
-    conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    master: str | None = Field(None, description="Spark master URL (--master wins; null: local[*]).")
+    app_name: str = Field("medimg-spark", description="Application name.")
+    conf: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Any spark.* key (over conf/spark-defaults.conf)."
+    )
 
 
 class MedimgConfig(StrictModel):
     """The whole configuration file: one typed section per stage, each read by that stage."""
 
-    spark: SparkSection = Field(default_factory=SparkSection, description="The Spark session.")
-    ingest: IngestConfig = Field(default_factory=IngestConfig, description="medimg ingest.")
-    privacy: DeidConfig = Field(
-        default_factory=DeidConfig, description="De-identification: medimg ingest, deid, run."
+    spark: SparkSection = Field(default_factory=SparkSection, description="The Spark session (every verb).")
+    ingest: IngestConfig = Field(
+        default_factory=IngestConfig,
+        description="Read by `medimg ingest` and the ingest stage of `medimg run`.",
     )
-    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig, description="medimg preprocess.")
-    features: FeaturesConfig = Field(default_factory=FeaturesConfig, description="medimg features.")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="medimg train.")
-    localize: LocalizeConfig = Field(default_factory=LocalizeConfig, description="medimg localize.")
-    report: ReportConfig = Field(default_factory=ReportConfig, description="medimg report.")
-    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="medimg run.")
+    privacy: DeidConfig = Field(
+        default_factory=DeidConfig,
+        description="De-identification: read by `medimg ingest`, `medimg deid` and `medimg run`.",
+    )
+    preprocess: PreprocessConfig = Field(
+        default_factory=PreprocessConfig,
+        description="Read by `medimg preprocess` and the preprocess stage of `medimg run`.",
+    )
+    features: FeaturesConfig = Field(
+        default_factory=FeaturesConfig,
+        description="Read by `medimg features` and the features stage of `medimg run`.",
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig, description="Read by `medimg train` and the train stage of `medimg run`."
+    )
+    localize: LocalizeConfig = Field(
+        default_factory=LocalizeConfig,
+        description="Read by `medimg localize` and the localize stage of `medimg run`.",
+    )
+    report: ReportConfig = Field(
+        default_factory=ReportConfig,
+        description="Read by `medimg report` and the report stage of `medimg run`.",
+    )
+    pipeline: PipelineConfig = Field(
+        default_factory=PipelineConfig, description="Read by `medimg run`: which stages run, on what."
+    )
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
@@ -156,3 +181,66 @@ def validate_section(model: type[BaseModel], data: Any, source: str) -> Any:
         return model.model_validate(data or {})
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
+
+
+def _type_name(tp: Any) -> str:
+    """A short, readable name of a field's type (``str | None``, ``'a' | 'b'``, ``list[str]``)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (Union, UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        inner = ", ".join("..." if a is Ellipsis else _type_name(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _nested_model(tp: Any) -> type[BaseModel] | None:
+    """The model inside ``Model``, ``Model | None`` or ``list[Model]``, if any."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in get_args(tp):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _default_text(info: FieldInfo) -> str:
+    if info.is_required():
+        return "required"
+    value = info.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return "see below"
+    return "null" if value is None else json.dumps(value, default=str)
+
+
+def _field_rows(model: type[BaseModel], prefix: str) -> list[str]:
+    rows = []
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        desc = (info.description or "").replace("|", "\\|")
+        default = _default_text(info).replace("|", "\\|")
+        kind = _type_name(info.annotation).replace("|", "\\|")
+        rows.append(f"| `{key}` | {kind} | `{default}` | {desc} |")
+        nested = _nested_model(info.annotation)
+        if nested is not None:
+            many = get_origin(info.annotation) is list
+            rows.extend(_field_rows(nested, f"{key}[]." if many else f"{key}."))
+    return rows
+
+
+def config_reference() -> str:
+    """Markdown reference of every section and key of :class:`MedimgConfig` (the README's table)."""
+    parts = []
+    for section, info in MedimgConfig.model_fields.items():
+        model = _nested_model(info.annotation)
+        assert model is not None
+        parts.append(f"`{section}:` {info.description}\n")
+        parts.append("| key | type | default | meaning |\n| --- | --- | --- | --- |")
+        parts.extend(_field_rows(model, f"{section}."))
+        parts.append("")
+    return "\n".join(parts)

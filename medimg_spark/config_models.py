@@ -220,14 +220,14 @@ class AugmentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    copies: int = Field(2, ge=1, le=32)
+    copies: int = Field(2, ge=1, le=32, description="augmented copies of each training frame")
     max_shift: float = Field(2.0, ge=0, description="pixels, per axis, uniform in ±max_shift")
     max_rotation: float = Field(10.0, ge=0, le=180, description="degrees, uniform in ±max_rotation")
     max_scale: float = Field(0.07, ge=0, lt=1, description="zoom uniform in 1 ± max_scale")
-    hflip: bool = True
-    photometric: bool = False
-    seed: int = 0
-    source: Source = "images"
+    hflip: bool = Field(True, description="random horizontal flips")
+    photometric: bool = Field(False, description="gamma/contrast/brightness jitter")
+    seed: int = Field(0, description="random seed of the perturbations")
+    source: Source = Field("images", description="table whose frames are augmented")
 
 
 class ThresholdConfig(BaseModel):
@@ -235,7 +235,7 @@ class ThresholdConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    rule: ThresholdRule = "youden"
+    rule: ThresholdRule = Field("youden", description="criterion maximised on val ('fixed': use value)")
     value: float = Field(0.5, description="the threshold when rule is 'fixed'")
 
 
@@ -249,17 +249,19 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     features_dir: str = Field("features", description="table under out_dir holding the feature vectors")
-    train_split: str = "train"
-    val_split: str | None = "val"
-    class_weight: Literal["balanced", "none"] = "balanced"
-    params: dict[str, Any] = {}
+    train_split: str = Field("train", description="split the model is fitted on")
+    val_split: str | None = Field("val", description="split of the grid search and threshold (null: none)")
+    class_weight: Literal["balanced", "none"] = Field("balanced", description="class weights")
+    params: dict[str, Any] = Field({}, description="estimator hyper-parameters")
     grid: dict[str, list[Any]] = Field({}, description="hyper-parameter values searched on val")
-    search_metric: SearchMetric = "roc_auc"
-    threshold: ThresholdConfig = ThresholdConfig()
-    positive_label: str | None = None
-    augment: AugmentConfig | None = None
+    search_metric: SearchMetric = Field("roc_auc", description="grid search criterion on val")
+    threshold: ThresholdConfig = Field(ThresholdConfig(), description="binary decision threshold")
+    positive_label: str | None = Field(
+        None, description="positive class of a binary task (default: the last class in sorted order)"
+    )
+    augment: AugmentConfig | None = Field(None, description="augmented training copies (null: none)")
     feature_set: str | None = Field(None, description="feature set for augmentation (default: recorded one)")
-    seed: int = 0
+    seed: int = Field(0, description="random seed of the estimator")
     model_dir: str | None = Field(None, description="where to save (default out_dir/models/<name>)")
     name: str | None = Field(
         None,
@@ -333,8 +335,10 @@ class RecipeRun(StrictModel):
 class FeaturesRun(StrictModel):
     """The feature set computed by the features stage; keys set here win over the features section."""
 
-    source: Source = "images"
-    set: str = Field("texture", description="Feature set name (conf/features) or YAML path.")
+    source: Source | None = Field(
+        None, description="Table the features are computed from (null: features.source)."
+    )
+    set: str | None = Field(None, description="Feature set name or YAML path (null: features.set).")
 
 
 class ModelRun(StrictModel):

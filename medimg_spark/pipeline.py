@@ -75,7 +75,7 @@ def recipe_runs(cfg: MedimgConfig, pc: PipelineConfig) -> list[RecipeRun]:
 
 def run_features(cfg: MedimgConfig, pc: PipelineConfig) -> FeaturesConfig:
     """The features stage's options: the ``features`` section, with the keys set in ``pipeline.features``."""
-    return cfg.features.model_copy(update=pc.features.model_dump(exclude_unset=True))
+    return cfg.features.model_copy(update=pc.features.model_dump(exclude_none=True))
 
 
 def train_options(cfg: MedimgConfig, options: dict[str, Any]) -> dict[str, Any]:
@@ -218,7 +218,7 @@ def validate_recipes(pc: PipelineConfig, base: Path, cfg: MedimgConfig | None = 
         try:
             load_feature_set(fset)
         except Exception as err:
-            where = "pipeline.features.set" if "set" in pc.features.model_fields_set else "features.set"
+            where = "features.set" if pc.features.set is None else "pipeline.features.set"
             raise ConfigError(f"{where}: {err}") from None
     if "train" in pc.stages:
         from medimg_spark.ml import MLLIB_MODELS, SKLEARN_MODELS, parse_train_config
