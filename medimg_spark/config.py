@@ -142,6 +142,8 @@ def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> Medim
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    # a section written with only commented-out keys (``preprocess:``) is YAML null: its defaults
+    data = {k: ({} if v is None and k in MedimgConfig.model_fields else v) for k, v in data.items()}
     try:
         return MedimgConfig.model_validate(data)
     except ValidationError as err:
