@@ -104,11 +104,13 @@ def _add_preprocess(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory holding images/")
     p.add_argument(
         "--recipe",
-        required=True,
-        help="recipe: a YAML path, or a name in ./conf/recipes/ or shipped: "
-        + ", ".join(resources.shipped_names("recipes")),
+        help="recipe: a YAML path, or a name in ./conf/recipes/ or shipped ("
+        + ", ".join(resources.shipped_names("recipes"))
+        + "); default: the config's preprocess.recipe",
     )
-    p.add_argument("--where", help="SQL filter on the images table, e.g. \"modality = 'CT'\"")
+    p.add_argument(
+        "--where", help="SQL filter on the images table, e.g. \"modality = 'CT'\" (default: preprocess.where)"
+    )
     _common(p)
 
 
@@ -121,13 +123,18 @@ def _add_quality(p: argparse.ArgumentParser) -> None:
 def _add_features(p: argparse.ArgumentParser) -> None:
     """Arguments of ``medimg features``."""
     p.add_argument("--out", required=True, help="output directory holding images/ or processed/")
-    p.add_argument("--from", dest="source", choices=["images", "processed"], default="images")
+    p.add_argument(
+        "--from",
+        dest="source",
+        choices=["images", "processed"],
+        help="table to compute from (default: the config's features.source, else images)",
+    )
     p.add_argument(
         "--set",
         dest="feature_set",
-        default="texture",
-        help="feature set: a YAML path, or a name in ./conf/features/ or shipped: "
-        + ", ".join(resources.shipped_names("features")),
+        help="feature set: a YAML path, or a name in ./conf/features/ or shipped ("
+        + ", ".join(resources.shipped_names("features"))
+        + "); default: the config's features.set, else texture",
     )
     _common(p)
 
@@ -267,9 +274,11 @@ _DEID_OPTIONS = {
 def deid_config(cfg: Any, source: str, options: Sequence[str] = ()) -> Any:
     """The ``privacy`` section of a config as a DeidConfig, with ``--option`` flags switched on."""
     from medimg_spark.config import validate_section
-    from medimg_spark.privacy import DeidConfig
+    from medimg_spark.config_models import DeidConfig
 
-    data = dict(cfg.extra_sections.get("privacy") or {})
+    if not options:
+        return cfg.privacy
+    data = cfg.privacy.model_dump(exclude_unset=True)
     for opt in options:
         if opt not in _DEID_OPTIONS:
             raise ConfigError(f"unknown --option {opt!r}; choose from {', '.join(_DEID_OPTIONS)}")
@@ -382,10 +391,16 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from medimg_spark.preprocess import preprocess
 
     cfg = load_config(args.config)
-    recipe = resolve_recipe(args.recipe)
+    name = args.recipe or cfg.preprocess.recipe
+    if not name:
+        raise ConfigError(
+            "medimg preprocess needs a recipe: pass --recipe NAME|FILE or set preprocess.recipe in --config"
+        )
+    recipe = resolve_recipe(name)
     load_recipe(recipe)  # validate before Spark starts
+    where = args.where if args.where is not None else cfg.preprocess.where
     spark = _session(args, cfg, "preprocess")
-    summary = preprocess(spark, args.out, recipe, where=args.where)
+    summary = preprocess(spark, args.out, recipe, where=where)
     text = "\n".join(f"  {k}: {v}" for k, v in summary.items())
     _print(args, summary, f"preprocess → {args.out}/processed\n{text}")
     return EXIT_OK
@@ -403,10 +418,6 @@ def cmd_quality(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _section(cfg: Any, name: str) -> Any:
-    return cfg.extra_sections.get(name) or {}
-
-
 def _ml_errors() -> tuple[type[Exception], ...]:
     from medimg_spark.features import FeatureSetError
     from medimg_spark.ml import ModelConfigError
@@ -420,12 +431,19 @@ def cmd_features(args: argparse.Namespace) -> int:
     from medimg_spark.features import compute_features, load_feature_set
 
     cfg = load_config(args.config)
+    feature_set = args.feature_set or cfg.features.set
     try:
-        load_feature_set(args.feature_set)  # validate before Spark starts
+        load_feature_set(feature_set)  # validate before Spark starts
     except _ml_errors() as err:
         raise ConfigError(str(err)) from None
     spark = _session(args, cfg, "features")
-    summary = compute_features(spark, args.out, source=args.source, feature_set=args.feature_set)
+    summary = compute_features(
+        spark,
+        args.out,
+        source=args.source or cfg.features.source,
+        feature_set=feature_set,
+        use_mask=cfg.features.use_mask,
+    )
     shown = {k: v for k, v in summary.items() if k != "feature_names"}
     _print(args, summary, "features → " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     return EXIT_OK
@@ -434,13 +452,10 @@ def cmd_features(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """``medimg train``: the config's ``train`` section holds the training options."""
     from medimg_spark.config import load_config
-    from medimg_spark.ml import parse_train_config, train
+    from medimg_spark.ml import train
 
     cfg = load_config(args.config)
-    try:
-        tcfg = parse_train_config(_section(cfg, "train"))
-    except _ml_errors() as err:
-        raise ConfigError(f"{args.config}: train: {err}") from None
+    tcfg = cfg.train
     if args.name:
         tcfg = tcfg.model_copy(update={"model_dir": f"{args.out}/models/{args.name}"})
     spark = _session(args, cfg, "train")
@@ -480,7 +495,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     spark = _session(args, cfg, "localize")
-    summary = localize(spark, args.out, args.method, _section(cfg, "localize") or None)
+    summary = localize(spark, args.out, args.method, cfg.localize)
     _print(args, summary, "localize → " + ", ".join(f"{k}={v}" for k, v in summary.items()))
     return EXIT_OK
 
@@ -492,7 +507,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     spark = _session(args, cfg, "report")
-    summary = build_report(spark, args.out)
+    summary = build_report(spark, args.out, cfg.report)
     _print(args, summary, format_summary(summary))
     return EXIT_OK
 
@@ -510,7 +525,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or pc.out
     if not out:
         raise ConfigError(f"{args.config}: no output directory: set pipeline.out or pass --out")
-    validate_recipes(pc, Path.cwd())
+    validate_recipes(pc, Path.cwd(), cfg)
     run_id = new_run_id()
     hook = ingest_deidentifier(args, cfg, run_id) if "ingest" in pc.stages else None
     if "ingest" in pc.stages:

@@ -1,27 +1,37 @@
 """YAML configuration validated into typed pydantic models before Spark starts.
 
 A config file has one section per stage; every section is optional and every model forbids
-unknown keys, so a typo fails at once with a message naming the key and the file.
+unknown keys, so a typo in any section fails at once (exit code 2) with a message naming the
+dotted key, the file and the fix. The stage sections' models live in
+:mod:`medimg_spark.config_models` (no pyspark or other heavy import); each stage reads its own
+section, a command-line flag winning over it.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
+from pydantic.fields import FieldInfo
 
+from medimg_spark.config_models import (
+    DeidConfig,
+    FeaturesConfig,
+    LocalizeConfig,
+    PipelineConfig,
+    PreprocessConfig,
+    ReportConfig,
+    StrictModel,
+    TrainConfig,
+)
 from medimg_spark.errors import ConfigError
 
 #: Spark's binaryFile source cannot read files larger than this (Int.MaxValue bytes).
 BINARY_FILE_LIMIT = 2**31 - 1
-
-
-class StrictModel(BaseModel):
-    """Base of every config model: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class IngestConfig(StrictModel):
@@ -65,21 +75,47 @@ class IngestConfig(StrictModel):
 class SparkSection(StrictModel):
     """Spark settings: ``master`` and any ``spark.*`` key of the session."""
 
-    master: str | None = None
-    app_name: str = "medimg-spark"
-    conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    master: str | None = Field(None, description="Spark master URL (--master wins; null: local[*]).")
+    app_name: str = Field("medimg-spark", description="Application name.")
+    conf: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Any spark.* key (over the spark-defaults file)."
+    )
 
 
 class MedimgConfig(StrictModel):
-    """The whole configuration file."""
+    """The whole configuration file: one typed section per stage, each read by that stage."""
 
-    spark: SparkSection = Field(default_factory=SparkSection)
-    ingest: IngestConfig = Field(default_factory=IngestConfig)
-    extra_sections: dict[str, Any] = Field(default_factory=dict, exclude=True)
-
-
-#: Sections owned by other stages: validated by their own models when those stages start.
-STAGE_SECTIONS = ("preprocess", "features", "train", "privacy", "pipeline", "report", "localize")
+    spark: SparkSection = Field(default_factory=SparkSection, description="The Spark session (every verb).")
+    ingest: IngestConfig = Field(
+        default_factory=IngestConfig,
+        description="Read by `medimg ingest` and the ingest stage of `medimg run`.",
+    )
+    privacy: DeidConfig = Field(
+        default_factory=DeidConfig,
+        description="De-identification: read by `medimg ingest`, `medimg deid` and `medimg run`.",
+    )
+    preprocess: PreprocessConfig = Field(
+        default_factory=PreprocessConfig,
+        description="Read by `medimg preprocess` and the preprocess stage of `medimg run`.",
+    )
+    features: FeaturesConfig = Field(
+        default_factory=FeaturesConfig,
+        description="Read by `medimg features` and the features stage of `medimg run`.",
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig, description="Read by `medimg train` and the train stage of `medimg run`."
+    )
+    localize: LocalizeConfig = Field(
+        default_factory=LocalizeConfig,
+        description="Read by `medimg localize` and the localize stage of `medimg run`.",
+    )
+    report: ReportConfig = Field(
+        default_factory=ReportConfig,
+        description="Read by `medimg report` and the report stage of `medimg run`.",
+    )
+    pipeline: PipelineConfig = Field(
+        default_factory=PipelineConfig, description="Read by `medimg run`: which stages run, on what."
+    )
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
@@ -102,16 +138,16 @@ def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> Medim
     Raises:
         ConfigError: naming every bad key and how to fix it.
     """
-    data = dict(data or {})
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
-    extra = {k: data.pop(k) for k in list(data) if k in STAGE_SECTIONS}
+    # a section written with only commented-out keys (``preprocess:``) is YAML null: its defaults
+    data = {k: ({} if v is None and k in MedimgConfig.model_fields else v) for k, v in data.items()}
     try:
-        cfg = MedimgConfig.model_validate(data)
+        return MedimgConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
-    cfg.extra_sections = extra
-    return cfg
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -147,3 +183,66 @@ def validate_section(model: type[BaseModel], data: Any, source: str) -> Any:
         return model.model_validate(data or {})
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
+
+
+def _type_name(tp: Any) -> str:
+    """A short, readable name of a field's type (``str | None``, ``'a' | 'b'``, ``list[str]``)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (Union, UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        inner = ", ".join("..." if a is Ellipsis else _type_name(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _nested_model(tp: Any) -> type[BaseModel] | None:
+    """The model inside ``Model``, ``Model | None`` or ``list[Model]``, if any."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in get_args(tp):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _default_text(info: FieldInfo) -> str:
+    if info.is_required():
+        return "required"
+    value = info.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return "see below"
+    return "null" if value is None else json.dumps(value, default=str)
+
+
+def _field_rows(model: type[BaseModel], prefix: str) -> list[str]:
+    rows = []
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        desc = (info.description or "").replace("|", "\\|")
+        default = _default_text(info).replace("|", "\\|")
+        kind = _type_name(info.annotation).replace("|", "\\|")
+        rows.append(f"| `{key}` | {kind} | `{default}` | {desc} |")
+        nested = _nested_model(info.annotation)
+        if nested is not None:
+            many = get_origin(info.annotation) is list
+            rows.extend(_field_rows(nested, f"{key}[]." if many else f"{key}."))
+    return rows
+
+
+def config_reference() -> str:
+    """Markdown reference of every section and key of :class:`MedimgConfig` (the README's table)."""
+    parts = []
+    for section, info in MedimgConfig.model_fields.items():
+        model = _nested_model(info.annotation)
+        assert model is not None
+        parts.append(f"`{section}:` {info.description}\n")
+        parts.append("| key | type | default | meaning |\n| --- | --- | --- | --- |")
+        parts.extend(_field_rows(model, f"{section}."))
+        parts.append("")
+    return "\n".join(parts)

@@ -5,90 +5,35 @@ from __future__ import annotations
 import importlib
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
-
-from medimg_spark.config import MedimgConfig, StrictModel, validate_section
+from medimg_spark.config import MedimgConfig
+from medimg_spark.config_models import (
+    STAGES,
+    FeaturesConfig,
+    FeaturesRun,
+    ModelRun,
+    PipelineConfig,
+    RecipeRun,
+)
 from medimg_spark.errors import ConfigError
 from medimg_spark.runlog import RunLog
-from medimg_spark.stages import pipeline_stages
 from medimg_spark.storage import is_local, join
 
-#: Stages in pipeline order (the ``pipeline=True`` entries of :data:`medimg_spark.stages.STAGES`);
-#: each reads only tables written by the stages before it.
-STAGES: tuple[str, ...] = pipeline_stages()
-
-
-class RecipeRun(StrictModel):
-    """One recipe applied by the preprocess stage."""
-
-    recipe: str = Field(
-        description="Recipe YAML path, or a recipe name (./conf/recipes/ or shipped; `medimg preprocess --help` lists them)."
-    )
-    where: str | None = Field(None, description="SQL filter on the images table.")
-
-
-class FeaturesRun(StrictModel):
-    """The feature set computed by the features stage."""
-
-    source: Literal["images", "processed"] = "images"
-    set: str = Field(
-        "texture",
-        description="Feature set name (./conf/features/ or shipped; `medimg features --help` lists them) or YAML path.",
-    )
-
-
-class ModelRun(StrictModel):
-    """One model trained (or, without the train stage, loaded) by the pipeline.
-
-    Either ``model`` (+ ``train``) or ``experiment``: the shipped model of an experiment file such as
-    ``conf/pneumonia.yaml`` (its estimator and training options, so they are written down once).
-    """
-
-    name: str = Field(description="Saved under DIR/models/<name>; names the metrics files.")
-    model: str | None = Field(
-        None, description="Estimator: sk_svc, sk_rf, sk_hgb, sk_logreg, sk_ensemble, mllib_*."
-    )
-    train: dict[str, Any] = Field(default_factory=dict, description="Training options (TrainConfig).")
-    experiment: str | None = Field(None, description="Experiment YAML whose shipped model to use.")
-
-    def resolved(self, base: Path) -> tuple[str, dict[str, Any]]:
-        """``(estimator, train options)``, from the experiment file when one is named."""
-        if self.experiment is None:
-            if self.model is None:
-                raise ConfigError(f"pipeline.models[{self.name}]: set 'model' or 'experiment'")
-            return self.model, dict(self.train)
-        if self.model is not None or self.train:
-            raise ConfigError(
-                f"pipeline.models[{self.name}]: 'experiment' replaces 'model' and 'train'; drop them"
-            )
-        from medimg_spark.ml.experiment import load_experiment
-
-        path = Path(self.experiment)
-        exp = load_experiment(path if path.is_absolute() else base / path)
-        return exp.shipped.model, exp.shipped.train.model_dump(exclude_unset=True)
-
-
-class PipelineConfig(StrictModel):
-    """The ``pipeline`` section."""
-
-    out: str | None = Field(None, description="Output directory (the --out flag overrides it).")
-    inputs: list[str] = Field(
-        default_factory=list, description="Files/folders; 'pkg:MODULE/SUBDIR' = package data."
-    )
-    labels: str | None = None
-    stages: list[str] = Field(default_factory=lambda: list(STAGES))
-    recipes: list[RecipeRun] = Field(default_factory=list, description="Recipes of the preprocess stage.")
-    features: FeaturesRun = Field(default_factory=FeaturesRun)
-    models: list[ModelRun] = Field(
-        default_factory=list, description="Models of the train/predict/evaluate stages."
-    )
-    evaluate_splits: list[str] = Field(default_factory=lambda: ["val"])
-    predict_split: str | None = Field(None, description="Split the predict stage scores (default: all rows).")
-    localize: list[Literal["kmeans", "dbscan", "gmm", "mllib_kmeans", "mllib_gmm"]] = Field(
-        default_factory=list
-    )
+__all__ = [
+    "STAGES",
+    "FeaturesRun",
+    "ModelRun",
+    "PipelineConfig",
+    "RecipeRun",
+    "load_pipeline",
+    "recipe_runs",
+    "resolve_input",
+    "run_features",
+    "run_pipeline",
+    "train_options",
+    "validate_recipes",
+]
 
 
 def resolve_input(item: str, base: Path) -> str:
@@ -115,16 +60,27 @@ def resolve_input(item: str, base: Path) -> str:
 
 
 def load_pipeline(cfg: MedimgConfig, source: str) -> PipelineConfig:
-    """Validate the ``pipeline`` section and its stage names."""
-    pc: PipelineConfig = validate_section(
-        PipelineConfig, cfg.extra_sections.get("pipeline"), f"{source}: pipeline"
-    )
-    unknown = [s for s in pc.stages if s not in STAGES]
-    if unknown:
-        raise ConfigError(
-            f"{source}: pipeline.stages has unknown stage(s) {unknown}; choose from {list(STAGES)}"
-        )
-    return pc
+    """The ``pipeline`` section (validated, stage names included, when the config was loaded)."""
+    return cfg.pipeline
+
+
+def recipe_runs(cfg: MedimgConfig, pc: PipelineConfig) -> list[RecipeRun]:
+    """The preprocess stage's recipes: ``pipeline.recipes``, else ``preprocess.recipe``.
+
+    A recipe run without its own ``where`` takes ``preprocess.where``.
+    """
+    runs = pc.recipes or ([RecipeRun(recipe=cfg.preprocess.recipe)] if cfg.preprocess.recipe else [])
+    return [r if r.where is not None else r.model_copy(update={"where": cfg.preprocess.where}) for r in runs]
+
+
+def run_features(cfg: MedimgConfig, pc: PipelineConfig) -> FeaturesConfig:
+    """The features stage's options: the ``features`` section, with the keys set in ``pipeline.features``."""
+    return cfg.features.model_copy(update=pc.features.model_dump(exclude_none=True))
+
+
+def train_options(cfg: MedimgConfig, options: dict[str, Any]) -> dict[str, Any]:
+    """One pipeline model's training options: the ``train`` section, with the model's own keys winning."""
+    return {**cfg.train.model_dump(exclude_unset=True), **options}
 
 
 def run_pipeline(
@@ -164,7 +120,7 @@ def run_pipeline(
         from medimg_spark.preprocess import preprocess
 
         results["preprocess"] = []
-        for r in pc.recipes:
+        for r in recipe_runs(cfg, pc):
             with log.stage("preprocess", recipe=r.recipe) as rec:
                 results["preprocess"].append(
                     preprocess(spark, out, resolve_recipe_path(r.recipe, base), where=r.where)
@@ -178,9 +134,10 @@ def run_pipeline(
     if "features" in pc.stages:
         from medimg_spark.features import compute_features
 
-        with log.stage("features", set=pc.features.set) as rec:
+        fcfg = run_features(cfg, pc)
+        with log.stage("features", set=fcfg.set) as rec:
             results["features"] = compute_features(
-                spark, out, source=pc.features.source, feature_set=pc.features.set
+                spark, out, source=fcfg.source, feature_set=fcfg.set, use_mask=fcfg.use_mask
             )
             rec.update(_counts(results["features"]))
     ml_stages = [s for s in ("train", "predict", "evaluate") if s in pc.stages]
@@ -191,7 +148,9 @@ def run_pipeline(
             model_dir = join(out, "models", m.name)
             if "train" in pc.stages:
                 estimator, options = m.resolved(base)
-                tcfg = parse_train_config({**options, "model_dir": model_dir, "name": m.name})
+                tcfg = parse_train_config(
+                    {**train_options(cfg, options), "model_dir": model_dir, "name": m.name}
+                )
                 with log.stage("train", model=m.name) as rec:
                     results.setdefault("train", []).append(train(spark, out, estimator, tcfg))
                     rec.update(_counts(results["train"][-1]))
@@ -211,13 +170,13 @@ def run_pipeline(
 
         for method in pc.localize:
             with log.stage("localize", method=method) as rec:
-                results.setdefault("localize", []).append(localize(spark, out, method))
+                results.setdefault("localize", []).append(localize(spark, out, method, cfg.localize))
                 rec.update(_counts(results["localize"][-1]))
     if "report" in pc.stages:
         from medimg_spark.report import build_report
 
         with log.stage("report") as rec:
-            results["report"] = build_report(spark, out)
+            results["report"] = build_report(spark, out, cfg.report)
             rec["path"] = results["report"].get("path")
     results["wall_time_s"] = round(time.perf_counter() - started, 3)
     log.event("pipeline_end", wall_time_s=results["wall_time_s"])
@@ -239,8 +198,13 @@ def resolve_recipe_path(name: str, base: Path) -> str:
     return resolve_recipe(name)
 
 
-def validate_recipes(pc: PipelineConfig, base: Path) -> None:
-    """Load every recipe, the feature set and the model options, so a bad one fails before Spark starts."""
+def validate_recipes(pc: PipelineConfig, base: Path, cfg: MedimgConfig | None = None) -> None:
+    """Load every recipe, the feature set and the model options, so a bad one fails before Spark starts.
+
+    ``cfg``: the whole config, whose ``preprocess``/``features``/``train`` sections fill in what
+    ``pc`` leaves unset (as :func:`run_pipeline` does).
+    """
+    cfg = cfg or MedimgConfig(pipeline=pc)
     from medimg_spark.ops import load_recipe
 
     if any(s in pc.stages for s in ("train", "predict", "evaluate")) and not pc.models:
@@ -250,10 +214,12 @@ def validate_recipes(pc: PipelineConfig, base: Path) -> None:
     if "features" in pc.stages:
         from medimg_spark.features import load_feature_set
 
+        fset = run_features(cfg, pc).set
         try:
-            load_feature_set(pc.features.set)
+            load_feature_set(fset)
         except Exception as err:
-            raise ConfigError(f"pipeline.features.set: {err}") from None
+            where = "features.set" if pc.features.set is None else "pipeline.features.set"
+            raise ConfigError(f"{where}: {err}") from None
     if "train" in pc.stages:
         from medimg_spark.ml import parse_train_config
         from medimg_spark.ml.models import ESTIMATORS
@@ -271,12 +237,16 @@ def validate_recipes(pc: PipelineConfig, base: Path) -> None:
                     f"pipeline.models[{m.name}].model {estimator!r} is unknown; choose from {known}"
                 )
             try:
-                parse_train_config(options)
+                parse_train_config(train_options(cfg, options))
             except Exception as err:
                 raise ConfigError(f"pipeline.models[{m.name}].train: {err}") from None
 
     if "preprocess" in pc.stages:
-        if not pc.recipes:
-            raise ConfigError("pipeline.stages has 'preprocess' but pipeline.recipes is empty; add a recipe")
-        for r in pc.recipes:
+        runs = recipe_runs(cfg, pc)
+        if not runs:
+            raise ConfigError(
+                "pipeline.stages has 'preprocess' but pipeline.recipes is empty and preprocess.recipe is "
+                "unset; add a recipe"
+            )
+        for r in runs:
             load_recipe(resolve_recipe_path(r.recipe, base))

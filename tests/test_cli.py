@@ -62,7 +62,7 @@ def test_config_models_reject_unknown_sections_and_types() -> None:
     with pytest.raises(ConfigError, match=r"ingest\.max_file_bytes"):
         parse_config({"ingest": {"max_file_bytes": 2**40}})
     cfg = load_config(REPO / "conf" / "demo.yaml")
-    assert cfg.ingest.default_modality == "OT" and "pipeline" in cfg.extra_sections
+    assert cfg.ingest.default_modality == "OT" and cfg.pipeline.out == "demo-out"
 
 
 def test_spark_defaults_file_parses() -> None:

@@ -119,6 +119,7 @@ def compute_features(
     out_dir: str | Path,
     source: Literal["images", "processed"] = "images",
     feature_set: str | Path | FeatureSet | dict[str, Any] = "texture",
+    use_mask: bool = True,
 ) -> FeaturesSummary:
     """Compute a feature set for every frame of ``out_dir/<source>`` and write ``out_dir/features/``.
 
@@ -131,6 +132,8 @@ def compute_features(
             masks are passed to the extractors.
         feature_set: feature-set name (shipped, or ``./conf/features/<name>.yaml``), YAML path, mapping or
             :class:`FeatureSet`.
+        use_mask: pass the ``processed`` table's masks to the extractors; ``False`` computes every
+            feature on the whole frame (the config's ``features.use_mask``).
 
     Returns:
         Summary: path, feature_set, n_features, feature_names, n_images, n_failed, failures
@@ -152,7 +155,7 @@ def compute_features(
     if not store.exists(src):
         raise FeatureError(f"{src} does not exist; run the stage that writes the {source} table first")
     df = spark.read.parquet(src)
-    use_mask = "mask" in df.columns
+    use_mask = use_mask and "mask" in df.columns
     cols = ["image_id", "pixels", "rows", "cols", "channels", "dtype", "label", "split"]
     missing = [c for c in cols if c not in df.columns and c not in ("label", "split")]
     if missing:

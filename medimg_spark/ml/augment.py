@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from medimg_spark.config_models import AugmentConfig
 from medimg_spark.features import FEATURE_SET_FILE, FeatureSet, load_feature_set
 from medimg_spark.ml.errors import ModelDataError
 from medimg_spark.storage import get_storage, join
@@ -18,20 +18,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
 
-
-class AugmentConfig(BaseModel):
-    """How many augmented copies of each training frame to add, and how to perturb them."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    copies: int = Field(2, ge=1, le=32)
-    max_shift: float = Field(2.0, ge=0, description="pixels, per axis, uniform in ±max_shift")
-    max_rotation: float = Field(10.0, ge=0, le=180, description="degrees, uniform in ±max_rotation")
-    max_scale: float = Field(0.07, ge=0, lt=1, description="zoom uniform in 1 ± max_scale")
-    hflip: bool = True
-    photometric: bool = False
-    seed: int = 0
-    source: Literal["images", "processed"] = "images"
+__all__ = ["AugmentConfig", "augment_image", "augment_stack", "augment_summary", "augmented_features"]
 
 
 def augment_image(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:

@@ -17,12 +17,13 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
+from medimg_spark.config_models import DATASET_METHODS, FRAME_METHODS, LocalizeConfig
 from medimg_spark.features import to_gray, to_unit
 from medimg_spark.ml.errors import ModelConfigError, ModelDataError
 from medimg_spark.storage import get_storage, join
@@ -32,29 +33,18 @@ if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import SparkSession
 
-FRAME_METHODS = ("kmeans", "dbscan", "gmm")
-DATASET_METHODS = ("mllib_kmeans", "mllib_gmm")
+__all__ = [
+    "DATASET_METHODS",
+    "FRAME_METHODS",
+    "LocalizeConfig",
+    "find_regions",
+    "foreground_mask",
+    "localize",
+    "parse_localize_config",
+]
+
 #: Summary of a dataset clustering, written next to the ``clusters`` table's Parquet files.
 CLUSTERS_SUMMARY = "_summary.json"
-
-
-class LocalizeConfig(BaseModel):
-    """Options of :func:`localize` (unknown keys are rejected)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    source: Literal["images", "processed"] = "processed"
-    foreground: Literal["mask", "otsu_bright", "otsu_dark"] = Field(
-        "mask", description="'mask' uses the frame mask when present and falls back to otsu_bright"
-    )
-    k: int = Field(2, ge=1, le=64, description="clusters for kmeans / gmm / MLlib methods")
-    eps: float = Field(1.5, gt=0, description="DBSCAN neighbourhood radius in pixels")
-    min_samples: int = Field(4, ge=1)
-    intensity_weight: float = Field(0.0, ge=0, description="weight of intensity (0..1 scaled) vs position")
-    min_area: int = Field(1, ge=1, description="drop clusters with fewer pixels")
-    max_points: int = Field(20000, ge=10, description="subsample foreground pixels beyond this (fit only)")
-    seed: int = 0
-    features_dir: str = "features"
 
 
 def parse_localize_config(data: LocalizeConfig | dict[str, Any] | None) -> LocalizeConfig:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
 
+from medimg_spark.config_models import ThresholdRule
 from medimg_spark.ml.errors import ModelDataError
-
-ThresholdRule = Literal["youden", "balanced_accuracy", "accuracy", "f1", "fixed"]
 
 
 def choose_threshold(

@@ -13,14 +13,15 @@ from __future__ import annotations
 import time
 from itertools import product
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
+from medimg_spark.config_models import SearchMetric, ThresholdConfig, TrainConfig
 from medimg_spark.features import FEATURE_SET_FILE
-from medimg_spark.ml.augment import AugmentConfig, augment_summary, augmented_features
+from medimg_spark.ml.augment import augment_summary, augmented_features
 from medimg_spark.ml.errors import ModelConfigError, ModelDataError
 from medimg_spark.ml.estimators import MLLIB_MODELS, build_sklearn
 from medimg_spark.ml.metrics import ThresholdRule, choose_threshold, classification_metrics
@@ -33,53 +34,13 @@ from medimg_spark.ml.model import (
     mllib_label_input,
 )
 from medimg_spark.ml.models import ESTIMATORS, model_kind
-from medimg_spark.storage import basename, get_storage, join
+from medimg_spark.storage import get_storage, join
 from medimg_spark.summaries import TrainSummary
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-SearchMetric = Literal["roc_auc", "balanced_accuracy", "accuracy", "f1"]
-
-
-class ThresholdConfig(BaseModel):
-    """How the binary decision threshold is chosen on the val split."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    rule: ThresholdRule = "youden"
-    value: float = Field(0.5, description="the threshold when rule is 'fixed'")
-
-
-class TrainConfig(BaseModel):
-    """Options of :func:`train` (YAML mapping; unknown keys are rejected)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    features_dir: str = Field("features", description="table under out_dir holding the feature vectors")
-    train_split: str = "train"
-    val_split: str | None = "val"
-    class_weight: Literal["balanced", "none"] = "balanced"
-    params: dict[str, Any] = {}
-    grid: dict[str, list[Any]] = Field({}, description="hyper-parameter values searched on val")
-    search_metric: SearchMetric = "roc_auc"
-    threshold: ThresholdConfig = ThresholdConfig()
-    positive_label: str | None = None
-    augment: AugmentConfig | None = None
-    feature_set: str | None = Field(None, description="feature set for augmentation (default: recorded one)")
-    seed: int = 0
-    model_dir: str | None = Field(None, description="where to save (default out_dir/models/<name>)")
-    name: str | None = Field(
-        None,
-        description="model name in the card, predictions and metrics files "
-        "(default: the model_dir folder name, else the registry model name)",
-    )
-
-    def display_name(self, model_name: str) -> str:
-        """The name recorded for a model trained with this config."""
-        if self.name:
-            return self.name
-        return basename(self.model_dir) if self.model_dir else model_name
+__all__ = ["SearchMetric", "ThresholdConfig", "TrainConfig", "parse_train_config", "read_features", "train"]
 
 
 def parse_train_config(data: TrainConfig | dict[str, Any] | str | Path | None) -> TrainConfig:

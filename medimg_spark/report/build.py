@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from medimg_spark.config_models import ReportConfig
 from medimg_spark.errors import MedimgError
 from medimg_spark.report import html as H
 from medimg_spark.report import images as I
@@ -23,12 +24,7 @@ if TYPE_CHECKING:
 
 REPORT_DIR = "report"
 REPORT_FILE = "index.html"
-THUMBS_PER_RECIPE = 4
-MAX_RECIPES = 12
-REGION_FRAMES = 4
 MAX_REGIONS_PER_FRAME = 16
-HIST_SAMPLE = 2000
-MAX_TABLE_ROWS = 200
 RUN_SKIP_KEYS = frozenset({"run_id", "stage", "wall_time_s", "inputs", "out", "path", "model_path"})
 """Run-summary keys not shown in the counts column (shown elsewhere, or paths and input lists)."""
 
@@ -51,6 +47,7 @@ class _Ctx:
     spark: SparkSession
     store: Storage
     out: str
+    cfg: ReportConfig = field(default_factory=ReportConfig)
     n_images: int = 0
     n_thumbnails: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -160,7 +157,7 @@ def _dataset(ctx: _Ctx) -> tuple[bool, str]:
             images.groupBy("split", "label")
             .count()
             .orderBy(F.col("split").asc_nulls_first(), F.col("label").asc_nulls_first())
-            .limit(MAX_TABLE_ROWS)
+            .limit(ctx.cfg.max_table_rows)
             .collect()
         )
         parts.append("<h3>Frames per split and label</h3>")
@@ -202,7 +199,7 @@ def _dataset(ctx: _Ctx) -> tuple[bool, str]:
             quarantine.groupBy("stage", "error_class")
             .count()
             .orderBy("stage", "error_class")
-            .limit(MAX_TABLE_ROWS)
+            .limit(ctx.cfg.max_table_rows)
             .collect()
         )
         total = sum(int(r["count"]) for r in rows)
@@ -235,29 +232,29 @@ def _thumbnails(ctx: _Ctx) -> tuple[bool, str]:
         processed.groupBy("recipe_name", "recipe_hash")
         .count()
         .orderBy("recipe_name", "recipe_hash")
-        .limit(MAX_RECIPES + 1)
+        .limit(ctx.cfg.max_recipes + 1)
         .collect()
     )
     parts = [
-        f'<p class="muted">Up to {THUMBS_PER_RECIPE} frames per recipe (smallest image ids), each scaled '
+        f'<p class="muted">Up to {ctx.cfg.thumbs_per_recipe} frames per recipe (smallest image ids), each scaled '
         "min-max to 8 bits; the orange outline is the recipe's mask.</p>"
     ]
-    if len(recipes) > MAX_RECIPES:
-        parts.append(f'<p class="muted">Showing the first {MAX_RECIPES} recipes by name.</p>')
+    if len(recipes) > ctx.cfg.max_recipes:
+        parts.append(f'<p class="muted">Showing the first {ctx.cfg.max_recipes} recipes by name.</p>')
     from functools import reduce
 
     from pyspark.sql import Window
 
-    shown = recipes[:MAX_RECIPES]
+    shown = recipes[: ctx.cfg.max_recipes]
     hashes = [r["recipe_hash"] for r in shown]
-    # the THUMBS_PER_RECIPE smallest image ids of every recipe in one job (ids only, no pixels)
+    # the report.thumbs_per_recipe smallest image ids of every recipe in one job (ids only, no pixels)
     rank = F.row_number().over(Window.partitionBy("recipe_hash").orderBy("image_id"))
     picked: dict[str, list[str]] = {}
     for r in (
         processed.where(F.col("recipe_hash").isin(hashes))
         .select("recipe_hash", "image_id")
         .withColumn("_rank", rank)
-        .where(F.col("_rank") <= THUMBS_PER_RECIPE)
+        .where(F.col("_rank") <= ctx.cfg.thumbs_per_recipe)
         .orderBy("recipe_hash", "image_id")
         .collect()
     ):
@@ -396,7 +393,7 @@ Sample = tuple[dict[str, list[float]], dict[str, list[float]], int]
 
 
 def _metric_samples(ctx: _Ctx, groups: list[dict[str, Any]]) -> dict[tuple[str, str], Sample]:
-    """Up to :data:`HIST_SAMPLE` frames' metric values (never pixels) per quality.json group, in one job.
+    """Up to ``report.hist_sample`` frames' metric values (never pixels) per quality.json group, in one job.
 
     Returns ``{(recipe_hash, modality): (before, after, n)}`` with ``before``/``after`` metric → values.
     """
@@ -410,7 +407,7 @@ def _metric_samples(ctx: _Ctx, groups: list[dict[str, Any]]) -> dict[tuple[str, 
     known = list(QUALITY_STRUCT.fieldNames())
     fractions = {
         f"{g.get('recipe_hash')}|{g.get('modality')}": min(
-            1.0, 1.2 * HIST_SAMPLE / max(int(g.get("frames") or 0), 1)
+            1.0, 1.2 * ctx.cfg.hist_sample / max(int(g.get("frames") or 0), 1)
         )
         for g in groups
     }
@@ -423,9 +420,9 @@ def _metric_samples(ctx: _Ctx, groups: list[dict[str, Any]]) -> dict[tuple[str, 
     if any(f < 1.0 for f in fractions.values()):
         df = df.sampleBy("_key", fractions, seed=0)
     rows_by_key: dict[str, list[Any]] = {}
-    for r in df.limit(2 * HIST_SAMPLE * len(fractions)).collect():  # a bound; sampleBy keeps ~1.2x
+    for r in df.limit(2 * ctx.cfg.hist_sample * len(fractions)).collect():  # a bound; sampleBy keeps ~1.2x
         got = rows_by_key.setdefault(r["_key"], [])
-        if len(got) < HIST_SAMPLE:
+        if len(got) < ctx.cfg.hist_sample:
             got.append(r)
     out: dict[tuple[str, str], Sample] = {}
     for k, rows in rows_by_key.items():
@@ -569,11 +566,14 @@ def _regions(ctx: _Ctx) -> str:
     ]
     ids = [
         r["image_id"]
-        for r in reg.select("image_id").distinct().orderBy("image_id").limit(REGION_FRAMES).collect()
+        for r in reg.select("image_id").distinct().orderBy("image_id").limit(ctx.cfg.region_frames).collect()
     ]
     boxes: dict[str, list[dict[str, Any]]] = {}
     for r in (
-        _ids_in(reg, ids).orderBy("image_id", "region").limit(REGION_FRAMES * MAX_REGIONS_PER_FRAME).collect()
+        _ids_in(reg, ids)
+        .orderBy("image_id", "region")
+        .limit(ctx.cfg.region_frames * MAX_REGIONS_PER_FRAME)
+        .collect()
     ):
         boxes.setdefault(r["image_id"], []).append(r.asDict())
     frame_cols = ["image_id", "rows", "cols", "channels", "dtype", "pixels"]
@@ -584,7 +584,7 @@ def _regions(ctx: _Ctx) -> str:
             _ids_in(processed, ids)
             .select(*frame_cols, "recipe_name", "recipe_hash")
             .orderBy("image_id", "recipe_name", "recipe_hash")
-            .limit(REGION_FRAMES * 4)
+            .limit(ctx.cfg.region_frames * 4)
             .collect()
         )
         for r in rows:
@@ -631,7 +631,11 @@ def _clusters(ctx: _Ctx) -> str:
     assert cl is not None
     if "label" in cl.columns:
         rows = (
-            cl.groupBy("cluster", "label").count().orderBy("cluster", "label").limit(MAX_TABLE_ROWS).collect()
+            cl.groupBy("cluster", "label")
+            .count()
+            .orderBy("cluster", "label")
+            .limit(ctx.cfg.max_table_rows)
+            .collect()
         )
         labels = sorted({str(r["label"]) for r in rows})
         grid: dict[int, dict[str, int]] = {}
@@ -644,7 +648,7 @@ def _clusters(ctx: _Ctx) -> str:
             )
         )
     else:
-        rows = cl.groupBy("cluster").count().orderBy("cluster").limit(MAX_TABLE_ROWS).collect()
+        rows = cl.groupBy("cluster").count().orderBy("cluster").limit(ctx.cfg.max_table_rows).collect()
         parts.append(H.table(["cluster", "frames"], [(int(r["cluster"]), int(r["count"])) for r in rows]))
     return "".join(parts)
 
@@ -679,7 +683,7 @@ def _runs(ctx: _Ctx) -> tuple[bool, str]:
 # ----------------------------------------------------------------------------- entry point
 
 
-def build_report(spark: SparkSession, out_dir: str) -> ReportSummary:
+def build_report(spark: SparkSession, out_dir: str, config: ReportConfig | None = None) -> ReportSummary:
     """Write ``out_dir/report/index.html``: one self-contained page (inline CSS, PNG data URIs, no scripts).
 
     Sections (each says "Not run yet" when its input is missing): dataset summary, thumbnails
@@ -689,6 +693,7 @@ def build_report(spark: SparkSession, out_dir: str) -> ReportSummary:
         spark: the session (tables are aggregated with Spark; only a few frames reach the driver).
         out_dir: the ``--out`` directory of the other stages (local path or URI: tables and JSON
             files are read, and the page written, through :mod:`medimg_spark.storage`).
+        config: the config's ``report`` section (title, how many thumbnails, frames and rows).
 
     Returns:
         Summary: ``path``, ``bytes``, ``sections`` (name → present), ``sections_present``,
@@ -700,7 +705,7 @@ def build_report(spark: SparkSession, out_dir: str) -> ReportSummary:
     started = time.perf_counter()
     store = get_storage(spark)
     out = _out_dir(store, out_dir)
-    ctx = _Ctx(spark=spark, store=store, out=out)
+    ctx = _Ctx(spark=spark, store=store, out=out, cfg=config or ReportConfig())
     builders: dict[str, Callable[[_Ctx], tuple[bool, str]]] = {
         "dataset": _dataset,
         "thumbnails": _thumbnails,
@@ -724,7 +729,7 @@ def build_report(spark: SparkSession, out_dir: str) -> ReportSummary:
         body.append(H.section(anchor, title, html_text + notes))
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     document = H.page(
-        "medimg-spark report",
+        ctx.cfg.title,
         f"{out} · generated {now} · {sum(present.values())}/{len(SECTIONS)} sections",
         [(a, t.split(". ", 1)[-1]) for a, t in SECTIONS],
         "".join(body),

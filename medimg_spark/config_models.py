@@ -1,0 +1,416 @@
+"""The typed sections of a medimg config file, one pydantic model per stage.
+
+This module imports only pydantic and light medimg modules (no pyspark, OpenCV, scikit-learn,
+pandas or pydicom), so :mod:`medimg_spark.config` can validate a whole file before Spark starts.
+The stage modules re-export their models from here (``medimg_spark.ml.TrainConfig``,
+``medimg_spark.privacy.DeidConfig``, ``medimg_spark.pipeline.PipelineConfig``...).
+
+Precedence, everywhere: a command-line flag > the stage's section > the model's default. In
+``medimg run`` the ``pipeline`` section's per-run keys (``pipeline.recipes[i].where``,
+``pipeline.features.*``, ``pipeline.models[i].train.*``) win over the stage sections, which
+supply the defaults of every run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from medimg_spark.errors import ConfigError
+from medimg_spark.stages import pipeline_stages
+from medimg_spark.storage import basename
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+Source = Literal["images", "processed"]
+
+# ----------------------------------------------------------------------------- privacy
+
+DEFAULT_TEXT_PRONE_MODALITIES: tuple[str, ...] = ("US", "SC", "OT", "XC", "ES")
+#: SOP Class UID prefixes of Secondary Capture and Ultrasound storage (screens and scanners
+#: that routinely burn text into the pixels).
+DEFAULT_TEXT_PRONE_SOP_CLASSES: tuple[str, ...] = (
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture (and its multi-frame variants .7.x)
+    "1.2.840.10008.5.1.4.1.1.6.",  # Ultrasound Image / Enhanced US Volume
+    "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image
+)
+
+#: Option field -> column of Table E.1-1.
+OPTION_COLUMN_OF: dict[str, str] = {
+    "retain_safe_private": "rtnSafePrivOpt",
+    "retain_uids": "rtnUIDsOpt",
+    "retain_device_identity": "rtnDevIdOpt",
+    "retain_institution_identity": "rtnInstIdOpt",
+    "retain_patient_characteristics": "rtnPatCharsOpt",
+    "retain_longitudinal_full_dates": "rtnLongFullDatesOpt",
+    "retain_longitudinal_modified_dates": "rtnLongModifDatesOpt",
+    "clean_descriptors": "cleanDescOpt",
+    "clean_structured_content": "cleanStructContOpt",
+    "clean_graphics": "cleanGraphOpt",
+}
+
+
+class DeidConfig(BaseModel):
+    """What the de-identification does (PS3.15 Annex E basic profile plus selected options).
+
+    The ``privacy`` section; read by ``medimg ingest``, ``medimg deid`` and ``medimg run``.
+
+    Attributes:
+        retain_longitudinal_modified_dates: Shift dates by one whole-day offset per patient
+            (derived from the key, so consistent across studies and runs); times are kept.
+        retain_longitudinal_full_dates: Keep dates and times unchanged (exclusive with the above).
+        retain_patient_characteristics: Keep sex, age, size, weight, etc.
+        retain_device_identity: Keep device serial numbers, station names, etc.
+        retain_institution_identity: Keep institution name, address, department.
+        retain_uids: Keep the original UIDs instead of replacing them.
+        clean_descriptors: Keep descriptions and comments after scrubbing identifiers from them.
+        clean_structured_content: Keep SR content / acquisition context with scrubbed text.
+        clean_graphics: Keep overlays, curves and graphic annotations (text scrubbed).
+        retain_safe_private: Keep the private attributes of ``SAFE_PRIVATE`` (numeric
+            acquisition parameters only); all other private attributes are removed.
+        clean_pixel_data: Apply the burned-in text rules (and OCR, see ``ocr``).
+        pixel_rules: YAML file of pixel rules; ``None`` uses the packaged default rules.
+        ocr: ``"off"``; ``"auto"`` to also blank text that Tesseract finds when the binary is
+            installed; ``"on"`` to require it. OCR runs only on images a rule cleans or that
+            ``allow_burned_in`` lets through: it never clears an image on its own.
+        text_prone_modalities: Modalities whose pixels are presumed to carry text.
+        text_prone_sop_classes: SOP Class UID prefixes presumed to carry text.
+        keep: Keywords or tags of attributes outside Table E.1-1 to keep in addition to the
+            allow-list (attributes of the table are governed by the options instead).
+        attribute_types: IOD type (1, 2 or 3) per keyword, overriding the built-in types used
+            to resolve compound action codes.
+        retain_uid_references: Resolve ``X/Z/U*`` sequences (Referenced Image, Source Image) to
+            U so references keep resolving; ``False`` resolves them strictly by type.
+        max_date_shift_days: Upper bound of the per-patient date shift (days into the past).
+        vault_key_file: Master-key file of the re-identification vault (a path, not a key);
+            ``$MEDIMG_VAULT_KEY_FILE`` is used when unset.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retain_longitudinal_modified_dates: bool = Field(False, description="One date shift per patient.")
+    retain_longitudinal_full_dates: bool = Field(False, description="Keep dates and times unchanged.")
+    retain_patient_characteristics: bool = Field(False, description="Keep sex, age, size, weight.")
+    retain_device_identity: bool = Field(False, description="Keep device serial numbers, station names.")
+    retain_institution_identity: bool = Field(False, description="Keep institution name and address.")
+    retain_uids: bool = Field(False, description="Keep the original UIDs.")
+    clean_descriptors: bool = Field(False, description="Keep descriptions with identifiers scrubbed.")
+    clean_structured_content: bool = Field(False, description="Keep SR content with scrubbed text.")
+    clean_graphics: bool = Field(False, description="Keep overlays and annotations (text scrubbed).")
+    retain_safe_private: bool = Field(False, description="Keep safe private attributes; others removed.")
+    clean_pixel_data: bool = Field(True, description="Apply the burned-in text rules (and OCR).")
+    pixel_rules: str | None = Field(None, description="Pixel rules YAML (null: the packaged rules).")
+    ocr: Literal["off", "auto", "on"] = Field("off", description="Tesseract OCR: off | auto | on.")
+    text_prone_modalities: tuple[str, ...] = Field(
+        DEFAULT_TEXT_PRONE_MODALITIES, description="Modalities presumed to carry burned-in text."
+    )
+    text_prone_sop_classes: tuple[str, ...] = Field(
+        DEFAULT_TEXT_PRONE_SOP_CLASSES, description="SOP Class UID prefixes presumed to carry text."
+    )
+    keep: tuple[str, ...] = Field((), description="Keywords/tags outside Table E.1-1 to keep.")
+    attribute_types: dict[str, Literal[1, 2, 3]] = Field(
+        default_factory=dict, description="IOD type per keyword (resolves compound action codes)."
+    )
+    retain_uid_references: bool = Field(True, description="Keep reference sequences resolvable.")
+    max_date_shift_days: int = Field(default=3650, ge=1, le=36500, description="Largest date shift.")
+    vault_key_file: str | None = Field(None, description="Vault master-key file (a path, not a key).")
+
+    @field_validator("keep")
+    @classmethod
+    def _check_keep(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            return value
+        # pydicom and the profile table are loaded only when there is something to check
+        from medimg_spark.privacy.config import resolve_attribute
+        from medimg_spark.privacy.profile import load_profile
+
+        profile = load_profile()
+        for item in value:
+            tag = resolve_attribute(item)
+            entry = profile.lookup(tag)
+            if entry is not None:
+                raise ValueError(
+                    f"keep: {item!r} is in the confidentiality profile table ({entry.name}, basic action "
+                    f"{entry.basic}); use the matching retain_*/clean_* option instead of keep"
+                )
+        return value
+
+    @field_validator("attribute_types")
+    @classmethod
+    def _check_types(cls, value: dict[str, int]) -> dict[str, int]:
+        if not value:
+            return value
+        from pydicom.datadict import tag_for_keyword
+
+        for keyword in value:
+            if tag_for_keyword(keyword) is None:
+                raise ValueError(f"attribute_types: {keyword!r} is not a DICOM keyword (e.g. 'StationName')")
+        return value
+
+    @model_validator(mode="after")
+    def _exclusive_dates(self) -> DeidConfig:
+        if self.retain_longitudinal_full_dates and self.retain_longitudinal_modified_dates:
+            raise ValueError(
+                "retain_longitudinal_full_dates and retain_longitudinal_modified_dates are exclusive; "
+                "choose one"
+            )
+        return self
+
+    def enabled_option_fields(self) -> tuple[str, ...]:
+        """Names of the enabled option fields that map to a column of Table E.1-1."""
+        return tuple(name for name in OPTION_COLUMN_OF if getattr(self, name))
+
+    def option_columns(self) -> frozenset[str]:
+        """Table E.1-1 columns of the enabled options."""
+        return frozenset(OPTION_COLUMN_OF[name] for name in self.enabled_option_fields())
+
+    def keep_tags(self) -> frozenset[int]:
+        """Tags of :attr:`keep`."""
+        from medimg_spark.privacy.config import resolve_attribute
+
+        return frozenset(resolve_attribute(k) for k in self.keep)
+
+
+# ----------------------------------------------------------------------------- preprocess
+
+
+class PreprocessConfig(StrictModel):
+    """The ``preprocess`` section: the recipe run by ``medimg preprocess`` when no flag names one.
+
+    ``medimg run``: used when ``pipeline.recipes`` is empty; ``where`` is also the filter of every
+    ``pipeline.recipes`` entry without its own ``where``.
+    """
+
+    recipe: str | None = Field(
+        None,
+        description="Recipe YAML path or recipe name (./conf/recipes/ or shipped; the --recipe flag wins).",
+    )
+    where: str | None = Field(None, description="SQL filter on the images table (the --where flag wins).")
+
+
+# ----------------------------------------------------------------------------- features
+
+
+class FeaturesConfig(StrictModel):
+    """The ``features`` section: what ``medimg features`` computes.
+
+    ``medimg run``: keys given in ``pipeline.features`` win over these.
+    """
+
+    set: str = Field(
+        "texture",
+        description="Feature set name (./conf/features/ or shipped; `medimg features --help` lists them) or YAML path (--set wins).",
+    )
+    source: Source = Field("images", description="Table the features are computed from (--from wins).")
+    use_mask: bool = Field(
+        True, description="Pass the processed table's masks to the extractors (false: whole frames)."
+    )
+
+
+# ----------------------------------------------------------------------------- train
+
+ThresholdRule = Literal["youden", "balanced_accuracy", "accuracy", "f1", "fixed"]
+SearchMetric = Literal["roc_auc", "balanced_accuracy", "accuracy", "f1"]
+
+
+class AugmentConfig(BaseModel):
+    """How many augmented copies of each training frame to add, and how to perturb them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    copies: int = Field(2, ge=1, le=32, description="augmented copies of each training frame")
+    max_shift: float = Field(2.0, ge=0, description="pixels, per axis, uniform in ±max_shift")
+    max_rotation: float = Field(10.0, ge=0, le=180, description="degrees, uniform in ±max_rotation")
+    max_scale: float = Field(0.07, ge=0, lt=1, description="zoom uniform in 1 ± max_scale")
+    hflip: bool = Field(True, description="random horizontal flips")
+    photometric: bool = Field(False, description="gamma/contrast/brightness jitter")
+    seed: int = Field(0, description="random seed of the perturbations")
+    source: Source = Field("images", description="table whose frames are augmented")
+
+
+class ThresholdConfig(BaseModel):
+    """How the binary decision threshold is chosen on the val split."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rule: ThresholdRule = Field("youden", description="criterion maximised on val ('fixed': use value)")
+    value: float = Field(0.5, description="the threshold when rule is 'fixed'")
+
+
+class TrainConfig(BaseModel):
+    """Options of training (the ``train`` section; YAML mapping; unknown keys are rejected).
+
+    ``medimg run``: keys given in ``pipeline.models[i].train`` (or the experiment file) win over
+    these; ``model_dir`` and ``name`` always come from ``pipeline.models[i].name`` there.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    features_dir: str = Field("features", description="table under out_dir holding the feature vectors")
+    train_split: str = Field("train", description="split the model is fitted on")
+    val_split: str | None = Field("val", description="split of the grid search and threshold (null: none)")
+    class_weight: Literal["balanced", "none"] = Field("balanced", description="class weights")
+    params: dict[str, Any] = Field({}, description="estimator hyper-parameters")
+    grid: dict[str, list[Any]] = Field({}, description="hyper-parameter values searched on val")
+    search_metric: SearchMetric = Field("roc_auc", description="grid search criterion on val")
+    threshold: ThresholdConfig = Field(ThresholdConfig(), description="binary decision threshold")
+    positive_label: str | None = Field(
+        None, description="positive class of a binary task (default: the last class in sorted order)"
+    )
+    augment: AugmentConfig | None = Field(None, description="augmented training copies (null: none)")
+    feature_set: str | None = Field(None, description="feature set for augmentation (default: recorded one)")
+    seed: int = Field(0, description="random seed of the estimator")
+    model_dir: str | None = Field(None, description="where to save (default out_dir/models/<name>)")
+    name: str | None = Field(
+        None,
+        description="model name in the card, predictions and metrics files "
+        "(default: the model_dir folder name, else the registry model name)",
+    )
+
+    def display_name(self, model_name: str) -> str:
+        """The name recorded for a model trained with this config."""
+        if self.name:
+            return self.name
+        return basename(self.model_dir) if self.model_dir else model_name
+
+
+# ----------------------------------------------------------------------------- localize
+
+FRAME_METHODS = ("kmeans", "dbscan", "gmm")
+DATASET_METHODS = ("mllib_kmeans", "mllib_gmm")
+LocalizeMethod = Literal["kmeans", "dbscan", "gmm", "mllib_kmeans", "mllib_gmm"]
+
+
+class LocalizeConfig(BaseModel):
+    """Options of localisation (the ``localize`` section; unknown keys are rejected).
+
+    Read by ``medimg localize`` and by every method of ``pipeline.localize`` in ``medimg run``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Source = Field("processed", description="table whose frames are localised (per-frame methods)")
+    foreground: Literal["mask", "otsu_bright", "otsu_dark"] = Field(
+        "mask", description="'mask' uses the frame mask when present and falls back to otsu_bright"
+    )
+    k: int = Field(2, ge=1, le=64, description="clusters for kmeans / gmm / MLlib methods")
+    eps: float = Field(1.5, gt=0, description="DBSCAN neighbourhood radius in pixels")
+    min_samples: int = Field(4, ge=1, description="DBSCAN core-point neighbours")
+    intensity_weight: float = Field(0.0, ge=0, description="weight of intensity (0..1 scaled) vs position")
+    min_area: int = Field(1, ge=1, description="drop clusters with fewer pixels")
+    max_points: int = Field(20000, ge=10, description="subsample foreground pixels beyond this (fit only)")
+    seed: int = Field(0, description="random seed of the clusterings")
+    features_dir: str = Field("features", description="feature table of the MLlib methods")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+class ReportConfig(StrictModel):
+    """The ``report`` section: what ``medimg report`` (and the pipeline's report stage) shows."""
+
+    title: str = Field("medimg-spark report", min_length=1, description="Page title and heading.")
+    thumbs_per_recipe: int = Field(4, ge=1, le=64, description="Before/after frames shown per recipe.")
+    max_recipes: int = Field(12, ge=1, le=200, description="Recipes shown in the thumbnails section.")
+    region_frames: int = Field(4, ge=1, le=64, description="Frames drawn with their localised regions.")
+    hist_sample: int = Field(2000, ge=10, description="Frames sampled per quality histogram.")
+    max_table_rows: int = Field(200, ge=1, description="Rows shown in one table.")
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+#: Stages in pipeline order; each reads only tables written by the stages before it.
+#: Stages in pipeline order (the ``pipeline=True`` entries of :data:`medimg_spark.stages.STAGES`);
+#: each reads only tables written by the stages before it.
+STAGES: tuple[str, ...] = pipeline_stages()
+
+
+class RecipeRun(StrictModel):
+    """One recipe applied by the preprocess stage."""
+
+    recipe: str = Field(
+        description="Recipe YAML path, or a recipe name (./conf/recipes/ or shipped; `medimg preprocess --help` lists them)."
+    )
+    where: str | None = Field(None, description="SQL filter on the images table (default: preprocess.where).")
+
+
+class FeaturesRun(StrictModel):
+    """The feature set computed by the features stage; keys set here win over the features section."""
+
+    source: Source | None = Field(
+        None, description="Table the features are computed from (null: features.source)."
+    )
+    set: str | None = Field(None, description="Feature set name or YAML path (null: features.set).")
+
+
+class ModelRun(StrictModel):
+    """One model trained (or, without the train stage, loaded) by the pipeline.
+
+    Either ``model`` (+ ``train``) or ``experiment``: the shipped model of an experiment file such as
+    ``conf/pneumonia.yaml`` (its estimator and training options, so they are written down once).
+    """
+
+    name: str = Field(description="Saved under DIR/models/<name>; names the metrics files.")
+    model: str | None = Field(
+        None, description="Estimator: sk_svc, sk_rf, sk_hgb, sk_logreg, sk_ensemble, mllib_*."
+    )
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="Training options (TrainConfig); they win over the train section."
+    )
+    experiment: str | None = Field(None, description="Experiment YAML whose shipped model to use.")
+
+    def resolved(self, base: Path) -> tuple[str, dict[str, Any]]:
+        """``(estimator, train options)``, from the experiment file when one is named."""
+        if self.experiment is None:
+            if self.model is None:
+                raise ConfigError(f"pipeline.models[{self.name}]: set 'model' or 'experiment'")
+            return self.model, dict(self.train)
+        if self.model is not None or self.train:
+            raise ConfigError(
+                f"pipeline.models[{self.name}]: 'experiment' replaces 'model' and 'train'; drop them"
+            )
+        from medimg_spark.ml.experiment import load_experiment
+
+        path = Path(self.experiment)
+        exp = load_experiment(path if path.is_absolute() else base / path)
+        return exp.shipped.model, exp.shipped.train.model_dump(exclude_unset=True)
+
+
+class PipelineConfig(StrictModel):
+    """The ``pipeline`` section: what ``medimg run`` runs, in order."""
+
+    out: str | None = Field(None, description="Output directory (the --out flag overrides it).")
+    inputs: list[str] = Field(
+        default_factory=list, description="Files/folders; 'pkg:MODULE/SUBDIR' = package data."
+    )
+    labels: str | None = Field(None, description="CSV: path (or file_sha256), label[, split].")
+    stages: list[str] = Field(default_factory=lambda: list(STAGES), description="Stages to run, in order.")
+    recipes: list[RecipeRun] = Field(
+        default_factory=list, description="Recipes of the preprocess stage (default: preprocess.recipe)."
+    )
+    features: FeaturesRun = Field(
+        default_factory=FeaturesRun, description="Feature set (keys set here win over the features section)."
+    )
+    models: list[ModelRun] = Field(
+        default_factory=list, description="Models of the train/predict/evaluate stages."
+    )
+    evaluate_splits: list[str] = Field(default_factory=lambda: ["val"], description="Splits evaluated.")
+    predict_split: str | None = Field(None, description="Split the predict stage scores (default: all rows).")
+    localize: list[LocalizeMethod] = Field(
+        default_factory=list, description="Localize methods (options: the localize section)."
+    )
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, value: list[str]) -> list[str]:
+        unknown = [s for s in value if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+        return value
