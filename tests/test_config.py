@@ -222,7 +222,7 @@ def processed(spark: Any, lake: Path, tmp_path_factory: pytest.TempPathFactory) 
 
     out = tmp_path_factory.mktemp("config_processed") / "lake"
     shutil.copytree(lake, out)
-    preprocess(spark, str(out), str(REPO / "conf/recipes/chest_xray.yaml"), where="source_format = 'npz'")
+    preprocess(spark, str(out), "chest_xray", where="source_format = 'npz'")
     return out
 
 
