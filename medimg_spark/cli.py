@@ -234,10 +234,15 @@ def _print(args: argparse.Namespace, summary: Mapping[str, object], text: str) -
 
 def _log_name_in(out: str, log_json: str | None) -> tuple[str, ...]:
     """The ``--log-json`` file's name when it lies directly in ``out`` (it is not lake content)."""
-    if not log_json or log_json == "-":
+    import os
+
+    from medimg_spark.storage import is_local, local_path
+
+    if not log_json or log_json == "-" or not is_local(out):
         return ()
-    target = Path(log_json).resolve()
-    return (target.name,) if target.parent == Path(out).resolve() else ()
+    target = os.path.realpath(log_json)
+    folder = os.path.realpath(local_path(out))
+    return (os.path.basename(target),) if os.path.dirname(target) == folder else ()
 
 
 def check_lake_out(out: str, log_json: str | None = None) -> None:
@@ -249,10 +254,10 @@ def check_lake_out(out: str, log_json: str | None = None) -> None:
     Raises:
         NotALakeError: a ConfigError (exit code 2) naming the directory and the fix.
     """
-    from medimg_spark.io.files import local_path
     from medimg_spark.io.ingest import prepare_lake
+    from medimg_spark.storage import is_local
 
-    if "://" in local_path(out):
+    if not is_local(out):
         return
     prepare_lake(out, None, ignore=_log_name_in(out, log_json))
 
@@ -345,7 +350,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     summary = run(
         spark, args.inputs, args.out, cfg.ingest, labels_csv=args.labels, deidentify=hook, run_id=run_id
     )
-    _print(args, summary, format_summary(summary))
+    _print(args, dict(summary), format_summary(summary))
     return EXIT_OK
 
 
@@ -457,7 +462,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     tcfg = cfg.train
     if args.name:
-        tcfg = tcfg.model_copy(update={"model_dir": f"{args.out}/models/{args.name}"})
+        from medimg_spark.storage import join
+
+        tcfg = tcfg.model_copy(update={"model_dir": join(args.out, "models", args.name)})
     spark = _session(args, cfg, "train")
     summary = train(spark, args.out, args.model, tcfg)
     _print(args, summary, "train → " + ", ".join(f"{k}={v}" for k, v in summary.items()))
@@ -564,7 +571,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(format_metrics(m, f"{m.get('model')} on {m.get('split')}"))
         if "report" in results:
             print(f"report: {results['report'].get('path')}")
-        print(f"pipeline finished in {results['wall_time_s']} s; output under {Path(out).resolve()}")
+        import os
+
+        from medimg_spark.storage import is_local, local_path
+
+        where = os.path.realpath(local_path(out)) if is_local(out) else out
+        print(f"pipeline finished in {results['wall_time_s']} s; output under {where}")
     return EXIT_OK
 
 

@@ -24,6 +24,7 @@ from medimg_spark.errors import EmptyFileError, FileTimeoutError, UnsupportedFor
 from medimg_spark.io import detect, readers
 from medimg_spark.io.model import ParsedFile
 from medimg_spark.io.pixels import encode
+from medimg_spark.storage import local_path  # one definition: a Hadoop path string → its local file
 
 IMAGE = "image"
 INSTANCE = "instance"
@@ -59,28 +60,6 @@ class FileContext:
     labels_by_sha: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     label_from_parent_dir: bool = False
     deidentify: Callable[[Any], Any] | None = None
-
-
-def local_path(path: str) -> str:
-    """The local file of a Hadoop path string: ``file:/a/b c.dcm`` → ``/a/b c.dcm``.
-
-    Hadoop path strings (binaryFile's ``path`` column, ``source_path``, ``Path.toString()``) are not
-    URI-encoded, so nothing is percent-decoded: ``file:/a/x%20y.dcm`` is the file ``/a/x%20y.dcm``
-    (a URI such as an ``inputFiles()`` entry is decoded once by ``listing.hadoop_path`` first). ``#``
-    and ``?`` are parts of the name. Paths of other schemes (``hdfs://``, ``s3a://``) are returned
-    unchanged; strings without a scheme are local paths.
-    """
-    if path.startswith("file:"):
-        rest = path[len("file:") :]
-        if rest.startswith("//"):  # file://host/x: only an empty host or localhost is local
-            host, _, tail = rest[2:].partition("/")
-            if host not in ("", "localhost"):
-                return path
-            rest = "/" + tail
-        return posixpath.normpath(rest)
-    if "://" in path:
-        return path
-    return posixpath.normpath(path)
 
 
 def image_id(file_sha256: str, frame_index: int) -> str:

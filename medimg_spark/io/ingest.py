@@ -8,6 +8,7 @@ this run or an earlier one into the same ``--out``) is skipped.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -17,20 +18,28 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from medimg_spark.config import IngestConfig
 from medimg_spark.errors import ConfigError, EmptyFileError, FileTooLargeError, IngestFileError
+from medimg_spark.io.commit import (
+    CHECKPOINT_DIR,
+    COMMITS_DIR,  # noqa: F401  (re-exported: tests and tools name the commit records folder)
+    STAGING_DIR,
+    TABLES,
+    batch_files,
+    commit_batch,
+    run_available_now,
+)
 from medimg_spark.io.files import (
     IMAGE,
     INSTANCE,
     QUARANTINE,
     CrashGuard,
     FileContext,
-    local_path,
     process_files,
 )
 from medimg_spark.io.listing import (
@@ -44,6 +53,16 @@ from medimg_spark.io.listing import (
     list_local,
 )
 from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA
+from medimg_spark.storage import (
+    Storage,
+    StorageError,
+    StorageNotADirectoryError,
+    get_storage,
+    is_local,
+    join,
+    local_path,
+    split_uri,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -252,19 +271,13 @@ def check_inputs(inputs: list[str]) -> list[str]:
     return out
 
 
-def _table_exists(spark: SparkSession, path: str) -> bool:
-    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
-    jpath = jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
-    fs = jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
-    return bool(fs.exists(jpath))
-
-
 def _seen_keys(spark: SparkSession, out: str) -> DataFrame | None:
     """file_sha256 of every file already ingested into ``out`` (instances and quarantine)."""
+    store = get_storage(spark)
     parts = []
     for table in ("instances", "quarantine"):
-        path = f"{out}/{table}"
-        if _table_exists(spark, path):
+        path = join(out, table)
+        if store.exists(path):
             df = spark.read.parquet(path)
             if table == "quarantine":
                 df = df.where(df.stage.isin(*FILE_STAGES))
@@ -288,8 +301,8 @@ UNREAD_CLASSES = (
 
 def _seen_unread_paths(spark: SparkSession, out: str) -> DataFrame | None:
     """Paths of files quarantined unread (empty, too large, unreadable) by earlier runs into ``out``."""
-    path = f"{out}/quarantine"
-    if not _table_exists(spark, path):
+    path = join(out, "quarantine")
+    if not get_storage(spark).exists(path):
         return None
     q = spark.read.parquet(path)
     unread = UNREAD_CLASSES
@@ -451,9 +464,8 @@ def crash_dir(out_uri: str, run_id: str) -> str:
     """Folder of the crash guards' marks: under the output's staging when it is a local path."""
     import tempfile
 
-    local = local_path(out_uri)
-    if "://" not in local:
-        return f"{local}/{STAGING_DIR}/crash-{run_id}"
+    if is_local(out_uri):
+        return join(local_path(out_uri), STAGING_DIR, f"crash-{run_id}")
     return os.path.join(tempfile.gettempdir(), "medimg-crash", run_id)
 
 
@@ -490,7 +502,7 @@ def _ingest_files(
     ctx: FileContext,
     cfg: IngestConfig,
     labels: LabelsCSV | None = None,
-) -> dict[str, Any]:
+) -> IngestCounts:
     """Decode ``files`` (binaryFile rows) and append the three tables under ``dest``.
 
     Args:
@@ -559,7 +571,8 @@ def _ingest_files(
     # three tables. Measured against persist(DISK_ONLY) (benchmarks/run.py, N=500, 750 files): the cached
     # blocks are Java-serialised and LZ4-compressed, and every pass over them (dedupe keys, three table
     # writes, counts) deserialises the pixels again; from Parquet those passes read only their columns.
-    decoded_dir = f"{dest}/{STAGING_DIR}/decoded-{run_id}"
+    store = get_storage(spark)
+    decoded_dir = join(dest, STAGING_DIR, f"decoded-{run_id}")
     try:
         readable.mapInArrow(lambda batches: decode_partition(batches, ctx, flush), UNION_SCHEMA).write.mode(
             "overwrite"
@@ -591,9 +604,9 @@ def _ingest_files(
         images = table(IMAGE, IMAGES_SCHEMA)
         instances = table(INSTANCE, INSTANCES_SCHEMA)
         quarantine = table(QUARANTINE, QUARANTINE_SCHEMA).unionByName(unread_rows)
-        images.write.mode("append").partitionBy("modality").parquet(f"{dest}/images")
-        instances.write.mode("append").parquet(f"{dest}/instances")
-        quarantine.write.mode("append").parquet(f"{dest}/quarantine")
+        images.write.mode("append").partitionBy("modality").parquet(join(dest, "images"))
+        instances.write.mode("append").parquet(join(dest, "instances"))
+        quarantine.write.mode("append").parquet(join(dest, "quarantine"))
 
         stats = (
             kept.groupBy("_kind", "has_pixels", "stage", "error_class")
@@ -607,11 +620,10 @@ def _ingest_files(
         for df in (fresh, listing, unread_rows):
             df.unpersist()
     finally:
-        _HadoopFS(spark).delete(decoded_dir)
-        if ctx.crash_dir and "://" not in ctx.crash_dir:
-            import shutil
-
-            shutil.rmtree(ctx.crash_dir, ignore_errors=True)  # marks left by workers that died
+        store.delete(decoded_dir)
+        if ctx.crash_dir:
+            with contextlib.suppress(StorageError):  # marks left by workers that died (a local folder)
+                store.delete(ctx.crash_dir)
 
     by_class: dict[str, int] = {}
     by_stage: dict[str, int] = {}
@@ -622,19 +634,19 @@ def _ingest_files(
     for cls, n in unread_by_class.items():
         by_class[cls] = by_class.get(cls, 0) + n
         by_stage["read"] = by_stage.get("read", 0) + n
-    return {
-        "files_seen": files_seen,
-        "files_ingested": sum(r["n"] for r in stats if r["_kind"] == INSTANCE),
-        "frames_written": sum(r["n"] for r in stats if r["_kind"] == IMAGE),
-        "metadata_only_objects": sum(
+    return IngestCounts(
+        files_seen=files_seen,
+        files_ingested=sum(r["n"] for r in stats if r["_kind"] == INSTANCE),
+        frames_written=sum(r["n"] for r in stats if r["_kind"] == IMAGE),
+        metadata_only_objects=sum(
             r["n"] for r in stats if r["_kind"] == INSTANCE and r["has_pixels"] is False
         ),
-        "quarantined_by_error_class": by_class,
-        "quarantined_by_stage": by_stage,
-        "duplicates_skipped": n_paths - n_unique,
-        "already_ingested": n_unique - n_fresh,
-        "labels_matched": matched,
-    }
+        quarantined_by_error_class=by_class,
+        quarantined_by_stage=by_stage,
+        duplicates_skipped=n_paths - n_unique,
+        already_ingested=n_unique - n_fresh,
+        labels_matched=matched,
+    )
 
 
 def _matched_labels(
@@ -669,55 +681,170 @@ COUNT_KEYS = (
 )
 
 
-def add_counts(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
-    """Sum two count dicts of :func:`_ingest_files` (used across micro-batches)."""
-    out = dict(total)
-    for k in COUNT_KEYS:
-        out[k] = out.get(k, 0) + part.get(k, 0)
-    for k in ("quarantined_by_error_class", "quarantined_by_stage"):
-        merged = dict(out.get(k, {}))
-        for name, n in part.get(k, {}).items():
-            merged[name] = merged.get(name, 0) + n
-        out[k] = merged
-    out["labels_matched"] = sorted(set(out.get("labels_matched", [])) | set(part.get("labels_matched", [])))
-    return out
+@dataclass
+class IngestCounts:
+    """What :func:`_ingest_files` did with one set of files (one run, or one micro-batch).
+
+    Attributes:
+        files_seen: files given (read or quarantined unread).
+        files_ingested: ``instances`` rows written.
+        frames_written: ``images`` rows written.
+        metadata_only_objects: instances without pixel data.
+        duplicates_skipped: files whose content another file of the same set has.
+        already_ingested: files whose content an earlier run ingested.
+        quarantined_by_error_class: quarantine rows per error class.
+        quarantined_by_stage: quarantine rows per stage.
+        labels_matched: indices of the ``--labels`` rows that matched a file.
+    """
+
+    files_seen: int = 0
+    files_ingested: int = 0
+    frames_written: int = 0
+    metadata_only_objects: int = 0
+    duplicates_skipped: int = 0
+    already_ingested: int = 0
+    quarantined_by_error_class: dict[str, int] = field(default_factory=dict)
+    quarantined_by_stage: dict[str, int] = field(default_factory=dict)
+    labels_matched: list[int] = field(default_factory=list)
+
+    def __add__(self, other: IngestCounts) -> IngestCounts:
+        """The counts of both sets (summed across micro-batches)."""
+
+        def merged(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+            return {k: a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
+
+        return IngestCounts(
+            **{k: getattr(self, k) + getattr(other, k) for k in COUNT_KEYS},
+            quarantined_by_error_class=merged(
+                self.quarantined_by_error_class, other.quarantined_by_error_class
+            ),
+            quarantined_by_stage=merged(self.quarantined_by_stage, other.quarantined_by_stage),
+            labels_matched=sorted(set(self.labels_matched) | set(other.labels_matched)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts as JSON-able data (a micro-batch's commit record)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IngestCounts:
+        """Counts read back from :meth:`to_dict` (a missing key counts zero)."""
+        return cls(
+            **{k: int(data.get(k, 0)) for k in COUNT_KEYS},
+            quarantined_by_error_class=dict(data.get("quarantined_by_error_class", {})),
+            quarantined_by_stage=dict(data.get("quarantined_by_stage", {})),
+            labels_matched=[int(i) for i in data.get("labels_matched", [])],
+        )
+
+
+class IngestSummary(TypedDict):
+    """The run summary of ``medimg ingest``: returned, printed and written to ``out/runs/<run_id>.json``.
+
+    The report and the run log read these keys; ``incremental`` and ``micro_batches`` are set by
+    incremental runs only.
+    """
+
+    run_id: str
+    stage: str
+    inputs: list[str]
+    out: str
+    files_seen: int
+    files_ingested: int
+    frames_written: int
+    metadata_only_objects: int
+    files_quarantined_unparsed: int
+    quarantined: int
+    quarantined_by_error_class: dict[str, int]
+    quarantined_by_stage: dict[str, int]
+    duplicates_skipped: int
+    already_ingested: int
+    labels_unmatched: int
+    symlinks_skipped: int
+    wall_time_s: float
+    frames_per_s: float | None
+    identified: bool
+    incremental: NotRequired[bool]
+    micro_batches: NotRequired[list[int]]
 
 
 def _summary(
     run_id: str,
     inputs: list[str],
     out_uri: str,
-    counts: dict[str, Any],
+    counts: IngestCounts,
     started: float,
     identified: bool,
     labels: LabelsCSV | None = None,
     symlinks_skipped: int = 0,
-) -> dict[str, Any]:
+) -> IngestSummary:
     wall = time.perf_counter() - started
-    by_class = counts.get("quarantined_by_error_class", {})
-    by_stage = counts.get("quarantined_by_stage", {})
-    frames = counts.get("frames_written", 0)
+    by_class = counts.quarantined_by_error_class
+    by_stage = counts.quarantined_by_stage
     return {
         "run_id": run_id,
         "stage": "ingest",
         "inputs": inputs,
         "out": out_uri,
-        **{k: counts.get(k, 0) for k in COUNT_KEYS[:4]},
+        "files_seen": counts.files_seen,
+        "files_ingested": counts.files_ingested,
+        "frames_written": counts.frames_written,
+        "metadata_only_objects": counts.metadata_only_objects,
         "files_quarantined_unparsed": sum(n for s, n in by_stage.items() if s in ("read", "parse")),
         "quarantined": sum(by_class.values()),
         "quarantined_by_error_class": dict(sorted(by_class.items())),
         "quarantined_by_stage": dict(sorted(by_stage.items())),
-        **{k: counts.get(k, 0) for k in COUNT_KEYS[4:]},
-        "labels_unmatched": len(labels.rows) - len(counts.get("labels_matched", [])) if labels else 0,
+        "duplicates_skipped": counts.duplicates_skipped,
+        "already_ingested": counts.already_ingested,
+        "labels_unmatched": len(labels.rows) - len(counts.labels_matched) if labels else 0,
         "symlinks_skipped": symlinks_skipped,
         "wall_time_s": round(wall, 3),
-        "frames_per_s": round(frames / wall, 2) if wall > 0 else None,
+        "frames_per_s": round(counts.frames_written / wall, 2) if wall > 0 else None,
         "identified": identified,
     }
 
 
 def _out_uri(out: str) -> str:
-    return out if "://" in out or out.startswith("file:") else str(Path(out).resolve())
+    """``out`` made absolute (symlinks resolved) when it is a plain local path; URIs unchanged."""
+    return os.path.realpath(out) if split_uri(out)[0] == "" else out
+
+
+def _finish_run(
+    store: Storage,
+    run_id: str,
+    inputs: list[str],
+    out_uri: str,
+    counts: IngestCounts,
+    started: float,
+    *,
+    identified: bool,
+    labels: LabelsCSV | None,
+    symlinks_skipped: int,
+    micro_batches: list[int] | None = None,
+) -> IngestSummary:
+    """The shared tail of a run: its summary, the unmatched-labels warning, markers, ``runs/<id>.json``.
+
+    Args:
+        micro_batches: the micro-batches of an incremental run (None for a batch run). An incremental
+            run that found no new file does not write the IDENTIFIED marker.
+    """
+    summary = _summary(
+        run_id,
+        inputs,
+        out_uri,
+        counts,
+        started,
+        identified=identified,
+        labels=labels,
+        symlinks_skipped=symlinks_skipped,
+    )
+    _warn_unmatched_labels(summary, labels)
+    if micro_batches is not None:
+        summary["incremental"] = True
+        summary["micro_batches"] = micro_batches
+    if summary["identified"] and (micro_batches is None or summary["files_seen"]):
+        _mark_identified(store, out_uri, run_id)
+    write_run_summary(store, out_uri, summary)
+    return summary
 
 
 def ingest(
@@ -728,7 +855,7 @@ def ingest(
     labels_csv: str | None = None,
     deidentify: Any = None,
     run_id: str | None = None,
-) -> dict[str, Any]:
+) -> IngestSummary:
     """Ingest files or folders (recursively) into Parquet tables under ``out``.
 
     Args:
@@ -750,18 +877,19 @@ def ingest(
     paths = check_inputs(inputs)
     out_uri = _out_uri(out)
     labels = read_labels(labels_csv) if labels_csv else None
-    fs = _HadoopFS(spark)
-    prepare_lake(out_uri, fs)  # before any job: refuses a foreign directory, writes the lake marker
+    store = get_storage(spark)
+    prepare_lake(out_uri, store)  # before any job: refuses a foreign directory, writes the lake marker
     ctx = _context(run_id, cfg, labels, deidentify, out_uri)
     inputs_ = _scan_inputs(spark, paths)
     unread = _unread_files(inputs_)
     # decoded rows staged by a run that was killed before it could remove them (only in a lake)
-    fs.delete_glob(f"{_glob_escape(out_uri)}/{STAGING_DIR}/decoded-*")
+    store.delete_glob(join(_glob_escape(out_uri), STAGING_DIR, "decoded-*"))
     try:
         counts = _ingest_files(spark, inputs_.files, unread, out_uri, out_uri, ctx, cfg, labels)
     finally:
-        fs.remove_if_empty(f"{out_uri}/{STAGING_DIR}")
-    summary = _summary(
+        store.remove_if_empty(join(out_uri, STAGING_DIR))
+    return _finish_run(
+        store,
         run_id,
         inputs,
         out_uri,
@@ -771,14 +899,9 @@ def ingest(
         labels=labels,
         symlinks_skipped=inputs_.listing.symlinks_skipped,
     )
-    _warn_unmatched_labels(summary, labels)
-    if summary["identified"]:
-        _mark_identified(out_uri, run_id)
-    write_run_summary(spark, out_uri, summary)
-    return summary
 
 
-def _warn_unmatched_labels(summary: dict[str, Any], labels: LabelsCSV | None) -> None:
+def _warn_unmatched_labels(summary: IngestSummary, labels: LabelsCSV | None) -> None:
     n = summary.get("labels_unmatched", 0)
     if labels is not None and n:
         log.warning(
@@ -801,53 +924,27 @@ LAKE_FORMAT = "medimg-lake"
 LAKE_VERSION = 1
 
 
-class _LocalFS:
-    """The file system calls of :func:`prepare_lake` for local paths (no Spark needed)."""
+def _lake_storage(out: str, store: Storage | None) -> Storage:
+    """The storage :func:`prepare_lake` checks ``out`` with.
 
-    def list_names(self, path: str) -> list[str] | None:
-        """Names in folder ``path``; None when it does not exist."""
-        p = Path(local_path(path))
-        if not p.exists():
-            return None
-        if not p.is_dir():
-            raise NotALakeError(f"--out {path} is a file, not a directory; pass a new or empty directory")
-        return [c.name for c in p.iterdir()]
-
-    def read_text(self, path: str) -> str:
-        return Path(local_path(path)).read_text(encoding="utf-8")
-
-    def touch(self, path: str, text: str = "") -> None:
-        target = Path(local_path(path))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-
-    def data_files(self, root: str) -> list[str]:
-        base = Path(local_path(root))
-        out = []
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = [d for d in dirnames if not d.startswith(("_", "."))]
-            rel = os.path.relpath(dirpath, base)
-            out += [f if rel == "." else f"{rel}/{f}" for f in filenames if not f.startswith(("_", "."))]
-        return out
+    A local ``out`` is checked with plain file calls (no SparkSession needed: the CLI checks it before
+    Spark starts, and a listing through the JVM costs calls per file); a URI through ``store``, else
+    the active session's storage.
+    """
+    if is_local(out):
+        return Storage(None)
+    return store if store is not None else get_storage()
 
 
-def _lake_fs(out: str, spark_fs: _HadoopFS | None) -> _LocalFS | _HadoopFS:
-    if "://" not in local_path(out) or spark_fs is None:
-        return _LocalFS()
-    return spark_fs
-
-
-def _is_ingest_summary(text: str) -> bool:
+def _is_ingest_summary(store: Storage, path: str) -> bool:
     try:
-        data = json.loads(text)
-    except ValueError:
+        data = store.read_json(path)
+    except StorageError:
         return False
     return isinstance(data, dict) and data.get("stage") == "ingest" and "run_id" in data
 
 
-def prepare_lake(out: str, spark_fs: _HadoopFS | None = None, ignore: Iterable[str] = ()) -> str:
+def prepare_lake(out: str, store: Storage | None = None, ignore: Iterable[str] = ()) -> str:
     """Make sure ``out`` is a medimg lake ingest may write into, before any Spark job.
 
     A missing or empty directory becomes a lake (the marker :data:`LAKE_MARKER` is written, JSON with
@@ -855,8 +952,9 @@ def prepare_lake(out: str, spark_fs: _HadoopFS | None = None, ignore: Iterable[s
     marker) gets the marker. Its tables must hold only files ingest writes.
 
     Args:
-        out: the output directory (local path, or a URI then checked through ``spark_fs``).
-        spark_fs: Hadoop file system calls, for URIs (local paths need no Spark).
+        out: the output directory (local path or URI).
+        store: the storage that reaches a URI ``out`` (default: the active session's); local paths
+            need no Spark.
         ignore: names in ``out`` that do not count as content (e.g. the ``--log-json`` file).
 
     Returns:
@@ -865,19 +963,27 @@ def prepare_lake(out: str, spark_fs: _HadoopFS | None = None, ignore: Iterable[s
     Raises:
         NotALakeError: ``out`` is a file, or a non-empty directory that is not a lake, or a lake whose
             tables hold files ingest did not write.
+        StorageError: a URI ``out`` cannot be reached (no session, unknown host, no connector...).
     """
-    fs = _lake_fs(out, spark_fs)
+    fs = _lake_storage(out, store)
+    if fs.is_file(out):
+        raise NotALakeError(f"--out {out} is a file, not a directory; pass a new or empty directory")
     names = fs.list_names(out)
-    marker = f"{out}/{LAKE_MARKER}"
+    marker = join(out, LAKE_MARKER)
     if names is not None and LAKE_MARKER in names:
         _check_marker(marker, fs.read_text(marker))
         _check_tables(out, fs)
         return "lake"
     if names is not None and [n for n in names if n not in set(ignore)]:
-        legacy = "runs" in names and any(
-            _is_ingest_summary(fs.read_text(f"{out}/runs/{n}"))
-            for n in sorted(fs.list_names(f"{out}/runs") or [])[-5:]
-            if n.endswith(".json")
+        runs = join(out, "runs")
+        legacy = (
+            "runs" in names
+            and fs.is_dir(runs)
+            and any(
+                _is_ingest_summary(fs, join(runs, n))
+                for n in sorted(fs.list_names(runs) or [])[-5:]
+                if n.endswith(".json")
+            )
         )
         if not legacy:
             raise NotALakeError(
@@ -922,20 +1028,22 @@ def _check_marker(marker: str, text: str) -> None:
         )
 
 
-def _check_tables(out: str, fs: _LocalFS | _HadoopFS) -> None:
+def _check_tables(out: str, fs: Storage) -> None:
     """Every data file of the ingest tables must be Parquet written by Spark (else reading them fails).
 
     Checked in local lakes only: listing every file of a lake through Hadoop's API costs Py4J calls per
     file.
     """
-    if not isinstance(fs, _LocalFS):
+    if not is_local(out):
         return
     for table in TABLES:
-        visible = [
-            rel
-            for rel in fs.data_files(f"{out}/{table}")
-            if not any(c.startswith(("_", ".")) for c in rel.split("/"))
-        ]
+        try:
+            files = fs.data_files(join(out, table))
+        except StorageNotADirectoryError:
+            raise NotALakeError(
+                f"--out {out}: {table} is a file, not a table folder; move it out of the lake"
+            ) from None
+        visible = [rel for rel in files if not any(c.startswith(("_", ".")) for c in rel.split("/"))]
         foreign = [
             rel
             for rel in visible
@@ -951,40 +1059,18 @@ def _check_tables(out: str, fs: _LocalFS | _HadoopFS) -> None:
             )
 
 
-def _mark_identified(out: str, run_id: str) -> None:
-    """Write the IDENTIFIED marker: this output holds original identifiers (``--keep-phi``)."""
+def _mark_identified(store: Storage, out: str, run_id: str) -> None:
+    """Append to the IDENTIFIED marker: this output holds original identifiers (``--keep-phi``)."""
     text = f"{run_id}: ingested with --keep-phi; tables hold original identifiers (PHI)\n"
-    local = local_path(f"{out}/{IDENTIFIED_MARKER}")
-    if "://" in local:  # a Hadoop URI: through the storage layer (an object store rewrites the file)
-        from medimg_spark.storage import get_storage
-
-        get_storage().append_text(f"{out}/{IDENTIFIED_MARKER}", text)
-        return
-    path = Path(local)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fh.write(text)
+    store.append_text(join(out, IDENTIFIED_MARKER), text)
 
 
-def write_run_summary(spark: SparkSession, out: str, summary: dict[str, Any]) -> str:
-    """Write ``summary`` as ``out/runs/<run_id>.json`` (through Hadoop FS, so URIs work) and return the path."""
-    path = f"{out}/runs/{summary['run_id']}.json"
-    text = json.dumps(summary, indent=2, sort_keys=False, default=str)
-    local = local_path(path)
-    if local == path and "://" in path:
-        jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
-        jpath = jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
-        fs = jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
-        stream = fs.create(jpath, True)
-        stream.write(bytearray(text.encode()))
-        stream.close()
-        return path
-    Path(local).parent.mkdir(parents=True, exist_ok=True)
-    Path(local).write_text(text)
-    return local
+def write_run_summary(store: Storage, out: str, summary: IngestSummary) -> str:
+    """Write ``summary`` as ``out/runs/<run_id>.json`` (atomically, any URI) and return the path."""
+    return store.write_json(join(out, "runs", f"{summary['run_id']}.json"), summary, default=str)
 
 
-def format_summary(summary: dict[str, Any]) -> str:
+def format_summary(summary: Mapping[str, Any]) -> str:
     """A human-readable run summary."""
     lines = [f"ingest run {summary['run_id']} → {summary['out']}"]
     keys = [
@@ -1014,185 +1100,48 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Incremental ingest: Structured Streaming, each new file processed exactly once across runs.
+# Incremental ingest: Structured Streaming, each new file processed exactly once across runs
+# (the commit protocol of its micro-batches: medimg_spark.io.commit).
 # ---------------------------------------------------------------------------------------------
 
-CHECKPOINT_DIR = "_checkpoints/ingest"
-STAGING_DIR = "_staging"
-COMMITS_DIR = "_checkpoints/ingest_commits"
-TABLES = ("images", "instances", "quarantine")
 
-
-class _HadoopFS:
-    """The few Hadoop FileSystem calls the commit protocol needs (local paths and URIs alike)."""
-
-    def __init__(self, spark: SparkSession) -> None:
-        self._jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
-        self._conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
-
-    def _p(self, path: str) -> Any:
-        jpath = self._jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
-        return jpath, jpath.getFileSystem(self._conf)
-
-    def exists(self, path: str) -> bool:
-        jpath, fs = self._p(path)
-        return bool(fs.exists(jpath))
-
-    def delete(self, path: str) -> None:
-        jpath, fs = self._p(path)
-        fs.delete(jpath, True)
-
-    def touch(self, path: str, text: str = "") -> None:
-        """Write ``text`` to ``path`` atomically: a temporary sibling, then a rename.
-
-        A process killed mid-write leaves only the hidden temporary file, never a truncated marker.
-        """
-        jpath, fs = self._p(path)
-        tmp, _ = self._p(f"{path.rsplit('/', 1)[0]}/.{jpath.getName()}.{secrets.token_hex(4)}.tmp")
-        stream = fs.create(tmp, True)
-        stream.write(bytearray(text.encode()))
-        stream.close()
-        if fs.exists(jpath):
-            fs.delete(jpath, False)
-        if not fs.rename(tmp, jpath):
-            raise OSError(f"could not rename {tmp} to {path}")
-
-    def read_text(self, path: str) -> str:
-        jpath, fs = self._p(path)
-        stream = fs.open(jpath)
-        try:
-            data = self._jvm.org.apache.commons.io.IOUtils.toByteArray(stream)  # type: ignore[union-attr]
-        finally:
-            stream.close()
-        return bytes(data).decode()
-
-    def list_names(self, path: str) -> list[str] | None:
-        """Names in folder ``path``; None when it does not exist."""
-        jpath, fs = self._p(path)
-        if not fs.exists(jpath):
-            return None
-        if not fs.getFileStatus(jpath).isDirectory():
-            raise NotALakeError(f"--out {path} is a file, not a directory; pass a new or empty directory")
-        return [st.getPath().getName() for st in fs.listStatus(jpath)]
-
-    def remove_if_empty(self, path: str) -> None:
-        """Delete folder ``path`` when it exists and is empty."""
-        if self.list_names(path) == []:
-            jpath, fs = self._p(path)
-            fs.delete(jpath, False)
-
-    def delete_glob(self, pattern: str) -> None:
-        """Delete (recursively) every path matching the Hadoop glob ``pattern``."""
-        jpath, fs = self._p(pattern)
-        for status in fs.globStatus(jpath) or []:
-            fs.delete(status.getPath(), True)
-
-    def data_files(self, root: str) -> list[str]:
-        """Paths relative to ``root`` of its files (recursive), without ``_SUCCESS``/hidden files."""
-        jpath, fs = self._p(root)
-        if not fs.exists(jpath):
-            return []
-        prefix = fs.makeQualified(jpath).toString().rstrip("/") + "/"
-        it = fs.listFiles(jpath, True)
-        out = []
-        while it.hasNext():
-            name = it.next().getPath().toString()
-            if not name.startswith(prefix):
-                raise OSError(f"listing of {prefix} returned {name}, outside it")
-            if not name.rsplit("/", 1)[-1].startswith(("_", ".")):
-                out.append(name[len(prefix) :])
-        return out
-
-    def move(self, src: str, dst: str) -> None:
-        """Rename ``src`` to ``dst`` unless ``dst`` exists already (a replayed move)."""
-        jsrc, fs = self._p(src)
-        jdst, _ = self._p(dst)
-        if fs.exists(jdst):
-            return
-        fs.mkdirs(jdst.getParent())
-        if not fs.rename(jsrc, jdst):
-            raise OSError(f"could not move {src} to {dst}")
-
-
-def _batch_files(fs: _HadoopFS, checkpoint: str, n_sources: int, batch_id: int) -> list[str]:
-    """Every file the streaming source assigned to ``batch_id`` (empty files included)."""
-    paths: list[str] = []
-    for source in range(n_sources):
-        base = f"{checkpoint}/sources/{source}/{batch_id}"
-        log = base if fs.exists(base) else f"{base}.compact"
-        if not fs.exists(log):
-            continue
-        for line in fs.read_text(log).splitlines()[1:]:  # first line: log format version
-            if line.strip():
-                entry = json.loads(line)
-                if int(entry.get("batchId", batch_id)) == batch_id:
-                    paths.append(hadoop_path(entry["path"]))  # the log holds URIs: decode them once
-    return paths
-
-
-def _commit_batch(
+def _stage_micro_batch(
     spark: SparkSession,
-    fs: _HadoopFS,
+    store: Storage,
     batch: DataFrame,
     batch_id: int,
+    staging: str,
+    *,
     out_uri: str,
     n_sources: int,
     ctx: FileContext,
     cfg: IngestConfig,
-    labels: LabelsCSV | None = None,
-    skipped: tuple[str, ...] = (),
-    problems: frozenset[str] = frozenset(),
+    labels: LabelsCSV | None,
+    skipped: tuple[str, ...],
+    problems: frozenset[str],
 ) -> dict[str, Any]:
-    """Process one micro-batch exactly once, even when a crashed attempt of it is replayed.
+    """Decode one micro-batch into the tables under ``staging`` (the :data:`~medimg_spark.io.commit.StageBatch`).
 
     Files under ``skipped`` folder symlinks (cycles, folders reached twice; see
     :mod:`medimg_spark.io.listing`), which the streaming source follows, are left out of the batch,
     and so are the listing's ``problems`` (quarantined unread by :func:`ingest_incremental` itself).
-
-    Protocol: the batch is written to ``_staging/batch-<id>``; once complete (marker ``_COMPLETE``)
-    its files are moved into the tables (a move whose target exists is a replay and skipped), then
-    ``_checkpoints/ingest_commits/<id>`` records the commit. A replay finds the commit and stops,
-    or finds complete staging and only finishes the moves, or redoes an incomplete staging.
+    Empty files, which the source logs but ``binaryFile`` does not return, are quarantined.
     """
-    commit = f"{out_uri}/{COMMITS_DIR}/{batch_id}"
-    if fs.exists(commit):
-        return json.loads(fs.read_text(commit))
-    staging = f"{out_uri}/{STAGING_DIR}/batch-{batch_id}"
-    complete = f"{staging}/_COMPLETE"
-    if fs.exists(complete):
-        counts = json.loads(fs.read_text(complete))
-    else:
-        fs.delete(staging)
-        if skipped:
-            from pyspark.sql import functions as F
+    from pyspark.sql import functions as F
 
-            under = [f"{link}/" for link in skipped]
-            batch = batch.where(~F.col("path").startswith(under[0]))
-            for prefix in under[1:]:
-                batch = batch.where(~F.col("path").startswith(prefix))
-        if problems:
-            from pyspark.sql import functions as F
-
-            batch = batch.where(~F.col("path").isin(*sorted(problems)))
-        listed = {r.path for r in batch.select("path").collect()}
-        logged = _batch_files(fs, f"{out_uri}/{CHECKPOINT_DIR}", n_sources, batch_id)
-        empty_sha = hashlib.sha256(b"").hexdigest()
-        unread: list[UnreadFile] = [
-            (p, empty_sha, 0, EmptyFileError.__name__, _EMPTY_MESSAGE)
-            for p in sorted(set(logged) - listed - problems)
-            if not p.startswith(tuple(f"{link}/" for link in skipped))
-        ]
-        counts = _ingest_files(spark, batch, unread, out_uri, staging, ctx, cfg, labels)
-        fs.touch(complete, json.dumps(counts))
-    prefix = f"b{batch_id:09d}-"
-    for table in TABLES:
-        for rel in fs.data_files(f"{staging}/{table}"):
-            folder, _, name = rel.rpartition("/")
-            dst = f"{out_uri}/{table}/{folder + '/' if folder else ''}{prefix}{name}"
-            fs.move(f"{staging}/{table}/{rel}", dst)
-    fs.touch(commit, json.dumps(counts))
-    fs.delete(staging)
-    return counts
+    for prefix in (f"{link}/" for link in skipped):
+        batch = batch.where(~F.col("path").startswith(prefix))
+    if problems:
+        batch = batch.where(~F.col("path").isin(*sorted(problems)))
+    listed = {r.path for r in batch.select("path").collect()}
+    logged = batch_files(store, join(out_uri, CHECKPOINT_DIR), n_sources, batch_id)
+    empty_sha = hashlib.sha256(b"").hexdigest()
+    unread: list[UnreadFile] = [
+        (p, empty_sha, 0, EmptyFileError.__name__, _EMPTY_MESSAGE)
+        for p in sorted(set(logged) - listed - problems)
+        if not p.startswith(tuple(f"{link}/" for link in skipped))
+    ]
+    return _ingest_files(spark, batch, unread, out_uri, staging, ctx, cfg, labels).to_dict()
 
 
 def ingest_incremental(
@@ -1203,13 +1152,14 @@ def ingest_incremental(
     labels_csv: str | None = None,
     deidentify: Any = None,
     run_id: str | None = None,
-) -> dict[str, Any]:
+) -> IngestSummary:
     """Ingest only files not seen by earlier incremental runs into ``out`` (exactly once).
 
     Uses Structured Streaming's ``binaryFile`` source with ``trigger(availableNow=True)`` and a
     checkpoint under ``out/_checkpoints/ingest``: every file present when the run starts and not
     yet processed is ingested, then the run stops. Meant for cron/Airflow schedules. Keep the
-    same ``inputs`` (folders) across runs: the checkpoint tracks each input by position.
+    same ``inputs`` (folders) across runs: the checkpoint tracks each input by position. Each
+    micro-batch is committed exactly once (:func:`medimg_spark.io.commit.commit_batch`).
 
     Returns:
         The run summary (counts summed over the micro-batches), also written to ``out/runs/``.
@@ -1223,8 +1173,8 @@ def ingest_incremental(
             raise ConfigError(f"incremental ingest watches folders; {p} is not a folder")
     out_uri = _out_uri(out)
     labels = read_labels(labels_csv) if labels_csv else None
-    fs = _HadoopFS(spark)
-    prepare_lake(out_uri, fs)  # before any job: refuses a foreign directory, writes the lake marker
+    store = get_storage(spark)
+    prepare_lake(out_uri, store)  # before any job: refuses a foreign directory, writes the lake marker
     ctx = _context(run_id, cfg, labels, deidentify, out_uri)
     # The streaming source lists the folders itself; the driver's listing only finds the folder
     # symlinks it must not follow (cycles, folders reached twice).
@@ -1233,7 +1183,7 @@ def ingest_incremental(
     schema = "path string, modificationTime timestamp, length long, content binary"
     # Files the streaming source cannot name or read (names that are not UTF-8 it does not list at
     # all): quarantined here, once across runs.
-    totals: dict[str, Any] = {}
+    totals = IngestCounts()
     problem_rows = _problem_rows(listing)
     seen_unread = _seen_unread_paths(spark, out_uri) if problem_rows else None
     if seen_unread is not None:
@@ -1259,25 +1209,30 @@ def ingest_incremental(
     assert stream is not None
     batches: list[int] = []
 
+    def stage(batch: DataFrame, batch_id: int, staging: str) -> dict[str, Any]:
+        return _stage_micro_batch(
+            spark,
+            store,
+            batch,
+            batch_id,
+            staging,
+            out_uri=out_uri,
+            n_sources=len(paths),
+            ctx=ctx,
+            cfg=cfg,
+            labels=labels,
+            skipped=skipped,
+            problems=problems,
+        )
+
     def per_batch(batch: DataFrame, batch_id: int) -> None:
         nonlocal totals
-        counts = _commit_batch(
-            spark, fs, batch, batch_id, out_uri, len(paths), ctx, cfg, labels, skipped, problems
-        )
-        totals = add_counts(totals, counts)
+        totals += IngestCounts.from_dict(commit_batch(store, out_uri, batch, batch_id, stage))
         batches.append(batch_id)
 
-    query = (
-        stream.writeStream.foreachBatch(per_batch)
-        .option("checkpointLocation", f"{out_uri}/{CHECKPOINT_DIR}")
-        .trigger(availableNow=True)
-        .start()
-    )
-    try:
-        query.awaitTermination()
-    finally:
-        fs.remove_if_empty(f"{out_uri}/{STAGING_DIR}")
-    summary = _summary(
+    run_available_now(store, stream, out_uri, per_batch)
+    return _finish_run(
+        store,
         run_id,
         inputs,
         out_uri,
@@ -1286,11 +1241,5 @@ def ingest_incremental(
         identified=deidentify is None,
         labels=labels,
         symlinks_skipped=listing.symlinks_skipped,
+        micro_batches=batches,
     )
-    _warn_unmatched_labels(summary, labels)
-    summary["incremental"] = True
-    summary["micro_batches"] = batches
-    if summary["identified"] and summary["files_seen"]:
-        _mark_identified(out_uri, run_id)
-    write_run_summary(spark, out_uri, summary)
-    return summary
