@@ -180,3 +180,71 @@ pipeline:
     processed = pq.read_table(out / "processed", columns=["image_id", "recipe_name"]).to_pandas()
     assert processed.groupby("recipe_name").size().to_dict() == {"classify": 64, "ct_lung": 1, "mri": 1}
     assert list(cwd.iterdir()) == []
+
+
+def test_core_layers_work_in_a_venv_without_pyspark(tmp_path: Path, wheel: Path) -> None:
+    """``import medimg_spark.ops`` (and the other core modules) in a venv where pyspark is not installed.
+
+    The venv holds the wheel and every third-party package of this test run except pyspark and py4j
+    (one symlink each in a folder named by a ``.pth`` file), so the import genuinely cannot find them.
+    """
+    import os
+    import sys
+    import sysconfig
+
+    root = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=300)
+    python = root / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", str(wheel)],
+        check=True,
+        timeout=600,
+        env=env,
+    )
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    skip = ("pyspark", "py4j", "medimg_spark", "__editable__", "_medimg")
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.startswith(skip) and entry.suffix != ".pth":
+            (deps / entry.name).symlink_to(entry)
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    ).stdout.strip()
+    (Path(purelib) / "medimg_test_dependencies.pth").write_text(f"{deps}\n")
+    code = """
+import importlib.util, json, sys
+import medimg_spark, medimg_spark.ops, medimg_spark.quality, medimg_spark.io.files
+import medimg_spark.features.extract, medimg_spark.config, medimg_spark.resources
+import pydicom
+from pydicom.data import get_testdata_file
+from medimg_spark.ops import apply_recipe, load_recipe
+from medimg_spark.quality import quality_metrics
+ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+out, _ = apply_recipe(load_recipe("ct_lung"), ds.pixel_array, {"modality": "CT"})
+print(json.dumps({
+    "pyspark_installed": importlib.util.find_spec("pyspark") is not None,
+    "pyspark_loaded": sorted(m for m in sys.modules if m.startswith(("pyspark", "py4j"))),
+    "package": medimg_spark.__file__,
+    "shape": list(out.shape),
+    "entropy": quality_metrics(out)["entropy"],
+}))
+"""
+    proc = subprocess.run(
+        [str(python), "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["pyspark_installed"] is False and got["pyspark_loaded"] == []
+    assert got["package"].startswith(str(root))
+    assert got["shape"] == [128, 128] and got["entropy"] > 0
