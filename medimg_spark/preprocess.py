@@ -20,7 +20,6 @@ into ``out/metrics/quality.json``; :func:`format_quality_table` renders it as te
 from __future__ import annotations
 
 import datetime as dt
-import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ from pyspark.sql.types import (
 
 from medimg_spark.quality import QUALITY_KEYS
 from medimg_spark.schema import IMAGES_SCHEMA, QUARANTINE_SCHEMA
-from medimg_spark.storage import get_storage, is_local, join, parent
+from medimg_spark.storage import get_storage, join, parent, spark_path
 from medimg_spark.summaries import PreprocessSummary
 
 if TYPE_CHECKING:
@@ -74,7 +73,8 @@ PROCESSED_SCHEMA = StructType(
 """Schema of ``out/processed``. ``pixels`` decodes with :func:`medimg_spark.io.pixels.to_array`;
 ``mask`` is ``rows * cols`` uint8 bytes (C order) or null."""
 
-_INPUT_COLUMNS = (
+#: The ``images`` columns a recipe reads (pixels plus the header values ops may use) and passes on.
+RECIPE_INPUT_COLUMNS: tuple[str, ...] = (
     "image_id",
     "source_path",
     "file_sha256",
@@ -215,12 +215,6 @@ def _delete(spark: SparkSession, path: str) -> None:
     store.remove_if_empty(parent(path))
 
 
-def _uri(out_dir: str) -> str:
-    """``out_dir`` for Spark: URIs as they are, local paths absolute (Spark resolves against the JVM's cwd)."""
-    out_dir = os.fspath(out_dir)
-    return out_dir if not is_local(out_dir) or out_dir.startswith("file:") else os.path.realpath(out_dir)
-
-
 def preprocess(
     spark: SparkSession, out_dir: str, recipe_path: str, where: str | None = None
 ) -> PreprocessSummary:
@@ -248,13 +242,13 @@ def preprocess(
     recipe = load_recipe(recipe_path)
     started = time.perf_counter()
     run_id = new_run_id()
-    out = _uri(out_dir)
+    out = spark_path(out_dir)
     if not _exists(spark, join(out, "images")):
         raise ConfigError(f"no images table at {out}/images; run ingest into {out_dir} first")
     images = spark.read.schema(IMAGES_SCHEMA).parquet(join(out, "images"))
     if where:
         images = images.where(where)
-    images = images.select(*_INPUT_COLUMNS)
+    images = images.select(*RECIPE_INPUT_COLUMNS)
 
     done_parts = []
     if _exists(spark, join(out, "processed")):

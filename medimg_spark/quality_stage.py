@@ -12,9 +12,9 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from medimg_spark.preprocess import PROCESSED_SCHEMA, _exists, _uri
+from medimg_spark.preprocess import PROCESSED_SCHEMA
 from medimg_spark.quality import METRIC_DIRECTION, QUALITY_KEYS
-from medimg_spark.storage import get_storage, join
+from medimg_spark.storage import get_storage, join, spark_path
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -74,8 +74,8 @@ def quality_report(spark: SparkSession, out_dir: str) -> QualityReport:
 
     from medimg_spark.errors import ConfigError
 
-    out = _uri(out_dir)
-    if not _exists(spark, join(out, "processed")):
+    out = spark_path(out_dir)
+    if not get_storage(spark).exists(join(out, "processed")):
         raise ConfigError(f"no processed table at {out}/processed; run preprocess first")
     df = spark.read.schema(PROCESSED_SCHEMA).parquet(join(out, "processed"))
 

@@ -138,7 +138,7 @@ def local_path(path: str | os.PathLike[str]) -> str:
     """The local file of a local storage path: ``file:/a/b c.dcm`` → ``/a/b c.dcm``; URIs unchanged.
 
     Hadoop path strings are not URI-encoded, so nothing is percent-decoded (``file:/a/x%20y`` is the
-    file ``/a/x%20y``), as :func:`medimg_spark.io.files.local_path`.
+    file ``/a/x%20y``).
     """
     text = os.fspath(path)
     scheme, authority, rest = split_uri(text)
@@ -149,6 +149,13 @@ def local_path(path: str | os.PathLike[str]) -> str:
             posixpath.normpath("/" + rest.lstrip("/")) if authority is not None else posixpath.normpath(rest)
         )
     return text
+
+
+def spark_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as Spark should be given it: URIs (``file:`` ones too) as they are, plain local paths
+    absolute with symlinks resolved (executors do not share the driver's working directory)."""
+    text = os.fspath(path)
+    return os.path.realpath(text) if split_uri(text)[0] == "" else text
 
 
 def _parts(parts: tuple[str | os.PathLike[str], ...], base: str) -> list[str]:

@@ -471,3 +471,16 @@ def test_demo_pipeline_on_viewfs_matches_a_local_run(spark: Any, demo_inputs: Pa
     assert remote["report"]["warnings"] == []
     html = (run1 / "report" / "index.html").read_text(encoding="utf-8")
     assert uri in html and "demo_logreg" in html and "mlr" in html
+
+
+def test_spark_path_makes_plain_paths_absolute_and_keeps_uris(tmp_path: Path, monkeypatch: Any) -> None:
+    from medimg_spark.storage import spark_path
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    monkeypatch.chdir(tmp_path)
+    assert spark_path("link/out") == str(real / "out")
+    assert spark_path(Path("real")) == str(real)
+    for uri in ("file:relative/x", "file:///a/b", "viewfs://lake/lake/run1", "s3a://bucket/k"):
+        assert spark_path(uri) == uri

@@ -78,29 +78,6 @@ class StageInputError(MedimgError):
 FRAME_COLUMNS: tuple[str, ...] = ("pixels", "rows", "cols", "channels", "dtype")
 """The columns holding one frame in the ``images`` and ``processed`` tables."""
 
-# The ``images`` columns a recipe reads (pixels plus the header values ops may use) and passes on.
-RECIPE_INPUT_COLUMNS: tuple[str, ...] = (
-    "image_id",
-    "source_path",
-    "file_sha256",
-    "frame_index",
-    "modality",
-    "rows",
-    "cols",
-    "channels",
-    "dtype",
-    "pixels",
-    "photometric",
-    "bits_stored",
-    "rescale_slope",
-    "rescale_intercept",
-    "window_center",
-    "window_width",
-    "pixel_spacing",
-    "slice_thickness",
-    "label",
-    "split",
-)
 _RECIPE_REQUIRED = ("image_id", "modality", *FRAME_COLUMNS)
 FAILURE_COLUMNS: tuple[str, ...] = ("ok", "step", "error_class", "error_message")
 """Extra columns of :class:`RecipeTransformer` output with ``keepFailed=True``."""
@@ -325,7 +302,7 @@ class RecipeTransformer(Transformer, DefaultParamsReadable["RecipeTransformer"],
     def _transform(self, dataset: DataFrame) -> DataFrame:
         from pyspark.sql import functions as F
 
-        from medimg_spark.preprocess import PROCESSED_SCHEMA, new_run_id
+        from medimg_spark.preprocess import PROCESSED_SCHEMA, RECIPE_INPUT_COLUMNS, new_run_id
         from medimg_spark.schema import IMAGES_SCHEMA
 
         if not self.isDefined(self.recipe):
