@@ -174,8 +174,17 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 def _add_localize(p: argparse.ArgumentParser) -> None:
     """Arguments of ``medimg localize``."""
     p.add_argument("--out", required=True, help="output directory")
+    from medimg_spark.config_models import DATASET_METHODS, FRAME_METHODS
+
     p.add_argument(
-        "--method", required=True, choices=["kmeans", "dbscan", "gmm", "mllib_kmeans", "mllib_gmm"]
+        "--method",
+        required=True,
+        choices=[*FRAME_METHODS, *DATASET_METHODS],
+        help="per-frame regions ("
+        + ", ".join(FRAME_METHODS)
+        + ") or dataset clusters ("
+        + ", ".join(DATASET_METHODS)
+        + ")",
     )
     _common(p)
 

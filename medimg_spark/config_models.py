@@ -14,7 +14,7 @@ supply the defaults of every run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -283,9 +283,12 @@ class TrainConfig(BaseModel):
 
 # ----------------------------------------------------------------------------- localize
 
-FRAME_METHODS = ("kmeans", "dbscan", "gmm")
-DATASET_METHODS = ("mllib_kmeans", "mllib_gmm")
-LocalizeMethod = Literal["kmeans", "dbscan", "gmm", "mllib_kmeans", "mllib_gmm"]
+FrameMethod = Literal["kmeans", "dbscan", "gmm"]
+DatasetMethod = Literal["mllib_kmeans", "mllib_gmm"]
+LocalizeMethod = Literal[FrameMethod, DatasetMethod]
+#: Per-frame region methods and dataset-level cluster methods (the CLI's and the config's choices).
+FRAME_METHODS: tuple[str, ...] = get_args(FrameMethod)
+DATASET_METHODS: tuple[str, ...] = get_args(DatasetMethod)
 
 
 class LocalizeConfig(BaseModel):
