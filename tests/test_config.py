@@ -159,7 +159,7 @@ def test_errors_name_the_nested_key_and_the_fix(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.parametrize("path", sorted((REPO / "conf").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_validate(path: Path) -> None:
-    from medimg_spark.cli import deid_config
+    from medimg_spark.config import deid_config
     from medimg_spark.pipeline import validate_recipes
 
     data = yaml.safe_load(path.read_text())

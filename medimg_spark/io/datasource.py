@@ -234,7 +234,7 @@ def _deidentifier(opts: ReadOptions, cfg: Any, run_id: str) -> Any:
                 "option keep_phi keeps identifiers: drop key_file/deid_secret/ephemeral_key/vault, or keep_phi"
             )
         return None
-    from medimg_spark.cli import deid_config
+    from medimg_spark.config import deid_config
     from medimg_spark.privacy import Deidentifier, DeidKeyError, load_key
     from medimg_spark.privacy.hook import IngestDeidentifier
     from medimg_spark.privacy.keys import decode_key_text
