@@ -284,3 +284,19 @@ def test_read_stream_reads_each_new_file_once_across_restarts(sources: SparkSess
     assert every[f"file:{watch}/later/notes.txt"] == "UnsupportedFormatError"
     commits = sorted(p.name for p in (ckpt / "commits").iterdir() if not p.name.startswith("."))
     assert len(commits) >= 3  # one batch, then at least two of at most two files each
+
+
+def test_build_session_registers_sources_on_a_reused_session(spark: SparkSession) -> None:
+    """build_session() returning the active session registers the data sources with it too."""
+    from medimg_spark.session import build_session
+
+    fresh = spark.newSession()  # a new session state: no data source registered in it
+    manager = fresh._jsparkSession.sessionState().dataSourceManager()
+    assert not manager.dataSourceExists("medimg")
+    fresh.createDataFrame([(1,)], "x int")  # makes ``fresh`` the active session
+    try:
+        reused = build_session()
+        assert reused._jsparkSession.equals(fresh._jsparkSession)
+        assert manager.dataSourceExists("medimg") and manager.dataSourceExists("dicom")
+    finally:
+        spark.createDataFrame([(1,)], "x int")  # the fixture's session is the active one again
