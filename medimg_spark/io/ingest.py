@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
@@ -335,6 +335,33 @@ def _read_local(spark: SparkSession, files: dict[str, int], ctx: FileContext, cf
     return spark.read.format(register_files_source(spark, plan, files)).load()
 
 
+#: Part of Spark's error when a Python worker it launched without its daemon did not connect back in
+#: time: a data source's driver-side workers (its creation, the read's planning) get a fixed 10 s
+#: (``PythonWorkerFactory.createSimpleWorker``, not configurable in Spark 4.x), which an interpreter
+#: start can exceed on an overloaded host.
+CONNECT_BACK = "failed to connect back"
+#: Attempts of the decoding write when a driver-side Python worker did not start in time.
+WORKER_START_ATTEMPTS = 3
+
+
+def _retry_worker_start(spark: SparkSession, action: Callable[[], None]) -> None:
+    """Run ``action``; again (at most :data:`WORKER_START_ATTEMPTS` times) on a :data:`CONNECT_BACK` error.
+
+    Only while executors use Spark's Python worker daemon (the default): the error then comes from
+    the data source's driver-side workers, before any task ran, so running again repeats no task's
+    side effects (vault files). Other errors are raised at once.
+    """
+    daemon = spark.sparkContext.getConf().get("spark.python.use.daemon", "true").lower() != "false"
+    for attempt in range(1, WORKER_START_ATTEMPTS + 1):
+        try:
+            action()
+            return
+        except Exception as err:  # Py4JJavaError or pyspark's captured exceptions
+            if not daemon or CONNECT_BACK not in str(err) or attempt == WORKER_START_ATTEMPTS:
+                raise
+            log.warning("a Python worker did not start in time (attempt %d); decoding again", attempt)
+
+
 def _ingest_files(
     spark: SparkSession,
     files: DataFrame | None,
@@ -415,29 +442,35 @@ def _ingest_files(
     ).persist(StorageLevel.MEMORY_AND_DISK)
 
     flush = cfg.output_batch_bytes
-    parts: list[DataFrame] = []
     small = {p: n for p, n in (local or {}).items() if n <= cfg.max_file_bytes}
-    if small:
-        parts.append(_read_local(spark, small, ctx, cfg))
-    if files is not None:
-        readable = files.where(F.col("length") <= cfg.max_file_bytes).select("path", "content")
-        if cfg.files_per_partition:
-            n_parts = max(1, -(-files_seen // cfg.files_per_partition))
-            readable = readable.repartition(n_parts)
-        parts.append(readable.mapInArrow(lambda batches: decode_partition(batches, ctx, flush), UNION_SCHEMA))
-    if not parts:
-        parts.append(spark.createDataFrame([], UNION_SCHEMA))
-    decoded_rows = parts[0]
-    for extra in parts[1:]:
-        decoded_rows = decoded_rows.unionByName(extra)
+    store = get_storage(spark)
+    decoded_dir = join(dest, STAGING_DIR, f"decoded-{run_id}")
+
+    def decode() -> None:
+        parts: list[DataFrame] = []
+        if small:
+            parts.append(_read_local(spark, small, ctx, cfg))
+        if files is not None:
+            readable = files.where(F.col("length") <= cfg.max_file_bytes).select("path", "content")
+            if cfg.files_per_partition:
+                n_parts = max(1, -(-files_seen // cfg.files_per_partition))
+                readable = readable.repartition(n_parts)
+            parts.append(
+                readable.mapInArrow(lambda batches: decode_partition(batches, ctx, flush), UNION_SCHEMA)
+            )
+        if not parts:
+            parts.append(spark.createDataFrame([], UNION_SCHEMA))
+        decoded_rows = parts[0]
+        for extra in parts[1:]:
+            decoded_rows = decoded_rows.unionByName(extra)
+        decoded_rows.write.mode("overwrite").option("compression", "none").parquet(decoded_dir)
+
     # Decode once into an uncompressed Parquet staging table next to the output, then split it into the
     # three tables. Measured against persist(DISK_ONLY) (benchmarks/run.py, N=500, 750 files): the cached
     # blocks are Java-serialised and LZ4-compressed, and every pass over them (dedupe keys, three table
     # writes, counts) deserialises the pixels again; from Parquet those passes read only their columns.
-    store = get_storage(spark)
-    decoded_dir = join(dest, STAGING_DIR, f"decoded-{run_id}")
     try:
-        decoded_rows.write.mode("overwrite").option("compression", "none").parquet(decoded_dir)
+        _retry_worker_start(spark, decode)
         decoded = spark.read.schema(UNION_SCHEMA).parquet(decoded_dir)
         # Deduplicate by content: one canonical path per sha256, minus what earlier runs ingested.
         keys = decoded.select("file_sha256", "source_path").distinct()
