@@ -2190,7 +2190,7 @@ def triage_worker(list_file: str) -> int:
     from pyspark.sql.pandas.types import to_arrow_schema
 
     from medimg_spark.io.files import FileContext, process_file
-    from medimg_spark.io.ingest import UNION_SCHEMA, _rows_to_batch
+    from medimg_spark.io.planning import UNION_SCHEMA, rows_to_batch
     from medimg_spark.privacy import DeidConfig, Deidentifier
     from medimg_spark.privacy.hook import IngestDeidentifier
 
@@ -2225,7 +2225,7 @@ def triage_worker(list_file: str) -> int:
         except BaseException as exc:
             res["escaped"] = f"{type(exc).__module__}.{type(exc).__name__}: {str(exc)[:500]}"
         try:
-            _rows_to_batch(rows, schema)
+            rows_to_batch(rows, schema)
         except Exception as exc:
             res["arrow_error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
         res["kinds"] = dict(collections.Counter(r["_kind"] for r in rows))

@@ -78,6 +78,8 @@ def _privacy_args(p: argparse.ArgumentParser) -> None:
 
 def _add_deid(p: argparse.ArgumentParser) -> None:
     """Arguments of ``medimg deid``."""
+    from medimg_spark.config_models import DEID_OPTIONS
+
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM files or folders (recursive)")
     p.add_argument("--out", required=True, help="output directory (dicom/, deid_audit/, quarantine/)")
     p.add_argument("--profile", default="basic", choices=["basic"], help="confidentiality profile")
@@ -86,7 +88,7 @@ def _add_deid(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="profile option, repeatable: " + ", ".join(_DEID_OPTIONS),
+        help="profile option, repeatable: " + ", ".join(DEID_OPTIONS),
     )
     _privacy_args(p)
     _common(p)
@@ -271,35 +273,6 @@ def check_lake_out(out: str, log_json: str | None = None) -> None:
     prepare_lake(out, None, ignore=_log_name_in(out, log_json))
 
 
-_DEID_OPTIONS = {
-    "retain-longitudinal-modified-dates": "retain_longitudinal_modified_dates",
-    "retain-longitudinal-full-dates": "retain_longitudinal_full_dates",
-    "retain-patient-characteristics": "retain_patient_characteristics",
-    "retain-device-identity": "retain_device_identity",
-    "retain-institution-identity": "retain_institution_identity",
-    "retain-uids": "retain_uids",
-    "clean-descriptors": "clean_descriptors",
-    "clean-structured-content": "clean_structured_content",
-    "clean-graphics": "clean_graphics",
-    "retain-safe-private": "retain_safe_private",
-}
-
-
-def deid_config(cfg: Any, source: str, options: Sequence[str] = ()) -> Any:
-    """The ``privacy`` section of a config as a DeidConfig, with ``--option`` flags switched on."""
-    from medimg_spark.config import validate_section
-    from medimg_spark.config_models import DeidConfig
-
-    if not options:
-        return cfg.privacy
-    data = cfg.privacy.model_dump(exclude_unset=True)
-    for opt in options:
-        if opt not in _DEID_OPTIONS:
-            raise ConfigError(f"unknown --option {opt!r}; choose from {', '.join(_DEID_OPTIONS)}")
-        data[_DEID_OPTIONS[opt]] = True
-    return validate_section(DeidConfig, data, f"{source}: privacy")
-
-
 def _load_key(args: argparse.Namespace) -> bytes:
     from medimg_spark.privacy import DeidKeyError, load_key
 
@@ -320,6 +293,7 @@ def ingest_deidentifier(args: argparse.Namespace, cfg: Any, run_id: str) -> Any:
                 "--keep-phi keeps identifiers: drop --vault/--key-file/--ephemeral-key, or --keep-phi"
             )
         return None
+    from medimg_spark.config import deid_config
     from medimg_spark.privacy import Deidentifier
     from medimg_spark.privacy.hook import IngestDeidentifier
     from medimg_spark.privacy.vault import resolve_vault_key_file
@@ -365,7 +339,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_deid(args: argparse.Namespace) -> int:
     """``medimg deid``."""
-    from medimg_spark.config import load_config
+    from medimg_spark.config import deid_config, load_config
     from medimg_spark.privacy import run_deid
 
     cfg = load_config(args.config)

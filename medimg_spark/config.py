@@ -10,6 +10,7 @@ section, a command-line flag winning over it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
@@ -19,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError
 from pydantic.fields import FieldInfo
 
 from medimg_spark.config_models import (
+    DEID_OPTIONS,
     DeidConfig,
     FeaturesConfig,
     LocalizeConfig,
@@ -183,6 +185,28 @@ def validate_section(model: type[BaseModel], data: Any, source: str) -> Any:
         return model.model_validate(data or {})
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
+
+
+def deid_config(cfg: MedimgConfig, source: str, options: Sequence[str] = ()) -> DeidConfig:
+    """The ``privacy`` section of a config as a DeidConfig, with ``--option`` flags switched on.
+
+    Args:
+        cfg: the loaded config.
+        source: where it came from (named in errors).
+        options: ``--option`` names (keys of :data:`~medimg_spark.config_models.DEID_OPTIONS`).
+
+    Raises:
+        ConfigError: an unknown option name, or an invalid combination of flags.
+    """
+    if not options:
+        return cfg.privacy
+    data = cfg.privacy.model_dump(exclude_unset=True)
+    for opt in options:
+        if opt not in DEID_OPTIONS:
+            raise ConfigError(f"unknown --option {opt!r}; choose from {', '.join(DEID_OPTIONS)}")
+        data[DEID_OPTIONS[opt]] = True
+    result: DeidConfig = validate_section(DeidConfig, data, f"{source}: privacy")
+    return result
 
 
 def _type_name(tp: Any) -> str:

@@ -57,6 +57,22 @@ OPTION_COLUMN_OF: dict[str, str] = {
 }
 
 
+#: ``--option`` names of ``medimg deid`` / ``medimg ingest`` (and the data sources' ``deid_options``) →
+#: the :class:`DeidConfig` flag each switches on.
+DEID_OPTIONS: dict[str, str] = {
+    "retain-longitudinal-modified-dates": "retain_longitudinal_modified_dates",
+    "retain-longitudinal-full-dates": "retain_longitudinal_full_dates",
+    "retain-patient-characteristics": "retain_patient_characteristics",
+    "retain-device-identity": "retain_device_identity",
+    "retain-institution-identity": "retain_institution_identity",
+    "retain-uids": "retain_uids",
+    "clean-descriptors": "clean_descriptors",
+    "clean-structured-content": "clean_structured_content",
+    "clean-graphics": "clean_graphics",
+    "retain-safe-private": "retain_safe_private",
+}
+
+
 class DeidConfig(BaseModel):
     """What the de-identification does (PS3.15 Annex E basic profile plus selected options).
 

@@ -111,6 +111,9 @@ def build_session(
 ) -> SparkSession:
     """Build (or reuse) the SparkSession for a job.
 
+    The ``medimg`` and ``dicom`` data sources are registered with the session in both cases
+    (registration is idempotent), so ``spark.read.format("medimg")`` works on a reused session too.
+
     Args:
         app_name: Spark application name.
         master: ``--master`` flag; default ``local[*]``. Ignored under ``spark-submit``.
@@ -120,6 +123,7 @@ def build_session(
 
     active = SparkSession.getActiveSession()
     if active is not None:
+        _register_sources(active)
         return active
     settings: dict[str, str] = {}
     submitted = under_spark_submit()
@@ -141,8 +145,13 @@ def build_session(
     for key, value in settings.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
-    from medimg_spark.io.datasource import register  # spark.read.format("medimg"/"dicom")
-
-    register(session)
+    _register_sources(session)
     session.sparkContext.setLogLevel(os.environ.get("MEDIMG_SPARK_LOG_LEVEL", "WARN"))
     return session
+
+
+def _register_sources(session: SparkSession) -> None:
+    """Register ``spark.read.format("medimg"/"dicom")`` with ``session`` (idempotent)."""
+    from medimg_spark.io.datasource import register
+
+    register(session)

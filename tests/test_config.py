@@ -159,7 +159,7 @@ def test_errors_name_the_nested_key_and_the_fix(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.parametrize("path", sorted((REPO / "conf").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_validate(path: Path) -> None:
-    from medimg_spark.cli import deid_config
+    from medimg_spark.config import deid_config
     from medimg_spark.pipeline import validate_recipes
 
     data = yaml.safe_load(path.read_text())
@@ -173,6 +173,20 @@ def test_shipped_configs_validate(path: Path) -> None:
     validate_recipes(cfg.pipeline, REPO, cfg)
     assert deid_config(cfg, path.name) == cfg.privacy
     assert cfg.pipeline.stages and cfg.pipeline.recipes and cfg.pipeline.models
+
+
+def test_deid_config_switches_options_and_names_an_unknown_one() -> None:
+    """``--option`` names (config_models.DEID_OPTIONS) switch the privacy flags; a typo is a ConfigError."""
+    from medimg_spark.config import deid_config
+    from medimg_spark.config_models import DEID_OPTIONS
+    from medimg_spark.errors import ConfigError
+
+    cfg = MedimgConfig()
+    dcfg = deid_config(cfg, "<defaults>", ["retain-uids", "clean-descriptors"])
+    assert dcfg.retain_uids and dcfg.clean_descriptors and not cfg.privacy.retain_uids
+    assert set(DEID_OPTIONS.values()) <= set(type(dcfg).model_fields)
+    with pytest.raises(ConfigError, match=r"unknown --option 'retain-uid'; choose from .*retain-uids"):
+        deid_config(cfg, "<defaults>", ["retain-uid"])
 
 
 def test_readme_lists_every_key_of_every_section() -> None:

@@ -116,8 +116,7 @@ def test_bad_pipeline_config_exits_2(
 
 @pytest.mark.parametrize("name", ["pipeline.yaml", "demo.yaml"])
 def test_shipped_pipeline_configs_validate(name: str) -> None:
-    from medimg_spark.cli import deid_config
-    from medimg_spark.config import load_config
+    from medimg_spark.config import deid_config, load_config
     from medimg_spark.pipeline import load_pipeline, validate_recipes
 
     cfg = load_config(REPO / "conf" / name)

@@ -13,9 +13,10 @@ Option ``table`` picks the rows: ``images`` (default), ``instances``, ``quaranti
 three tables' columns with a ``_kind`` column: ``image``, ``instance`` or ``quarantine``, as the
 ingest decoder produces them, without ``quarantined_at``). The read is *per file*: it does not
 deduplicate identical content nor skip files of earlier runs; that is the writer's (ingest's) job.
+``medimg ingest`` decodes its local inputs through this reader (:func:`register_files_source`).
 
-Planning (listing with :func:`medimg_spark.io.listing.list_local`, split sizing as ingest's
-``_local_files``) runs in Spark's data-source planning worker on the driver host; decoding runs in
+Planning (listing with :func:`medimg_spark.io.listing.list_local`, split sizing with
+:func:`medimg_spark.io.planning.task_slices`) runs in Spark's data-source planning worker on the driver host; decoding runs in
 the tasks. Only local paths and ``file:`` URIs can be read (the Python tasks open the files
 themselves); ``hdfs:``/``s3a:`` inputs raise :class:`NonLocalInputError`: use ``medimg ingest``.
 
@@ -53,19 +54,18 @@ from medimg_spark.io.files import (
     local_path,
     process_files,
 )
-from medimg_spark.io.ingest import (
-    _EMPTY_MESSAGE,
-    LOCAL_BYTES_PER_TASK,
-    LOCAL_OPEN_COST,
+from medimg_spark.io.listing import Listing, list_local
+from medimg_spark.io.planning import (
+    EMPTY_MESSAGE,
     UNION_SCHEMA,
     LabelsCSV,
     UnreadFile,
-    _problem_rows,
-    _rows_to_batch,
     new_run_id,
+    problem_rows,
     read_labels,
+    rows_to_batch,
+    task_slices,
 )
-from medimg_spark.io.listing import Listing, list_local
 from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA
 
 if TYPE_CHECKING:
@@ -76,11 +76,13 @@ if TYPE_CHECKING:
 __all__ = [
     "DataSourceOptionError",
     "DicomDataSource",
+    "FilesDataSource",
     "MedimgDataSource",
     "NonLocalInputError",
     "NotDicomError",
     "ReadOptions",
     "register",
+    "register_files_source",
 ]
 
 
@@ -232,7 +234,7 @@ def _deidentifier(opts: ReadOptions, cfg: Any, run_id: str) -> Any:
                 "option keep_phi keeps identifiers: drop key_file/deid_secret/ephemeral_key/vault, or keep_phi"
             )
         return None
-    from medimg_spark.cli import deid_config
+    from medimg_spark.config import deid_config
     from medimg_spark.privacy import Deidentifier, DeidKeyError, load_key
     from medimg_spark.privacy.hook import IngestDeidentifier
     from medimg_spark.privacy.keys import decode_key_text
@@ -269,6 +271,7 @@ class ReadPlan:
         ctx: the per-file context (limits, labels, de-identification, run id).
         flush_bytes: Arrow batches are yielded at about this many bytes (ingest's output_batch_bytes).
         parallelism: how many tasks a read aims for.
+        files_per_task: files per task instead of size-based splits (ingest's ``files_per_partition``).
     """
 
     paths: list[str]
@@ -278,6 +281,7 @@ class ReadPlan:
     ctx: FileContext
     flush_bytes: int
     parallelism: int
+    files_per_task: int | None = None
 
 
 def make_plan(options: dict[str, str], source: str) -> tuple[ReadOptions, ReadPlan]:
@@ -331,11 +335,12 @@ class FilesPartition(InputPartition):
 
 
 def split_files(files: dict[str, int], unread: list[UnreadFile], plan: ReadPlan) -> list[FilesPartition]:
-    """Spread listed files over tasks as ingest does (``io.ingest._local_files``).
+    """Spread listed files over tasks.
 
     Empty files and files over ``max_file_bytes`` become quarantine rows without being read (the rows
-    ingest writes for them); the non-empty files are split in listing order, each weighing its size
-    plus an open cost, ``min(128 MiB, max(4 MiB, total / parallelism))`` of weight per task.
+    ingest writes for them); the non-empty files are split in listing order into
+    :func:`~medimg_spark.io.planning.task_slices` tasks (each file weighing its size plus an open
+    cost), or ``plan.files_per_task`` files per task.
     """
     limit = plan.ctx.max_file_bytes
     unread = list(unread)
@@ -343,7 +348,7 @@ def split_files(files: dict[str, int], unread: list[UnreadFile], plan: ReadPlan)
     rows: list[tuple[str, int]] = []
     for path, size in files.items():
         if not size:
-            unread.append((path, empty_sha, 0, EmptyFileError.__name__, _EMPTY_MESSAGE))
+            unread.append((path, empty_sha, 0, EmptyFileError.__name__, EMPTY_MESSAGE))
             continue
         if size > limit:
             message = (
@@ -352,9 +357,10 @@ def split_files(files: dict[str, int], unread: list[UnreadFile], plan: ReadPlan)
             )
             unread.append((path, None, size, FileTooLargeError.__name__, message))
         rows.append((path, size))
-    weight = sum(size + LOCAL_OPEN_COST for _, size in rows)
-    per_task = min(LOCAL_BYTES_PER_TASK, max(LOCAL_OPEN_COST, weight // plan.parallelism))
-    slices = max(1, min(len(rows), -(-weight // per_task), 100_000))
+    if plan.files_per_task:
+        slices = max(1, -(-len(rows) // plan.files_per_task))
+    else:
+        slices = task_slices([size for _, size in rows], plan.parallelism)
     readable = [(p, s) for p, s in rows if s <= limit]
     # contiguous slices of equal count, as SparkContext.parallelize cuts a list
     bounds = [(i * len(rows)) // slices for i in range(slices + 1)]
@@ -457,10 +463,10 @@ def read_partition(partition: FilesPartition, plan: ReadPlan) -> Iterator[pa.Rec
         pending.append(row)
         size += len(row.get("pixels") or b"") + 512
         if size >= plan.flush_bytes:
-            yield _rows_to_batch(pending, arrow_schema)
+            yield rows_to_batch(pending, arrow_schema)
             pending, size = [], 0
     if pending:
-        yield _rows_to_batch(pending, arrow_schema)
+        yield rows_to_batch(pending, arrow_schema)
     flush = getattr(ctx.deidentify, "flush", None)
     if flush is not None:
         flush(f"p{partition.index}-{secrets.token_hex(3)}")
@@ -476,7 +482,7 @@ def _chain(*parts: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 def listed_files(listing: Listing) -> tuple[dict[str, int], list[UnreadFile]]:
     """The listing's files and the quarantine rows of its problems (as ingest writes them)."""
-    return dict(listing.files), _problem_rows(listing)
+    return dict(listing.files), problem_rows(listing)
 
 
 class _BatchReader(DataSourceReader):
@@ -636,6 +642,62 @@ class MedimgDataSource(DataSource):
             self.plan, self.opts, self.opts.max_files_per_trigger
         )
         return reader
+
+
+class _ListedReader(DataSourceReader):
+    """Reads a fixed list of files (no listing at planning time)."""
+
+    def __init__(self, plan: ReadPlan, files: dict[str, int]) -> None:
+        self.plan = plan
+        self.files = files
+
+    def partitions(self) -> Sequence[InputPartition]:
+        return split_files(self.files, [], self.plan)
+
+    def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
+        assert isinstance(partition, FilesPartition)
+        yield from read_partition(partition, self.plan)
+
+
+class FilesDataSource(DataSource):
+    """The ``medimg`` reader over a fixed file list with a pre-built :class:`ReadPlan` (no options).
+
+    Not registered itself: :func:`register_files_source` registers a subclass per read that carries
+    the plan and the files, which Spark pickles with the class into its Python workers.
+    """
+
+    SOURCE = "medimg_files"
+    PLAN: ReadPlan
+    FILES: dict[str, int]
+
+    @classmethod
+    def name(cls) -> str:
+        return cls.SOURCE
+
+    def schema(self) -> StructType:
+        return SCHEMAS[self.PLAN.table]
+
+    def reader(self, schema: StructType) -> DataSourceReader:
+        return _ListedReader(self.PLAN, self.FILES)
+
+
+def register_files_source(spark: SparkSession, plan: ReadPlan, files: dict[str, int]) -> str:
+    """Register a data source that reads ``files`` with ``plan``; return its format name.
+
+    This is how ``medimg ingest`` decodes its listed local files: its run's per-file context (limits,
+    labels, crash guard folder and the de-identification hook the CLI built, key included) is pickled
+    with the registered class, as a UDF's closure is, and never appears in the query plan, which shows
+    only the format name. The files are read as given (listing order, sizes for the splits); empty
+    files and files over ``max_file_bytes`` get the rows :func:`split_files` gives them.
+    """
+    name = f"medimg_files_{secrets.token_hex(8)}"
+    source = type(
+        f"FilesDataSource_{name}",
+        (FilesDataSource,),
+        {"SOURCE": name, "PLAN": plan, "FILES": dict(files), "__module__": __name__},
+    )
+    spark.dataSource.register(source)
+    return name
 
 
 class DicomDataSource(MedimgDataSource):

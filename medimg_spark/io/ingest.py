@@ -1,7 +1,12 @@
 """Ingest: files → ``images`` · ``instances`` · ``quarantine`` Parquet tables under ``--out``.
 
-Files are read with Spark's ``binaryFile`` source and decoded per partition with ``mapInArrow``
-inside executors; nothing but small metadata ever reaches the driver. A file that cannot be read
+Ingest is a writer over the ``medimg`` data source (:mod:`medimg_spark.io.datasource`): local inputs
+are listed on the driver and read and decoded by the data source's tasks (``table=all`` rows, split by
+``_kind`` into the three tables); Hadoop-URI inputs and incremental micro-batches are read with
+Spark's ``binaryFile`` source and decoded per partition with ``mapInArrow`` by the same per-file
+code. Nothing but small metadata ever reaches the driver. Ingest's own jobs are what a per-file read
+cannot do: deduplication by content, skipping files already in the lake, the quarantine bookkeeping
+of files never read, the crash guard folder and the run summaries. A file that cannot be read
 becomes a quarantine row with a typed reason, and a file whose content was already ingested (in
 this run or an earlier one into the same ``--out``) is skipped.
 """
@@ -9,22 +14,20 @@ this run or an earlier one into the same ``--out``) is skipped.
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as dt
 import hashlib
 import json
 import logging
 import os
 import re
-import secrets
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from medimg_spark.config import IngestConfig
-from medimg_spark.errors import ConfigError, EmptyFileError, FileTooLargeError, IngestFileError
+from medimg_spark.errors import ConfigError, EmptyFileError, FileTooLargeError
 from medimg_spark.io.commit import (
     CHECKPOINT_DIR,
     COMMITS_DIR,  # noqa: F401  (re-exported: tests and tools name the commit records folder)
@@ -42,15 +45,18 @@ from medimg_spark.io.files import (
     FileContext,
     process_files,
 )
-from medimg_spark.io.listing import (
-    BROKEN_SYMLINK,
-    NAME_ENCODING,
-    NO_PERMISSION,
-    NOT_REGULAR,
-    UNLISTABLE_DIR,
-    Listing,
-    hadoop_path,
-    list_local,
+from medimg_spark.io.listing import Listing, hadoop_path, list_local
+from medimg_spark.io.planning import (
+    EMPTY_MESSAGE,
+    UNION_SCHEMA,
+    FileNameEncodingError,
+    LabelsCSV,
+    UnreadablePathError,
+    UnreadFile,
+    new_run_id,
+    problem_rows,
+    read_labels,
+    rows_to_batch,
 )
 from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA
 from medimg_spark.storage import (
@@ -70,34 +76,7 @@ if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
 
-def _union_schema() -> StructType:
-    from pyspark.sql.types import StringType, StructField, StructType
-
-    fields: dict[str, StructField] = {"_kind": StructField("_kind", StringType(), False)}
-    for schema in (IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA):
-        for f in schema.fields:
-            if f.name == "quarantined_at":  # stamped by Spark when the table is written
-                continue
-            if f.name in fields:
-                if fields[f.name].dataType != f.dataType:
-                    raise TypeError(f"column {f.name} has different types in two table schemas")
-                continue
-            fields[f.name] = StructField(f.name, f.dataType, True)
-    return StructType(list(fields.values()))
-
-
-UNION_SCHEMA = _union_schema()
-
 log = logging.getLogger("medimg.ingest")
-
-
-class FileNameEncodingError(IngestFileError):
-    """The file's name is not valid UTF-8, so Spark and Hadoop cannot open it (quarantined unread)."""
-
-
-class UnreadablePathError(IngestFileError):
-    """A listed path Spark's reader cannot be given: a broken symlink, not a regular file, no read
-    permission, a folder that cannot be listed, or a file the reader did not return (quarantined unread)."""
 
 
 class NotALakeError(ConfigError):
@@ -108,22 +87,6 @@ class NotALakeError(ConfigError):
 FILE_STAGES = ("read", "parse", "deid", "decode")
 #: Marker file written into an output directory that holds identified (not de-identified) data.
 IDENTIFIED_MARKER = "IDENTIFIED"
-
-
-def new_run_id(prefix: str = "ingest") -> str:
-    """A sortable, unique run id such as ``ingest-20261121T101500Z-3fa2c1``."""
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{prefix}-{stamp}-{secrets.token_hex(3)}"
-
-
-def _rows_to_batch(rows: list[dict[str, Any]], arrow_schema: pa.Schema) -> pa.RecordBatch:
-    import pyarrow as pa
-
-    columns = [
-        pa.array([r.get(name) for r in rows], type=arrow_schema.field(name).type)
-        for name in arrow_schema.names
-    ]
-    return pa.RecordBatch.from_arrays(columns, schema=arrow_schema)
 
 
 def decode_partition(
@@ -160,89 +123,14 @@ def decode_partition(
         pending.append(row)
         size += len(row.get("pixels") or b"") + 512
         if size >= flush_bytes:
-            yield _rows_to_batch(pending, arrow_schema)
+            yield rows_to_batch(pending, arrow_schema)
             pending, size = [], 0
     if pending:
-        yield _rows_to_batch(pending, arrow_schema)
+        yield rows_to_batch(pending, arrow_schema)
     flush = getattr(ctx.deidentify, "flush", None)
     if flush is not None:
         flush(f"p{tc.partitionId()}-a{tc.attemptNumber()}" if tc else "driver")
     del pa
-
-
-@dataclass
-class LabelsCSV:
-    """The ``--labels`` CSV.
-
-    Attributes:
-        path: the CSV file.
-        by_path: ``{local path: (label, split)}``; each row is keyed by its path as written (made absolute
-            against the CSV's folder) and by its symlink-resolved real path.
-        by_sha: ``{file sha256: (label, split)}``.
-        rows: per data row, its keys (paths, or the sha256): a row matches a file when one key does.
-    """
-
-    path: str
-    by_path: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
-    by_sha: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
-    rows: list[tuple[str, ...]] = field(default_factory=list)
-
-
-_LABEL_COLUMNS = "a header line naming 'label' and 'path' or 'file_sha256' (optional 'split')"
-
-
-def read_labels(path: str) -> LabelsCSV:
-    """Read ``--labels``: columns ``path`` or ``file_sha256``, ``label``, optional ``split``.
-
-    Relative paths are resolved against the CSV's folder. Error messages name the file, the line and
-    the expected columns but never quote the file's content.
-
-    Raises:
-        ConfigError: the file is missing, not UTF-8 CSV, or lacks the columns.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"labels file {p} does not exist; pass a CSV with {_LABEL_COLUMNS}")
-    out = LabelsCSV(str(p))
-    try:
-        with p.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            cols = set(reader.fieldnames or [])
-            if "label" not in cols or not ({"path", "file_sha256"} & cols):
-                raise ConfigError(
-                    f"labels file {p} does not have the expected columns: it needs {_LABEL_COLUMNS}, "
-                    "e.g. 'path,label,split'"
-                )
-            for n, rec in enumerate(reader, start=2):
-                label = (rec.get("label") or "").strip() or None
-                split = (rec.get("split") or "").strip() or None
-                sha = (rec.get("file_sha256") or "").strip().lower()
-                where = (rec.get("path") or "").strip()
-                if sha:
-                    out.by_sha[sha] = (label, split)
-                    out.rows.append((sha,))
-                elif where:
-                    if "\x00" in where:
-                        raise ConfigError(
-                            f"labels file {p}, line {n}: 'path' contains a NUL byte; fix the CSV"
-                        )
-                    target = Path(where)
-                    if not target.is_absolute():
-                        target = p.parent / target
-                    keys = tuple(dict.fromkeys([os.path.abspath(target), os.path.realpath(target)]))
-                    for key in keys:
-                        out.by_path[key] = (label, split)
-                    out.rows.append(keys)
-                else:
-                    raise ConfigError(f"labels file {p}, line {n}: neither 'path' nor 'file_sha256' is set")
-    except UnicodeDecodeError:
-        raise ConfigError(f"labels file {p} is not UTF-8 text; pass a CSV with {_LABEL_COLUMNS}") from None
-    except csv.Error as err:
-        line = getattr(err, "line_num", None) or "?"
-        raise ConfigError(
-            f"labels file {p} is not a readable CSV (line {line}); pass a CSV with {_LABEL_COLUMNS}"
-        ) from None
-    return out
 
 
 def read_labels_csv(path: str) -> tuple[dict[str, tuple[str | None, str | None]], dict[str, Any]]:
@@ -309,39 +197,19 @@ def _seen_unread_paths(spark: SparkSession, out: str) -> DataFrame | None:
     return q.where((q.stage == "read") & q.error_class.isin(*unread)).select("source_path").distinct()
 
 
-#: A file quarantined on the driver without being read: (path, sha256, size, error class, message).
-UnreadFile = tuple[str, str | None, int | None, str, str]
-
-_EMPTY_MESSAGE = "file has zero bytes; re-export or remove it"
-_PROBLEMS: dict[str, tuple[type[IngestFileError], str]] = {
-    NAME_ENCODING: (
-        FileNameEncodingError,
-        "the file name is not valid UTF-8 (shown with \\xNN escapes), so Spark cannot open it; rename it "
-        "to UTF-8 (e.g. convmv -f latin1 -t utf8 --notest) and ingest again",
-    ),
-    BROKEN_SYMLINK: (
-        UnreadablePathError,
-        "broken symlink (its target does not exist); fix or remove the link",
-    ),
-    NOT_REGULAR: (
-        UnreadablePathError,
-        "not a regular file (a FIFO, socket or device); remove it from the input folders",
-    ),
-    NO_PERMISSION: (UnreadablePathError, "no read permission; grant read access (chmod) and ingest again"),
-    UNLISTABLE_DIR: (
-        UnreadablePathError,
-        "folder cannot be listed (no permission), none of its files was read; grant read and execute "
-        "access (chmod) and ingest again",
-    ),
-}
-
-
 @dataclass
 class _Inputs:
-    """What ingest reads: the driver's listing of local inputs and the binaryFile scan of all inputs."""
+    """What ingest reads: the driver's listing of local inputs and the binaryFile scan of URI inputs.
+
+    Attributes:
+        listing: the driver's listing of the local inputs.
+        local: its non-empty files (Hadoop path string → size, in listing order), decoded through the
+            ``medimg`` data source (:func:`medimg_spark.io.datasource.register_files_source`).
+        remote: the binaryFile scan of the URI inputs (None without).
+    """
 
     listing: Listing
-    files: DataFrame
+    local: dict[str, int]
     remote: DataFrame | None = None
 
 
@@ -359,70 +227,22 @@ RAW_LOCAL_FS = {
 }
 
 
-#: Bytes of file content per task of a local scan (as ``spark.sql.files.maxPartitionBytes``).
-LOCAL_BYTES_PER_TASK = 128 << 20
-#: What opening one file weighs when files are split into tasks (``spark.sql.files.openCostInBytes``).
-LOCAL_OPEN_COST = 4 << 20
-
-
-def _local_files(spark: SparkSession, listing: Listing) -> DataFrame:
-    """The listed local files as binaryFile-shaped rows whose ``content`` the decoding task reads.
+def _scan_inputs(spark: SparkSession, paths: list[str]) -> _Inputs:
+    """List local inputs on the driver (:func:`list_local`) and scan URI inputs with binaryFile.
 
     Handing Spark the listing's paths one by one (when a folder holds a name its reader cannot take)
-    costs the driver minutes per thousand paths; instead the non-empty files are spread over tasks in
-    listing order (as Spark sizes a file scan's splits) with a null ``content``, and
-    :func:`medimg_spark.io.files.process_files` reads each one from the local file system (a local path
-    on a cluster must be on a mount every executor sees, as for binaryFile).
+    costs the driver minutes per thousand paths; instead the listed local files go to the data source,
+    which spreads them over tasks in listing order (as Spark sizes a file scan's splits) and reads each
+    one from the local file system (a local path on a cluster must be on a mount every executor sees,
+    as for binaryFile).
     """
-    from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType, TimestampType
-
-    rows = [(path, None, size, None) for path, size in listing.files.items() if size]
-    # Split as Spark splits a file scan: each file weighs its size plus an open cost, and a task gets
-    # min(maxPartitionBytes, max(openCost, total / defaultParallelism)) of weight.
-    weight = sum(size + LOCAL_OPEN_COST for _, _, size, _ in rows)
-    per_task = min(
-        LOCAL_BYTES_PER_TASK, max(LOCAL_OPEN_COST, weight // spark.sparkContext.defaultParallelism)
-    )
-    slices = max(1, min(len(rows), -(-weight // per_task), 100_000))
-    schema = StructType(
-        [
-            StructField("path", StringType(), False),
-            StructField("modificationTime", TimestampType(), True),
-            StructField("length", LongType(), False),
-            StructField("content", BinaryType(), True),
-        ]
-    )
-    return spark.createDataFrame(spark.sparkContext.parallelize(rows, slices), schema)
-
-
-def _scan_inputs(spark: SparkSession, paths: list[str]) -> _Inputs:
-    """List local inputs on the driver (:func:`list_local`) and scan every input with binaryFile."""
     local = [p for p in paths if "://" not in p]
     remote_paths = [p for p in paths if "://" in p]
     listing = list_local(local)
-    frames = []
-    if listing.files:
-        frames.append(_local_files(spark, listing))
     remote = None
     if remote_paths:
         remote = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(remote_paths)
-        frames.append(remote)
-    if not frames:
-        schema = "path string, modificationTime timestamp, length long, content binary"
-        return _Inputs(listing, spark.createDataFrame([], schema))
-    files = frames[0]
-    for extra in frames[1:]:
-        files = files.unionByName(extra)
-    return _Inputs(listing, files, remote)
-
-
-def _problem_rows(listing: Listing) -> list[UnreadFile]:
-    """Quarantine rows of the listing's problems (files Spark's reader must not be given)."""
-    out: list[UnreadFile] = []
-    for prob in listing.problems:
-        cls, message = _PROBLEMS[prob.kind]
-        out.append((prob.path, None, prob.size, cls.__name__, message))
-    return out
+    return _Inputs(listing, {path: size for path, size in listing.files.items() if size}, remote)
 
 
 def _unread_files(inputs: _Inputs) -> list[UnreadFile]:
@@ -432,7 +252,7 @@ def _unread_files(inputs: _Inputs) -> list[UnreadFile]:
     return, and the listing's problems (names that are not UTF-8, broken symlinks, ...). Paths are
     compared as Hadoop path strings on both sides (a URI of Spark's file index is decoded once).
     """
-    scanned = {path for path, size in inputs.listing.files.items() if size}  # read by the tasks
+    scanned = set(inputs.local)  # read by the data source's tasks
     if inputs.remote is not None:
         scanned |= {r.path for r in inputs.remote.select("path").collect()}  # paths only, no content
     expected: dict[str, int | None] = dict(inputs.listing.files)
@@ -444,14 +264,14 @@ def _unread_files(inputs: _Inputs) -> list[UnreadFile]:
         if path in scanned:
             continue
         if not size:  # zero bytes, or a URI input's file that its scan skipped: an empty file
-            out.append((path, empty_sha, 0, EmptyFileError.__name__, _EMPTY_MESSAGE))
+            out.append((path, empty_sha, 0, EmptyFileError.__name__, EMPTY_MESSAGE))
         else:
             message = (
                 "listed when the run started but not returned by Spark's binaryFile scan (deleted or "
                 "replaced meanwhile?); ingest it again"
             )
             out.append((path, None, size, UnreadablePathError.__name__, message))
-    out += _problem_rows(inputs.listing)
+    out += problem_rows(inputs.listing)
     extra = scanned.difference(expected) if inputs.remote is None else set()
     if extra:
         log.warning(
@@ -493,25 +313,78 @@ def _context(
     )
 
 
+def _read_local(spark: SparkSession, files: dict[str, int], ctx: FileContext, cfg: IngestConfig) -> DataFrame:
+    """The union rows (``table=all``) of local ``files``, read through the ``medimg`` data source.
+
+    The data source is registered for this read with ingest's own per-file context (limits, labels,
+    crash guard folder, the de-identification hook built by the caller): the key travels pickled
+    with the data source, as with a UDF, and never as an option of the query plan.
+    """
+    from medimg_spark.io.datasource import ReadPlan, register_files_source
+
+    plan = ReadPlan(
+        paths=[],
+        table="all",
+        frames="all",
+        dicom_only=False,
+        ctx=ctx,
+        flush_bytes=cfg.output_batch_bytes,
+        parallelism=spark.sparkContext.defaultParallelism,
+        files_per_task=cfg.files_per_partition,
+    )
+    return spark.read.format(register_files_source(spark, plan, files)).load()
+
+
+#: Part of Spark's error when a Python worker it launched without its daemon did not connect back in
+#: time: a data source's driver-side workers (its creation, the read's planning) get a fixed 10 s
+#: (``PythonWorkerFactory.createSimpleWorker``, not configurable in Spark 4.x), which an interpreter
+#: start can exceed on an overloaded host.
+CONNECT_BACK = "failed to connect back"
+#: Attempts of the decoding write when a driver-side Python worker did not start in time.
+WORKER_START_ATTEMPTS = 3
+
+
+def _retry_worker_start(spark: SparkSession, action: Callable[[], None]) -> None:
+    """Run ``action``; again (at most :data:`WORKER_START_ATTEMPTS` times) on a :data:`CONNECT_BACK` error.
+
+    Only while executors use Spark's Python worker daemon (the default): the error then comes from
+    the data source's driver-side workers, before any task ran, so running again repeats no task's
+    side effects (vault files). Other errors are raised at once.
+    """
+    daemon = spark.sparkContext.getConf().get("spark.python.use.daemon", "true").lower() != "false"
+    for attempt in range(1, WORKER_START_ATTEMPTS + 1):
+        try:
+            action()
+            return
+        except Exception as err:  # Py4JJavaError or pyspark's captured exceptions
+            if not daemon or CONNECT_BACK not in str(err) or attempt == WORKER_START_ATTEMPTS:
+                raise
+            log.warning("a Python worker did not start in time (attempt %d); decoding again", attempt)
+
+
 def _ingest_files(
     spark: SparkSession,
-    files: DataFrame,
+    files: DataFrame | None,
     unread_known: list[UnreadFile],
     seen_in: str,
     dest: str,
     ctx: FileContext,
     cfg: IngestConfig,
     labels: LabelsCSV | None = None,
+    local: Mapping[str, int] | None = None,
 ) -> IngestCounts:
-    """Decode ``files`` (binaryFile rows) and append the three tables under ``dest``.
+    """Decode ``files`` (binaryFile rows) and ``local`` files and append the three tables under ``dest``.
 
     Args:
-        files: DataFrame with ``path``, ``length``, ``content``.
+        files: DataFrame with ``path``, ``length``, ``content`` (URI inputs, or a streamed micro-batch),
+            decoded by :func:`decode_partition`; None without.
         unread_known: files quarantined without being read (zero-length files, which a binaryFile scan
-            skips, and the listing's problems); none of them is a row of ``files``.
+            skips, and the listing's problems); none of them is a row of ``files`` or ``local``.
         seen_in: output directory whose tables say what was ingested already.
         dest: directory the tables are appended to (``seen_in``, or a staging directory).
         labels: the ``--labels`` CSV, to report which of its rows matched a file.
+        local: listed non-empty local files (Hadoop path string → size), read and decoded by the
+            ``medimg`` data source's tasks (:func:`medimg_spark.io.datasource.register_files_source`).
 
     Returns:
         Counts for the run summary (``labels_matched``: indices of the label rows that matched).
@@ -520,7 +393,13 @@ def _ingest_files(
     from pyspark.sql import functions as F
 
     run_id = ctx.run_id
-    listing = files.select("path", "length").persist(StorageLevel.MEMORY_AND_DISK)
+    sizes = "path string, length long"
+    listing = spark.createDataFrame(list((local or {}).items()), sizes)
+    if files is not None:
+        listing = (
+            files.select("path", "length").unionByName(listing) if local else files.select("path", "length")
+        )
+    listing = listing.persist(StorageLevel.MEMORY_AND_DISK)
     files_seen = listing.count() + len(unread_known)
 
     # Files over the limit are quarantined unread (the length filter is pushed into the scan, so
@@ -562,21 +441,36 @@ def _ingest_files(
         F.current_timestamp().alias("quarantined_at"),
     ).persist(StorageLevel.MEMORY_AND_DISK)
 
-    readable = files.where(F.col("length") <= cfg.max_file_bytes).select("path", "content")
-    if cfg.files_per_partition:
-        n_parts = max(1, -(-files_seen // cfg.files_per_partition))
-        readable = readable.repartition(n_parts)
     flush = cfg.output_batch_bytes
+    small = {p: n for p, n in (local or {}).items() if n <= cfg.max_file_bytes}
+    store = get_storage(spark)
+    decoded_dir = join(dest, STAGING_DIR, f"decoded-{run_id}")
+
+    def decode() -> None:
+        parts: list[DataFrame] = []
+        if small:
+            parts.append(_read_local(spark, small, ctx, cfg))
+        if files is not None:
+            readable = files.where(F.col("length") <= cfg.max_file_bytes).select("path", "content")
+            if cfg.files_per_partition:
+                n_parts = max(1, -(-files_seen // cfg.files_per_partition))
+                readable = readable.repartition(n_parts)
+            parts.append(
+                readable.mapInArrow(lambda batches: decode_partition(batches, ctx, flush), UNION_SCHEMA)
+            )
+        if not parts:
+            parts.append(spark.createDataFrame([], UNION_SCHEMA))
+        decoded_rows = parts[0]
+        for extra in parts[1:]:
+            decoded_rows = decoded_rows.unionByName(extra)
+        decoded_rows.write.mode("overwrite").option("compression", "none").parquet(decoded_dir)
+
     # Decode once into an uncompressed Parquet staging table next to the output, then split it into the
     # three tables. Measured against persist(DISK_ONLY) (benchmarks/run.py, N=500, 750 files): the cached
     # blocks are Java-serialised and LZ4-compressed, and every pass over them (dedupe keys, three table
     # writes, counts) deserialises the pixels again; from Parquet those passes read only their columns.
-    store = get_storage(spark)
-    decoded_dir = join(dest, STAGING_DIR, f"decoded-{run_id}")
     try:
-        readable.mapInArrow(lambda batches: decode_partition(batches, ctx, flush), UNION_SCHEMA).write.mode(
-            "overwrite"
-        ).option("compression", "none").parquet(decoded_dir)
+        _retry_worker_start(spark, decode)
         decoded = spark.read.schema(UNION_SCHEMA).parquet(decoded_dir)
         # Deduplicate by content: one canonical path per sha256, minus what earlier runs ingested.
         keys = decoded.select("file_sha256", "source_path").distinct()
@@ -885,7 +779,9 @@ def ingest(
     # decoded rows staged by a run that was killed before it could remove them (only in a lake)
     store.delete_glob(join(_glob_escape(out_uri), STAGING_DIR, "decoded-*"))
     try:
-        counts = _ingest_files(spark, inputs_.files, unread, out_uri, out_uri, ctx, cfg, labels)
+        counts = _ingest_files(
+            spark, inputs_.remote, unread, out_uri, out_uri, ctx, cfg, labels, local=inputs_.local
+        )
     finally:
         store.remove_if_empty(join(out_uri, STAGING_DIR))
     return _finish_run(
@@ -1137,7 +1033,7 @@ def _stage_micro_batch(
     logged = batch_files(store, join(out_uri, CHECKPOINT_DIR), n_sources, batch_id)
     empty_sha = hashlib.sha256(b"").hexdigest()
     unread: list[UnreadFile] = [
-        (p, empty_sha, 0, EmptyFileError.__name__, _EMPTY_MESSAGE)
+        (p, empty_sha, 0, EmptyFileError.__name__, EMPTY_MESSAGE)
         for p in sorted(set(logged) - listed - problems)
         if not p.startswith(tuple(f"{link}/" for link in skipped))
     ]
@@ -1184,17 +1080,16 @@ def ingest_incremental(
     # Files the streaming source cannot name or read (names that are not UTF-8 it does not list at
     # all): quarantined here, once across runs.
     totals = IngestCounts()
-    problem_rows = _problem_rows(listing)
-    seen_unread = _seen_unread_paths(spark, out_uri) if problem_rows else None
+    unread_problems = problem_rows(listing)
+    seen_unread = _seen_unread_paths(spark, out_uri) if unread_problems else None
     if seen_unread is not None:
         from pyspark.sql import functions as F
 
-        wanted = [row[0] for row in problem_rows]
+        wanted = [row[0] for row in unread_problems]
         done = {r.source_path for r in seen_unread.where(F.col("source_path").isin(*wanted)).collect()}
-        problem_rows = [row for row in problem_rows if row[0] not in done]
-    if problem_rows:
-        empty = spark.createDataFrame([], schema)
-        totals = _ingest_files(spark, empty, problem_rows, out_uri, out_uri, ctx, cfg, labels)
+        unread_problems = [row for row in unread_problems if row[0] not in done]
+    if unread_problems:
+        totals = _ingest_files(spark, None, unread_problems, out_uri, out_uri, ctx, cfg, labels)
     problems = frozenset(p.path for p in listing.problems)
     stream = None
     for p in paths:
