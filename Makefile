@@ -10,11 +10,12 @@ N ?= 10000
 FUZZ_SEED ?= 1
 FUZZ_WORK ?= benchmarks/.cache/fuzz
 
-.PHONY: help java venv install install-dev demo test lint pytest browser bench fuzz dist docker clean
+.PHONY: help java venv install install-dev demo test lint pytest integration browser bench fuzz dist docker clean
 
 help:
 	@echo "make demo   - create $(VENV), install, run the pipeline on the bundled sample data"
 	@echo "make test   - install dev dependencies, run lint (ruff, mypy) and the test suite"
+	@echo "make integration - the cluster (wheel only) and viewfs:// whole-pipeline tests (~15 min)"
 	@echo "make bench  - run the performance benchmark (benchmarks/run.py)"
 	@echo "make fuzz   - fuzz medimg ingest with N (default 10000) mutated files (benchmarks/fuzz.py)"
 	@echo "make dist   - build the wheel shipped to Spark executors (dist/)"
@@ -53,7 +54,12 @@ lint: install-dev
 	$(VENV)/bin/mypy medimg_spark
 
 pytest: install-dev
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not integration" $(PYTEST_ARGS)
+
+# Whole-pipeline runs on a standalone cluster (only the wheel shipped, --out on viewfs://) and on a
+# viewfs:// lake, each compared with a local run: about 15 minutes on 2 cores, so not in `make test`.
+integration: install-dev
+	$(VENV)/bin/pytest -m integration $(PYTEST_ARGS)
 
 # CI only (CI=true, root, Debian): headless Chromium for the report's rendering test.
 browser:

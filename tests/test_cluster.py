@@ -216,7 +216,7 @@ def _submit(
     return time.perf_counter() - started, found
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_pipeline_on_standalone_cluster_equals_local(
     spark, cluster, wheel, wheel_venv, pipeline_config, tmp_path
 ) -> None:

@@ -392,7 +392,7 @@ def medimg_run(config: Path, out: str, cwd: Path) -> dict[str, Any]:
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_demo_pipeline_on_viewfs_matches_a_local_run(spark: Any, demo_inputs: Path, tmp_path: Path) -> None:
     """``medimg run --out viewfs://lake/lake/run1`` (the mount table in the YAML config's Spark conf)
     writes every stage's output into the linked local folder, equal to the same run into a local path."""
