@@ -380,7 +380,7 @@ def run_spark_row_udf(
     from medimg_spark.io.files import FileContext, process_file
     from medimg_spark.io.ingest import UNION_SCHEMA
     from medimg_spark.ops import load_recipe
-    from medimg_spark.preprocess import _INPUT_COLUMNS, _WORK_SCHEMA, PROCESSED_SCHEMA, process_row
+    from medimg_spark.preprocess import _WORK_SCHEMA, PROCESSED_SCHEMA, RECIPE_INPUT_COLUMNS, process_row
     from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA
 
     conf = {
@@ -429,8 +429,10 @@ def run_spark_row_udf(
         res = process_row(d, recipes["ct" if d.get("modality") == "CT" else "x"], run_id)
         return tuple(res.get(n) for n in work_names)
 
-    images = spark.read.schema(IMAGES_SCHEMA).parquet(f"{out}/images").select(*_INPUT_COLUMNS)
-    work = images.select(F.udf(run_recipe, _WORK_SCHEMA)(F.struct(*_INPUT_COLUMNS)).alias("w")).select("w.*")
+    images = spark.read.schema(IMAGES_SCHEMA).parquet(f"{out}/images").select(*RECIPE_INPUT_COLUMNS)
+    work = images.select(F.udf(run_recipe, _WORK_SCHEMA)(F.struct(*RECIPE_INPUT_COLUMNS)).alias("w")).select(
+        "w.*"
+    )
     work.write.parquet(f"{out}/_staging/work")
     work = spark.read.parquet(f"{out}/_staging/work")
     now = F.current_timestamp()
