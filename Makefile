@@ -56,8 +56,9 @@ lint: install-dev
 pytest: install-dev
 	$(VENV)/bin/pytest -m "not integration" $(PYTEST_ARGS)
 
-# Whole-pipeline runs on a standalone cluster (only the wheel shipped, --out on viewfs://) and on a
-# viewfs:// lake, each compared with a local run: about 15 minutes on 2 cores, so not in `make test`.
+# Whole-pipeline runs on a standalone cluster (only the wheel shipped, --out on viewfs://), on a viewfs://
+# lake (each compared with a local run) and `medimg run` from the wheel in a fresh venv: about 15 minutes
+# on 2 cores, so not in `make test`.
 integration: install-dev
 	$(VENV)/bin/pytest -m integration $(PYTEST_ARGS)
 

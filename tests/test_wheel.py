@@ -119,7 +119,7 @@ def test_fresh_venv_imports_the_wheel_and_its_resources_not_the_checkout(
     assert int(zipped[3]) == len(resources.read_shipped(resources.PROFILE_TABLE))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_medimg_run_and_preprocess_from_the_wheel_with_shipped_names(
     wheel_venv, sample_npz: Path, tmp_path: Path
 ) -> None:
