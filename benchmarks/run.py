@@ -380,7 +380,7 @@ def run_spark_row_udf(
     from medimg_spark.io.files import FileContext, process_file
     from medimg_spark.io.ingest import UNION_SCHEMA
     from medimg_spark.ops import load_recipe
-    from medimg_spark.preprocess import _WORK_SCHEMA, PROCESSED_SCHEMA, RECIPE_INPUT_COLUMNS, process_row
+    from medimg_spark.preprocess import PROCESSED_SCHEMA, RECIPE_INPUT_COLUMNS, WORK_SCHEMA, process_row
     from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA
 
     conf = {
@@ -419,7 +419,7 @@ def run_spark_row_udf(
     t2 = time.perf_counter()
 
     recipes = {"ct": load_recipe(str(CT_RECIPE)), "x": load_recipe(str(_xray_recipe_path()))}
-    work_names = _WORK_SCHEMA.names
+    work_names = WORK_SCHEMA.names
 
     def run_recipe(row: Any) -> tuple[Any, ...]:
         import cv2
@@ -430,7 +430,7 @@ def run_spark_row_udf(
         return tuple(res.get(n) for n in work_names)
 
     images = spark.read.schema(IMAGES_SCHEMA).parquet(f"{out}/images").select(*RECIPE_INPUT_COLUMNS)
-    work = images.select(F.udf(run_recipe, _WORK_SCHEMA)(F.struct(*RECIPE_INPUT_COLUMNS)).alias("w")).select(
+    work = images.select(F.udf(run_recipe, WORK_SCHEMA)(F.struct(*RECIPE_INPUT_COLUMNS)).alias("w")).select(
         "w.*"
     )
     work.write.parquet(f"{out}/_staging/work")

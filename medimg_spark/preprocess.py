@@ -99,7 +99,8 @@ RECIPE_INPUT_COLUMNS: tuple[str, ...] = (
 
 _PASS_THROUGH = ("source_path", "file_sha256", "frame_index")
 
-_WORK_SCHEMA = StructType(
+#: What a recipe task writes per frame: the processed columns plus the outcome (ok/step/error).
+WORK_SCHEMA = StructType(
     [StructField(f.name, f.dataType, True) for f in PROCESSED_SCHEMA.fields if f.name != "processed_at"]
     + [
         StructField("source_path", StringType(), True),
@@ -195,7 +196,7 @@ def _process_partition(
 
     cv2.setNumThreads(1)  # one task per core; OpenCV's own threads would oversubscribe
     recipe = Recipe.model_validate_json(recipe_json)
-    schema = _arrow_schema(_WORK_SCHEMA)
+    schema = _arrow_schema(WORK_SCHEMA)
     for batch in batches:
         rows = [process_row(r, recipe, run_id) for r in batch.to_pylist()]
         columns = [
@@ -284,7 +285,7 @@ def preprocess(
     # to ``processed`` refreshes every cached plan that reads it (a persisted DataFrame would be redone).
     staging = join(out, "_staging", run_id)
     try:
-        todo.mapInArrow(lambda it: _process_partition(it, recipe_json, run_id), _WORK_SCHEMA).write.parquet(
+        todo.mapInArrow(lambda it: _process_partition(it, recipe_json, run_id), WORK_SCHEMA).write.parquet(
             staging
         )
     finally:
@@ -292,7 +293,7 @@ def preprocess(
         if done is not None:
             done.unpersist()
     try:
-        work = spark.read.schema(_WORK_SCHEMA).parquet(staging)
+        work = spark.read.schema(WORK_SCHEMA).parquet(staging)
         now = F.current_timestamp()
         processed = work.where(F.col("ok")).select(
             *[

@@ -201,8 +201,11 @@ class _Classifier(
 
     @classmethod
     def _from_loaded(cls, model: _Classifier) -> _Classifier:
-        """An instance of ``cls`` holding what :func:`load_model` returned."""
-        raise NotImplementedError
+        """An instance of ``cls`` holding what :func:`load_model` returned (each concrete wrapper checks the kind)."""
+        raise ModelLoadError(
+            f"{cls.__name__} cannot hold a loaded {type(model).__name__}; read it with "
+            "SklearnClassifier.read() or MllibClassifier.read()"
+        )
 
     def write(self) -> MLWriter:
         """A writer of ``DefaultParams`` metadata plus the model folder (``path/model``)."""

@@ -198,25 +198,6 @@ def _json_mapping_converter(param: str) -> Any:
 # ----------------------------------------------------------------------------- recipe
 
 
-def _work_schema() -> Any:
-    from pyspark.sql.types import BooleanType, IntegerType, StringType, StructField, StructType
-
-    from medimg_spark.preprocess import PROCESSED_SCHEMA
-
-    return StructType(
-        [StructField(f.name, f.dataType, True) for f in PROCESSED_SCHEMA.fields if f.name != "processed_at"]
-        + [
-            StructField("source_path", StringType(), True),
-            StructField("file_sha256", StringType(), True),
-            StructField("frame_index", IntegerType(), True),
-            StructField("ok", BooleanType(), False),
-            StructField("step", StringType(), True),
-            StructField("error_class", StringType(), True),
-            StructField("error_message", StringType(), True),
-        ]
-    )
-
-
 def _recipe_partition(
     batches: Iterator[pa.RecordBatch], recipe_json: str, run_id: str, schema_json: str
 ) -> Iterator[pa.RecordBatch]:
@@ -317,7 +298,8 @@ class RecipeTransformer(Transformer, DefaultParamsReadable["RecipeTransformer"],
             F.col(c) if c in dataset.columns else F.lit(None).cast(types[c]).alias(c)
             for c in RECIPE_INPUT_COLUMNS
         ]
-        work_schema = _work_schema()
+        from medimg_spark.preprocess import WORK_SCHEMA as work_schema
+
         recipe_json, schema_json = recipe.model_dump_json(), work_schema.json()
         work = dataset.select(*sel).mapInArrow(
             lambda it: _recipe_partition(it, recipe_json, run_id, schema_json), work_schema
