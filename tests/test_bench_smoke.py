@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# ~2.5 min on 2 cores (both benchmark scripts end to end): run by `make integration`, not `make test`.
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("loop", "pool", "spark", "spark_row_udf")
 PER_MODE_KEYS = ("images_per_s", "cpu_s_per_image", "driver_peak_rss_mb", "workers_peak_rss_mb")
