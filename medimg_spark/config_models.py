@@ -463,7 +463,7 @@ class ModelRun(StrictModel):
 
     name: str = Field(description="Saved under DIR/models/<name>; names the metrics files.")
     model: str | None = Field(
-        None, description="Estimator: sk_svc, sk_rf, sk_hgb, sk_logreg, sk_ensemble, mllib_*."
+        None, description="Estimator: sk_svc, sk_rf, sk_hgb, sk_logreg, sk_ensemble, mllib_*, cnn, vote."
     )
     train: dict[str, Any] = Field(
         default_factory=dict, description="Training options (TrainConfig); they win over the train section."

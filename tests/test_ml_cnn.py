@@ -267,3 +267,23 @@ def test_the_ml_package_works_without_jax_and_the_cnn_names_the_extra() -> None:
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["jax"] is False and out["cnn"] is True and out["shape"] == [16, 16]
     assert "pip install 'medimg-spark[dl]'" in out["err"]
+
+
+def test_the_pipeline_trains_and_evaluates_a_cnn(run: dict[str, Path]) -> None:
+    out, tmp = run["out"], run["tmp"]
+    bad = tmp / "bad_pipeline.yaml"
+    model = {"name": "cnn_pipe", "model": "cnn", "train": {"cnn": {**CNN, "epochz": 1}}}
+    bad.write_text(yaml.safe_dump({"pipeline": {"stages": ["train", "evaluate"], "models": [model]}}))
+    assert main(["run", "--config", str(bad), "--out", str(out)]) == 2
+    good = tmp / "pipeline.yaml"
+    model["train"] = {"cnn": CNN, "seed": 0}
+    good.write_text(yaml.safe_dump({"pipeline": {"stages": ["train", "evaluate"], "models": [model]}}))
+    assert main(["run", "--config", str(good), "--out", str(out)]) == 0
+    card = json.loads((out / "models" / "cnn_pipe" / "card.json").read_text())
+    first = json.loads((run["model"] / "card.json").read_text())
+    assert card["kind"] == "cnn" and card["train_data_sha256"] == first["train_data_sha256"]
+    assert card["history"] == [
+        {**h, "seconds": card["history"][i]["seconds"]} for i, h in enumerate(first["history"])
+    ]
+    metrics = json.loads((out / "metrics" / "eval_cnn_pipe_val.json").read_text())
+    assert metrics["roc_auc"] == pytest.approx(first["metrics"]["val"]["roc_auc"], abs=1e-9)

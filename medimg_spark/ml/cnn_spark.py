@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 PIXEL_COLUMNS = ("pixels", "rows", "cols", "channels", "dtype")
+PACKED_BYTES = 16 << 20
+"""Largest packed row of prepared frames streamed to the driver (a row per ≤ 16 MB of float32)."""
 
 
 class TooManyImagesError(ModelConfigError):
@@ -106,7 +108,8 @@ def frames_table(spark: SparkSession, out_dir: str | Path, source: str, recipe: 
 
 
 def _prepare_batches(size: int, normalisation: str) -> Any:
-    """``mapInArrow`` body: each input batch → one row (image ids, packed float32 frames)."""
+    """``mapInArrow`` body: each input batch → rows of (image ids, packed float32 frames), ≤ 16 MB each."""
+    per_row = max(1, PACKED_BYTES // (size * size * 4))
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow as pa
@@ -114,26 +117,26 @@ def _prepare_batches(size: int, normalisation: str) -> Any:
         from medimg_spark.io.pixels import decode
 
         for batch in batches:
-            if batch.num_rows == 0:
-                continue
             cols = {name: batch.column(name).to_pylist() for name in ("image_id", *PIXEL_COLUMNS)}
-            buf = np.empty((batch.num_rows, size, size), dtype=np.float32)
-            for i in range(batch.num_rows):
-                img = decode(
-                    cols["pixels"][i],
-                    int(cols["rows"][i]),
-                    int(cols["cols"][i]),
-                    int(cols["channels"][i]),
-                    str(cols["dtype"][i]),
+            for start in range(0, batch.num_rows, per_row):
+                stop = min(start + per_row, batch.num_rows)
+                buf = np.empty((stop - start, size, size), dtype=np.float32)
+                for i in range(start, stop):
+                    img = decode(
+                        cols["pixels"][i],
+                        int(cols["rows"][i]),
+                        int(cols["cols"][i]),
+                        int(cols["channels"][i]),
+                        str(cols["dtype"][i]),
+                    )
+                    buf[i - start] = prepare_frame(img, size, normalisation)
+                yield pa.RecordBatch.from_arrays(
+                    [
+                        pa.array([cols["image_id"][start:stop]], type=pa.list_(pa.string())),
+                        pa.array([buf.tobytes()], pa.binary()),
+                    ],
+                    names=["ids", "x"],
                 )
-                buf[i] = prepare_frame(img, size, normalisation)
-            yield pa.RecordBatch.from_arrays(
-                [
-                    pa.array([cols["image_id"]], type=pa.list_(pa.string())),
-                    pa.array([buf.tobytes()], pa.binary()),
-                ],
-                names=["ids", "x"],
-            )
 
     return run
 

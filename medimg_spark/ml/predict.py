@@ -26,6 +26,9 @@ def predictions_frame(
 ) -> DataFrame:
     """Predictions (image_id, label, split, prediction, probability, score, model) as a lazy DataFrame.
 
+    Feature models read ``out_dir/<features_dir>``; a CNN reads its frames table (``images``, or
+    ``processed`` and its recipe, as its card says) and a vote joins its members' predictions.
+
     Raises:
         ModelDataError: the features table is missing or its width differs from the model's.
     """
