@@ -52,29 +52,40 @@ def run(spark, sample_npz: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     return {"out": out, "tmp": tmp, "model": out / "models" / "cnn"}
 
 
-def test_training_loss_falls_and_the_same_seed_gives_identical_weights(sample_npz: Path) -> None:
+def test_training_loss_falls_and_the_same_seed_gives_identical_weights(spark, run: dict[str, Path]) -> None:
+    """A refit of the frames the CLI streamed, in this process, equals the CLI's model bit for bit."""
     from medimg_spark.config_models import TrainConfig
-    from medimg_spark.ml.cnn import fit_cnn, init_params, predict_proba, prepare_stack, resolve_cnn_config
+    from medimg_spark.ml import load_model
+    from medimg_spark.ml.cnn import (
+        check_class_indices,
+        fit_cnn,
+        init_params,
+        predict_proba,
+        resolve_cnn_config,
+    )
+    from medimg_spark.ml.cnn_spark import collect_frames, frames_table
 
-    d = _subset(sample_npz)
-    x, y = prepare_stack(d["train_images"], 28), d["train_labels"][:, 0].astype(int)
-    xv, yv = prepare_stack(d["val_images"], 28), d["val_labels"][:, 0].astype(int)
     cfg = resolve_cnn_config("cnn", TrainConfig(cnn=CNN, seed=0))
-    a = fit_cnn(x, y, xv, yv, 2, cfg, pos_index=1)
-    b = fit_cnn(x, y, xv, yv, 2, cfg, pos_index=1)
+    df = frames_table(spark, str(run["out"]), "images", None)
+    tr, va = collect_frames(df, "train", cfg), collect_frames(df, "val", cfg)
+    assert tr.x.shape == (N_TRAIN, 28, 28) and tr.x.dtype == np.float32 and list(tr.ids) == sorted(tr.ids)
+    np.testing.assert_allclose(tr.x.mean(axis=(1, 2)), 0, atol=1e-5)  # z-scored per frame
+    y, yv = check_class_indices(tr.labels, ["0", "1"]), check_class_indices(va.labels, ["0", "1"])
+    a = fit_cnn(tr.x, y, va.x, yv, 2, cfg, pos_index=1)
     losses = [h["train_loss"] for h in a.history]
     assert len(losses) == CNN["epochs"] and losses[-1] < losses[0], losses
     assert a.history[a.best_epoch - 1]["val_roc_auc"] > 0.85, a.history
-    assert sorted(a.params) == sorted(b.params)
-    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
-    assert a.temperature == b.temperature and 0.05 <= a.temperature <= 20
-    pa, pb = (
-        predict_proba(a.params, xv, a.spec, a.temperature),
-        predict_proba(b.params, xv, b.spec, b.temperature),
-    )
-    assert np.array_equal(pa, pb) and np.allclose(pa.sum(1), 1.0)
-    other = init_params(a.spec, 1)
-    assert not np.array_equal(other["s0.c0.w"], init_params(a.spec, 0)["s0.c0.w"])
+    cli = load_model(run["model"])
+    assert sorted(a.params) == sorted(cli.weights)
+    assert all(np.array_equal(a.params[k], cli.weights[k]) for k in a.params)
+    assert a.temperature == cli.card.temperature and 0.05 <= a.temperature <= 20
+    assert [h["train_loss"] for h in cli.card.history] == losses
+    proba = predict_proba(a.params, va.x, a.spec, a.temperature)
+    assert np.allclose(proba.sum(1), 1.0)
+    np.testing.assert_allclose(
+        cli.predict_proba(va.x), proba, rtol=0, atol=1e-5
+    )  # prepared frames: ~unchanged
+    assert not np.array_equal(init_params(a.spec, 1)["s0.c0.w"], init_params(a.spec, 0)["s0.c0.w"])
 
 
 def test_cli_train_writes_weights_and_a_card(run: dict[str, Path]) -> None:

@@ -31,6 +31,7 @@ from medimg_spark.ml.cnn import (
     predict_proba,
     prepare_frame,
     prepare_stack,
+    require_jax,
     resolve_cnn_config,
 )
 from medimg_spark.ml.errors import ModelConfigError, ModelDataError, ModelLoadError
@@ -240,6 +241,7 @@ class CnnClassifier(_Classifier):
         from pyspark.sql import functions as F
         from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
 
+        require_jax()  # a missing extra fails here, on the driver, not inside an executor task
         missing = [c for c in PIXEL_COLUMNS if c not in dataset.columns]
         if missing:
             raise ModelDataError(
