@@ -174,7 +174,7 @@ def test_write_save_and_load_round_trip(spark, run: dict[str, Path], tmp_path: P
 def test_vote_of_a_cnn_and_a_logistic_regression(spark, run: dict[str, Path]) -> None:
     from pyspark.sql import functions as F
 
-    from medimg_spark.ml import load_model
+    from medimg_spark.ml import load_model, predictions_frame
 
     out, tmp = run["out"], run["tmp"]
     o = str(out)
@@ -189,27 +189,35 @@ def test_vote_of_a_cnn_and_a_logistic_regression(spark, run: dict[str, Path]) ->
     card = json.loads((out / "models" / "vote" / "card.json").read_text())
     assert card["kind"] == "vote" and [m["kind"] for m in card["members"]] == ["cnn", "sklearn"]
     assert card["n_val"] == N_VAL and 0 < card["threshold"] < 1
-    for name in ("cnn", "sk_logreg", "vote"):
-        assert main(["predict", "--out", o, "--model", str(out / "models" / name)]) == 0
+    assert main(["predict", "--out", o, "--model", str(out / "models" / "vote"), "--split", "val"]) == 0
     assert main(["evaluate", "--out", o, "--model", str(out / "models" / "vote"), "--split", "val"]) == 0
-    p = spark.read.parquet(str(out / "predictions"))
+    voted = spark.read.parquet(str(out / "predictions")).where(F.col("model") == "vote").toPandas()
+    voted = voted.sort_values("image_id").reset_index()
     by = {
-        m: p.where(F.col("model") == m).toPandas().sort_values("image_id").reset_index()
-        for m in ("cnn", "sk_logreg", "vote")
+        m: predictions_frame(spark, out, load_model(out / "models" / m), "val")
+        .toPandas()
+        .sort_values("image_id")
+        for m in ("cnn", "sk_logreg")
     }
-    assert len(by["vote"]) == N_TRAIN + N_VAL
-    assert list(by["vote"]["image_id"]) == list(by["cnn"]["image_id"]) == list(by["sk_logreg"]["image_id"])
+    assert len(voted) == N_VAL
+    assert list(voted["image_id"]) == list(by["cnn"]["image_id"]) == list(by["sk_logreg"]["image_id"])
     want = (
         2 * np.vstack(by["cnn"]["probability"].to_list())
         + np.vstack(by["sk_logreg"]["probability"].to_list())
     ) / 3
-    np.testing.assert_allclose(np.vstack(by["vote"]["probability"].to_list()), want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.vstack(voted["probability"].to_list()), want, rtol=0, atol=1e-12)
     thr = card["threshold"]
-    assert list(by["vote"]["prediction"]) == ["1" if s >= thr else "0" for s in want[:, 1]]
+    assert list(voted["prediction"]) == ["1" if s >= thr else "0" for s in want[:, 1]]
+    metrics = json.loads((out / "metrics" / "eval_vote_val.json").read_text())
+    assert metrics["n"] == N_VAL and metrics["roc_auc"] == pytest.approx(
+        card["metrics"]["val"]["roc_auc"], abs=1e-9
+    )
     # transform of one DataFrame holding both inputs (frames + features) gives the same probabilities
     vote = load_model(out / "models" / "vote")
-    both = spark.read.parquet(str(out / "images")).join(
-        spark.read.parquet(str(out / "features")).select("image_id", "features"), "image_id"
+    both = (
+        spark.read.parquet(str(out / "images"))
+        .where(F.col("split") == "val")
+        .join(spark.read.parquet(str(out / "features")).select("image_id", "features"), "image_id")
     )
     got = vote.transform(both).select("image_id", "probability").toPandas().sort_values("image_id")
     np.testing.assert_allclose(np.vstack(got["probability"].to_list()), want, rtol=0, atol=1e-9)
