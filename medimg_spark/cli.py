@@ -441,9 +441,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``medimg train``: the config's ``train`` section holds the training options."""
     from medimg_spark.config import load_config
     from medimg_spark.ml import train
+    from medimg_spark.ml.models import check_model_options
 
     cfg = load_config(args.config)
     tcfg = cfg.train
+    check_model_options(args.model, tcfg)  # CNN / vote options fail here, before Spark starts
     if args.name:
         from medimg_spark.storage import join
 

@@ -260,6 +260,90 @@ class ThresholdConfig(BaseModel):
     value: float = Field(0.5, description="the threshold when rule is 'fixed'")
 
 
+class CnnConfig(BaseModel):
+    """Hyper-parameters of the JAX CNN estimators ``cnn`` / ``cnn_resnet`` (the ``train.cnn`` section).
+
+    Every key is also accepted in ``train.params`` and ``train.grid`` for a CNN model (params win
+    over this section; a grid is searched on val).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: Literal["cnn", "resnet"] | None = Field(
+        None, description="network: VGG-style 'cnn' or residual 'resnet' (default: from the model name)"
+    )
+    source: Source = Field("images", description="table the frames are read from")
+    recipe: str | None = Field(
+        None, description="processed source: the recipe_name whose rows are used (needed when several)"
+    )
+    input_size: int = Field(28, ge=8, le=512, description="frames are resized to input_size² (INTER_AREA)")
+    normalisation: Literal["zscore", "percentile"] = Field(
+        "zscore", description="per-frame scaling: z-score, or robust 1st–99th percentile to [-1, 1]"
+    )
+    widths: list[int] = Field(
+        [32, 64, 128], min_length=1, max_length=6, description="channels of each stage (one per stage)"
+    )
+    blocks: int = Field(1, ge=1, le=8, description="residual blocks per stage (resnet)")
+    groups: int = Field(8, ge=1, description="GroupNorm groups (clipped to the channel count)")
+    dropout: float = Field(0.2, ge=0, lt=1, description="dropout before the dense layer")
+    epochs: int = Field(30, ge=1, le=1000, description="maximum training epochs")
+    batch_size: int = Field(64, ge=2, le=4096, description="training batch size")
+    lr: float = Field(2e-3, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(1e-4, ge=0, description="decoupled weight decay (AdamW)")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up before the cosine decay")
+    patience: int = Field(8, ge=1, description="stop after this many epochs without a better val score")
+    monitor: Literal["auto", "roc_auc", "loss"] = Field(
+        "auto", description="early-stopping score on val (auto: ROC AUC for 2 classes, loss otherwise)"
+    )
+    class_weight: Literal["balanced", "none"] | None = Field(
+        None, description="loss class weights (default: train.class_weight)"
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy")
+    augment: AugmentConfig | None = Field(
+        None, description="fresh augmentation of every training frame each epoch (copies ignored)"
+    )
+    tta: bool = Field(
+        False, description="test-time augmentation: average with the horizontally flipped frame"
+    )
+    calibrate: bool = Field(True, description="fit a temperature on val (calibrated probabilities)")
+    seed: int | None = Field(None, description="weights/shuffle/dropout seed (default: train.seed)")
+    max_train_images: int = Field(
+        200_000, ge=1, description="refuse to collect more training frames than this to the driver"
+    )
+    predict_batch: int = Field(256, ge=1, le=8192, description="frames per forward pass at inference")
+
+    @field_validator("widths")
+    @classmethod
+    def _positive_widths(cls, v: list[int]) -> list[int]:
+        if any(w < 1 or w > 1024 for w in v):
+            raise ValueError(f"widths must be channel counts in 1..1024, got {v}")
+        return v
+
+
+class VoteMember(BaseModel):
+    """One member of a ``vote`` ensemble: a saved model (folder, or name under ``out_dir/models``) and its weight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_path: str | None = Field(None, description="saved model folder (local path or URI)")
+    name: str | None = Field(None, description="a model saved under out_dir/models/<name>")
+    weight: float = Field(1.0, gt=0, description="weight of its probabilities in the average")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VoteMember:
+        if (self.model_path is None) == (self.name is None):
+            raise ValueError("a vote member needs exactly one of model_path and name")
+        return self
+
+
+class VoteParams(BaseModel):
+    """``train.params`` of the ``vote`` model: the members whose calibrated probabilities are averaged."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    members: list[VoteMember] = Field(min_length=2, description="saved models of any kind (≥ 2)")
+
+
 class TrainConfig(BaseModel):
     """Options of training (the ``train`` section; YAML mapping; unknown keys are rejected).
 
@@ -282,6 +366,7 @@ class TrainConfig(BaseModel):
     )
     augment: AugmentConfig | None = Field(None, description="augmented training copies (null: none)")
     feature_set: str | None = Field(None, description="feature set for augmentation (default: recorded one)")
+    cnn: CnnConfig | None = Field(None, description="CNN settings of the cnn / cnn_resnet models")
     seed: int = Field(0, description="random seed of the estimator")
     model_dir: str | None = Field(None, description="where to save (default out_dir/models/<name>)")
     name: str | None = Field(
@@ -378,7 +463,7 @@ class ModelRun(StrictModel):
 
     name: str = Field(description="Saved under DIR/models/<name>; names the metrics files.")
     model: str | None = Field(
-        None, description="Estimator: sk_svc, sk_rf, sk_hgb, sk_logreg, sk_ensemble, mllib_*."
+        None, description="Estimator: sk_svc, sk_rf, sk_hgb, sk_logreg, sk_ensemble, mllib_*, cnn, vote."
     )
     train: dict[str, Any] = Field(
         default_factory=dict, description="Training options (TrainConfig); they win over the train section."

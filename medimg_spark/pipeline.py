@@ -222,7 +222,7 @@ def validate_recipes(pc: PipelineConfig, base: Path, cfg: MedimgConfig | None = 
             raise ConfigError(f"{where}: {err}") from None
     if "train" in pc.stages:
         from medimg_spark.ml import parse_train_config
-        from medimg_spark.ml.models import ESTIMATORS
+        from medimg_spark.ml.models import ESTIMATORS, check_model_options
 
         for m in pc.models:
             try:
@@ -237,7 +237,7 @@ def validate_recipes(pc: PipelineConfig, base: Path, cfg: MedimgConfig | None = 
                     f"pipeline.models[{m.name}].model {estimator!r} is unknown; choose from {known}"
                 )
             try:
-                parse_train_config(train_options(cfg, options))
+                check_model_options(estimator, parse_train_config(train_options(cfg, options)))
             except Exception as err:
                 raise ConfigError(f"pipeline.models[{m.name}].train: {err}") from None
 

@@ -142,7 +142,8 @@ def test_builtin_readers_cover_every_detected_format() -> None:
 def test_estimators_are_one_registry_for_sklearn_and_mllib() -> None:
     assert tuple(SKLEARN_MODELS) == ESTIMATORS.names(kind="sklearn")
     assert ESTIMATORS.names(kind="mllib") == MLLIB_MODELS
-    assert set(ESTIMATORS.names()) == {*SKLEARN_MODELS, *MLLIB_MODELS}
+    assert set(ESTIMATORS.names()) == {*SKLEARN_MODELS, *MLLIB_MODELS, "cnn", "cnn_resnet", "vote"}
+    assert model_kind("cnn_resnet") == "cnn" and model_kind("vote") == "vote"
     assert model_kind("sk_rf") == "sklearn" and model_kind("mllib_gbt") == "mllib"
     with pytest.raises(
         ModelConfigError, match=r"unknown model 'sk_magic'; choose from sk_logreg, .*mllib_mlp"

@@ -28,6 +28,10 @@ _EXPORTS = {
     "MLLIB_MODELS": "medimg_spark.ml.estimators:MLLIB_MODELS",
     "SKLEARN_MODELS": "medimg_spark.ml.estimators:SKLEARN_MODELS",
     "build_sklearn": "medimg_spark.ml.estimators:build_sklearn",
+    "CnnConfig": "medimg_spark.config_models:CnnConfig",
+    "CnnDependencyError": "medimg_spark.ml.cnn:CnnDependencyError",
+    "CnnClassifier": "medimg_spark.ml.cnn_spark:CnnClassifier",
+    "VoteClassifier": "medimg_spark.ml.vote:VoteClassifier",
     "evaluate": "medimg_spark.ml.evaluate:evaluate",
     "write_metrics": "medimg_spark.ml.evaluate:write_metrics",
     "LocalizeConfig": "medimg_spark.ml.localize:LocalizeConfig",
@@ -61,7 +65,10 @@ _EXPORTS = {
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
+    from medimg_spark.config_models import CnnConfig
     from medimg_spark.ml.augment import AugmentConfig, augment_image, augment_stack, augmented_features
+    from medimg_spark.ml.cnn import CnnDependencyError
+    from medimg_spark.ml.cnn_spark import CnnClassifier
     from medimg_spark.ml.errors import ModelConfigError, ModelDataError, ModelError, ModelLoadError
     from medimg_spark.ml.estimators import MLLIB_MODELS, SKLEARN_MODELS, build_sklearn
     from medimg_spark.ml.evaluate import evaluate, write_metrics
@@ -84,12 +91,16 @@ if TYPE_CHECKING:
         parse_train_config,
         train,
     )
+    from medimg_spark.ml.vote import VoteClassifier
 
 __all__ = [
     "ESTIMATORS",
     "MLLIB_MODELS",
     "SKLEARN_MODELS",
     "AugmentConfig",
+    "CnnClassifier",
+    "CnnConfig",
+    "CnnDependencyError",
     "FeatureExtractor",
     "LocalizeConfig",
     "MllibClassifier",
@@ -104,6 +115,7 @@ __all__ = [
     "SklearnClassifier",
     "ThresholdConfig",
     "TrainConfig",
+    "VoteClassifier",
     "augment_image",
     "augment_stack",
     "augmented_features",

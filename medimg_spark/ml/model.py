@@ -1,9 +1,11 @@
 """Trained classifiers as Spark Transformers, their model cards, and persistence.
 
 A saved model is a folder holding ``card.json`` plus either ``model.joblib`` (scikit-learn,
-``kind: sklearn``) or ``pipeline/`` (a saved :class:`pyspark.ml.PipelineModel`,
-``kind: mllib``). :func:`load_model` returns a :class:`SklearnClassifier` or
-:class:`MllibClassifier`; both add the same prediction columns:
+``kind: sklearn``), ``pipeline/`` (a saved :class:`pyspark.ml.PipelineModel`, ``kind: mllib``),
+``weights.npz`` (a JAX CNN, ``kind: cnn``, :mod:`medimg_spark.ml.cnn_spark`) or nothing more (a soft
+vote of other saved models, ``kind: vote``, :mod:`medimg_spark.ml.vote`). :func:`load_model` returns
+a :class:`SklearnClassifier`, :class:`MllibClassifier`, ``CnnClassifier`` or ``VoteClassifier``;
+all add the same prediction columns:
 
 * ``probability`` — array<double> of class probabilities (order: ``card.classes``),
 * ``score`` — probability of the positive class (binary tasks; null otherwise),
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
 CARD_FILE = "card.json"
 SKLEARN_FILE = "model.joblib"
 MLLIB_DIR = "pipeline"
+CNN_WEIGHTS_FILE = "weights.npz"
 PREDICTION_COLUMNS = ("probability", "score", "prediction")
 """The default output column names (probabilityCol, scoreCol, predictionCol)."""
 MODEL_SUBDIR = "model"
@@ -69,7 +72,7 @@ class ModelCard(BaseModel):
 
     model_name: str
     model: str | None = Field(None, description="registry name, e.g. sk_svc or mllib_logreg")
-    kind: str = Field(pattern="^(sklearn|mllib)$")
+    kind: str = Field(pattern="^(sklearn|mllib|cnn|vote)$")
     estimator: str
     params: dict[str, Any] = {}
     classes: list[str]
@@ -90,6 +93,21 @@ class ModelCard(BaseModel):
     python_version: str = platform.python_version()
     numpy_version: str = np.__version__
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    # kind "cnn" (see medimg_spark.ml.cnn_spark) and "vote" (medimg_spark.ml.vote)
+    framework: str | None = Field(None, description="deep-learning framework of a CNN ('jax')")
+    framework_version: str | None = None
+    backend: str | None = Field(None, description="JAX backend the CNN was trained on (cpu/gpu)")
+    arch: str | None = None
+    input_size: int | None = None
+    normalisation: str | None = None
+    source: str | None = Field(None, description="table a CNN reads: images or processed")
+    recipe: str | None = Field(None, description="processed recipe_name a CNN reads")
+    history: list[dict[str, Any]] = Field([], description="per-epoch train loss / val metrics of a CNN")
+    best_epoch: int | None = None
+    temperature: float | None = Field(None, description="softmax temperature fitted on val (calibration)")
+    members: list[dict[str, Any]] = Field(
+        [], description="vote members: model_path, weight, model_name, kind"
+    )
 
     def decide(self, proba: np.ndarray) -> np.ndarray:
         """Class indices from an ``(n, n_classes)`` probability matrix using the card's threshold."""
@@ -245,6 +263,14 @@ class _Classifier(
             ``path`` as a string.
         """
         raise ModelLoadError(f"{type(self).__name__} cannot be saved")
+
+    def own_predictions(self, spark: Any, out_dir: str | Path, split: str | None) -> DataFrame:
+        """Predictions of a model that reads its own table (CNN: images/processed; vote: its members').
+
+        Raises:
+            ModelLoadError: this model reads the features table (use :func:`~medimg_spark.ml.predict.predictions_frame`).
+        """
+        raise ModelLoadError(f"{type(self).__name__} reads the features table; use predictions_frame")
 
     def _write_card(self, store: Storage, folder: str) -> None:
         store.write_text(join(folder, CARD_FILE), self.card.model_dump_json(indent=2))
@@ -466,7 +492,7 @@ class _ClassifierWriter(MLWriter):
         self.instance.save(folder, store)
         digests = {
             name: hashlib.sha256(store.read_bytes(join(folder, name))).hexdigest()
-            for name in (CARD_FILE, SKLEARN_FILE)
+            for name in (CARD_FILE, SKLEARN_FILE, CNN_WEIGHTS_FILE)
             if store.exists(join(folder, name))
         }
         DefaultParamsWriter.saveMetadata(
@@ -560,8 +586,11 @@ def _mllib_row_proba(clf: Any, v: Any, n_classes: int) -> np.ndarray:
 
 def load_model(
     path: str | Path, features_col: str = "features", storage: Storage | None = None
-) -> SklearnClassifier | MllibClassifier:
+) -> _Classifier:
     """Load a model folder written by :func:`medimg_spark.ml.train` or ``.save``.
+
+    Returns a :class:`SklearnClassifier`, :class:`MllibClassifier`, ``CnnClassifier``
+    (:mod:`medimg_spark.ml.cnn_spark`, kind ``cnn``) or ``VoteClassifier`` (:mod:`medimg_spark.ml.vote`).
 
     Args:
         path: the model folder (local path or URI).
@@ -581,6 +610,14 @@ def load_model(
         card = ModelCard.model_validate(json.loads(store.read_text(card_path)))
     except (ValueError, TypeError) as exc:
         raise ModelLoadError(f"{card_path} is not a valid model card: {exc}") from exc
+    if card.kind == "cnn":
+        from medimg_spark.ml.cnn_spark import load_cnn
+
+        return load_cnn(folder, card, store, features_col)
+    if card.kind == "vote":
+        from medimg_spark.ml.vote import load_vote
+
+        return load_vote(folder, card, store, features_col)
     if card.kind == "sklearn":
         f = join(folder, SKLEARN_FILE)
         if not store.exists(f):

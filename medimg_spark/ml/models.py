@@ -1,7 +1,8 @@
 """The estimator registry: every classifier ``medimg train`` knows, scikit-learn and MLlib alike.
 
 An entry's metadata says its ``kind`` (``"sklearn"``: fitted on the driver or per group;
-``"mllib"``: a Spark ML Pipeline) and its builder is imported on first use, so listing the
+``"mllib"``: a Spark ML Pipeline; ``"cnn"``: a JAX network trained on the frames table, needing the
+``dl`` extra; ``"vote"``: a soft vote of saved models of any kind) and its builder is imported on first use, so listing the
 models (``medimg train --help``, config validation) imports neither scikit-learn nor pyspark.
 
 Builders:
@@ -22,7 +23,7 @@ from typing import Any, Literal
 from medimg_spark.ml.errors import ModelConfigError
 from medimg_spark.registry import Registry, UnknownNameError
 
-ModelKind = Literal["sklearn", "mllib"]
+ModelKind = Literal["sklearn", "mllib", "cnn", "vote"]
 
 
 class UnknownModelError(UnknownNameError, ModelConfigError):
@@ -31,7 +32,7 @@ class UnknownModelError(UnknownNameError, ModelConfigError):
 
 ESTIMATORS: Registry[Any] = Registry(
     "model",
-    hint="register one in medimg_spark/ml/models.py (kind sklearn or mllib)",
+    hint="register one in medimg_spark/ml/models.py (kind sklearn, mllib, cnn or vote)",
     error=UnknownModelError,
 )
 
@@ -117,8 +118,52 @@ ESTIMATORS.register("mllib_gbt", _mllib_gbt, kind="mllib", help="MLlib gradient-
 ESTIMATORS.register("mllib_mlp", _mllib_mlp, kind="mllib", help="MLlib multilayer perceptron")
 
 
+# --- CNNs (JAX, the ``dl`` extra; imported on first use) and the soft vote --------------------------
+
+ESTIMATORS.register_lazy(
+    "cnn",
+    "medimg_spark.ml.cnn_spark:train_cnn",
+    kind="cnn",
+    help="JAX VGG-style CNN on the frames (extra dl)",
+)
+ESTIMATORS.register_lazy(
+    "cnn_resnet",
+    "medimg_spark.ml.cnn_spark:train_cnn",
+    kind="cnn",
+    help="JAX small residual CNN on the frames (extra dl)",
+)
+ESTIMATORS.register_lazy(
+    "vote", "medimg_spark.ml.vote:train_vote", kind="vote", help="soft vote of saved models of any kind"
+)
+
+
+def check_model_options(name: str, cfg: Any) -> None:
+    """Validate the options a model reads beyond :class:`~medimg_spark.config_models.TrainConfig` (no Spark).
+
+    ``cnn``/``cnn_resnet``: ``train.cnn`` merged with ``train.params`` and every ``train.grid``
+    point; ``vote``: ``train.params`` as :class:`~medimg_spark.config_models.VoteParams`.
+
+    Raises:
+        ModelConfigError: the options are invalid (the message names the key).
+    """
+    kind = model_kind(name)
+    if kind == "cnn":
+        from medimg_spark.ml.cnn import check_config
+
+        check_config(name, cfg)
+    elif kind == "vote":
+        from pydantic import ValidationError
+
+        from medimg_spark.config_models import VoteParams
+
+        try:
+            VoteParams.model_validate(cfg.params)
+        except ValidationError as exc:
+            raise ModelConfigError(f"invalid train.params of the vote model: {exc}") from exc
+
+
 def model_kind(name: str) -> ModelKind:
-    """``"sklearn"`` or ``"mllib"``.
+    """``"sklearn"``, ``"mllib"``, ``"cnn"`` or ``"vote"``.
 
     Raises:
         UnknownModelError: a ModelConfigError listing the registered models.

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medimg_spark.ml.errors import ModelDataError
-from medimg_spark.ml.model import MllibClassifier, SklearnClassifier, load_model
+from medimg_spark.ml.model import _Classifier, load_model
 from medimg_spark.ml.train import read_features
 from medimg_spark.storage import get_storage, join
 
@@ -20,17 +20,22 @@ PREDICTIONS_DIR = "predictions"
 def predictions_frame(
     spark: SparkSession,
     out_dir: str | Path,
-    model: SklearnClassifier | MllibClassifier,
+    model: _Classifier,
     split: str | None = None,
     features_dir: str = "features",
 ) -> DataFrame:
     """Predictions (image_id, label, split, prediction, probability, score, model) as a lazy DataFrame.
+
+    Feature models read ``out_dir/<features_dir>``; a CNN reads its frames table (``images``, or
+    ``processed`` and its recipe, as its card says) and a vote joins its members' predictions.
 
     Raises:
         ModelDataError: the features table is missing or its width differs from the model's.
     """
     from pyspark.sql import functions as F
 
+    if model.card.kind in ("cnn", "vote"):  # they read the images/processed table (or their members')
+        return model.own_predictions(spark, out_dir, split)
     df = read_features(spark, out_dir, features_dir)
     if split is not None:
         df = df.where(F.col("split") == split)

@@ -187,7 +187,9 @@ def train(
         spark: active session.
         out_dir: run folder holding ``features/`` (and ``images/`` when augmenting).
         model_name: one of :data:`~medimg_spark.ml.estimators.SKLEARN_MODELS` (``sk_*``) or
-            :data:`~medimg_spark.ml.estimators.MLLIB_MODELS` (``mllib_*``).
+            :data:`~medimg_spark.ml.estimators.MLLIB_MODELS` (``mllib_*``); ``cnn`` / ``cnn_resnet``
+            train on the ``images`` (or ``processed``) frames instead (:mod:`.cnn_spark`), ``vote``
+            averages saved models (:mod:`.vote`).
         config: :class:`TrainConfig`, mapping or YAML path.
 
     Returns:
@@ -201,9 +203,14 @@ def train(
     cfg = parse_train_config(config)
     if model_name not in ESTIMATORS:
         raise ModelConfigError(f"unknown model {model_name!r}; choose from {list(ESTIMATORS.names())}")
-    df = read_features(spark, out_dir, cfg.features_dir)
     model_dir = cfg.model_dir or join(out_dir, "models", cfg.display_name(model_name))
-    if model_kind(model_name) == "sklearn":
+    kind = model_kind(model_name)
+    if kind in ("cnn", "vote"):  # they read the frames table / their members' tables, not features
+        fit: Any = ESTIMATORS.get(model_name)
+        summary: TrainSummary = fit(spark, out_dir, model_name, cfg, model_dir)
+        return summary
+    df = read_features(spark, out_dir, cfg.features_dir)
+    if kind == "sklearn":
         return _train_sklearn(spark, df, out_dir, model_name, cfg, model_dir)
     return _train_mllib(spark, df, out_dir, model_name, cfg, model_dir)
 
