@@ -222,6 +222,12 @@ def test_explicit_threshold_refused_on_k_classes_default_is_not() -> None:
         )
     model, info = fit_sklearn_arrays("sk_softmax", TrainConfig(), X, y, X, y, ["a", "b", "c"])
     assert model.card.threshold is None and info["val"]["accuracy"] > 0.6
+    # the SklearnClassifier stage: only a threshold Param that was set counts as explicit
+    from medimg_spark.ml.stages import SklearnClassifier as Stage
+
+    assert "threshold" not in Stage().train_config().model_fields_set
+    assert Stage(thresholdRule="f1").train_config().threshold.rule == "f1"
+    assert "threshold" in Stage(thresholdValue=0.3).train_config().model_fields_set
     # a binary task keeps its threshold rule
     yb = np.where(y == "CT", "CT", "other")
     model, _ = fit_sklearn_arrays(
