@@ -12,12 +12,15 @@ import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medimg_spark import resources
 from medimg_spark.errors import ConfigError, JavaMissingError, MedimgError
 from medimg_spark.runlog import RunLog
 from medimg_spark.stages import STAGES
+
+if TYPE_CHECKING:
+    from medimg_spark.config import IngestConfig
 
 log = logging.getLogger("medimg")
 
@@ -46,6 +49,12 @@ def _add_ingest(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--labels", help="CSV with columns path (or file_sha256), label[, split]")
     p.add_argument("--label-from-parent-dir", action="store_true", help="label = parent folder name")
+    p.add_argument(
+        "--split-by",
+        choices=("file", "parent", "series", "study", "from_path"),
+        help="assign a split to frames without one, by this group key (fractions and seed: the config's "
+        "ingest.split; default fractions train .7 / val .15 / test .15)",
+    )
     p.add_argument("--run-id", help="run id (default: generated)")
     p.add_argument(
         "--incremental",
@@ -307,6 +316,28 @@ def ingest_deidentifier(args: argparse.Namespace, cfg: Any, run_id: str) -> Any:
     return IngestDeidentifier(deid, vault_dir=args.vault, vault_key_file=vault_key, run_id=run_id)
 
 
+def ingest_options(
+    ingest_cfg: IngestConfig, label_from_parent_dir: bool, split_by: str | None, source: str | None
+) -> IngestConfig:
+    """The ``ingest`` section with ``--label-from-parent-dir`` / ``--split-by`` applied, validated again.
+
+    Raises:
+        ConfigError: the combination is invalid (e.g. ``--split-by parent`` with labels from the folders).
+    """
+    from medimg_spark.config import IngestConfig, SplitRule, validate_section
+
+    data = ingest_cfg.model_dump(exclude_unset=True)
+    if label_from_parent_dir:
+        data["label_from_parent_dir"] = True
+    if split_by:
+        rule = ingest_cfg.split or SplitRule()
+        data["split"] = {**rule.model_dump(), "by": split_by}
+    result: IngestConfig = validate_section(
+        IngestConfig, data, f"{source or '<defaults>'}: ingest (with the command-line flags)"
+    )
+    return result
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     """``medimg ingest``."""
     from medimg_spark.config import load_config
@@ -323,8 +354,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     check_inputs(args.inputs)
     if args.labels:
         read_labels(args.labels)  # validated before Spark starts
-    if args.label_from_parent_dir:
-        cfg.ingest.label_from_parent_dir = True
+    if args.label_from_parent_dir or args.split_by:
+        cfg.ingest = ingest_options(cfg.ingest, args.label_from_parent_dir, args.split_by, args.config)
     run_id = args.run_id or new_run_id()
     hook = ingest_deidentifier(args, cfg, run_id)
     check_lake_out(args.out, args.log_json)

@@ -10,13 +10,14 @@ section, a command-line flag winning over it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from medimg_spark.config_models import (
@@ -34,6 +35,55 @@ from medimg_spark.errors import ConfigError
 
 #: Spark's binaryFile source cannot read files larger than this (Int.MaxValue bytes).
 BINARY_FILE_LIMIT = 2**31 - 1
+
+
+SplitBy = Literal["file", "parent", "series", "study", "from_path"]
+#: ``ingest.split.by`` choices (the ``--split-by`` flag's too).
+SPLIT_BY: tuple[str, ...] = get_args(SplitBy)
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class SplitRule(StrictModel):
+    """How ingest assigns a split to frames that carry none (``ingest.split``).
+
+    Deterministic: a frame's split is a hash of its group key (and ``seed``) mapped onto
+    ``fractions`` in the order written, so the same file always lands in the same split and every
+    frame of a group sits in one split. The group key by ``by``:
+
+    * ``file`` — the file's SHA-256 (all frames of one file together; the default);
+    * ``parent`` — the name of the file's folder (e.g. one folder per patient);
+    * ``series`` / ``study`` — the DICOM Series / Study Instance UID as written to the tables (the
+      pseudonymised UID when de-identifying: stable for one key; an ``--ephemeral-key`` changes it),
+      the file's SHA-256 when the file has none;
+    * ``from_path`` — no hash: the nearest folder of the file's path named like a split (a key of
+      ``fractions``, e.g. ``data/train/CT/a.dcm`` → train); frames of files under no such folder keep
+      no split.
+
+    A split given by ``--labels`` or by the file itself (a MedMNIST ``.npz``) is kept.
+    """
+
+    by: SplitBy = Field("file", description="Group key: file | parent | series | study | from_path.")
+    fractions: dict[str, float] = Field(
+        default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15},
+        description="Split name → share of the groups (sums to 1; from_path: only the names count).",
+    )
+    seed: int = Field(0, description="Seed of the hash (another seed, another assignment).")
+
+    @field_validator("fractions")
+    @classmethod
+    def _check_fractions(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("fractions is empty; give e.g. {train: 0.7, val: 0.15, test: 0.15}")
+        bad = [k for k in value if not _SPLIT_NAME.match(k)]
+        if bad:
+            raise ValueError(f"split names {bad} must be letters, digits, '_', '-' or '.'")
+        neg = {k: v for k, v in value.items() if not 0 < v <= 1}
+        if neg:
+            raise ValueError(f"fractions {neg} must be in (0, 1]")
+        total = sum(value.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"fractions sum to {total:g}; make them sum to 1")
+        return value
 
 
 class IngestConfig(StrictModel):
@@ -63,6 +113,11 @@ class IngestConfig(StrictModel):
         description="Time budget of one file's parse and decode (null: none); over it the file is quarantined.",
     )
     label_from_parent_dir: bool = Field(False, description="Label = name of the file's parent folder.")
+    split: SplitRule | None = Field(
+        None,
+        description="Assign a split to frames without one: {by: file|parent|series|study|from_path, "
+        "fractions: {train: .7, val: .15, test: .15}, seed: 0} (null: none; --split-by sets `by`).",
+    )
     output_batch_bytes: int = Field(
         32 << 20, ge=1 << 20, description="Arrow batches from the decoder are flushed at this many bytes."
     )
@@ -72,6 +127,15 @@ class IngestConfig(StrictModel):
     files_per_partition: int | None = Field(
         None, ge=1, description="Repartition the file list so each task decodes at most this many files."
     )
+
+    @model_validator(mode="after")
+    def _split_not_by_label_folder(self) -> IngestConfig:
+        if self.label_from_parent_dir and self.split is not None and self.split.by == "parent":
+            raise ValueError(
+                "split.by 'parent' with label_from_parent_dir would put each label's folder, so each "
+                "class, into one split; use split.by file (or series) instead"
+            )
+        return self
 
 
 class SparkSection(StrictModel):

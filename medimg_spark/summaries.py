@@ -54,11 +54,22 @@ class TrainSummary(TypedDict):
     train_seconds: float
 
 
+class ClassMetrics(TypedDict):
+    """One class of :attr:`EvaluateSummary.per_class` (``roc_auc_ovr``: one-vs-rest, None when undefined)."""
+
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    roc_auc_ovr: float | None
+
+
 class EvaluateSummary(TypedDict, total=False):
     """``medimg evaluate``: classification metrics of a saved model on a split.
 
+    Every task has the macro (unweighted mean over classes) precision/recall/F1 and ``per_class``.
     Binary problems add positive/sensitivity/specificity/precision (and roc_curve with scores);
-    multi-class ones add recall_per_class.
+    multi-class ones add recall_per_class, roc_auc_macro_ovr and one-vs-rest roc_curves per class.
     """
 
     n: int
@@ -66,7 +77,14 @@ class EvaluateSummary(TypedDict, total=False):
     accuracy: float
     balanced_accuracy: float
     confusion_matrix: list[list[int]]
+    confusion_matrix_classes: list[str]
     support: dict[str, int]
+    macro_precision: float
+    macro_recall: float
+    macro_f1: float
+    per_class: dict[str, ClassMetrics]
+    roc_auc_macro_ovr: float | None
+    roc_curves: dict[str, dict[str, list[float | None]]]
     positive: str
     f1: float
     sensitivity: float

@@ -311,6 +311,7 @@ def make_plan(options: dict[str, str], source: str) -> tuple[ReadOptions, ReadPl
         labels_by_sha=labels.by_sha if labels else {},
         label_from_parent_dir=icfg.label_from_parent_dir,
         deidentify=hook,
+        split_rule=icfg.split,
     )
     plan = ReadPlan(
         paths=paths,

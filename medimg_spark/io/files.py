@@ -18,13 +18,16 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medimg_spark.errors import EmptyFileError, FileTimeoutError, UnsupportedFormatError, WorkerCrashError
 from medimg_spark.io import detect, readers
 from medimg_spark.io.model import ParsedFile
 from medimg_spark.io.pixels import encode
 from medimg_spark.storage import local_path  # one definition: a Hadoop path string → its local file
+
+if TYPE_CHECKING:
+    from medimg_spark.config import SplitRule
 
 IMAGE = "image"
 INSTANCE = "instance"
@@ -47,6 +50,8 @@ class FileContext:
         labels_by_sha: ``{file sha256: (label, split)}`` from ``--labels``.
         label_from_parent_dir: take the label from the parent folder's name.
         deidentify: applied to every DICOM dataset before metadata is extracted.
+        split_rule: ``ingest.split``: assigns a split to frames that have none (see
+            :func:`medimg_spark.io.splits.split_of_file`).
     """
 
     run_id: str
@@ -60,6 +65,7 @@ class FileContext:
     labels_by_sha: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     label_from_parent_dir: bool = False
     deidentify: Callable[[Any], Any] | None = None
+    split_rule: SplitRule | None = None
 
 
 def image_id(file_sha256: str, frame_index: int) -> str:
@@ -246,6 +252,11 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
     if parsed.decode is None:
         return
     file_labels = _labels(path, sha, ctx)
+    rule_split = None
+    if ctx.split_rule is not None:
+        from medimg_spark.io.splits import split_of_file
+
+        rule_split = split_of_file(ctx.split_rule, local_path(path), sha, parsed.image_meta)
     written = 0
     frames: Iterator[Any] | None = None
     while True:
@@ -282,6 +293,8 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
             row["label"], split = file_labels
             if split is not None or "split" not in row:
                 row["split"] = split
+        if rule_split is not None and row.get("split") is None:
+            row["split"] = rule_split
         yield row
         written += 1
 

@@ -310,6 +310,7 @@ def _context(
         labels_by_sha=by_sha,
         label_from_parent_dir=cfg.label_from_parent_dir,
         deidentify=deidentify,
+        split_rule=cfg.split,
     )
 
 

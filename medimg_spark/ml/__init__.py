@@ -21,10 +21,12 @@ _EXPORTS = {
     "augment_image": "medimg_spark.ml.augment:augment_image",
     "augment_stack": "medimg_spark.ml.augment:augment_stack",
     "augmented_features": "medimg_spark.ml.augment:augmented_features",
+    "BinaryOnlyModelError": "medimg_spark.ml.errors:BinaryOnlyModelError",
     "ModelConfigError": "medimg_spark.ml.errors:ModelConfigError",
     "ModelDataError": "medimg_spark.ml.errors:ModelDataError",
     "ModelError": "medimg_spark.ml.errors:ModelError",
     "ModelLoadError": "medimg_spark.ml.errors:ModelLoadError",
+    "ThresholdOnMulticlassError": "medimg_spark.ml.errors:ThresholdOnMulticlassError",
     "MLLIB_MODELS": "medimg_spark.ml.estimators:MLLIB_MODELS",
     "SKLEARN_MODELS": "medimg_spark.ml.estimators:SKLEARN_MODELS",
     "build_sklearn": "medimg_spark.ml.estimators:build_sklearn",
@@ -69,7 +71,14 @@ if TYPE_CHECKING:
     from medimg_spark.ml.augment import AugmentConfig, augment_image, augment_stack, augmented_features
     from medimg_spark.ml.cnn import CnnDependencyError
     from medimg_spark.ml.cnn_spark import CnnClassifier
-    from medimg_spark.ml.errors import ModelConfigError, ModelDataError, ModelError, ModelLoadError
+    from medimg_spark.ml.errors import (
+        BinaryOnlyModelError,
+        ModelConfigError,
+        ModelDataError,
+        ModelError,
+        ModelLoadError,
+        ThresholdOnMulticlassError,
+    )
     from medimg_spark.ml.estimators import MLLIB_MODELS, SKLEARN_MODELS, build_sklearn
     from medimg_spark.ml.evaluate import evaluate, write_metrics
     from medimg_spark.ml.localize import LocalizeConfig, find_regions, foreground_mask, localize
@@ -98,6 +107,7 @@ __all__ = [
     "MLLIB_MODELS",
     "SKLEARN_MODELS",
     "AugmentConfig",
+    "BinaryOnlyModelError",
     "CnnClassifier",
     "CnnConfig",
     "CnnDependencyError",
@@ -114,6 +124,7 @@ __all__ = [
     "SklearnClassificationModel",
     "SklearnClassifier",
     "ThresholdConfig",
+    "ThresholdOnMulticlassError",
     "TrainConfig",
     "VoteClassifier",
     "augment_image",

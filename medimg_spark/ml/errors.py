@@ -19,3 +19,11 @@ class ModelDataError(ModelError):
 
 class ModelLoadError(ModelError):
     """A saved model folder is missing, incomplete or was written by an incompatible version."""
+
+
+class BinaryOnlyModelError(ModelConfigError):
+    """A binary-only estimator (``mllib_gbt``, ``mllib_linear_svc``) was asked to fit K > 2 classes."""
+
+
+class ThresholdOnMulticlassError(ModelConfigError):
+    """A decision-threshold rule was set explicitly for a task with more than two classes."""

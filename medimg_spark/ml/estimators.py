@@ -163,6 +163,21 @@ def _sk_logreg(cw: str | None, seed: int, **p: Any) -> BaseEstimator:
     return _scaled(LogisticRegression(class_weight=_cw(cw), random_state=seed, **p))
 
 
+def _sk_softmax(cw: str | None, seed: int, **p: Any) -> BaseEstimator:
+    """Standardised multinomial (softmax) logistic regression.
+
+    scikit-learn's ``lbfgs`` solver minimises the multinomial cross-entropy over all K classes at once
+    (one weight vector per class, probabilities by softmax); two classes reduce to the logistic model.
+    """
+    if p.get("solver", "lbfgs") not in ("lbfgs", "newton-cg", "newton-cholesky", "sag", "saga"):
+        raise ModelConfigError(
+            f"sk_softmax needs a multinomial solver (lbfgs, newton-cg, newton-cholesky, sag, saga), "
+            f"got solver={p['solver']!r}; use sk_logreg for liblinear"
+        )
+    p.setdefault("max_iter", 5000)
+    return _scaled(LogisticRegression(class_weight=_cw(cw), random_state=seed, **p))
+
+
 def _sk_linear_svm(cw: str | None, seed: int, **p: Any) -> BaseEstimator:
     p.setdefault("max_iter", 20000)
     return _scaled(LinearSVC(class_weight=_cw(cw), random_state=seed, **p))

@@ -58,6 +58,22 @@ def choose_threshold(
     return float((t + lower.max()) / 2) if lower.size else t
 
 
+def _thin(n: int, points: int) -> np.ndarray:
+    """At most ``points`` indices of ``range(n)``, evenly spaced, first and last included."""
+    idx: np.ndarray = np.unique(np.linspace(0, n - 1, min(points, n)).round().astype(int))
+    return idx
+
+
+def _roc_points(yb: np.ndarray, s: np.ndarray, roc_points: int) -> dict[str, list[float | None]]:
+    fpr, tpr, thr = skm.roc_curve(yb, s)
+    keep = _thin(len(fpr), roc_points)
+    return {
+        "fpr": [float(v) for v in fpr[keep]],
+        "tpr": [float(v) for v in tpr[keep]],
+        "threshold": [None if np.isinf(v) else float(v) for v in thr[keep]],
+    }
+
+
 def classification_metrics(
     y_true: Sequence[Any] | np.ndarray,
     y_pred: Sequence[Any] | np.ndarray,
@@ -66,17 +82,29 @@ def classification_metrics(
     positive: str | None = None,
     roc_points: int = 101,
 ) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, F1, confusion matrix and, with ``proba``, ROC AUC and ROC points.
+    """Accuracy, balanced accuracy, F1, macro and per-class metrics, confusion matrix and, with ``proba``, ROC.
+
+    Keys of every task: ``n``, ``classes``, ``accuracy``, ``balanced_accuracy``, ``confusion_matrix``
+    (rows: true class, columns: predicted, both in ``confusion_matrix_classes`` order = ``classes``),
+    ``support``, ``macro_precision``, ``macro_recall``, ``macro_f1`` (unweighted means over
+    ``classes``, as scikit-learn's ``classification_report`` "macro avg"), ``per_class``
+    (``{class: {precision, recall, f1, support, roc_auc_ovr}}``; ``roc_auc_ovr`` is the one-vs-rest
+    AUC of that class, None without ``proba`` or when the class is absent or alone).
+
+    Binary tasks add ``positive``, ``f1`` (of the positive class), ``sensitivity``, ``specificity``,
+    ``precision``, ``roc_auc`` and ``roc_curve``. K-class tasks (K > 2) add ``f1`` (= ``macro_f1``),
+    ``recall_per_class``, ``roc_auc_macro_ovr`` (``roc_auc_score(multi_class="ovr", average="macro")``;
+    ``roc_auc`` holds the same value) and ``roc_curves`` (one-vs-rest ROC points per class).
 
     Args:
         y_true: true labels (strings from ``classes``).
         y_pred: predicted labels.
         classes: all class labels, in the column order of ``proba``.
-        proba: ``(n, len(classes))`` class probabilities or scores.
+        proba: ``(n, len(classes))`` class probabilities or scores (rows are normalised to sum to 1
+            for the K-class AUCs, as scikit-learn requires).
         positive: the positive class of a binary task (default: ``classes[-1]``); sensitivity,
-            specificity, F1 and the ROC curve refer to it. Multi-class tasks report macro F1,
-            per-class recall and one-vs-rest macro AUC.
-        roc_points: at most this many ROC points are kept (evenly spaced by index).
+            specificity, F1 and the ROC curve refer to it.
+        roc_points: at most this many ROC points are kept per curve (evenly spaced by index).
 
     Raises:
         ModelDataError: labels outside ``classes`` or no rows.
@@ -90,13 +118,30 @@ def classification_metrics(
     if unknown:
         raise ModelDataError(f"labels {unknown[:5]} are not among the model's classes {cls}")
     cm = skm.confusion_matrix(yt, yp, labels=cls)
+    prec, rec, f1s, sup = skm.precision_recall_fscore_support(
+        yt, yp, labels=cls, average=None, zero_division=0
+    )
     out: dict[str, Any] = {
         "n": int(yt.size),
         "classes": cls,
         "accuracy": float(skm.accuracy_score(yt, yp)),
         "balanced_accuracy": float(skm.balanced_accuracy_score(yt, yp)),
         "confusion_matrix": cm.tolist(),
+        "confusion_matrix_classes": cls,
         "support": {c: int((yt == c).sum()) for c in cls},
+        "macro_precision": float(np.mean(prec)),
+        "macro_recall": float(np.mean(rec)),
+        "macro_f1": float(np.mean(f1s)),
+    }
+    per_class: dict[str, dict[str, Any]] = {
+        c: {
+            "precision": float(prec[i]),
+            "recall": float(rec[i]),
+            "f1": float(f1s[i]),
+            "support": int(sup[i]),
+            "roc_auc_ovr": None,
+        }
+        for i, c in enumerate(cls)
     }
     binary = len(cls) == 2
     if binary:
@@ -116,35 +161,39 @@ def classification_metrics(
             precision=tp / (tp + fp) if tp + fp else float("nan"),
         )
     else:
-        out["f1"] = float(skm.f1_score(yt, yp, labels=cls, average="macro", zero_division=0))
-        rec = skm.recall_score(yt, yp, labels=cls, average=None, zero_division=0)
+        out["f1"] = out["macro_f1"]
         out["recall_per_class"] = {c: float(r) for c, r in zip(cls, rec, strict=True)}
     if proba is not None:
         p = np.asarray(proba, dtype=np.float64)
         if p.shape != (yt.size, len(cls)):
             raise ModelDataError(f"proba has shape {p.shape}, expected ({yt.size}, {len(cls)})")
         present = set(yt)
+        rows = p if binary else p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
+        curves: dict[str, dict[str, list[float | None]]] = {}
+        for i, c in enumerate(cls):
+            yb = (yt == c).astype(int)
+            if 0 < yb.sum() < yb.size:
+                per_class[c]["roc_auc_ovr"] = float(skm.roc_auc_score(yb, rows[:, i]))
+                if not binary:
+                    curves[c] = _roc_points(yb, rows[:, i], roc_points)
         if binary and len(present) == 2:
             pos = out["positive"]
             s = p[:, cls.index(pos)]
             yb = (yt == pos).astype(int)
             out["roc_auc"] = float(skm.roc_auc_score(yb, s))
-            fpr, tpr, thr = skm.roc_curve(yb, s)
-            keep: np.ndarray = np.unique(
-                np.linspace(0, len(fpr) - 1, min(roc_points, len(fpr))).round().astype(int)
-            )
-            out["roc_curve"] = {
-                "fpr": [float(v) for v in fpr[keep]],
-                "tpr": [float(v) for v in tpr[keep]],
-                "threshold": [None if np.isinf(v) else float(v) for v in thr[keep]],
-            }
+            out["roc_curve"] = _roc_points(yb, s, roc_points)
         elif not binary and len(present) == len(cls):
-            rows = p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
             out["roc_auc"] = float(
                 skm.roc_auc_score(yt, rows, labels=cls, multi_class="ovr", average="macro")
             )
+            out["roc_auc_macro_ovr"] = out["roc_auc"]
         else:
             out["roc_auc"] = None
+            if not binary:
+                out["roc_auc_macro_ovr"] = None
+        if not binary:
+            out["roc_curves"] = curves
+    out["per_class"] = per_class
     return out
 
 
@@ -154,7 +203,7 @@ def format_metrics(metrics: Mapping[str, Any], title: str | None = None) -> str:
     if title:
         lines += [title, "=" * len(title)]
     keys = ["n", "accuracy", "balanced_accuracy", "roc_auc", "f1", "sensitivity", "specificity", "precision"]
-    keys += ["threshold"]
+    keys += ["macro_precision", "macro_recall", "macro_f1", "roc_auc_macro_ovr", "threshold"]
     width = max(len(k) for k in keys)
     for k in keys:
         if k in metrics and metrics[k] is not None:
@@ -169,6 +218,19 @@ def format_metrics(metrics: Mapping[str, Any], title: str | None = None) -> str:
         lines.append(" " * cw + "  " + "  ".join(f"{c:>{cw}}" for c in cls))
         for c, row in zip(cls, cm, strict=True):
             lines.append(f"{c:>{cw}}  " + "  ".join(f"{v:>{cw}d}" for v in row))
+    per_class = metrics.get("per_class")
+    if isinstance(per_class, Mapping) and per_class:
+        cw = max(8, *(len(str(c)) for c in per_class))
+        heads = ("precision", "recall", "f1", "support", "roc_auc_ovr")
+        lines.append("")
+        lines.append("per class (roc_auc_ovr: one-vs-rest)")
+        lines.append(" " * cw + "  " + "  ".join(f"{h:>11}" for h in heads))
+        for c, m in per_class.items():
+            cells = []
+            for h in heads:
+                v = m.get(h)
+                cells.append(f"{v:>11.4f}" if isinstance(v, float) else f"{'-' if v is None else v:>11}")
+            lines.append(f"{c:>{cw}}  " + "  ".join(cells))
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from medimg_spark.ml.errors import ModelConfigError
+from medimg_spark.ml.errors import BinaryOnlyModelError, ModelConfigError
 from medimg_spark.registry import Registry, UnknownNameError
 
 ModelKind = Literal["sklearn", "mllib", "cnn", "vote"]
@@ -39,6 +39,12 @@ ESTIMATORS: Registry[Any] = Registry(
 _SK = "medimg_spark.ml.estimators"
 ESTIMATORS.register_lazy(
     "sk_logreg", f"{_SK}:_sk_logreg", kind="sklearn", help="standardised logistic regression"
+)
+ESTIMATORS.register_lazy(
+    "sk_softmax",
+    f"{_SK}:_sk_softmax",
+    kind="sklearn",
+    help="standardised multinomial (softmax) logistic regression, K classes",
 )
 ESTIMATORS.register_lazy(
     "sk_linear_svm", f"{_SK}:_sk_linear_svm", kind="sklearn", help="standardised linear SVM"
@@ -62,9 +68,22 @@ ESTIMATORS.register_lazy(
 def _mllib_logreg(
     common: dict[str, Any], p: dict[str, Any], n_features: int, n_classes: int, seed: int
 ) -> Any:
+    """Binomial logistic regression for two classes, multinomial (softmax) for K > 2."""
     from pyspark.ml.classification import LogisticRegression
 
-    return LogisticRegression(**common, maxIter=200)
+    family = p.pop("family", "binomial" if n_classes == 2 else "multinomial")
+    return LogisticRegression(**common, maxIter=200, family=family)
+
+
+def _mllib_softmax(
+    common: dict[str, Any], p: dict[str, Any], n_features: int, n_classes: int, seed: int
+) -> Any:
+    """Multinomial (softmax) logistic regression, whatever the number of classes."""
+    from pyspark.ml.classification import LogisticRegression
+
+    if "family" in p:
+        raise ModelConfigError("mllib_softmax is always family=multinomial; drop params.family")
+    return LogisticRegression(**common, maxIter=200, family="multinomial")
 
 
 def _mllib_linear_svc(
@@ -72,8 +91,7 @@ def _mllib_linear_svc(
 ) -> Any:
     from pyspark.ml.classification import LinearSVC
 
-    if n_classes != 2:
-        raise ModelConfigError("mllib_linear_svc is binary only; use mllib_logreg for multi-class labels")
+    check_classes("mllib_linear_svc", n_classes)
     return LinearSVC(**common, maxIter=200)
 
 
@@ -94,10 +112,7 @@ def _mllib_rf(common: dict[str, Any], p: dict[str, Any], n_features: int, n_clas
 def _mllib_gbt(common: dict[str, Any], p: dict[str, Any], n_features: int, n_classes: int, seed: int) -> Any:
     from pyspark.ml.classification import GBTClassifier
 
-    if n_classes != 2:
-        raise ModelConfigError(
-            "mllib_gbt is binary only; use mllib_rf or mllib_logreg for multi-class labels"
-        )
+    check_classes("mllib_gbt", n_classes)
     return GBTClassifier(**common, maxIter=50, seed=seed)
 
 
@@ -110,11 +125,28 @@ def _mllib_mlp(common: dict[str, Any], p: dict[str, Any], n_features: int, n_cla
     )
 
 
-ESTIMATORS.register("mllib_logreg", _mllib_logreg, kind="mllib", help="MLlib logistic regression")
-ESTIMATORS.register("mllib_linear_svc", _mllib_linear_svc, kind="mllib", help="MLlib linear SVC (binary)")
+ESTIMATORS.register(
+    "mllib_logreg", _mllib_logreg, kind="mllib", help="MLlib logistic regression (multinomial for K > 2)"
+)
+ESTIMATORS.register(
+    "mllib_softmax", _mllib_softmax, kind="mllib", help="MLlib multinomial (softmax) logistic regression"
+)
+ESTIMATORS.register(
+    "mllib_linear_svc",
+    _mllib_linear_svc,
+    kind="mllib",
+    help="MLlib linear SVC (binary)",
+    binary_only="mllib_logreg or mllib_softmax",
+)
 ESTIMATORS.register("mllib_naive_bayes", _mllib_naive_bayes, kind="mllib", help="MLlib naive Bayes")
 ESTIMATORS.register("mllib_rf", _mllib_rf, kind="mllib", help="MLlib random forest")
-ESTIMATORS.register("mllib_gbt", _mllib_gbt, kind="mllib", help="MLlib gradient-boosted trees (binary)")
+ESTIMATORS.register(
+    "mllib_gbt",
+    _mllib_gbt,
+    kind="mllib",
+    help="MLlib gradient-boosted trees (binary)",
+    binary_only="mllib_rf (trees) or mllib_softmax / mllib_logreg",
+)
 ESTIMATORS.register("mllib_mlp", _mllib_mlp, kind="mllib", help="MLlib multilayer perceptron")
 
 
@@ -175,3 +207,21 @@ def model_kind(name: str) -> ModelKind:
 def model_names(kind: ModelKind | None = None) -> tuple[str, ...]:
     """Registered model names (of one ``kind``), in registration order."""
     return ESTIMATORS.names() if kind is None else ESTIMATORS.names(kind=kind)
+
+
+def check_classes(name: str, n_classes: int) -> None:
+    """Refuse a binary-only estimator (registered with ``binary_only=<alternative>``) on K > 2 classes.
+
+    Called by training as soon as the train split's classes are known, before anything is fitted.
+
+    Raises:
+        BinaryOnlyModelError: ``name`` is binary only and ``n_classes`` is not 2; the message names
+            the alternative.
+        UnknownModelError: ``name`` is not registered.
+    """
+    alternative = ESTIMATORS.entry(name).meta.get("binary_only")
+    if alternative and n_classes != 2:
+        raise BinaryOnlyModelError(
+            f"{name} is binary only and the train split holds {n_classes} classes; "
+            f"use {alternative} for multi-class labels"
+        )

@@ -660,6 +660,9 @@ class SklearnClassifier(
 
         g = self.getOrDefault
         val = g(self.valSplit)
+        # the threshold counts as set only when a threshold Param was (a K-class task refuses it then)
+        explicit = self.isSet(self.thresholdRule) or self.isSet(self.thresholdValue)
+        threshold = ThresholdConfig(rule=g(self.thresholdRule), value=g(self.thresholdValue))
         try:
             return TrainConfig(
                 train_split=g(self.trainSplit),
@@ -667,7 +670,7 @@ class SklearnClassifier(
                 class_weight=g(self.classWeight),
                 params=json.loads(g(self.modelParams)),
                 grid=json.loads(g(self.grid)),
-                threshold=ThresholdConfig(rule=g(self.thresholdRule), value=g(self.thresholdValue)),
+                **({"threshold": threshold} if explicit else {}),
                 positive_label=g(self.positiveLabel) or None,
                 seed=g(self.seed),
                 name=g(self.modelName) or None,

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from medimg_spark.config_models import SearchMetric, ThresholdConfig, TrainConfig
 from medimg_spark.features import FEATURE_SET_FILE
 from medimg_spark.ml.augment import augment_summary, augmented_features
-from medimg_spark.ml.errors import ModelConfigError, ModelDataError
+from medimg_spark.ml.errors import ModelConfigError, ModelDataError, ThresholdOnMulticlassError
 from medimg_spark.ml.estimators import MLLIB_MODELS, build_sklearn
 from medimg_spark.ml.metrics import ThresholdRule, choose_threshold, classification_metrics
 from medimg_spark.ml.model import (
@@ -33,7 +33,7 @@ from medimg_spark.ml.model import (
     data_hash,
     mllib_label_input,
 )
-from medimg_spark.ml.models import ESTIMATORS, model_kind
+from medimg_spark.ml.models import ESTIMATORS, check_classes, model_kind
 from medimg_spark.storage import get_storage, join
 from medimg_spark.summaries import TrainSummary
 
@@ -130,6 +130,28 @@ def _classes_and_positive(y: np.ndarray, positive: str | None, split: str) -> tu
     if pos not in classes:
         raise ModelConfigError(f"positive_label {pos!r} is not among the training classes {classes}")
     return classes, pos
+
+
+def check_task(model_name: str, cfg: TrainConfig, classes: list[str]) -> None:
+    """Refuse, before anything is fitted, what a K-class task (K > 2) cannot honour.
+
+    A binary-only estimator (``mllib_gbt``, ``mllib_linear_svc``) is refused naming the alternative,
+    and so is a ``threshold`` section set explicitly in the train config: a K-class model predicts the
+    most probable class, and a rule that silently did nothing would be a wrong promise. The default
+    threshold (not written in the config) is not refused.
+
+    Raises:
+        BinaryOnlyModelError: a binary-only model on K > 2 classes.
+        ThresholdOnMulticlassError: an explicit ``threshold`` on K > 2 classes.
+    """
+    check_classes(model_name, len(classes))
+    if len(classes) > 2 and "threshold" in cfg.model_fields_set:
+        raise ThresholdOnMulticlassError(
+            f"train.threshold (rule {cfg.threshold.rule!r}) is set, but the {cfg.train_split} split holds "
+            f"{len(classes)} classes {classes[:6]}: a decision threshold applies to binary tasks only, a "
+            "K-class model predicts the most probable class; remove the threshold section (or its "
+            "thresholdRule/thresholdValue Params)"
+        )
 
 
 def _grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -236,6 +258,7 @@ def fit_sklearn_arrays(
     t0 = time.time()
     y_train = np.asarray(y_train, dtype=object).astype(str)
     classes, pos = _classes_and_positive(y_train, cfg.positive_label, cfg.train_split)
+    check_task(model_name, cfg, classes)
     has_val = X_val is not None and y_val is not None and len(y_val) > 0
     yv = (
         np.asarray(y_val, dtype=object).astype(str)
@@ -339,7 +362,7 @@ def _ungrid(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _compact(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in m.items() if k != "roc_curve"}
+    return {k: v for k, v in m.items() if k not in ("roc_curve", "roc_curves")}
 
 
 def _train_sklearn(
@@ -493,6 +516,7 @@ def _train_mllib(
     if None in counts:
         raise ModelDataError(f"{counts[None]} {cfg.train_split} rows have no label; label them or drop them")
     classes, pos = _classes_and_positive(y_labels, cfg.positive_label, cfg.train_split)
+    check_task(model_name, cfg, classes)  # before anything is cached or fitted
     n = sum(counts.values())
     weighted = cfg.class_weight == "balanced"
     wexpr = F.lit(1.0)

@@ -445,6 +445,7 @@ _MODEL_KEYS = (
     "specificity",
     "precision",
     "threshold",
+    "macro_f1",
 )
 
 
@@ -481,7 +482,10 @@ def _models(ctx: _Ctx) -> tuple[bool, str]:
         for k in ("classes", "support", "recall_per_class"):
             if k in d:
                 scalars[k] = d[k]
+        per_class = d.get("per_class")
         figs = [H.figure(H.kv_table(scalars), "metrics")]
+        if isinstance(per_class, dict) and per_class and len(per_class) > 2:
+            figs.append(H.figure(_per_class_table(per_class), "per-class metrics (one-vs-rest AUC)"))
         cm, classes = d.get("confusion_matrix"), d.get("classes")
         if isinstance(cm, list) and isinstance(classes, list) and cm:
             uri = I.confusion_chart(cm, [str(c) for c in classes], f"{model} · {split}")
@@ -502,8 +506,45 @@ def _models(ctx: _Ctx) -> tuple[bool, str]:
                 f"ROC {model} · {split} (positive {d.get('positive')})",
             )
             figs.append(H.figure(ctx.picture(uri, f"ROC curve {model} {split}"), "ROC curve"))
+        curves = d.get("roc_curves")
+        if isinstance(curves, dict) and curves:
+            auc_of = per_class if isinstance(per_class, dict) else {}
+            lines = {
+                str(c): (
+                    cur["fpr"],
+                    cur["tpr"],
+                    _float_or_none((auc_of.get(c) or {}).get("roc_auc_ovr")),
+                )
+                for c, cur in curves.items()
+                if isinstance(cur, dict) and cur.get("fpr") and cur.get("tpr")
+            }
+            if lines:
+                uri = I.roc_curves_chart(lines, f"ROC one-vs-rest {model} · {split}")
+                figs.append(
+                    H.figure(
+                        ctx.picture(uri, f"per-class ROC curves {model} {split}"),
+                        "per-class ROC curves (one vs rest): " + ", ".join(lines),
+                    )
+                )
         parts.append(f'<div class="grid">{"".join(figs)}</div>')
     return True, "".join(parts)
+
+
+_PER_CLASS_KEYS = ("precision", "recall", "f1", "support", "roc_auc_ovr")
+
+
+def _per_class_table(per_class: Mapping[str, Any]) -> str:
+    """Per-class precision, recall, F1, support and one-vs-rest AUC, one row per class name."""
+    rows = [
+        (str(c), *[(m or {}).get(k) for k in _PER_CLASS_KEYS])
+        for c, m in per_class.items()
+        if isinstance(m, dict) or m is None
+    ]
+    return H.table(["class", *_PER_CLASS_KEYS], rows, css_class="per-class")
+
+
+def _float_or_none(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) else None
 
 
 # ----------------------------------------------------------------------------- 5. clusters / regions

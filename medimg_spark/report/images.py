@@ -200,6 +200,31 @@ def roc_chart(fpr: Sequence[float], tpr: Sequence[float], auc: float | None, tit
     return figure_uri(fig)
 
 
+def roc_curves_chart(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float], float | None]], title: str
+) -> str:
+    """One-vs-rest ROC curves of a K-class model, one line per class (legend: class and its AUC)."""
+    import matplotlib
+
+    fig = _new_figure(4.2, 3.8)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="#999", linewidth=1)
+    cmap = matplotlib.colormaps["tab10"]
+    for i, (name, (fpr, tpr, auc)) in enumerate(curves.items()):
+        label = f"{name} (AUC {auc:.3f})" if auc is not None and math.isfinite(auc) else str(name)
+        ax.plot(list(fpr), list(tpr), color=cmap(i % 10), linewidth=1.6, label=label)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("false positive rate (one vs rest)", fontsize=8)
+    ax.set_ylabel("true positive rate (recall of the class)", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(loc="lower right", fontsize=7)
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    return figure_uri(fig)
+
+
 def confusion_chart(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str) -> str:
     """Confusion matrix heat map (rows: true class, columns: predicted) with the counts written in."""
     cm = np.asarray(matrix, dtype=np.float64)
