@@ -26,12 +26,26 @@ def predictions_frame(
 ) -> DataFrame:
     """Predictions (image_id, label, split, prediction, probability, score, model) as a lazy DataFrame.
 
+    The features are those of the set the model's card names (``feature_set_sha256``): the
+    latest ``features`` table, or the one kept in ``feature_sets/`` when features were since
+    recomputed with another set.
+
     Raises:
+        FeatureSetNotFoundError: the model's feature set is no longer in the run folder.
         ModelDataError: the features table is missing or its width differs from the model's.
     """
     from pyspark.sql import functions as F
 
-    df = read_features(spark, out_dir, features_dir)
+    c = model.card
+    df = read_features(
+        spark,
+        out_dir,
+        features_dir,
+        c.feature_set_sha256,
+        c.feature_set_id,
+        c.feature_set,
+        len(c.feature_names),
+    )
     if split is not None:
         df = df.where(F.col("split") == split)
     first = df.select("features").first()
