@@ -209,6 +209,17 @@ def test_report_tables_hold_the_real_counts(spark: Any, run: dict[str, Any]) -> 
     assert f"{run['clusters']['silhouette']:.4f}" in run["html"]
 
 
+def test_report_draws_each_methods_regions(run: dict[str, Any]) -> None:
+    """The lung fields (``lungs``) and the k-means clusters are drawn on frames, each method on its own."""
+    html = run["html"]
+    lungs = re.findall(r"<figcaption>([^<]*) · lungs · (\d+) regions · ([^<]*)</figcaption>", html)
+    kmeans = re.findall(r"<figcaption>([^<]*) · kmeans · (\d+) regions · ([^<]*)</figcaption>", html)
+    assert len(lungs) == len(kmeans) == 4
+    assert all(src == "images" for _, _, src in lungs)  # lungs ran on images, kmeans on processed frames
+    assert all(src.startswith("processed (") for _, _, src in kmeans)
+    assert sum(n == "2" for _, n, _ in lungs) >= 3  # two lung fields on the chest X-rays
+
+
 def test_missing_inputs_say_not_run_yet(run: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "partial"
     shutil.copytree(run["out"] / "runs", out / "runs")

@@ -130,8 +130,10 @@ def locate_feature_set(
         if not same:
             return latest
         return str(max(same, key=lambda r: str(r.get("created_at") or ""))["path"])
-    if rec is None or rec.get("sha256") in (None, sha256):
+    if rec is not None and rec.get("sha256") in (None, sha256):
         return latest
+    if rec is None and store.exists(latest):
+        return latest  # a table written before sets were recorded: the width check decides
     sets = list_feature_sets(store, out_dir, features_dir)
     for r in sets:
         if r.get("sha256") == sha256:
