@@ -147,6 +147,11 @@ def _add_features(p: argparse.ArgumentParser) -> None:
         + ", ".join(resources.shipped_names("features"))
         + "); default: the config's features.set, else texture",
     )
+    p.add_argument(
+        "--recipe",
+        help="--from processed: the recipe whose frames are used (name or recipe_hash); "
+        "default: the config's features.recipe, else the only recipe in processed/",
+    )
     _common(p)
 
 
@@ -462,6 +467,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         source=args.source or cfg.features.source,
         feature_set=feature_set,
         use_mask=cfg.features.use_mask,
+        recipe=args.recipe or cfg.features.recipe,
     )
     shown = {k: v for k, v in summary.items() if k != "feature_names"}
     _print(args, summary, "features → " + ", ".join(f"{k}={v}" for k, v in shown.items()))
@@ -539,7 +545,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``medimg run``."""
     from medimg_spark.config import load_config
     from medimg_spark.io.ingest import format_summary, new_run_id
-    from medimg_spark.pipeline import load_pipeline, run_pipeline, validate_recipes
+    from medimg_spark.pipeline import (
+        StageOutcome,
+        format_progress,
+        load_pipeline,
+        run_pipeline,
+        validate_recipes,
+    )
 
     if not args.config:
         raise ConfigError("medimg run needs --config FILE (see conf/pipeline.yaml)")
@@ -555,6 +567,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_lake_out(out, args.log_json)
     spark = _session(args, cfg, "run")
     log = RunLog(args.log_json)
+    outcomes: list[StageOutcome] = []
     try:
         results = run_pipeline(
             spark,
@@ -566,7 +579,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             run_id=run_id,
             log=log,
             incremental=args.incremental,
+            outcomes=outcomes,
         )
+    except BaseException:
+        # the stages that finished keep their outputs: say which, and where, before the error
+        print(format_progress(outcomes), file=sys.stderr)
+        raise
     finally:
         log.close()
     if args.json:

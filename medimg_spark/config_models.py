@@ -228,6 +228,11 @@ class FeaturesConfig(StrictModel):
     use_mask: bool = Field(
         True, description="Pass the processed table's masks to the extractors (false: whole frames)."
     )
+    recipe: str | None = Field(
+        None,
+        description="Processed source: the recipe (name or recipe_hash) whose frames are used "
+        "(null: the only one in processed/; --recipe wins).",
+    )
 
 
 # ----------------------------------------------------------------------------- train
@@ -384,7 +389,7 @@ class TrainConfig(BaseModel):
 
 # ----------------------------------------------------------------------------- localize
 
-FrameMethod = Literal["kmeans", "dbscan", "gmm"]
+FrameMethod = Literal["kmeans", "dbscan", "gmm", "lungs"]
 DatasetMethod = Literal["mllib_kmeans", "mllib_gmm"]
 LocalizeMethod = Literal[FrameMethod, DatasetMethod]
 #: Per-frame region methods and dataset-level cluster methods (the CLI's and the config's choices).
@@ -409,7 +414,19 @@ class LocalizeConfig(BaseModel):
     min_samples: int = Field(4, ge=1, description="DBSCAN core-point neighbours")
     intensity_weight: float = Field(0.0, ge=0, description="weight of intensity (0..1 scaled) vs position")
     min_area: int = Field(1, ge=1, description="drop clusters with fewer pixels")
-    max_points: int = Field(20000, ge=10, description="subsample foreground pixels beyond this (fit only)")
+    max_points: int = Field(
+        20000,
+        ge=10,
+        description="foreground pixels clustered per frame: beyond it the frame is downsampled "
+        "(boxes are given in full-resolution coordinates)",
+    )
+    max_side: int = Field(1024, ge=16, description="frames with a longer side are downsampled first")
+    max_downsample: int = Field(
+        32, ge=1, description="largest downsampling factor; a frame needing more is quarantined"
+    )
+    lung_work_side: int = Field(
+        128, ge=16, le=1024, description="lungs: the frame's longer side is resized to this first"
+    )
     seed: int = Field(0, description="random seed of the clusterings")
     features_dir: str = Field("features", description="feature table of the MLlib methods")
 
@@ -452,6 +469,10 @@ class FeaturesRun(StrictModel):
         None, description="Table the features are computed from (null: features.source)."
     )
     set: str | None = Field(None, description="Feature set name or YAML path (null: features.set).")
+    recipe: str | None = Field(
+        None,
+        description="Processed source: recipe name or hash (null: features.recipe, else the pipeline's only recipe).",
+    )
 
 
 class ModelRun(StrictModel):
@@ -487,6 +508,15 @@ class ModelRun(StrictModel):
         return exp.shipped.model, exp.shipped.train.model_dump(exclude_unset=True)
 
 
+class LocalizeRun(StrictModel):
+    """One localize method of the pipeline with its own options (they win over the localize section)."""
+
+    method: LocalizeMethod = Field(description="kmeans | dbscan | gmm | lungs | mllib_kmeans | mllib_gmm.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="LocalizeConfig keys for this method only (e.g. {k: 3})."
+    )
+
+
 class PipelineConfig(StrictModel):
     """The ``pipeline`` section: what ``medimg run`` runs, in order."""
 
@@ -507,8 +537,10 @@ class PipelineConfig(StrictModel):
     )
     evaluate_splits: list[str] = Field(default_factory=lambda: ["val"], description="Splits evaluated.")
     predict_split: str | None = Field(None, description="Split the predict stage scores (default: all rows).")
-    localize: list[LocalizeMethod] = Field(
-        default_factory=list, description="Localize methods (options: the localize section)."
+    localize: list[LocalizeMethod | LocalizeRun] = Field(
+        default_factory=list,
+        description="Localize methods: a name (options: the localize section) or "
+        "{method, options} (its options win over the localize section).",
     )
 
     @field_validator("stages")

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import importlib
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from medimg_spark.config import MedimgConfig
 from medimg_spark.config_models import (
     STAGES,
     FeaturesConfig,
     FeaturesRun,
+    LocalizeConfig,
+    LocalizeRun,
     ModelRun,
     PipelineConfig,
     RecipeRun,
@@ -23,10 +30,14 @@ from medimg_spark.storage import is_local, join
 __all__ = [
     "STAGES",
     "FeaturesRun",
+    "LocalizeRun",
     "ModelRun",
     "PipelineConfig",
     "RecipeRun",
+    "StageOutcome",
+    "format_progress",
     "load_pipeline",
+    "localize_runs",
     "recipe_runs",
     "resolve_input",
     "run_features",
@@ -73,9 +84,111 @@ def recipe_runs(cfg: MedimgConfig, pc: PipelineConfig) -> list[RecipeRun]:
     return [r if r.where is not None else r.model_copy(update={"where": cfg.preprocess.where}) for r in runs]
 
 
-def run_features(cfg: MedimgConfig, pc: PipelineConfig) -> FeaturesConfig:
-    """The features stage's options: the ``features`` section, with the keys set in ``pipeline.features``."""
-    return cfg.features.model_copy(update=pc.features.model_dump(exclude_none=True))
+def run_features(cfg: MedimgConfig, pc: PipelineConfig, base: Path | None = None) -> FeaturesConfig:
+    """The features stage's options: the ``features`` section, with the keys set in ``pipeline.features``.
+
+    From ``processed`` without a recipe named, and with ``base`` given, the recipe is the
+    pipeline's own when its preprocess stage runs exactly one (by its ``recipe_hash``).
+    """
+    fcfg = cfg.features.model_copy(update=pc.features.model_dump(exclude_none=True))
+    if base is not None and fcfg.source == "processed" and fcfg.recipe is None and "preprocess" in pc.stages:
+        runs = recipe_runs(cfg, pc)
+        if len(runs) == 1:
+            from medimg_spark.ops import load_recipe
+
+            fcfg = fcfg.model_copy(
+                update={"recipe": load_recipe(resolve_recipe_path(runs[0].recipe, base)).hash}
+            )
+    return fcfg
+
+
+def localize_runs(cfg: MedimgConfig, pc: PipelineConfig) -> list[tuple[str, LocalizeConfig]]:
+    """``(method, options)`` of every ``pipeline.localize`` entry: the ``localize`` section, with an
+    entry's own ``options`` winning.
+
+    Raises:
+        ConfigError: an entry's options are not valid localize options.
+    """
+    out: list[tuple[str, LocalizeConfig]] = []
+    for i, item in enumerate(pc.localize):
+        if isinstance(item, str):
+            out.append((item, cfg.localize))
+            continue
+        data = {**cfg.localize.model_dump(exclude_unset=True), **item.options}
+        try:
+            out.append((item.method, LocalizeConfig.model_validate(data)))
+        except ValidationError as err:
+            bad = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+            raise ConfigError(
+                f"pipeline.localize[{i}].options ({item.method}): {bad}; use LocalizeConfig keys "
+                f"({', '.join(LocalizeConfig.model_fields)})"
+            ) from None
+    return out
+
+
+@dataclass
+class StageOutcome:
+    """One stage run of ``medimg run``: what it was, whether it finished, where its output is."""
+
+    stage: str
+    detail: dict[str, Any]
+    status: str  # "finished" | "failed"
+    seconds: float
+    path: str | None = None
+    counts: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def line(self) -> str:
+        """One human-readable line (stderr on failure)."""
+        what = " ".join(f"{k}={v}" for k, v in self.detail.items() if v is not None)
+        head = f"  {self.status:8s} {self.stage}{(' ' + what) if what else ''} ({self.seconds:.1f} s)"
+        if self.status == "failed":
+            return f"{head}: {self.error}"
+        shown = ", ".join(f"{k}={v}" for k, v in self.counts.items())
+        return head + (f" → {self.path}" if self.path else "") + (f" [{shown}]" if shown else "")
+
+
+class _Progress:
+    """Records every stage of a run (finished or failed) next to the run log's events."""
+
+    def __init__(self, log: RunLog, outcomes: list[StageOutcome]) -> None:
+        self.log = log
+        self.outcomes = outcomes
+
+    @contextmanager
+    def stage(self, name: str, **detail: Any) -> Iterator[dict[str, Any]]:
+        started = time.perf_counter()
+        with self.log.stage(name, **detail) as rec:
+            try:
+                yield rec
+            except BaseException as exc:
+                self.outcomes.append(
+                    StageOutcome(
+                        name,
+                        detail,
+                        "failed",
+                        round(time.perf_counter() - started, 3),
+                        error=f"{type(exc).__name__}: {str(exc)[:500]}",
+                    )
+                )
+                raise
+        counts = {k: v for k, v in rec.items() if k != "path"}
+        self.outcomes.append(
+            StageOutcome(
+                name, detail, "finished", round(time.perf_counter() - started, 3), rec.get("path"), counts
+            )
+        )
+
+
+def format_progress(outcomes: list[StageOutcome]) -> str:
+    """The stages of a run, one line each (what ``medimg run`` prints to stderr when it fails)."""
+    done = [o for o in outcomes if o.status == "finished"]
+    failed = [o for o in outcomes if o.status == "failed"]
+    lines = [f"medimg run: {len(done)} stage run(s) finished, {len(failed)} failed:"]
+    lines += [o.line() for o in outcomes]
+    if not outcomes:
+        lines.append("  (no stage started)")
+    return "\n".join(lines)
 
 
 def train_options(cfg: MedimgConfig, options: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +206,7 @@ def run_pipeline(
     run_id: str | None = None,
     log: RunLog | None = None,
     incremental: bool = False,
+    outcomes: list[StageOutcome] | None = None,
 ) -> dict[str, Any]:
     """Run the enabled stages in order and return their summaries.
 
@@ -100,13 +214,46 @@ def run_pipeline(
         deidentify: the ingest de-identification hook (None keeps identifiers).
         log: JSON-lines run log (stage start/end, counts, timings).
         incremental: ingest only new files (Structured Streaming checkpoint under ``out``).
+        outcomes: filled with one :class:`StageOutcome` per stage run, also when a stage fails
+            (then a ``pipeline_failed`` event lists them in the run log and the error is re-raised).
     """
+    log = log or RunLog(None)
+    outcomes = outcomes if outcomes is not None else []
+    started = time.perf_counter()
+    log.event("pipeline_start", stages=pc.stages, out=out, run_id=run_id)
+    try:
+        results = _run_stages(
+            spark, cfg, pc, out, base, deidentify, run_id, _Progress(log, outcomes), incremental
+        )
+    except BaseException as exc:
+        log.event(
+            "pipeline_failed",
+            error_class=type(exc).__name__,
+            error=str(exc)[:2000],
+            failed=[asdict(o) for o in outcomes if o.status == "failed"],
+            finished=[asdict(o) for o in outcomes if o.status == "finished"],
+            wall_time_s=round(time.perf_counter() - started, 3),
+        )
+        raise
+    results["wall_time_s"] = round(time.perf_counter() - started, 3)
+    log.event("pipeline_end", wall_time_s=results["wall_time_s"])
+    return results
+
+
+def _run_stages(
+    spark: Any,
+    cfg: MedimgConfig,
+    pc: PipelineConfig,
+    out: str,
+    base: Path,
+    deidentify: Any,
+    run_id: str | None,
+    log: _Progress,
+    incremental: bool,
+) -> dict[str, Any]:
     from medimg_spark.io.ingest import ingest, ingest_incremental
 
-    log = log or RunLog(None)
-    started = time.perf_counter()
     results: dict[str, Any] = {}
-    log.event("pipeline_start", stages=pc.stages, out=out, run_id=run_id)
     if "ingest" in pc.stages:
         inputs = [resolve_input(i, base) for i in pc.inputs]
         labels = resolve_input(pc.labels, base) if pc.labels else None
@@ -115,7 +262,7 @@ def run_pipeline(
             results["ingest"] = run(
                 spark, inputs, out, cfg.ingest, labels_csv=labels, deidentify=deidentify, run_id=run_id
             )
-            rec.update(_counts(results["ingest"]))
+            rec.update(_counts(results["ingest"]), path=out)
     if "preprocess" in pc.stages:
         from medimg_spark.preprocess import preprocess
 
@@ -125,21 +272,27 @@ def run_pipeline(
                 results["preprocess"].append(
                     preprocess(spark, out, resolve_recipe_path(r.recipe, base), where=r.where)
                 )
-                rec.update(_counts(results["preprocess"][-1]))
+                rec.update(_counts(results["preprocess"][-1]), path=join(out, "processed"))
     if "quality" in pc.stages:
         from medimg_spark.preprocess import quality_report
 
-        with log.stage("quality"):
+        with log.stage("quality") as rec:
             results["quality"] = quality_report(spark, out)
+            rec["path"] = join(out, "metrics")
     if "features" in pc.stages:
         from medimg_spark.features import compute_features
 
-        fcfg = run_features(cfg, pc)
-        with log.stage("features", set=fcfg.set) as rec:
+        fcfg = run_features(cfg, pc, base)
+        with log.stage("features", set=fcfg.set, recipe=fcfg.recipe) as rec:
             results["features"] = compute_features(
-                spark, out, source=fcfg.source, feature_set=fcfg.set, use_mask=fcfg.use_mask
+                spark,
+                out,
+                source=fcfg.source,
+                feature_set=fcfg.set,
+                use_mask=fcfg.use_mask,
+                recipe=fcfg.recipe,
             )
-            rec.update(_counts(results["features"]))
+            rec.update(_counts(results["features"]), path=results["features"]["path"])
     ml_stages = [s for s in ("train", "predict", "evaluate") if s in pc.stages]
     if ml_stages:
         from medimg_spark.ml import evaluate, parse_train_config, predict, train
@@ -153,33 +306,33 @@ def run_pipeline(
                 )
                 with log.stage("train", model=m.name) as rec:
                     results.setdefault("train", []).append(train(spark, out, estimator, tcfg))
-                    rec.update(_counts(results["train"][-1]))
+                    rec.update(_counts(results["train"][-1]), path=model_dir)
             if "predict" in pc.stages:
                 with log.stage("predict", model=m.name) as rec:
                     results.setdefault("predict", []).append(
                         predict(spark, out, model_dir, split=pc.predict_split)
                     )
-                    rec.update(_counts(results["predict"][-1]))
+                    rec.update(_counts(results["predict"][-1]), path=results["predict"][-1].get("partition"))
             if "evaluate" in pc.stages:
                 for split in pc.evaluate_splits:
                     with log.stage("evaluate", model=m.name, split=split) as rec:
                         results.setdefault("evaluate", []).append(evaluate(spark, out, model_dir, split))
-                        rec.update(_counts(results["evaluate"][-1]))
+                        rec.update(_counts(results["evaluate"][-1]), path=results["evaluate"][-1].get("path"))
     if "localize" in pc.stages:
         from medimg_spark.ml import localize
 
-        for method in pc.localize:
+        for method, lcfg in localize_runs(cfg, pc):
             with log.stage("localize", method=method) as rec:
-                results.setdefault("localize", []).append(localize(spark, out, method, cfg.localize))
-                rec.update(_counts(results["localize"][-1]))
+                results.setdefault("localize", []).append(localize(spark, out, method, lcfg))
+                summary = results["localize"][-1]
+                rec.update(_counts(summary), path=summary.get("partition", summary.get("path")))
+                rec["k"] = lcfg.k
     if "report" in pc.stages:
         from medimg_spark.report import build_report
 
         with log.stage("report") as rec:
             results["report"] = build_report(spark, out, cfg.report)
             rec["path"] = results["report"].get("path")
-    results["wall_time_s"] = round(time.perf_counter() - started, 3)
-    log.event("pipeline_end", wall_time_s=results["wall_time_s"])
     return results
 
 
@@ -211,10 +364,20 @@ def validate_recipes(pc: PipelineConfig, base: Path, cfg: MedimgConfig | None = 
         raise ConfigError(
             "pipeline.stages has train/predict/evaluate but pipeline.models is empty; add a model"
         )
+    if "localize" in pc.stages:
+        localize_runs(cfg, pc)
     if "features" in pc.stages:
         from medimg_spark.features import load_feature_set
 
-        fset = run_features(cfg, pc).set
+        fcfg = run_features(cfg, pc)
+        runs = recipe_runs(cfg, pc) if "preprocess" in pc.stages else []
+        if fcfg.source == "processed" and fcfg.recipe is None and len(runs) > 1:
+            names = ", ".join(r.recipe for r in runs)
+            raise ConfigError(
+                f"pipeline.features: the preprocess stage runs {len(runs)} recipes ({names}) and features are "
+                "per (image, recipe): set pipeline.features.recipe (or features.recipe) to one of them"
+            )
+        fset = fcfg.set
         try:
             load_feature_set(fset)
         except Exception as err:

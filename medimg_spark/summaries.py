@@ -29,11 +29,17 @@ class FeaturesSummary(TypedDict):
 
     path: str
     feature_set: str
+    set_id: str
+    sha256: str
+    source: str
+    recipe: str | None
+    recipe_hash: str | None
     n_features: int
     feature_names: list[str]
     n_images: int
     n_failed: int
     failures: list[dict[str, Any]]
+    archived: str | None
     seconds: float
 
 
@@ -105,9 +111,13 @@ class LocalizeSummary(TypedDict, total=False):
     path: str
     method: str
     seconds: float
-    # per-frame methods (kmeans, dbscan, gmm)
+    # per-frame methods (kmeans, dbscan, gmm, lungs)
+    partition: str
     n_regions: int
     n_frames_with_regions: int
+    n_quarantined: int
+    quarantined_by_error_class: dict[str, int]
+    options: dict[str, Any]
     # dataset methods (mllib_kmeans, mllib_gmm)
     k: int
     n_rows: int

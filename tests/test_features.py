@@ -229,7 +229,7 @@ def test_compute_features_on_spark_matches_driver(
     summary = F.compute_features(spark, tmp_path, "images", fs)
     assert summary["n_images"] == 13 and summary["n_failed"] == 0
     out = spark.read.parquet(str(tmp_path / "features"))
-    assert out.columns == ["image_id", "label", "split", "features"]
+    assert out.columns == ["image_id", "recipe", "label", "split", "features"]  # recipe: null from images
     names = F.feature_names_of(out)
     assert names == summary["feature_names"] and names[0] == "intensity_mean"
     got = {

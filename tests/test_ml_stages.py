@@ -116,7 +116,7 @@ def test_saved_pipeline_reproduces_the_cli_stages(spark, run: dict[str, Path]) -
         features = spark.read.parquet(str(out / "features"))
         assertDataFrameEqual(
             result.select("image_id", "label", "split", "features"),
-            features.where(F.col("split") == "val"),
+            features.where(F.col("split") == "val").select("image_id", "label", "split", "features"),
         )
         assert result.schema["features"].metadata == features.schema["features"].metadata
         assert result.schema["features"].metadata["ml_attr"]["num_attrs"] > 0

@@ -127,10 +127,11 @@ def run(spark: Any, sample_npz: Path, tmp_path_factory: pytest.TempPathFactory) 
     preprocess(spark, str(out), "classify", where="source_format = 'npz'")
     preprocess(spark, str(out), "chest_xray", where="source_format = 'dicom'")
     quality_report(spark, str(out))
-    compute_features(spark, str(out), "processed", "pixels14")
+    compute_features(spark, str(out), "processed", "pixels14", recipe="classify")
     trained = train(spark, str(out), "sk_logreg", {"params": {"C": 0.1}})
     evaluated = evaluate(spark, str(out), trained["model_path"], "val")
     localize(spark, str(out), "kmeans", {"k": 2})
+    localize(spark, str(out), "lungs", {"source": "images"})
     clusters = localize(spark, str(out), "mllib_kmeans", {"k": 2})
     summary = build_report(spark, str(out))
     return {
@@ -206,6 +207,17 @@ def test_report_tables_hold_the_real_counts(spark: Any, run: dict[str, Any]) -> 
     assert float(first[header.index("accuracy")]) == pytest.approx(ev["accuracy"], abs=1e-4)
     assert float(first[header.index("roc_auc")]) == pytest.approx(ev["roc_auc"], abs=1e-4)
     assert f"{run['clusters']['silhouette']:.4f}" in run["html"]
+
+
+def test_report_draws_each_methods_regions(run: dict[str, Any]) -> None:
+    """The lung fields (``lungs``) and the k-means clusters are drawn on frames, each method on its own."""
+    html = run["html"]
+    lungs = re.findall(r"<figcaption>([^<]*) · lungs · (\d+) regions · ([^<]*)</figcaption>", html)
+    kmeans = re.findall(r"<figcaption>([^<]*) · kmeans · (\d+) regions · ([^<]*)</figcaption>", html)
+    assert len(lungs) == len(kmeans) == 4
+    assert all(src == "images" for _, _, src in lungs)  # lungs ran on images, kmeans on processed frames
+    assert all(src.startswith("processed (") for _, _, src in kmeans)
+    assert sum(n == "2" for _, n, _ in lungs) >= 3  # two lung fields on the chest X-rays
 
 
 def test_missing_inputs_say_not_run_yet(run: dict[str, Any], tmp_path: Path) -> None:

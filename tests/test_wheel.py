@@ -154,6 +154,7 @@ pipeline:
   features:
     source: processed
     set: shape
+    recipe: classify
 """)
     cwd = tmp_path / "cwd"  # no ./conf here: every name resolves to the wheel's files
     cwd.mkdir()
@@ -166,7 +167,7 @@ pipeline:
     processed = pq.read_table(out / "processed", columns=["image_id", "recipe_name"]).to_pandas()
     assert processed.groupby("recipe_name").size().to_dict() == {"classify": 64, "mri": 1}
     features = pq.read_table(out / "features", columns=["image_id"]).to_pandas()
-    assert len(features) == 65
+    assert len(features) == 64  # the classify recipe's frames (features are per image and recipe)
     written = json.loads((out / "features" / FEATURE_SET_FILE).read_text())["feature_set"]
     assert written == json.loads(load_feature_set("shape").model_dump_json())
     assert (out / "metrics" / "quality.json").is_file()

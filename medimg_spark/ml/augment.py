@@ -91,10 +91,12 @@ def augmented_features(
     split: str,
     cfg: AugmentConfig,
     feature_set: str | Path | FeatureSet | None = None,
+    features_dir: str = "features",
 ) -> DataFrame:
     """Features of ``cfg.copies`` augmented copies of each ``split`` frame, computed on executors.
 
-    The feature set defaults to the one recorded in ``out_dir/features/_feature_set.json``.
+    The feature set defaults to the one recorded in ``out_dir/<features_dir>/_feature_set.json``;
+    from ``processed``, only the frames of the recipe recorded there are augmented.
     Masks (``processed`` source) are passed unchanged (augmentation is for mask-free sets).
     Returns a DataFrame (image_id ``<id>#aug<k>``, label, split, features vector).
 
@@ -106,17 +108,20 @@ def augmented_features(
     from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
 
     store = get_storage(spark)
+    rec = join(out_dir, features_dir, FEATURE_SET_FILE)
+    record = store.read_json(rec) if store.exists(rec) else {}
     if feature_set is None:
-        rec = join(out_dir, "features", FEATURE_SET_FILE)
-        if not store.exists(rec):
+        if not record:
             raise ModelDataError(f"{rec} is missing; run compute_features or pass feature_set explicitly")
-        fs = FeatureSet.model_validate(store.read_json(rec)["feature_set"])
+        fs = FeatureSet.model_validate(record["feature_set"])
     else:
         fs = load_feature_set(feature_set)
     src = join(out_dir, cfg.source)
     if not store.exists(src):
         raise ModelDataError(f"augmentation needs {src}; run ingest/preprocess or set augment.source")
     df = spark.read.parquet(src).where(F.col("split") == split)
+    if cfg.source == "processed" and record.get("recipe_hash") and "recipe_hash" in df.columns:
+        df = df.where(F.col("recipe_hash") == record["recipe_hash"])  # the recipe the features came from
     use_mask = "mask" in df.columns
     cols = ["image_id", "pixels", "rows", "cols", "channels", "dtype", "label"] + (
         ["mask"] if use_mask else []

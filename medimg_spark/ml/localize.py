@@ -14,6 +14,7 @@ silhouette score from :class:`pyspark.ml.evaluation.ClusteringEvaluator`.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,11 +38,16 @@ __all__ = [
     "DATASET_METHODS",
     "FRAME_METHODS",
     "LocalizeConfig",
+    "LocalizeFrameError",
+    "LocalizeTooLargeError",
+    "downsample_factor",
     "find_regions",
     "foreground_mask",
     "localize",
     "parse_localize_config",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Summary of a dataset clustering, written next to the ``clusters`` table's Parquet files.
 CLUSTERS_SUMMARY = "_summary.json"
@@ -76,6 +82,14 @@ def foreground_mask(image: np.ndarray, mask: np.ndarray | None = None, mode: str
     return u8 <= t if mode == "otsu_dark" else u8 > t
 
 
+class LocalizeFrameError(ModelDataError):
+    """One frame cannot be localised (too large even downsampled, or undecodable); it is quarantined."""
+
+
+class LocalizeTooLargeError(LocalizeFrameError):
+    """A frame's foreground exceeds ``max_points`` even at the largest downsampling factor."""
+
+
 def _cluster_labels(points: np.ndarray, method: str, cfg: LocalizeConfig) -> np.ndarray:
     n = len(points)
     rng = np.random.default_rng(cfg.seed)
@@ -105,49 +119,76 @@ def _cluster_labels(points: np.ndarray, method: str, cfg: LocalizeConfig) -> np.
         from sklearn.cluster import DBSCAN
 
         if n > cfg.max_points:
-            raise ModelConfigError(
-                f"{n} foreground pixels exceed max_points={cfg.max_points} for DBSCAN; raise max_points or downsample"
+            raise LocalizeTooLargeError(
+                f"{n} foreground pixels exceed max_points={cfg.max_points} for DBSCAN; raise max_points or "
+                "max_downsample"
             )
         return DBSCAN(eps=cfg.eps, min_samples=cfg.min_samples).fit_predict(points)
     raise ModelConfigError(f"unknown per-frame method {method!r}; choose from {list(FRAME_METHODS)}")
 
 
-def find_regions(
-    image: np.ndarray,
-    mask: np.ndarray | None = None,
-    method: str = "kmeans",
-    config: LocalizeConfig | dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Clusters of foreground pixels of one frame, largest first.
+def downsample_factor(shape: tuple[int, int], n_foreground: int, cfg: LocalizeConfig) -> int:
+    """The integer factor a frame is shrunk by before clustering (1: none).
 
-    Returns:
-        One dict per cluster: region (0-based rank by area), area, centroid_row, centroid_col,
-        bbox_min_row, bbox_min_col, bbox_max_row, bbox_max_col (inclusive), mean_intensity
-        (on the original pixel values). DBSCAN noise pixels are dropped.
+    The longer side is brought to at most ``max_side`` and the foreground to about ``max_points``
+    pixels.
+
+    Raises:
+        LocalizeTooLargeError: the factor needed exceeds ``max_downsample``.
     """
-    cfg = parse_localize_config(config)
-    gray = to_gray(image)
-    fg = foreground_mask(image, mask, cfg.foreground)
+    by_side = -(-max(shape) // cfg.max_side)
+    by_points = int(np.ceil(np.sqrt(n_foreground / cfg.max_points))) if n_foreground > cfg.max_points else 1
+    f = max(1, by_side, by_points)
+    if f > cfg.max_downsample:
+        raise LocalizeTooLargeError(
+            f"a {shape[0]}x{shape[1]} frame with {n_foreground} foreground pixels needs downsampling by {f}, "
+            f"over max_downsample={cfg.max_downsample}; raise max_downsample or max_points"
+        )
+    return f
+
+
+def _shrink(image: np.ndarray, factor: int) -> np.ndarray:
+    rows, cols = image.shape[:2]
+    size = (max(1, cols // factor), max(1, rows // factor))
+    return cv2.resize(image.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+
+
+def _label_map(
+    gray: np.ndarray, fg: np.ndarray, method: str, cfg: LocalizeConfig, unit: np.ndarray
+) -> np.ndarray:
+    """Cluster labels per pixel of a (possibly downsampled) frame: -1 off the foreground or noise."""
     rr, cc = np.nonzero(fg)
+    lab = np.full(fg.shape, -1, dtype=np.int32)
     if rr.size == 0:
-        return []
+        return lab
     pts = np.column_stack([rr, cc]).astype(np.float64)
     if cfg.intensity_weight > 0:
-        unit = to_unit(image)
         scale = max(gray.shape)
         pts = np.column_stack([pts, unit[rr, cc] * scale * cfg.intensity_weight])
-    labels = _cluster_labels(pts, method, cfg)
+    lab[rr, cc] = _cluster_labels(pts, method, cfg)
+    return lab
+
+
+def _upsample_labels(lab: np.ndarray, shape: tuple[int, int], factor: int) -> np.ndarray:
+    """Nearest-neighbour label map of a frame downsampled by ``factor``, back at full resolution."""
+    if factor == 1 and lab.shape == shape:
+        return lab
+    r_idx = np.minimum(np.arange(shape[0]) // factor, lab.shape[0] - 1)
+    c_idx = np.minimum(np.arange(shape[1]) // factor, lab.shape[1] - 1)
+    return lab[np.ix_(r_idx, c_idx)]
+
+
+def _regions_of(labels: np.ndarray, gray: np.ndarray, min_area: int) -> list[dict[str, Any]]:
     regions = []
     for lab in np.unique(labels):
         if lab < 0:
             continue
-        sel = labels == lab
-        if sel.sum() < cfg.min_area:
+        r, c = np.nonzero(labels == lab)
+        if r.size < min_area:
             continue
-        r, c = rr[sel], cc[sel]
         regions.append(
             {
-                "area": int(sel.sum()),
+                "area": int(r.size),
                 "centroid_row": float(r.mean()),
                 "centroid_col": float(c.mean()),
                 "bbox_min_row": int(r.min()),
@@ -163,6 +204,53 @@ def find_regions(
     return regions
 
 
+def find_regions(
+    image: np.ndarray,
+    mask: np.ndarray | None = None,
+    method: str = "kmeans",
+    config: LocalizeConfig | dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Regions of one frame, largest first: clusters of foreground pixels, or the lung fields (``lungs``).
+
+    A frame whose longer side exceeds ``max_side`` or whose foreground exceeds ``max_points`` pixels
+    is clustered downsampled (by an integer factor, see :func:`downsample_factor`); the cluster
+    labels are carried back to the full-resolution foreground, so every box, area and centroid is
+    in full-resolution pixels.
+
+    Returns:
+        One dict per region: region (0-based rank by area), area, centroid_row, centroid_col,
+        bbox_min_row, bbox_min_col, bbox_max_row, bbox_max_col (inclusive), mean_intensity
+        (on the original pixel values). DBSCAN noise pixels are dropped.
+
+    Raises:
+        LocalizeTooLargeError: the frame would need more than ``max_downsample``.
+        ModelConfigError: unknown method or invalid config.
+    """
+    cfg = parse_localize_config(config)
+    if method == "lungs":
+        from medimg_spark.ml.lungs import find_lungs
+
+        return find_lungs(image, cfg)
+    if method not in FRAME_METHODS:
+        raise ModelConfigError(f"unknown per-frame method {method!r}; choose from {list(FRAME_METHODS)}")
+    gray = to_gray(image)
+    fg = foreground_mask(image, mask, cfg.foreground)
+    n_fg = int(fg.sum())
+    if n_fg == 0:
+        return []
+    factor = downsample_factor(gray.shape, n_fg, cfg)
+    if factor == 1:
+        labels = _label_map(gray, fg, method, cfg, to_unit(image))
+    else:
+        small = _shrink(gray, factor)
+        small_fg = _shrink(fg.astype(np.float32), factor) >= 0.5
+        labels = _upsample_labels(
+            _label_map(small, small_fg, method, cfg, to_unit(small)), gray.shape, factor
+        )
+        labels = np.where(fg, labels, -1)
+    return _regions_of(labels, gray, cfg.min_area)
+
+
 REGION_FIELDS = (
     ("region", "int"),
     ("area", "int"),
@@ -174,6 +262,9 @@ REGION_FIELDS = (
     ("bbox_max_col", "int"),
     ("mean_intensity", "double"),
 )
+#: Columns of ``out_dir/regions`` (``method`` is its partition column).
+REGION_COLUMNS = ("image_id", "recipe", *(n for n, _ in REGION_FIELDS), "method")
+_WORK_COLUMNS = (*REGION_COLUMNS, "error_class", "error_message")
 
 
 def _region_partitions(
@@ -184,15 +275,24 @@ def _region_partitions(
 
         from medimg_spark.features import decode_row
 
+        cv2.setNumThreads(1)  # one task per core
         cfg = LocalizeConfig.model_validate_json(cfg_json)
         for pdf in batches:
             rows: list[dict[str, Any]] = []
             for row in pdf.to_dict("records"):
-                img, msk = decode_row(row, use_mask)
-                for reg in find_regions(img, msk, method, cfg):
-                    rows.append({"image_id": row["image_id"], "method": method, **reg})
-            cols = ["image_id", "method"] + [n for n, _ in REGION_FIELDS]
-            yield pd.DataFrame(rows, columns=cols)
+                base = {"image_id": row["image_id"], "recipe": row.get("recipe"), "method": method}
+                try:
+                    img, msk = decode_row(row, use_mask)
+                    if method == "lungs" and str(row.get("photometric") or "") == "MONOCHROME1":
+                        img = img.max() - img if np.issubdtype(img.dtype, np.integer) else -img
+                    regs = find_regions(img, msk, method, cfg)
+                except (ModelConfigError, MemoryError):
+                    raise
+                except Exception as exc:  # quarantined with its class: one frame never fails the job
+                    rows.append({**base, "error_class": type(exc).__name__, "error_message": str(exc)[:2000]})
+                    continue
+                rows.extend({**base, **reg, "error_class": None, "error_message": None} for reg in regs)
+            yield pd.DataFrame(rows, columns=list(_WORK_COLUMNS))
 
     return run
 
@@ -203,11 +303,15 @@ def localize(
     method: str,
     config: LocalizeConfig | dict[str, Any] | None = None,
 ) -> LocalizeSummary:
-    """Per-frame regions (``kmeans``/``dbscan``/``gmm``) or dataset clusters (``mllib_kmeans``/``mllib_gmm``).
+    """Per-frame regions (``kmeans``/``dbscan``/``gmm``/``lungs``) or dataset clusters (``mllib_*``).
 
-    Writes ``out_dir/regions/`` (image_id, method, region, area, centroid_row, centroid_col,
-    bbox_min_row, bbox_min_col, bbox_max_row, bbox_max_col, mean_intensity) or
-    ``out_dir/clusters/`` (image_id, label, split, cluster) plus ``clusters/_summary.json``.
+    Writes ``out_dir/regions/`` partitioned by ``method`` (only this method's partition is
+    replaced, so several methods' regions live side by side) with columns image_id, recipe
+    (the processed frame's recipe_name; null for ``images``), region, area, centroid_row,
+    centroid_col, bbox_min_row, bbox_min_col, bbox_max_row, bbox_max_col, mean_intensity, method;
+    or ``out_dir/clusters/`` (image_id, label, split, cluster) plus ``clusters/_summary.json``.
+    A frame that cannot be localised (see :class:`LocalizeFrameError`) is appended to
+    ``out_dir/quarantine`` (stage ``localize``, step = method) instead of failing the job.
 
     Returns:
         Summary with path, method and counts (and silhouette, cluster sizes for dataset methods).
@@ -223,6 +327,8 @@ def localize(
         raise ModelConfigError(
             f"unknown localize method {method!r}; choose from {list(FRAME_METHODS + DATASET_METHODS)}"
         )
+    from pyspark.sql import functions as F
+
     t0 = time.time()
     src = join(out_dir, cfg.source)
     if not get_storage(spark).exists(src):
@@ -230,23 +336,110 @@ def localize(
         raise ModelDataError(f"{src} does not exist; run the stage that writes it or set source: {other}")
     df = spark.read.parquet(src)
     use_mask = "mask" in df.columns
-    cols = ["image_id", "pixels", "rows", "cols", "channels", "dtype"] + (["mask"] if use_mask else [])
-    schema = "image_id string, method string, " + ", ".join(f"{n} {t}" for n, t in REGION_FIELDS)
-    regions = df.select(*cols).mapInPandas(
-        _region_partitions(method, cfg.model_dump_json(), use_mask), schema
+    cols: list[Any] = ["image_id", "pixels", "rows", "cols", "channels", "dtype"] + (
+        ["mask"] if use_mask else []
     )
-    dest = join(out_dir, "regions")
-    regions.write.mode("overwrite").parquet(dest)
-    written = spark.read.parquet(dest)
+    cols.append(
+        F.col("recipe_name").alias("recipe")
+        if "recipe_name" in df.columns
+        else F.lit(None).cast("string").alias("recipe")
+    )
+    if "photometric" in df.columns:
+        cols.append("photometric")
+    schema = (
+        "image_id string, recipe string, "
+        + ", ".join(f"{n} {t}" for n, t in REGION_FIELDS)
+        + ", method string, error_class string, error_message string"
+    )
+    work = (
+        df.select(*cols)
+        .mapInPandas(_region_partitions(method, cfg.model_dump_json(), use_mask), schema)
+        .cache()
+    )
+    try:
+        failed = work.where(F.col("error_class").isNotNull())
+        by_class = {
+            str(r["error_class"]): int(r["count"]) for r in failed.groupBy("error_class").count().collect()
+        }
+        if by_class:
+            _quarantine(spark, out_dir, df, failed, method)
+        dest = join(out_dir, "regions")
+        _drop_legacy_regions(spark, dest)
+        (
+            work.where(F.col("error_class").isNull())
+            .select(*REGION_COLUMNS)
+            .write.mode("overwrite")
+            .option("partitionOverwriteMode", "dynamic")
+            .partitionBy("method")
+            .parquet(dest)
+        )
+    finally:
+        work.unpersist()
+    written = spark.read.parquet(dest).where(F.col("method") == method)
     n_regions = written.count()
-    n_frames = written.select("image_id").distinct().count()
+    n_frames = written.select("image_id", "recipe").distinct().count()
     return {
         "path": dest,
+        "partition": join(dest, f"method={method}"),
         "method": method,
         "n_regions": int(n_regions),
         "n_frames_with_regions": int(n_frames),
+        "n_quarantined": sum(by_class.values()),
+        "quarantined_by_error_class": dict(sorted(by_class.items())),
+        "options": json.loads(cfg.model_dump_json()),
         "seconds": round(time.time() - t0, 3),
     }
+
+
+def _drop_legacy_regions(spark: SparkSession, dest: str) -> None:
+    """Delete a ``regions`` table written before it was partitioned by method (Parquet files at its root)."""
+    store = get_storage(spark)
+    if not store.exists(dest):
+        return
+    if store.list(dest, dirs=False, pattern="*.parquet"):
+        log.warning("%s holds an unpartitioned regions table from an older version; replacing it", dest)
+        store.delete(dest, recursive=True)
+
+
+def _quarantine(spark: SparkSession, out_dir: str | Path, src: Any, failed: Any, method: str) -> None:
+    """Append the frames ``method`` could not localise to ``out_dir/quarantine`` (stage ``localize``)."""
+    from pyspark.sql import functions as F
+
+    from medimg_spark.schema import QUARANTINE_SCHEMA
+
+    images_path = join(out_dir, "images")
+    f = failed.select("image_id", "recipe", "error_class", "error_message").distinct()
+    id_cols = ["image_id", "source_path", "file_sha256", "frame_index"]
+    if get_storage(spark).exists(images_path):
+        images = spark.read.parquet(images_path)
+        if all(c in images.columns for c in id_cols):
+            f = f.join(images.select(*id_cols), "image_id", "left")
+    values = {
+        "source_path": F.coalesce(F.col("source_path"), F.col("image_id"))
+        if "source_path" in f.columns
+        else F.col("image_id"),
+        "stage": F.lit("localize"),
+        "step": F.lit(method),
+        "error_message": F.concat(
+            F.lit(f"method={method} image_id="),
+            F.col("image_id"),
+            F.lit(" recipe="),
+            F.coalesce(F.col("recipe"), F.lit("-")),
+            F.lit(": "),
+            F.col("error_message"),
+        ),
+        "ingest_run_id": F.lit(f"localize-{method}"),
+        "quarantined_at": F.current_timestamp(),
+    }
+    out = f.select(
+        *[
+            values.get(fld.name, F.col(fld.name) if fld.name in f.columns else F.lit(None))
+            .cast(fld.dataType)
+            .alias(fld.name)
+            for fld in QUARANTINE_SCHEMA
+        ]
+    )
+    out.write.mode("append").parquet(join(out_dir, "quarantine"))
 
 
 def _cluster_dataset(

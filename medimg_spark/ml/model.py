@@ -81,6 +81,12 @@ class ModelCard(BaseModel):
     threshold_rule: str | None = None
     feature_names: list[str]
     feature_set: str | None = None
+    feature_set_id: str | None = Field(
+        None, description="<name>-<sha256[:8]> of the features table trained on"
+    )
+    feature_set_sha256: str | None = Field(
+        None, description="what the features table was computed with, hashed (predict reads that set)"
+    )
     train_data_sha256: str
     n_train: int
     n_val: int = 0

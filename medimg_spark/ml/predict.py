@@ -26,17 +26,29 @@ def predictions_frame(
 ) -> DataFrame:
     """Predictions (image_id, label, split, prediction, probability, score, model) as a lazy DataFrame.
 
-    Feature models read ``out_dir/<features_dir>``; a CNN reads its frames table (``images``, or
-    ``processed`` and its recipe, as its card says) and a vote joins its members' predictions.
+    Feature models read the features of the set the model's card names (``feature_set_sha256``):
+    the latest ``features`` table, or the one kept in ``feature_sets/`` when features were since
+    recomputed with another set. A CNN reads its frames table (``images``, or ``processed`` and its
+    recipe, as its card says) and a vote joins its members' predictions.
 
     Raises:
+        FeatureSetNotFoundError: the model's feature set is no longer in the run folder.
         ModelDataError: the features table is missing or its width differs from the model's.
     """
     from pyspark.sql import functions as F
 
     if model.card.kind in ("cnn", "vote"):  # they read the images/processed table (or their members')
         return model.own_predictions(spark, out_dir, split)
-    df = read_features(spark, out_dir, features_dir)
+    c = model.card
+    df = read_features(
+        spark,
+        out_dir,
+        features_dir,
+        c.feature_set_sha256,
+        c.feature_set_id,
+        c.feature_set,
+        len(c.feature_names),
+    )
     if split is not None:
         df = df.where(F.col("split") == split)
     first = df.select("features").first()

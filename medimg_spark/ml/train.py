@@ -67,14 +67,31 @@ def parse_train_config(data: TrainConfig | dict[str, Any] | str | Path | None) -
 # ----------------------------------------------------------------------------- data
 
 
-def read_features(spark: SparkSession, out_dir: str | Path, features_dir: str = "features") -> DataFrame:
+def read_features(
+    spark: SparkSession,
+    out_dir: str | Path,
+    features_dir: str = "features",
+    sha256: str | None = None,
+    set_id: str | None = None,
+    name: str | None = None,
+    n_features: int | None = None,
+) -> DataFrame:
     """The features table of a run (``out_dir``: local path or URI).
+
+    By default ``out_dir/features_dir``: the latest feature set (or ``feature_sets/<set id>`` when
+    ``features_dir`` names one). With a model card's ``sha256`` (and ``set_id``/``name``/
+    ``n_features``), the set that model was trained on, wherever it now is
+    (:func:`medimg_spark.features.locate_feature_set`).
 
     Raises:
         ModelDataError: the table is missing.
+        FeatureSetNotFoundError: the set named by ``sha256`` is gone.
     """
-    path = join(out_dir, features_dir)
-    if not get_storage(spark).exists(path):
+    from medimg_spark.features import locate_feature_set
+
+    store = get_storage(spark)
+    path = locate_feature_set(store, out_dir, features_dir, sha256, set_id, name, n_features)
+    if not store.exists(path):
         raise ModelDataError(f"{path} does not exist; run compute_features (medimg features) first")
     return spark.read.parquet(path)
 
@@ -380,7 +397,9 @@ def _train_sklearn(
             f"no rows with split={cfg.train_split!r} in the features table; check the split names"
         )
     if cfg.augment is not None:
-        aug = augmented_features(spark, out_dir, cfg.train_split, cfg.augment, cfg.feature_set)
+        aug = augmented_features(
+            spark, out_dir, cfg.train_split, cfg.augment, cfg.feature_set, cfg.features_dir
+        )
         aids, aX, ay = collect_split(aug, None)
         if aX.shape[1:] != X.shape[1:]:
             raise ModelDataError(
@@ -396,8 +415,19 @@ def _train_sklearn(
     fs_name = _recorded_feature_set(spark, out_dir, cfg)
     model, info = fit_sklearn_arrays(model_name, cfg, X, y, Xv, yv, names, ids, fs_name)
     model.card.spark_version = spark.version
+    model.card.feature_set_id, model.card.feature_set_sha256 = _recorded_set_identity(spark, out_dir, cfg)
     model.save(model_dir, get_storage(spark))
     return _summary(model, model_dir, info)
+
+
+def _recorded_set_identity(
+    spark: SparkSession, out_dir: str | Path, cfg: TrainConfig
+) -> tuple[str | None, str | None]:
+    """``(set id, sha256)`` recorded with the features table trained on (None for older tables)."""
+    from medimg_spark.features import read_feature_set_record
+
+    rec = read_feature_set_record(get_storage(spark), join(out_dir, cfg.features_dir)) or {}
+    return rec.get("set_id"), rec.get("sha256")
 
 
 def _recorded_feature_set(spark: SparkSession, out_dir: str | Path, cfg: TrainConfig) -> str | None:
@@ -505,7 +535,9 @@ def _train_mllib(
         "image_id", F.col("label").cast("string"), "features"
     )
     if cfg.augment is not None:
-        aug = augmented_features(spark, out_dir, cfg.train_split, cfg.augment, cfg.feature_set)
+        aug = augmented_features(
+            spark, out_dir, cfg.train_split, cfg.augment, cfg.feature_set, cfg.features_dir
+        )
         train_df = train_df.unionByName(aug.select("image_id", "label", "features"))
     counts = {r["label"]: int(r["count"]) for r in train_df.groupBy("label").count().collect()}
     if not counts:
@@ -550,6 +582,8 @@ def _train_mllib(
             threshold_rule=cfg.threshold.rule if pos is not None else None,
             feature_names=names,
             feature_set=_recorded_feature_set(spark, out_dir, cfg),
+            feature_set_id=_recorded_set_identity(spark, out_dir, cfg)[0],
+            feature_set_sha256=_recorded_set_identity(spark, out_dir, cfg)[1],
             train_data_sha256=_spark_data_hash(train_df),
             n_train=n,
             class_weight=cfg.class_weight,

@@ -605,45 +605,62 @@ def _regions(ctx: _Ctx) -> str:
             ],
         )
     ]
-    ids = [
-        r["image_id"]
-        for r in reg.select("image_id").distinct().orderBy("image_id").limit(ctx.cfg.region_frames).collect()
-    ]
-    boxes: dict[str, list[dict[str, Any]]] = {}
+    # per method, the first frames with their boxes (each method drawn on its own: lungs, kmeans...)
+    methods = [str(r["method"]) for r in stats]
+    has_recipe = "recipe" in reg.columns
+    picks: list[tuple[str, str, str | None]] = []  # (method, image_id, recipe)
+    for method in methods:
+        keys = ["image_id", "recipe"] if has_recipe else ["image_id"]
+        for r in (
+            reg.where(F.col("method") == method)
+            .select(*keys)
+            .distinct()
+            .orderBy(*keys)
+            .limit(ctx.cfg.region_frames)
+            .collect()
+        ):
+            picks.append((method, r["image_id"], r["recipe"] if has_recipe else None))
+    ids = sorted({p[1] for p in picks})
+    boxes: dict[tuple[str, str, str | None], list[dict[str, Any]]] = {}
     for r in (
         _ids_in(reg, ids)
-        .orderBy("image_id", "region")
-        .limit(ctx.cfg.region_frames * MAX_REGIONS_PER_FRAME)
+        .orderBy("method", "image_id", "region")
+        .limit(len(picks) * MAX_REGIONS_PER_FRAME)
         .collect()
     ):
-        boxes.setdefault(r["image_id"], []).append(r.asDict())
+        d = r.asDict()
+        boxes.setdefault((d["method"], d["image_id"], d.get("recipe")), []).append(d)
     frame_cols = ["image_id", "rows", "cols", "channels", "dtype", "pixels"]
-    candidates: dict[str, list[tuple[str, Any]]] = {}
+    candidates: dict[str, list[tuple[str, str | None, Any]]] = {}
     processed = ctx.read("processed", PROCESSED_SCHEMA)
     if processed is not None:
         rows = (
             _ids_in(processed, ids)
             .select(*frame_cols, "recipe_name", "recipe_hash")
             .orderBy("image_id", "recipe_name", "recipe_hash")
-            .limit(ctx.cfg.region_frames * 4)
+            .limit(len(ids) * 4)
             .collect()
         )
         for r in rows:
-            candidates.setdefault(r["image_id"], []).append((f"processed ({r['recipe_name']})", r))
+            candidates.setdefault(r["image_id"], []).append(
+                (f"processed ({r['recipe_name']})", r["recipe_name"], r)
+            )
     images = ctx.read("images", IMAGES_SCHEMA)
     if images is not None:
         for r in _ids_in(images, ids).select(*frame_cols).collect():
-            candidates.setdefault(r["image_id"], []).append(("images", r))
+            candidates.setdefault(r["image_id"], []).append(("images", None, r))
     figs = []
-    for image_id in ids:
-        regs = boxes.get(image_id, [])
+    for method, image_id, recipe in picks:
+        regs = boxes.get((method, image_id, recipe), [])
         max_r = max((int(b["bbox_max_row"]) for b in regs), default=0)
         max_c = max((int(b["bbox_max_col"]) for b in regs), default=0)
         fits = [
-            (src, r) for src, r in candidates.get(image_id, []) if r["rows"] > max_r and r["cols"] > max_c
+            (src, r)
+            for src, rec, r in candidates.get(image_id, [])
+            if r["rows"] > max_r and r["cols"] > max_c and (not has_recipe or rec == recipe)
         ]
         if not fits:
-            figs.append(H.figure('<div class="muted">frame not found</div>', image_id))
+            figs.append(H.figure('<div class="muted">frame not found</div>', f"{image_id} · {method}"))
             continue
         src, row = fits[0]
         try:
@@ -654,7 +671,8 @@ def _regions(ctx: _Ctx) -> str:
             continue
         figs.append(
             H.figure(
-                ctx.picture(uri, f"regions {image_id}", "thumb"), f"{image_id} · {len(regs)} regions · {src}"
+                ctx.picture(uri, f"regions {method} {image_id}", "thumb"),
+                f"{image_id} · {method} · {len(regs)} regions · {src}",
             )
         )
     parts.append(f'<div class="grid">{"".join(figs)}</div>')
