@@ -15,6 +15,8 @@ from medimg_spark.config_models import (
     ModelRun,
     PipelineConfig,
     RecipeRun,
+    RecognizeConfig,
+    RecognizeRun,
 )
 from medimg_spark.errors import ConfigError
 from medimg_spark.runlog import RunLog
@@ -28,6 +30,7 @@ __all__ = [
     "RecipeRun",
     "load_pipeline",
     "recipe_runs",
+    "recognize_options",
     "resolve_input",
     "run_features",
     "run_pipeline",
@@ -81,6 +84,26 @@ def run_features(cfg: MedimgConfig, pc: PipelineConfig) -> FeaturesConfig:
 def train_options(cfg: MedimgConfig, options: dict[str, Any]) -> dict[str, Any]:
     """One pipeline model's training options: the ``train`` section, with the model's own keys winning."""
     return {**cfg.train.model_dump(exclude_unset=True), **options}
+
+
+def recognize_options(cfg: MedimgConfig, run: RecognizeRun) -> RecognizeConfig:
+    """One recognize model's options: the ``recognize`` section, with the run's ``options`` winning.
+
+    Raises:
+        ConfigError: an option is unknown or invalid (names ``pipeline.recognize[<name>]``).
+    """
+    from pydantic import ValidationError
+
+    merged = {**cfg.recognize.model_dump(exclude_unset=True), **run.options, "name": run.name}
+    try:
+        rcfg = RecognizeConfig.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(f"pipeline.recognize[{run.name}].options: {err}") from None
+    if rcfg.region_labels == "mask" and rcfg.source != "processed":
+        raise ConfigError(
+            f"pipeline.recognize[{run.name}]: region_labels: mask needs source: processed (the masks)"
+        )
+    return rcfg
 
 
 def run_pipeline(
@@ -172,6 +195,14 @@ def run_pipeline(
             with log.stage("localize", method=method) as rec:
                 results.setdefault("localize", []).append(localize(spark, out, method, cfg.localize))
                 rec.update(_counts(results["localize"][-1]))
+    if "recognize" in pc.stages:
+        from medimg_spark.ml.recognize import recognize
+
+        for rr in pc.recognize:
+            rcfg = recognize_options(cfg, rr)
+            with log.stage("recognize", model=rr.name) as rec:
+                results.setdefault("recognize", []).append(recognize(spark, out, rcfg, name=rr.name))
+                rec.update(_counts(results["recognize"][-1]))
     if "report" in pc.stages:
         from medimg_spark.report import build_report
 
@@ -241,6 +272,9 @@ def validate_recipes(pc: PipelineConfig, base: Path, cfg: MedimgConfig | None = 
             except Exception as err:
                 raise ConfigError(f"pipeline.models[{m.name}].train: {err}") from None
 
+    if "recognize" in pc.stages:
+        for rr in pc.recognize:
+            recognize_options(cfg, rr)
     if "preprocess" in pc.stages:
         runs = recipe_runs(cfg, pc)
         if not runs:
