@@ -374,7 +374,7 @@ class RecognizeConfig(BaseModel):
     mask_overlap: float = Field(0.5, gt=0, le=1, description="'mask' labels: overlap fraction needed")
     mil_rounds: int = Field(3, ge=0, le=20, description="re-labelling rounds after the initial fit")
     top_fraction: float = Field(
-        0.25, gt=0, le=1, description="share of a positive image's regions kept positive in each round"
+        0.5, gt=0, le=1, description="share of a positive image's regions kept positive in each round"
     )
     aggregate: Aggregate | Literal["auto"] = Field(
         "auto", description="image score from region scores; 'auto' chooses on val (ROC AUC)"

@@ -313,3 +313,26 @@ def test_pipeline_recognize_options_win_and_are_validated() -> None:
     )
     with pytest.raises(ConfigError, match=r"(?s)pipeline\.recognize\[x\]\.options: .*top_fracton"):
         validate_recipes(bad.pipeline, Path.cwd(), bad)
+
+
+def test_the_core_runs_without_pyspark() -> None:
+    from tests.test_layers import _run
+
+    out = _run(
+        """
+        import json
+        import numpy as np
+        from medimg_spark.ml.recognize import RecognizeConfig, fit_region_model, recognize_frame, region_table
+
+        rng = np.random.default_rng(0)
+        imgs = [rng.integers(0, 255, (40, 40), dtype=np.uint8) for _ in range(8)]
+        for i in range(4):  # positives: one bright blob
+            imgs[i][10:20, 10:20] = 250
+        cfg = RecognizeConfig(mil_rounds=1)
+        regs = [recognize_frame(x, cfg) for x in imgs]
+        t = region_table([str(i) for i in range(8)], ["1"] * 4 + ["0"] * 4, regs)
+        m = fit_region_model(t, None, cfg)
+        print(json.dumps({"classes": m.classes, "n": int(len(t["X"]))}))
+        """
+    )
+    assert out["classes"] == ["0", "1"] and out["n"] > 8

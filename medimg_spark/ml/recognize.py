@@ -736,7 +736,8 @@ def fit_region_model(
         y_new = _relabel(proba, train, img_class, neg, cfg.top_fraction)
         changed = int((y_new != y).sum())
         y = y_new
-        est = _estimator(cfg, balanced)
+        # warm start: the same pipeline refits from the previous round's coefficients (same scaling)
+        est.set_params(logisticregression__warm_start=True)
         est.fit(X, np.asarray(classes, dtype=object)[y])
         history.append({"round": r + 1, "positive_regions": int((y != neg).sum()), "changed": changed})
         if changed == 0:
@@ -911,10 +912,11 @@ def _collect_splits(
     for extra in parts[1:]:
         both = both.unionByName(extra)
     pdf = both.toPandas()
-    return {split: _region_table_of(pdf[pdf["split"] == split]) for split in splits}
+    return {split: region_table_from_pandas(pdf[pdf["split"] == split]) for split in splits}
 
 
-def _region_table_of(pdf: pd.DataFrame) -> RegionTable:
+def region_table_from_pandas(pdf: pd.DataFrame) -> RegionTable:
+    """A :class:`RegionTable` from region rows (image_id, label, region_id, mask_overlap, features)."""
     pdf = pdf.sort_values(["image_id", "region_id"], kind="stable")
     ids_sorted, image = np.unique(pdf["image_id"].to_numpy(dtype=object).astype(str), return_inverse=True)
     first = np.searchsorted(image, np.arange(len(ids_sorted)))
