@@ -162,6 +162,29 @@ def test_per_image_rows_are_read_by_evaluate(
     assert model.card.feature_names == region_feature_names()
 
 
+def test_predict_with_a_region_model_reproduces_the_stage(
+    spark: Any, lake: Path, recognized: dict, tmp_path: Path
+) -> None:
+    """``medimg predict`` recomputes the regions of val on the executors: the same rows as the stage wrote."""
+    from pyspark.sql import functions as F
+
+    copy = tmp_path / "lake"
+    shutil.copytree(lake, copy)
+    before = spark.read.parquet(str(lake / "predictions")).where(
+        (F.col("model") == "reg") & (F.col("split") == "val")
+    )
+    before_pdf = before.toPandas().sort_values("image_id").reset_index(drop=True)
+    code = main(["predict", "--out", str(copy), "--model", str(copy / "models" / "reg"), "--split", "val"])
+    assert code == EXIT_OK
+    after = spark.read.parquet(str(copy / "predictions")).where(F.col("model") == "reg")
+    after_pdf = after.toPandas().sort_values("image_id").reset_index(drop=True)
+    assert len(after_pdf) == N_VAL and list(after_pdf.image_id) == list(before_pdf.image_id)
+    assert list(after_pdf.prediction) == list(before_pdf.prediction)
+    np.testing.assert_allclose(
+        np.vstack(after_pdf.probability), np.vstack(before_pdf.probability), rtol=1e-12
+    )
+
+
 def test_mil_positive_images_have_a_positive_region(tables: dict[str, Any]) -> None:
     tr, va = tables["train"], tables["val"]
     model = fit_region_model(tr, va, {**OPTIONS, "top_fraction": 0.25})

@@ -74,6 +74,7 @@ __all__ = [
     "is_region_model",
     "load_region_model",
     "parse_recognize_config",
+    "predict_regions",
     "recognize",
     "recognize_frame",
     "region_feature_names",
@@ -964,40 +965,62 @@ def _score_regions(rf: DataFrame, model: RegionModel) -> DataFrame:
 
 
 def _image_rows(regions: DataFrame, model: RegionModel) -> DataFrame:
-    """One row per image (the columns of ``predictions/``) aggregated from its scored regions."""
+    """One row per image (the columns of ``predictions/``) aggregated from its scored regions.
+
+    The region rows are hash-partitioned by image and sorted, so each partition streams through
+    ``mapInPandas`` holding at most one image's rows across Arrow batches (no per-group Python call).
+    """
     import pandas as pd
 
-    card_json = model.card.model_dump_json()
+    rule = RegionModel(None, model.card)  # the image rule only; pickled into the closure
     name = model.card.model_name
+    columns = ["image_id", "label", "split", "prediction", "probability", "score", "model"]
 
-    def per_image(pdf: pd.DataFrame) -> pd.DataFrame:
-        card = RegionModelCard.model_validate_json(card_json)
-        m = RegionModel(None, card)
+    def rows_of(pdf: pd.DataFrame) -> pd.DataFrame:
+        codes, uniques = pd.factorize(pdf["image_id"], sort=False)
         P = np.vstack([np.asarray(v, dtype=np.float64) for v in pdf["probability"]])
-        proba = m.image_proba(P, np.zeros(len(P), dtype=int), 1)
-        pred = m.decide(proba)
-        score_v = (
-            float(proba[0, card.classes.index(card.positive_label)])
-            if card.positive_label is not None
-            else None
-        )
+        proba = rule.image_proba(P, codes, len(uniques))
+        first = np.searchsorted(codes, np.arange(len(uniques))) if len(codes) else np.zeros(0, dtype=int)
+        classes = rule.card.classes
+        pos = rule.card.positive_label
         return pd.DataFrame(
             {
-                "image_id": [pdf["image_id"].iloc[0]],
-                "label": [pdf["label"].iloc[0]],
-                "split": [pdf["split"].iloc[0]],
-                "prediction": [pred[0]],
-                "probability": [proba[0].tolist()],
-                "score": [score_v],
-                "model": [name],
-            }
+                "image_id": pdf["image_id"].to_numpy()[first],
+                "label": pdf["label"].to_numpy()[first],
+                "split": pdf["split"].to_numpy()[first],
+                "prediction": rule.decide(proba),
+                "probability": list(proba),
+                "score": proba[:, classes.index(pos)] if pos is not None else np.full(len(uniques), np.nan),
+                "model": name,
+            },
+            columns=columns,
         )
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        carry: pd.DataFrame | None = None
+        for pdf in batches:
+            if carry is not None:
+                pdf = pd.concat([carry, pdf], ignore_index=True)
+            if len(pdf) == 0:
+                continue
+            last = pdf["image_id"].iloc[-1]
+            tail = (pdf["image_id"] == last).to_numpy()
+            carry = pdf[tail]
+            if (~tail).any():
+                yield rows_of(pdf[~tail].reset_index(drop=True))
+        if carry is not None and len(carry):
+            yield rows_of(carry.reset_index(drop=True))
 
     img_schema = (
         "image_id string, label string, split string, prediction string, probability array<double>, "
         "score double, model string"
     )
-    return regions.groupBy("image_id", "label", "split").applyInPandas(per_image, img_schema)
+    ordered = (
+        regions.select("image_id", "label", "split", "region_id", "probability")
+        .repartition("image_id")
+        .sortWithinPartitions("image_id", "region_id")
+    )
+    return ordered.mapInPandas(run, img_schema)
 
 
 def _metrics_of(pdf: pd.DataFrame, model: RegionModel) -> dict[str, Any]:
@@ -1109,6 +1132,49 @@ def recognize(
         }
         if val_metrics
         else None,
+        "seconds": round(time.time() - t0, 3),
+    }
+
+
+def predict_regions(
+    spark: SparkSession, out_dir: str | Path, model_path: str | Path, split: str | None = None
+) -> dict[str, Any]:
+    """Apply a saved region model to ``out_dir/<source>`` (``medimg predict`` with a region model).
+
+    Recomputes the regions with the model's own options (working size, superpixels), scores them on the
+    executors and replaces the model's partitions of ``region_predictions/`` and ``predictions/`` (only
+    ``split`` when given).
+
+    Returns:
+        Summary: path, partition, model, split, n_rows, counts per predicted class, seconds.
+    """
+    from pyspark.sql import functions as F
+
+    t0 = time.time()
+    store = get_storage(spark)
+    model = load_region_model(model_path, store)
+    name = model.card.model_name
+    rf = region_features_frame(spark, out_dir, model.config)
+    if split is not None:
+        rf = rf.where(F.col("split") == split)
+    reg_root = join(out_dir, REGION_PREDICTIONS_DIR)
+    _score_regions(rf, model).write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy(
+        "model"
+    ).parquet(reg_root)
+    images = _image_rows(spark.read.parquet(reg_root).where(F.col("model") == name), model)
+    pred_root = join(out_dir, PREDICTIONS_DIR)
+    images.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy("model").parquet(
+        pred_root
+    )
+    written = spark.read.parquet(pred_root).where(F.col("model") == name)
+    counts = {r["prediction"]: int(r["count"]) for r in written.groupBy("prediction").count().collect()}
+    return {
+        "path": pred_root,
+        "partition": join(pred_root, f"model={name}"),
+        "model": name,
+        "split": split,
+        "n_rows": sum(counts.values()),
+        "counts": counts,
         "seconds": round(time.time() - t0, 3),
     }
 
