@@ -594,6 +594,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             for m in results["evaluate"]:
                 print(format_metrics(m, f"{m.get('model')} on {m.get('split')}"))
+        for rec in results.get("recognize", []):
+            print(f"recognize {rec['model_name']}: " + ", ".join(f"{k}={v}" for k, v in rec.items()))
         if "report" in results:
             print(f"report: {results['report'].get('path')}")
         import os

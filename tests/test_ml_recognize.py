@@ -185,6 +185,35 @@ def test_predict_with_a_region_model_reproduces_the_stage(
     )
 
 
+def test_medimg_run_trains_the_pipeline_recognize_models(
+    lake: Path, recognized: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "lake"
+    shutil.copytree(lake, copy)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "recognize": OPTIONS,
+                "pipeline": {
+                    "stages": ["recognize"],
+                    "recognize": [{"name": "qs", "options": {"mil_rounds": 0}}],
+                },
+            }
+        )
+    )
+    log = tmp_path / "log.jsonl"
+    assert main(["run", "--config", str(cfg), "--out", str(copy), "--log-json", str(log)]) == EXIT_OK
+    assert "recognize qs: " in capsys.readouterr().out
+    card = json.loads((copy / "models" / "qs" / "card.json").read_text())
+    assert card["config"]["mil_rounds"] == 0 and card["config"]["superpixels"]["n_segments"] == 32
+    assert len(card["mil_history"]) == 1
+    assert (copy / "predictions" / "model=qs").is_dir() and (copy / "predictions" / "model=reg").is_dir()
+    assert (copy / "metrics" / "eval_qs_val.json").is_file()
+    ends = [json.loads(line) for line in log.read_text().splitlines() if '"stage_end"' in line]
+    assert [e["stage"] for e in ends] == ["recognize"] and ends[0]["n_images"] == N_TRAIN + N_VAL + 1
+
+
 def test_mil_positive_images_have_a_positive_region(tables: dict[str, Any]) -> None:
     tr, va = tables["train"], tables["val"]
     model = fit_region_model(tr, va, {**OPTIONS, "top_fraction": 0.25})
