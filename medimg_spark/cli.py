@@ -205,6 +205,24 @@ def _add_localize(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
+def _add_recognize(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``medimg recognize`` (the config's ``recognize`` section holds the other options)."""
+    p.add_argument("--out", required=True, help="output directory holding images/ or processed/")
+    p.add_argument("--name", help="model name: DIR/models/<name> (default: recognize.name)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        choices=["images", "processed"],
+        help="table whose frames are recognised (default: recognize.source)",
+    )
+    p.add_argument(
+        "--method",
+        choices=["slic", "quickshift"],
+        help="superpixel method (default: recognize.superpixels.method)",
+    )
+    _common(p)
+
+
 def _add_report(p: argparse.ArgumentParser) -> None:
     """Arguments of ``medimg report``."""
     p.add_argument("--out", required=True, help="output directory of the pipeline")
@@ -529,6 +547,30 @@ def cmd_localize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_recognize(args: argparse.Namespace) -> int:
+    """``medimg recognize``: flags win over the config's ``recognize`` section."""
+    from medimg_spark.config import load_config
+    from medimg_spark.ml.recognize import recognize
+
+    cfg = load_config(args.config)
+    rcfg = cfg.recognize
+    if args.source:
+        rcfg = rcfg.model_copy(update={"source": args.source})
+    if args.method:
+        rcfg = rcfg.model_copy(
+            update={"superpixels": rcfg.superpixels.model_copy(update={"method": args.method})}
+        )
+    if rcfg.region_labels == "mask" and rcfg.source != "processed":
+        raise ConfigError(
+            "recognize.region_labels: mask needs the processed table's masks: set recognize.source: "
+            "processed (or --from processed), or region_labels: mil"
+        )
+    spark = _session(args, cfg, "recognize")
+    summary = recognize(spark, args.out, rcfg, name=args.name)
+    _print(args, summary, "recognize → " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """``medimg report``."""
     from medimg_spark.config import load_config
@@ -603,6 +645,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             for m in results["evaluate"]:
                 print(format_metrics(m, f"{m.get('model')} on {m.get('split')}"))
+        for rec in results.get("recognize", []):
+            print(f"recognize {rec['model_name']}: " + ", ".join(f"{k}={v}" for k, v in rec.items()))
         if "report" in results:
             print(f"report: {results['report'].get('path')}")
         import os

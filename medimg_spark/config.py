@@ -27,6 +27,7 @@ from medimg_spark.config_models import (
     LocalizeConfig,
     PipelineConfig,
     PreprocessConfig,
+    RecognizeConfig,
     ReportConfig,
     StrictModel,
     TrainConfig,
@@ -174,6 +175,10 @@ class MedimgConfig(StrictModel):
     localize: LocalizeConfig = Field(
         default_factory=LocalizeConfig,
         description="Read by `medimg localize` and the localize stage of `medimg run`.",
+    )
+    recognize: RecognizeConfig = Field(
+        default_factory=RecognizeConfig,
+        description="Read by `medimg recognize` and the recognize stage of `medimg run`.",
     )
     report: ReportConfig = Field(
         default_factory=ReportConfig,

@@ -431,6 +431,72 @@ class LocalizeConfig(BaseModel):
     features_dir: str = Field("features", description="feature table of the MLlib methods")
 
 
+# ----------------------------------------------------------------------------- recognize
+
+SuperpixelMethod = Literal["slic", "quickshift"]
+Aggregate = Literal["max", "noisy_or", "top_k_mean"]
+
+
+class SuperpixelConfig(BaseModel):
+    """Superpixels of the working-size frame (``skimage.segmentation.slic`` or ``quickshift``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: SuperpixelMethod = Field("slic", description="slic | quickshift")
+    n_segments: int = Field(48, ge=2, le=10000, description="SLIC: approximate number of superpixels")
+    compactness: float = Field(0.1, gt=0, description="SLIC: colour vs space balance (grey frames: ~0.1)")
+    sigma: float = Field(0.5, ge=0, description="Gaussian smoothing before segmentation (both methods)")
+    kernel_size: float = Field(3.0, gt=0, description="quickshift: density kernel width")
+    max_dist: float = Field(6.0, gt=0, description="quickshift: cut-off of the tree links")
+    ratio: float = Field(0.5, ge=0, le=1, description="quickshift: colour vs space balance")
+
+
+class RecognizeConfig(BaseModel):
+    """Options of region-level recognition (the ``recognize`` section; unknown keys are rejected).
+
+    Read by ``medimg recognize`` and by every ``pipeline.recognize`` entry of ``medimg run`` (whose
+    ``options`` win over these keys).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Source = Field("images", description="table whose frames are recognised (--from wins)")
+    name: str = Field("regions", min_length=1, description="model name: DIR/models/<name> (--name wins)")
+    max_side: int = Field(128, ge=16, le=1024, description="frames larger than this are downsampled first")
+    min_side: int = Field(64, ge=8, le=1024, description="frames smaller than this are upsampled first")
+    equalize: bool = Field(True, description="histogram-equalise the working-size frame")
+    superpixels: SuperpixelConfig = Field(SuperpixelConfig(), description="how frames are cut into regions")
+    min_region_pixels: int = Field(4, ge=1, description="smaller superpixels join no region (dropped)")
+    glcm_levels: int = Field(16, ge=2, le=256, description="grey levels of the per-region GLCM")
+    region_labels: Literal["mil", "mask"] = Field(
+        "mil",
+        description="'mil': multiple-instance labels from image labels; 'mask': regions of a labelled "
+        "image overlapping its mask (processed table) take the image label, the others the negative class",
+    )
+    mask_overlap: float = Field(0.5, gt=0, le=1, description="'mask' labels: overlap fraction needed")
+    mil_rounds: int = Field(3, ge=0, le=20, description="re-labelling rounds after the initial fit")
+    top_fraction: float = Field(
+        0.5, gt=0, le=1, description="share of a positive image's regions kept positive in each round"
+    )
+    aggregate: Aggregate | Literal["auto"] = Field(
+        "auto", description="image score from region scores; 'auto' chooses on val (ROC AUC)"
+    )
+    top_k: int = Field(3, ge=1, description="regions averaged by the top_k_mean aggregate")
+    C: float = Field(1.0, gt=0, description="inverse L2 strength of the softmax (logistic) regression")
+    max_iter: int = Field(500, ge=10, description="solver iterations of each fit")
+    negative_label: str | None = Field(
+        None, description="class of background regions (default: the first class in sorted order)"
+    )
+    class_weight: Literal["balanced", "none"] = Field("balanced", description="region class weights")
+    threshold: ThresholdConfig = Field(ThresholdConfig(), description="binary decision threshold on val")
+    train_split: str = Field("train", description="split the region model is fitted on")
+    val_split: str | None = Field("val", description="split of the aggregate choice and threshold")
+    max_train_regions: int = Field(
+        400000, ge=100, description="region rows collected to the driver for fitting (a bound)"
+    )
+    seed: int = Field(0, description="random seed (superpixels, subsampling, solver)")
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -517,6 +583,15 @@ class LocalizeRun(StrictModel):
     )
 
 
+class RecognizeRun(StrictModel):
+    """One region-level model of the recognize stage; ``options`` win over the ``recognize`` section."""
+
+    name: str = Field(min_length=1, description="Saved under DIR/models/<name>; its predictions partition.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="RecognizeConfig keys for this model (e.g. superpixels, aggregate)."
+    )
+
+
 class PipelineConfig(StrictModel):
     """The ``pipeline`` section: what ``medimg run`` runs, in order."""
 
@@ -541,6 +616,9 @@ class PipelineConfig(StrictModel):
         default_factory=list,
         description="Localize methods: a name (options: the localize section) or "
         "{method, options} (its options win over the localize section).",
+    )
+    recognize: list[RecognizeRun] = Field(
+        default_factory=list, description="Region-level models of the recognize stage (options: recognize)."
     )
 
     @field_validator("stages")

@@ -22,6 +22,8 @@ from medimg_spark.config_models import (
     ModelRun,
     PipelineConfig,
     RecipeRun,
+    RecognizeConfig,
+    RecognizeRun,
 )
 from medimg_spark.errors import ConfigError
 from medimg_spark.runlog import RunLog
@@ -39,6 +41,7 @@ __all__ = [
     "load_pipeline",
     "localize_runs",
     "recipe_runs",
+    "recognize_options",
     "resolve_input",
     "run_features",
     "run_pipeline",
@@ -196,6 +199,26 @@ def train_options(cfg: MedimgConfig, options: dict[str, Any]) -> dict[str, Any]:
     return {**cfg.train.model_dump(exclude_unset=True), **options}
 
 
+def recognize_options(cfg: MedimgConfig, run: RecognizeRun) -> RecognizeConfig:
+    """One recognize model's options: the ``recognize`` section, with the run's ``options`` winning.
+
+    Raises:
+        ConfigError: an option is unknown or invalid (names ``pipeline.recognize[<name>]``).
+    """
+    from pydantic import ValidationError
+
+    merged = {**cfg.recognize.model_dump(exclude_unset=True), **run.options, "name": run.name}
+    try:
+        rcfg = RecognizeConfig.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(f"pipeline.recognize[{run.name}].options: {err}") from None
+    if rcfg.region_labels == "mask" and rcfg.source != "processed":
+        raise ConfigError(
+            f"pipeline.recognize[{run.name}]: region_labels: mask needs source: processed (the masks)"
+        )
+    return rcfg
+
+
 def run_pipeline(
     spark: Any,
     cfg: MedimgConfig,
@@ -327,6 +350,14 @@ def _run_stages(
                 summary = results["localize"][-1]
                 rec.update(_counts(summary), path=summary.get("partition", summary.get("path")))
                 rec["k"] = lcfg.k
+    if "recognize" in pc.stages:
+        from medimg_spark.ml.recognize import recognize
+
+        for rr in pc.recognize:
+            rcfg = recognize_options(cfg, rr)
+            with log.stage("recognize", model=rr.name) as rec:
+                results.setdefault("recognize", []).append(recognize(spark, out, rcfg, name=rr.name))
+                rec.update(_counts(results["recognize"][-1]))
     if "report" in pc.stages:
         from medimg_spark.report import build_report
 
@@ -404,6 +435,9 @@ def validate_recipes(pc: PipelineConfig, base: Path, cfg: MedimgConfig | None = 
             except Exception as err:
                 raise ConfigError(f"pipeline.models[{m.name}].train: {err}") from None
 
+    if "recognize" in pc.stages:
+        for rr in pc.recognize:
+            recognize_options(cfg, rr)
     if "preprocess" in pc.stages:
         runs = recipe_runs(cfg, pc)
         if not runs:

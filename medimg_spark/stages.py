@@ -104,5 +104,10 @@ _verb(
     "evaluate", "metrics of a saved model on a split → DIR/metrics/eval_<model>_<split>.json", pipeline=True
 )
 _verb("localize", "regions per frame (kmeans|dbscan|gmm) or dataset clusters (mllib_*)", pipeline=True)
+_verb(
+    "recognize",
+    "superpixel regions per frame, a region softmax trained from image labels (MIL) → DIR/region_predictions",
+    pipeline=True,
+)
 _verb("report", "write DIR/report/index.html: one self-contained HTML report", pipeline=True)
 _verb("run", "run the pipeline stages listed in a YAML config", job="pipeline")

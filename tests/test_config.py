@@ -40,6 +40,7 @@ VERBS: dict[str, list[str]] = {
     "features": ["features", "--out", "OUT"],
     "train": ["train", "--out", "OUT", "--model", "sk_logreg"],
     "localize": ["localize", "--out", "OUT", "--method", "kmeans"],
+    "recognize": ["recognize", "--out", "OUT"],
     "report": ["report", "--out", "OUT"],
     "pipeline": ["run", "--out", "OUT", "--keep-phi"],
 }

@@ -172,6 +172,7 @@ def test_stages_drive_the_parser_the_pipeline_and_the_jobs() -> None:
             "predict",
             "evaluate",
             "localize",
+            "recognize",
             "report",
         )
     )

@@ -37,6 +37,10 @@ def evaluate(
         ModelDataError: the split has no labelled rows.
     """
     store = get_storage(spark)
+    from medimg_spark.ml.recognize import evaluate_region_model, is_region_model
+
+    if is_region_model(model_path, store):  # region models: their rows in predictions/ (medimg recognize)
+        return cast("EvaluateSummary", evaluate_region_model(spark, out_dir, model_path, split))
     model = load_model(model_path, storage=store)
     pdf = predictions_frame(spark, out_dir, model, split).where("label IS NOT NULL").toPandas()
     if len(pdf) == 0:

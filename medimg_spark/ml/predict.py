@@ -92,6 +92,10 @@ def predict(
     """
     from pyspark.sql import functions as F
 
+    from medimg_spark.ml.recognize import is_region_model, predict_regions
+
+    if is_region_model(model_path, get_storage(spark)):  # regions recomputed from the frames
+        return predict_regions(spark, out_dir, model_path, split)
     t0 = time.time()
     model = load_model(model_path, storage=get_storage(spark))
     pred = predictions_frame(spark, out_dir, model, split)
