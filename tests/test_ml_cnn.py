@@ -232,6 +232,25 @@ def test_too_many_frames_are_refused_before_any_pixel_moves(spark, run: dict[str
         collect_frames(df, "train", CnnConfig(max_train_images=N_TRAIN - 1))
 
 
+def test_a_processed_source_is_read_for_one_recipe(spark, run: dict[str, Path]) -> None:
+    from pyspark.sql import functions as F
+
+    from medimg_spark.ml import ModelDataError
+    from medimg_spark.ml.cnn_spark import frames_table
+
+    images = spark.read.parquet(str(run["out"] / "images")).where(F.col("split") == "val")
+    two = images.withColumn("recipe_name", F.lit("a")).unionByName(
+        images.withColumn("recipe_name", F.lit("b"))
+    )
+    lake = run["tmp"] / "two_recipes"
+    two.write.parquet(str(lake / "processed"))
+    with pytest.raises(ModelDataError, match=r"recipes \['a', 'b'\]; choose one with train.cnn.recipe"):
+        frames_table(spark, str(lake), "processed", None)
+    with pytest.raises(ModelDataError, match="no rows of recipe 'c'"):
+        frames_table(spark, str(lake), "processed", "c")
+    assert frames_table(spark, str(lake), "processed", "b").count() == N_VAL
+
+
 @pytest.mark.parametrize(
     "train",
     [
