@@ -573,6 +573,22 @@ class ModelRun(StrictModel):
         exp = load_experiment(path if path.is_absolute() else base / path)
         return exp.shipped.model, exp.shipped.train.model_dump(exclude_unset=True)
 
+    def runs(self, base: Path) -> list[tuple[str, str, dict[str, Any]]]:
+        """``(name, estimator, train options)`` of every model this entry trains, in order.
+
+        An experiment whose shipped model is an ensemble of other models (``members``, e.g. a
+        ``vote`` of a CNN and an SVC ensemble) trains those first, under their own names.
+        """
+        estimator, options = self.resolved(base)
+        if self.experiment is None:
+            return [(self.name, estimator, options)]
+        from medimg_spark.ml.experiment import load_experiment
+
+        path = Path(self.experiment)
+        exp = load_experiment(path if path.is_absolute() else base / path)
+        members = [(m.label, m.model, m.train.model_dump(exclude_unset=True)) for m in exp.members]
+        return [*members, (self.name, estimator, options)]
+
 
 class LocalizeRun(StrictModel):
     """One localize method of the pipeline with its own options (they win over the localize section)."""

@@ -320,25 +320,24 @@ def _run_stages(
     if ml_stages:
         from medimg_spark.ml import evaluate, parse_train_config, predict, train
 
-        for m in pc.models:
-            model_dir = join(out, "models", m.name)
+        for name, estimator, options in (run for m in pc.models for run in m.runs(base)):
+            model_dir = join(out, "models", name)
             if "train" in pc.stages:
-                estimator, options = m.resolved(base)
                 tcfg = parse_train_config(
-                    {**train_options(cfg, options), "model_dir": model_dir, "name": m.name}
+                    {**train_options(cfg, options), "model_dir": model_dir, "name": name}
                 )
-                with log.stage("train", model=m.name) as rec:
+                with log.stage("train", model=name) as rec:
                     results.setdefault("train", []).append(train(spark, out, estimator, tcfg))
                     rec.update(_counts(results["train"][-1]), path=model_dir)
             if "predict" in pc.stages:
-                with log.stage("predict", model=m.name) as rec:
+                with log.stage("predict", model=name) as rec:
                     results.setdefault("predict", []).append(
                         predict(spark, out, model_dir, split=pc.predict_split)
                     )
                     rec.update(_counts(results["predict"][-1]), path=results["predict"][-1].get("partition"))
             if "evaluate" in pc.stages:
                 for split in pc.evaluate_splits:
-                    with log.stage("evaluate", model=m.name, split=split) as rec:
+                    with log.stage("evaluate", model=name, split=split) as rec:
                         results.setdefault("evaluate", []).append(evaluate(spark, out, model_dir, split))
                         rec.update(_counts(results["evaluate"][-1]), path=results["evaluate"][-1].get("path"))
     if "localize" in pc.stages:
@@ -420,20 +419,20 @@ def validate_recipes(pc: PipelineConfig, base: Path, cfg: MedimgConfig | None = 
 
         for m in pc.models:
             try:
-                estimator, options = m.resolved(base)
+                runs = m.runs(base)
             except ConfigError:
                 raise
             except Exception as err:
                 raise ConfigError(f"pipeline.models[{m.name}].experiment: {err}") from None
-            if estimator not in ESTIMATORS:
-                known = ", ".join(ESTIMATORS.names())
-                raise ConfigError(
-                    f"pipeline.models[{m.name}].model {estimator!r} is unknown; choose from {known}"
-                )
-            try:
-                check_model_options(estimator, parse_train_config(train_options(cfg, options)))
-            except Exception as err:
-                raise ConfigError(f"pipeline.models[{m.name}].train: {err}") from None
+            for name, estimator, options in runs:
+                where = f"pipeline.models[{m.name}]" + ("" if name == m.name else f" (member {name})")
+                if estimator not in ESTIMATORS:
+                    known = ", ".join(ESTIMATORS.names())
+                    raise ConfigError(f"{where}.model {estimator!r} is unknown; choose from {known}")
+                try:
+                    check_model_options(estimator, parse_train_config(train_options(cfg, options)))
+                except Exception as err:
+                    raise ConfigError(f"{where}.train: {err}") from None
 
     if "recognize" in pc.stages:
         for rr in pc.recognize:

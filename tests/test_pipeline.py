@@ -133,8 +133,16 @@ def test_model_from_experiment_file(tmp_path: Path) -> None:
 
     run = ModelRun(name="p", experiment="conf/pneumonia.yaml")
     estimator, options = run.resolved(REPO)
-    shipped = load_experiment(REPO / "conf" / "pneumonia.yaml").shipped
-    assert estimator == shipped.model == "sk_ensemble"
-    assert options["augment"]["copies"] == shipped.train.augment.copies  # type: ignore[union-attr]
+    exp = load_experiment(REPO / "conf" / "pneumonia.yaml")
+    assert estimator == exp.shipped.model == "vote"
+    assert options["params"]["members"] == exp.shipped.train.params["members"]
+    # the members the shipped vote names are trained first, under their own names, then the vote as "p"
+    runs = run.runs(REPO)
+    assert [(n, e) for n, e, _ in runs] == [
+        *((m.label, m.model) for m in exp.members),
+        ("p", "vote"),
+    ]
+    svcs = dict((n, o) for n, _, o in runs)["pneumonia_svcs"]
+    assert svcs["augment"]["copies"] == 2
     with pytest.raises(ConfigError, match="replaces 'model' and 'train'"):
         ModelRun(name="p", model="sk_svc", experiment="conf/pneumonia.yaml").resolved(REPO)

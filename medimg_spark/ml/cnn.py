@@ -335,6 +335,98 @@ def predict_logits(params: Params | Any, x: np.ndarray, spec: CnnSpec, batch: in
     return out
 
 
+# ----------------------------------------------------------------------------- forward pass (numpy)
+#
+# The executors run this one: no JAX in the Spark workers, so inference needs only numpy (no ``dl``
+# extra on the cluster) and stays within the workers' address-space limit
+# (``spark.executor.pyspark.memory``, under which XLA's compiler crashed the worker with
+# ``std::bad_alloc``) and without one XLA thread pool per Python worker. It mirrors :func:`_forward`
+# (XLA's "SAME" padding puts the odd pixel at the end); tests check both agree to 1e-5.
+
+
+def _same_pad(size: int, k: int, stride: int) -> tuple[int, int]:
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k - size, 0)
+    return total // 2, total - total // 2
+
+
+def _np_conv(h: np.ndarray, w: np.ndarray, stride: int = 1) -> np.ndarray:
+    """NHWC × HWIO convolution with XLA's SAME padding (im2col + one matrix product)."""
+    kh, kw, cin, cout = w.shape
+    n, hh, ww, _ = h.shape
+    (t, b), (lft, r) = _same_pad(hh, kh, stride), _same_pad(ww, kw, stride)
+    hp = np.pad(h, ((0, 0), (t, b), (lft, r), (0, 0)))
+    win = np.lib.stride_tricks.sliding_window_view(hp, (kh, kw), axis=(1, 2))[:, ::stride, ::stride]
+    # win: (n, oh, ow, cin, kh, kw) → contract (kh, kw, cin) with w
+    return np.einsum("nhwcij,ijco->nhwo", win, w, optimize=True).astype(np.float32)
+
+
+def _np_forward(params: Params, x: np.ndarray, spec: CnnSpec) -> np.ndarray:
+    """Logits of :func:`_forward` (inference, no dropout) in numpy."""
+
+    def gn(h: np.ndarray, name: str) -> np.ndarray:
+        n, hh, ww, c = h.shape
+        g = min(spec.groups, c)
+        while c % g:
+            g -= 1
+        r = h.reshape(n, hh, ww, g, c // g)
+        mean = r.mean(axis=(1, 2, 4), keepdims=True)
+        var = ((r - mean) ** 2).mean(axis=(1, 2, 4), keepdims=True)
+        r = (r - mean) / np.sqrt(var + 1e-5)
+        return (r.reshape(n, hh, ww, c) * params[f"{name}.g"] + params[f"{name}.b"]).astype(np.float32)
+
+    def pool(h: np.ndarray) -> np.ndarray:
+        n, hh, ww, c = h.shape
+        (t, b), (lft, r) = _same_pad(hh, 2, 2), _same_pad(ww, 2, 2)
+        hp = np.pad(h, ((0, 0), (t, b), (lft, r), (0, 0)), constant_values=-np.inf)
+        return hp.reshape(n, hp.shape[1] // 2, 2, hp.shape[2] // 2, 2, c).max(axis=(2, 4))
+
+    relu = lambda a: np.maximum(a, 0.0)  # noqa: E731
+    h = np.asarray(x, dtype=np.float32)[..., None]
+    if spec.arch == "cnn":
+        last = len(spec.widths) - 1
+        for i in range(len(spec.widths)):
+            for j in range(2):
+                h = relu(gn(_np_conv(h, params[f"s{i}.c{j}.w"]), f"s{i}.n{j}"))
+            if i < last:
+                h = pool(h)
+    else:
+        h = relu(gn(_np_conv(h, params["stem.w"]), "stem.n"))
+        for i in range(len(spec.widths)):
+            for k in range(spec.blocks):
+                stride = 2 if (i > 0 and k == 0) else 1
+                pre = f"s{i}.b{k}"
+                r = relu(gn(_np_conv(h, params[f"{pre}.c1.w"], stride), f"{pre}.n1"))
+                r = gn(_np_conv(r, params[f"{pre}.c2.w"]), f"{pre}.n2")
+                skip = _np_conv(h, params[f"{pre}.proj.w"], stride) if f"{pre}.proj.w" in params else h
+                h = relu(r + skip)
+    feats = h.mean(axis=(1, 2))
+    return np.asarray(feats @ params["head.w"] + params["head.b"], dtype=np.float32)
+
+
+def predict_logits_numpy(params: Params, x: np.ndarray, spec: CnnSpec, batch: int = 256) -> np.ndarray:
+    """:func:`predict_logits` without JAX (what the executors run), batched to bound memory.
+
+    Raises:
+        ModelDataError: ``x`` is not ``(n, input_size, input_size)``.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 3 or x.shape[1:] != (spec.input_size, spec.input_size):
+        raise ModelDataError(
+            f"CNN inputs must be prepared frames of shape (n, {spec.input_size}, {spec.input_size}), "
+            f"got {x.shape}; pass them through prepare_stack"
+        )
+    p = {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}
+    out = np.empty((len(x), spec.n_classes), dtype=np.float32)
+    for s in range(0, len(x), batch):
+        chunk = x[s : s + batch]
+        z = _np_forward(p, chunk, spec)
+        if spec.tta:
+            z = (z + _np_forward(p, chunk[:, :, ::-1], spec)) / 2.0
+        out[s : s + len(chunk)] = z
+    return out
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of ``logits / temperature`` in float64."""
     z = np.asarray(logits, dtype=np.float64) / float(temperature)

@@ -28,11 +28,13 @@ from medimg_spark.ml.cnn import (
     check_class_indices,
     fit_cnn,
     grid_points,
+    predict_logits_numpy,
     predict_proba,
     prepare_frame,
     prepare_stack,
     require_jax,
     resolve_cnn_config,
+    softmax,
 )
 from medimg_spark.ml.errors import ModelConfigError, ModelDataError, ModelLoadError
 from medimg_spark.ml.metrics import classification_metrics
@@ -289,7 +291,8 @@ class CnnClassifier(_Classifier):
                         str(cols["dtype"][i]),
                     )
                     x[i] = prepare_frame(img, spec.input_size, spec.normalisation)
-                proba = predict_proba(params, x, spec, float(card.temperature or 1.0), cfg.predict_batch)
+                logits = predict_logits_numpy(params, x, spec, cfg.predict_batch)  # no JAX on executors
+                proba = softmax(logits, float(card.temperature or 1.0))
                 idx = card.decide(proba)
                 score = proba[:, pos] if binary and pos is not None else None
                 yield pa.RecordBatch.from_arrays(

@@ -1,4 +1,4 @@
-"""An experiment file (e.g. ``conf/pneumonia.yaml``): feature set + shipped model + baselines."""
+"""An experiment file (e.g. ``conf/pneumonia.yaml``): feature set + shipped model (+ its members) + baselines."""
 
 from __future__ import annotations
 
@@ -36,8 +36,15 @@ class ExperimentConfig(BaseModel):
     name: str
     description: str = ""
     feature_set: str | dict[str, Any]
+    members: list[ModelSpec] = Field(
+        [], description="models trained before the shipped one (the members a shipped `vote` names)"
+    )
     shipped: ModelSpec
     baselines: list[ModelSpec] = []
+
+    def shipped_runs(self) -> list[ModelSpec]:
+        """The members, then the shipped model: what training the shipped configuration takes, in order."""
+        return [*self.members, self.shipped]
 
     def features(self) -> FeatureSet:
         """The resolved feature set."""
