@@ -419,12 +419,12 @@ def validate_recipes(pc: PipelineConfig, base: Path, cfg: MedimgConfig | None = 
 
         for m in pc.models:
             try:
-                runs = m.runs(base)
+                model_runs = m.runs(base)
             except ConfigError:
                 raise
             except Exception as err:
                 raise ConfigError(f"pipeline.models[{m.name}].experiment: {err}") from None
-            for name, estimator, options in runs:
+            for name, estimator, options in model_runs:
                 where = f"pipeline.models[{m.name}]" + ("" if name == m.name else f" (member {name})")
                 if estimator not in ESTIMATORS:
                     known = ", ".join(ESTIMATORS.names())

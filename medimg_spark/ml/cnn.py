@@ -352,8 +352,8 @@ def _same_pad(size: int, k: int, stride: int) -> tuple[int, int]:
 
 def _np_conv(h: np.ndarray, w: np.ndarray, stride: int = 1) -> np.ndarray:
     """NHWC × HWIO convolution with XLA's SAME padding (im2col + one matrix product)."""
-    kh, kw, cin, cout = w.shape
-    n, hh, ww, _ = h.shape
+    kh, kw = w.shape[:2]
+    hh, ww = h.shape[1:3]
     (t, b), (lft, r) = _same_pad(hh, kh, stride), _same_pad(ww, kw, stride)
     hp = np.pad(h, ((0, 0), (t, b), (lft, r), (0, 0)))
     win = np.lib.stride_tricks.sliding_window_view(hp, (kh, kw), axis=(1, 2))[:, ::stride, ::stride]
