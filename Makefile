@@ -15,7 +15,7 @@ FUZZ_WORK ?= benchmarks/.cache/fuzz
 help:
 	@echo "make demo   - create $(VENV), install, run the pipeline on the bundled sample data"
 	@echo "make test   - install dev dependencies, run lint (ruff, mypy) and the test suite"
-	@echo "make integration - cluster (wheel only), viewfs:// whole-pipeline and benchmark smoke tests (~18 min)"
+	@echo "make integration - cluster (wheel only), viewfs:// whole-pipeline, benchmark smoke and seeded fuzz-run tests (~20 min)"
 	@echo "make bench  - run the performance benchmark (benchmarks/run.py)"
 	@echo "make fuzz   - fuzz medimg ingest with N (default 10000) mutated files (benchmarks/fuzz.py)"
 	@echo "make dist   - build the wheel shipped to Spark executors (dist/)"
@@ -58,7 +58,7 @@ pytest: install-dev
 
 # Whole-pipeline runs on a standalone cluster (only the wheel shipped, --out on viewfs://), on a viewfs://
 # lake (each compared with a local run), `medimg run` from the wheel in a fresh venv and the benchmark
-# scripts' smoke runs: about 18 minutes on 2 cores, so not in `make test`.
+# scripts' smoke runs and the seeded 520-file fuzz run: about 20 minutes on 2 cores, so not in `make test`.
 integration: install-dev
 	$(VENV)/bin/pytest -m integration $(PYTEST_ARGS)
 

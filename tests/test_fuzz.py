@@ -209,6 +209,9 @@ def fuzz_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return _run_harness(tmp_path_factory.mktemp("fuzz"))
 
 
+# The seeded 520-file ingest run (~75 s on 2 cores) is run by `make integration` (and `make fuzz` runs
+# 10,000 files); the operator tests above stay in `make test`.
+@pytest.mark.integration
 def test_seeded_run_covers_every_operator(fuzz_run: dict[str, Any]) -> None:
     corpus = fuzz_run["corpus"]
     assert corpus["files"] >= 500
@@ -242,12 +245,14 @@ def test_seeded_run_covers_every_operator(fuzz_run: dict[str, Any]) -> None:
         "no_phi",
     ],
 )
+@pytest.mark.integration
 def test_seeded_run_property(fuzz_run: dict[str, Any], prop: str) -> None:
     p = fuzz_run["properties"].get(prop, {"ok": False, "failures": [{"detail": "not checked"}]})
     shown = "\n".join(json.dumps(f, default=str)[:600] for f in p["failures"][:12])
     assert p["ok"], f"{prop}: {len(p['failures'])} failures, e.g.\n{shown}"
 
 
+@pytest.mark.integration
 def test_seeded_run_exit_status(fuzz_run: dict[str, Any]) -> None:
     assert fuzz_run["_returncode"] == (0 if fuzz_run["ok"] else 1), fuzz_run["_stdout"][-3000:]
     assert fuzz_run["ok"], "\n".join(
