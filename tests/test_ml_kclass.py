@@ -210,6 +210,19 @@ def test_gbt_on_k_classes_fails_before_spark_fits(spark: Any, run: dict[str, Any
     assert not (run["out"] / "models" / "gbt").exists()
 
 
+def test_cnn_with_explicit_threshold_refused_on_k_classes(spark: Any, run: dict[str, Any]) -> None:
+    pytest.importorskip("jax")
+    # the CNN trains from the frames (its own path in train()), and refuses the same way before fitting
+    with pytest.raises(ThresholdOnMulticlassError, match=r"4 classes"):
+        train(
+            spark,
+            run["out"],
+            "cnn",
+            {"threshold": {"rule": "youden"}, "model_dir": str(run["out"] / "models" / "cnn_k")},
+        )
+    assert not (run["out"] / "models" / "cnn_k").exists()
+
+
 def test_explicit_threshold_refused_on_k_classes_default_is_not() -> None:
     rng = np.random.default_rng(0)
     y = np.repeat(np.array(CLASSES), 10)

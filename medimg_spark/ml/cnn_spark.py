@@ -402,7 +402,13 @@ def train_cnn(
         ModelConfigError: invalid CNN settings, or too many training frames.
         ModelDataError: missing table/split, unlabelled rows, a single class.
     """
-    from medimg_spark.ml.train import _classes_and_positive, _compact, _search_score, _threshold
+    from medimg_spark.ml.train import (
+        _classes_and_positive,
+        _compact,
+        _search_score,
+        _threshold,
+        check_task,
+    )
 
     cnn = resolve_cnn_config(model_name, cfg)
     points = grid_points(cfg.grid)
@@ -417,6 +423,7 @@ def train_cnn(
             f"no rows with split={cfg.train_split!r} in {join(out_dir, cnn.source)}; check the split names"
         )
     classes, pos = _classes_and_positive(tr.labels, cfg.positive_label, cfg.train_split)
+    check_task(model_name, cfg, classes)  # an explicit threshold on K > 2 classes is refused
     y = check_class_indices(tr.labels, classes)
     va: FrameArrays | None = None
     if cfg.val_split is not None:
