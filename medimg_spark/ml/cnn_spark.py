@@ -32,13 +32,12 @@ from medimg_spark.ml.cnn import (
     predict_proba,
     prepare_frame,
     prepare_stack,
-    require_jax,
     resolve_cnn_config,
     softmax,
 )
 from medimg_spark.ml.errors import ModelConfigError, ModelDataError, ModelLoadError
 from medimg_spark.ml.metrics import classification_metrics
-from medimg_spark.ml.model import CNN_WEIGHTS_FILE, ModelCard, _Classifier
+from medimg_spark.ml.model import CNN_WEIGHTS_FILE, ModelCard, _Classifier, prediction_rows
 from medimg_spark.storage import Storage, get_storage, join
 from medimg_spark.summaries import TrainSummary
 
@@ -204,7 +203,9 @@ class CnnClassifier(_Classifier):
     """A fitted JAX network applied on executors with ``mapInArrow`` (weights broadcast once per SparkContext).
 
     Reads the frame columns of an ``images``/``processed`` table (pixels, rows, cols, channels,
-    dtype); ``featuresCol`` is unused. ``predict_proba`` takes a stack of frames (any size/dtype).
+    dtype); ``featuresCol`` is unused. The executors run the numpy forward pass
+    (:func:`medimg_spark.ml.cnn.predict_logits_numpy`), so ``transform`` needs no JAX anywhere;
+    ``predict_proba`` (driver) takes a stack of frames (any size/dtype) and runs the jitted JAX pass.
     """
 
     def __init__(
@@ -238,12 +239,7 @@ class CnnClassifier(_Classifier):
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         import pyarrow as pa
-        from pyspark.ml.functions import array_to_vector, vector_to_array
-        from pyspark.ml.linalg import VectorUDT
-        from pyspark.sql import functions as F
-        from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
 
-        require_jax()  # a missing extra fails here, on the driver, not inside an executor task
         missing = [c for c in PIXEL_COLUMNS if c not in dataset.columns]
         if missing:
             raise ModelDataError(
@@ -252,21 +248,8 @@ class CnnClassifier(_Classifier):
             )
         bc = self.broadcast(dataset.sparkSession.sparkContext)
         card_json = self.card.model_dump_json()
-        prob_col, score_col, pred_col = self.output_columns()
-        keep = self._kept_columns(dataset)
-        vec_cols = {f.name: f.metadata for f in dataset.schema.fields if isinstance(f.dataType, VectorUDT)}
-        base = dataset.select(
-            *(vector_to_array(F.col(c)).alias(c) if c in vec_cols else F.col(c) for c in keep)
-        )
-        out_schema = StructType(
-            [
-                *base.schema.fields,
-                StructField(prob_col, ArrayType(DoubleType()), True),
-                StructField(score_col, DoubleType(), True),
-                StructField(pred_col, StringType(), True),
-            ]
-        )
-        names = [*base.columns, prob_col, score_col, pred_col]
+        base, out_schema, restore = self._executor_input(dataset)
+        names = [f.name for f in out_schema.fields]
 
         def _predict(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             from medimg_spark.io.pixels import decode
@@ -307,16 +290,7 @@ class CnnClassifier(_Classifier):
                     names=names,
                 )
 
-        out = base.mapInArrow(_predict, out_schema)
-        return out.select(
-            *(
-                array_to_vector(F.col(c)).alias(c, metadata=vec_cols[c]) if c in vec_cols else F.col(c)
-                for c in keep
-            ),
-            prob_col,
-            score_col,
-            pred_col,
-        )
+        return restore(base.mapInArrow(_predict, out_schema))
 
     def own_predictions(self, spark: SparkSession, out_dir: str | Path, split: str | None) -> DataFrame:
         """Predictions of the frames of ``out_dir``'s table named in the card (images, or processed + recipe)."""
@@ -329,15 +303,7 @@ class CnnClassifier(_Classifier):
             c if c in df.columns else F.lit(None).cast("string").alias(c)
             for c in ("image_id", "label", "split")
         ]
-        return self.transform(df.select(*cols, *PIXEL_COLUMNS)).select(
-            "image_id",
-            F.col("label").cast("string").alias("label"),
-            "split",
-            "prediction",
-            "probability",
-            "score",
-            F.lit(self.card.model_name).alias("model"),
-        )
+        return prediction_rows(self.transform(df.select(*cols, *PIXEL_COLUMNS)), self.card.model_name)
 
     @classmethod
     def _from_loaded(cls, model: _Classifier) -> _Classifier:

@@ -178,6 +178,20 @@ def _upsample_labels(lab: np.ndarray, shape: tuple[int, int], factor: int) -> np
     return lab[np.ix_(r_idx, c_idx)]
 
 
+def region_row(r: np.ndarray, c: np.ndarray, gray: np.ndarray) -> dict[str, Any]:
+    """One ``regions`` row (area, centroid, inclusive bbox, mean intensity) of the pixels ``(r, c)``."""
+    return {
+        "area": int(r.size),
+        "centroid_row": float(r.mean()),
+        "centroid_col": float(c.mean()),
+        "bbox_min_row": int(r.min()),
+        "bbox_min_col": int(c.min()),
+        "bbox_max_row": int(r.max()),
+        "bbox_max_col": int(c.max()),
+        "mean_intensity": float(gray[r, c].mean()),
+    }
+
+
 def _regions_of(labels: np.ndarray, gray: np.ndarray, min_area: int) -> list[dict[str, Any]]:
     regions = []
     for lab in np.unique(labels):
@@ -186,18 +200,7 @@ def _regions_of(labels: np.ndarray, gray: np.ndarray, min_area: int) -> list[dic
         r, c = np.nonzero(labels == lab)
         if r.size < min_area:
             continue
-        regions.append(
-            {
-                "area": int(r.size),
-                "centroid_row": float(r.mean()),
-                "centroid_col": float(c.mean()),
-                "bbox_min_row": int(r.min()),
-                "bbox_min_col": int(c.min()),
-                "bbox_max_row": int(r.max()),
-                "bbox_max_col": int(c.max()),
-                "mean_intensity": float(gray[r, c].mean()),
-            }
-        )
+        regions.append(region_row(r, c, gray))
     regions.sort(key=lambda d: (-d["area"], d["centroid_row"], d["centroid_col"]))
     for i, reg in enumerate(regions):
         reg["region"] = i

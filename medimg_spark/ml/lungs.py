@@ -120,24 +120,15 @@ def find_lungs(image: np.ndarray, config: LocalizeConfig) -> list[dict[str, Any]
 
     Region 0 is the larger lung; boxes are in the frame's own (full-resolution) pixels.
     """
+    from medimg_spark.ml.localize import region_row  # localize imports this module on first use
+
     gray = to_gray(image)
     regions = []
     for m in lung_masks(image, config.lung_work_side):
         r, c = np.nonzero(m)
         if r.size < config.min_area:
             continue
-        regions.append(
-            {
-                "area": int(r.size),
-                "centroid_row": float(r.mean()),
-                "centroid_col": float(c.mean()),
-                "bbox_min_row": int(r.min()),
-                "bbox_min_col": int(c.min()),
-                "bbox_max_row": int(r.max()),
-                "bbox_max_col": int(c.max()),
-                "mean_intensity": float(gray[r, c].mean()),
-            }
-        )
+        regions.append(region_row(r, c, gray))
     regions.sort(key=lambda d: (-d["area"], d["centroid_col"]))
     for i, reg in enumerate(regions):
         reg["region"] = i

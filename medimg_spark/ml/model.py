@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -223,6 +223,47 @@ class _Classifier(
         out = set(self.output_columns())
         return [c for c in dataset.columns if c not in out]
 
+    def _executor_input(self, dataset: DataFrame) -> tuple[DataFrame, Any, Callable[[DataFrame], DataFrame]]:
+        """What a ``mapInPandas``/``mapInArrow`` prediction runs on, and how its output comes back.
+
+        Spark 4.3's Arrow Python runners fail on Parquet scans holding vector (UDT) columns, so the
+        kept columns travel with vectors as arrays. Returns ``(base, out_schema, restore)``: ``base``
+        (the kept columns), the output schema (base + probability, score, prediction) and a function
+        turning the mapped output back into vectors under the input's column metadata.
+        """
+        from pyspark.ml.functions import array_to_vector, vector_to_array
+        from pyspark.ml.linalg import VectorUDT
+        from pyspark.sql import functions as F
+        from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
+
+        prob_col, score_col, pred_col = self.output_columns()
+        keep = self._kept_columns(dataset)
+        vec_cols = {f.name: f.metadata for f in dataset.schema.fields if isinstance(f.dataType, VectorUDT)}
+        base = dataset.select(
+            *(vector_to_array(F.col(c)).alias(c) if c in vec_cols else F.col(c) for c in keep)
+        )
+        out_schema = StructType(
+            [
+                *base.schema.fields,
+                StructField(prob_col, ArrayType(DoubleType()), True),
+                StructField(score_col, DoubleType(), True),
+                StructField(pred_col, StringType(), True),
+            ]
+        )
+
+        def restore(out: DataFrame) -> DataFrame:
+            return out.select(
+                *(
+                    array_to_vector(F.col(c)).alias(c, metadata=vec_cols[c]) if c in vec_cols else F.col(c)
+                    for c in keep
+                ),
+                prob_col,
+                score_col,
+                pred_col,
+            )
+
+        return base, out_schema, restore
+
     @classmethod
     def _from_loaded(cls, model: _Classifier) -> _Classifier:
         """An instance of ``cls`` holding what :func:`load_model` returned (each concrete wrapper checks the kind)."""
@@ -317,31 +358,14 @@ class SklearnClassifier(_Classifier):
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         # mapInPandas rather than a scalar pandas UDF: Spark 4.3's ArrowEvalPython fails on
-        # Parquet scans holding vector (UDT) columns, so vectors travel as arrays and come back.
-        from pyspark.ml.functions import array_to_vector, vector_to_array
-        from pyspark.ml.linalg import VectorUDT
-        from pyspark.sql import functions as F
-        from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
-
+        # Parquet scans holding vector (UDT) columns (see _executor_input).
         _check_features(dataset, self.features_col)
         bc = self.broadcast(dataset.sparkSession.sparkContext)
         card_json = self.card.model_dump_json()
         n_features = len(self.card.feature_names)
         fcol = self.features_col
         prob_col, score_col, pred_col = self.output_columns()
-        keep = self._kept_columns(dataset)
-        vec_cols = {f.name: f.metadata for f in dataset.schema.fields if isinstance(f.dataType, VectorUDT)}
-        base = dataset.select(
-            *(vector_to_array(F.col(c)).alias(c) if c in vec_cols else F.col(c) for c in keep)
-        )
-        out_schema = StructType(
-            [
-                *base.schema.fields,
-                StructField(prob_col, ArrayType(DoubleType()), True),
-                StructField(score_col, DoubleType(), True),
-                StructField(pred_col, StringType(), True),
-            ]
-        )
+        base, out_schema, restore = self._executor_input(dataset)
 
         def _predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             card = ModelCard.model_validate_json(card_json)
@@ -365,16 +389,7 @@ class SklearnClassifier(_Classifier):
                     }
                 )
 
-        out = base.mapInPandas(_predict, out_schema)
-        return out.select(
-            *(
-                array_to_vector(F.col(c)).alias(c, metadata=vec_cols[c]) if c in vec_cols else F.col(c)
-                for c in keep
-            ),
-            prob_col,
-            score_col,
-            pred_col,
-        )
+        return restore(base.mapInPandas(_predict, out_schema))
 
     @classmethod
     def _from_loaded(cls, model: _Classifier) -> _Classifier:
@@ -539,6 +554,22 @@ class _ClassifierReader(MLReader[_Classifier]):
         instance._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(instance, metadata)
         return instance
+
+
+def prediction_rows(out: DataFrame, model_name: str) -> DataFrame:
+    """The ``predictions`` table's columns (image_id, label, split, prediction, probability, score, model)
+    of a classifier's ``transform`` output."""
+    from pyspark.sql import functions as F
+
+    return out.select(
+        "image_id",
+        F.col("label").cast("string").alias("label"),
+        "split",
+        "prediction",
+        "probability",
+        "score",
+        F.lit(model_name).alias("model"),
+    )
 
 
 LABEL_INPUT = "__label_in"

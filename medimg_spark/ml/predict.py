@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medimg_spark.ml.errors import ModelDataError
-from medimg_spark.ml.model import _Classifier, load_model
+from medimg_spark.ml.model import _Classifier, load_model, prediction_rows
 from medimg_spark.ml.train import read_features
 from medimg_spark.storage import get_storage, join
 
@@ -63,15 +63,7 @@ def predictions_frame(
     out = model.transform(
         df.select(*[c if c in df.columns else F.lit(None).cast("string").alias(c) for c in cols])
     )
-    return out.select(
-        "image_id",
-        F.col("label").cast("string").alias("label"),
-        "split",
-        "prediction",
-        "probability",
-        "score",
-        F.lit(model.card.model_name).alias("model"),
-    )
+    return prediction_rows(out, model.card.model_name)
 
 
 def predict(
