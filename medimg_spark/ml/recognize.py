@@ -1036,6 +1036,29 @@ def _metrics_of(pdf: pd.DataFrame, model: RegionModel) -> dict[str, Any]:
     )
 
 
+def _write_predictions(
+    spark: SparkSession, out_dir: str | Path, rf: DataFrame, model: RegionModel
+) -> tuple[str, str, DataFrame]:
+    """Score the region features ``rf`` into ``region_predictions/model=<name>``, then aggregate the
+    written region rows (the regions are not scored twice) into ``predictions/model=<name>``.
+
+    Returns ``(region_predictions root, predictions root, this model's written predictions)``.
+    """
+    from pyspark.sql import functions as F
+
+    name = model.card.model_name
+    reg_root = join(out_dir, REGION_PREDICTIONS_DIR)
+    _score_regions(rf, model).write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy(
+        "model"
+    ).parquet(reg_root)
+    images = _image_rows(spark.read.parquet(reg_root).where(F.col("model") == name), model)
+    pred_root = join(out_dir, PREDICTIONS_DIR)
+    images.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy("model").parquet(
+        pred_root
+    )
+    return reg_root, pred_root, spark.read.parquet(pred_root).where(F.col("model") == name)
+
+
 def recognize(
     spark: SparkSession,
     out_dir: str | Path,
@@ -1092,17 +1115,7 @@ def recognize(
     model = fit_region_model(tables[cfg.train_split], val, cfg, name)
     model_dir = join(out_dir, "models", name)
 
-    reg_root = join(out_dir, REGION_PREDICTIONS_DIR)
-    _score_regions(rf, model).write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy(
-        "model"
-    ).parquet(reg_root)
-    # the per-image rows aggregate the written region rows (the regions are not scored twice)
-    images = _image_rows(spark.read.parquet(reg_root).where(F.col("model") == name), model)
-    pred_root = join(out_dir, PREDICTIONS_DIR)
-    images.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy("model").parquet(
-        pred_root
-    )
-    written = spark.read.parquet(pred_root).where(F.col("model") == name)
+    reg_root, pred_root, written = _write_predictions(spark, out_dir, rf, model)
     val_metrics: dict[str, Any] | None = None
     if cfg.val_split:
         pdf = written.where((F.col("split") == cfg.val_split) & F.col("label").isNotNull()).toPandas()
@@ -1157,16 +1170,7 @@ def predict_regions(
     rf = region_features_frame(spark, out_dir, model.config)
     if split is not None:
         rf = rf.where(F.col("split") == split)
-    reg_root = join(out_dir, REGION_PREDICTIONS_DIR)
-    _score_regions(rf, model).write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy(
-        "model"
-    ).parquet(reg_root)
-    images = _image_rows(spark.read.parquet(reg_root).where(F.col("model") == name), model)
-    pred_root = join(out_dir, PREDICTIONS_DIR)
-    images.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy("model").parquet(
-        pred_root
-    )
-    written = spark.read.parquet(pred_root).where(F.col("model") == name)
+    _, pred_root, written = _write_predictions(spark, out_dir, rf, model)
     counts = {r["prediction"]: int(r["count"]) for r in written.groupBy("prediction").count().collect()}
     return {
         "path": pred_root,
