@@ -42,7 +42,7 @@ install: java venv
 	$(PIP) install --quiet -e '.[demo]'
 
 install-dev: java venv
-	$(PIP) install --quiet -e '.[dev,dl]'
+	$(PIP) install --quiet -e '.[dev,dl,itk]'
 
 demo: install
 	rm -rf $(DEMO_OUT)
