@@ -15,7 +15,7 @@ FUZZ_WORK ?= benchmarks/.cache/fuzz
 help:
 	@echo "make demo   - create $(VENV), install, run the pipeline on the bundled sample data"
 	@echo "make test   - install dev dependencies, run lint (ruff, mypy) and the test suite"
-	@echo "make integration - cluster (wheel only), viewfs:// whole-pipeline, benchmark smoke and seeded fuzz-run tests (~20 min)"
+	@echo "make integration - cluster (wheel only), spark-submit, viewfs:// whole-pipeline, benchmark scripts and seeded fuzz-run tests (~22 min)"
 	@echo "make bench  - run the performance benchmark (benchmarks/run.py)"
 	@echo "make fuzz   - fuzz medimg ingest with N (default 10000) mutated files (benchmarks/fuzz.py)"
 	@echo "make dist   - build the wheel shipped to Spark executors (dist/)"

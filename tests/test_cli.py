@@ -77,6 +77,8 @@ def _spark_submit() -> str:
     return str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
 
 
+# ~55 s: a real spark-submit (make integration; tests/test_cluster.py submits the jobs to a standalone cluster)
+@pytest.mark.integration
 def test_ingest_job_through_spark_submit(tmp_path: Path) -> None:
     src = tmp_path / "in"
     src.mkdir()

@@ -41,6 +41,8 @@ def test_bad_experiment_file_is_rejected(tmp_path: Path) -> None:
         load_experiment(bad)
 
 
+# ~90 s: the whole benchmark script end to end (make integration); the experiment code paths are unit-tested above
+@pytest.mark.integration
 def test_benchmark_script_runs_and_writes_test_metrics(sample_npz: Path, tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("bench_pneumonia", REPO / "benchmarks" / "pneumonia.py")
     assert spec is not None and spec.loader is not None
