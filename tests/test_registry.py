@@ -112,7 +112,7 @@ def test_a_format_is_one_registered_reader_with_a_sniff() -> None:
     before = list(process_file("file:/x/ct.pgm", data, FileContext(run_id="r")))
     assert [r["_kind"] for r in before] == ["quarantine"]
     assert before[0]["error_class"] == "UnsupportedFormatError"
-    assert "(DICOM, PNG, JPEG, TIFF, NIfTI-1/2, MedMNIST npz)" in before[0]["error_message"]
+    assert "(DICOM, PNG, JPEG, TIFF, NIfTI-1/2, MedMNIST npz, NRRD, MetaImage)" in before[0]["error_message"]
     register_reader(
         Reader(
             "pgm", ("pgm",), "PGM", f"{__name__}:parse_pgm", sniff=lambda d: "pgm" if d[:2] == b"P5" else None

@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from medimg_spark.errors import EmptyFileError, FileTimeoutError, UnsupportedFormatError, WorkerCrashError
@@ -52,6 +52,8 @@ class FileContext:
         deidentify: applied to every DICOM dataset before metadata is extracted.
         split_rule: ``ingest.split``: assigns a split to frames that have none (see
             :func:`medimg_spark.io.splits.split_of_file`).
+        source_path: the file being parsed (set per file by :func:`process_file`): detached headers
+            read their data file next to it (:mod:`medimg_spark.io.detached`).
     """
 
     run_id: str
@@ -66,6 +68,7 @@ class FileContext:
     label_from_parent_dir: bool = False
     deidentify: Callable[[Any], Any] | None = None
     split_rule: SplitRule | None = None
+    source_path: str | None = None
 
 
 def image_id(file_sha256: str, frame_index: int) -> str:
@@ -83,7 +86,18 @@ def _parse(data: bytes, ctx: FileContext, recovered: list[str]) -> ParsedFile:
             raise UnsupportedFormatError("nested gzip streams are not supported; decompress the file first")
     if fmt == detect.ZIP:
         raise UnsupportedFormatError("zip archive whose members are not .npy arrays; extract it first")
-    fmt, reader = readers.reader_for(fmt, data)  # UnsupportedFormatError names the supported formats
+    try:
+        fmt, reader = readers.reader_for(fmt, data)  # UnsupportedFormatError names the supported formats
+    except UnsupportedFormatError:
+        from medimg_spark.io.detached import DataOfDetachedHeaderError, header_naming
+
+        header = header_naming(ctx.source_path)
+        if header is None:
+            raise
+        raise DataOfDetachedHeaderError(
+            f"raw data of the detached header {header!r} (which names this file): its voxels are ingested "
+            "through that header, not from this file alone"
+        ) from None
     return reader.load()(data, fmt, ctx)
 
 
@@ -218,10 +232,13 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
     (``read``, ``parse``, ``deid`` or ``decode``) and the exception class. Failures of native codecs
     that raise ``BaseException`` subclasses (pyo3's ``PanicException``) are caught too; only
     ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` pass. Parse and decode share the time
-    budget ``ctx.max_seconds_per_file``.
+    budget ``ctx.max_seconds_per_file``. A detached header's rows carry the hash of the header and its
+    data file together as ``file_sha256`` (``ParsedFile.content_sha256``); labels still match the
+    header file's own hash.
     """
     base = _base_row(path, content, ctx)
     sha = base["file_sha256"]
+    file_sha = sha
     if not content:
         yield _quarantine(base, "read", EmptyFileError("file has zero bytes; re-export or remove it"))
         return
@@ -229,13 +246,16 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
     recovered: list[str] = []
     try:
         with budget.running():
-            parsed = _parse(content, ctx, recovered)
+            parsed = _parse(content, replace(ctx, source_path=path), recovered)
     except _NOT_A_FILE_ERROR:
         raise
     except BaseException as exc:
         yield _quarantine(base, "parse", exc, redact=ctx.deidentify is not None)
         return
     recovered.extend(parsed.recovered)
+    if parsed.content_sha256 is not None:
+        base = {**base, "file_sha256": parsed.content_sha256}
+        sha = parsed.content_sha256
     common = {
         **base,
         "source_format": parsed.source_format,
@@ -251,12 +271,12 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
     }
     if parsed.decode is None:
         return
-    file_labels = _labels(path, sha, ctx)
+    file_labels = _labels(path, file_sha, ctx)
     rule_split = None
     if ctx.split_rule is not None:
         from medimg_spark.io.splits import split_of_file
 
-        rule_split = split_of_file(ctx.split_rule, local_path(path), sha, parsed.image_meta)
+        rule_split = split_of_file(ctx.split_rule, local_path(path), file_sha, parsed.image_meta)
     written = 0
     frames: Iterator[Any] | None = None
     while True:
