@@ -102,7 +102,6 @@ class MetaHeader:
         dims: ``DimSize`` (x, y[, z]).
         channels: ``ElementNumberOfChannels``.
         itemsize: bytes per sample of ``ElementType``.
-        binary: ``BinaryData`` (False: ASCII samples).
         compressed: ``CompressedData``.
         compressed_size: ``CompressedDataSize`` when given.
         header_size: ``HeaderSize`` (bytes skipped in the data file; -1: the data ends the file).
@@ -114,7 +113,6 @@ class MetaHeader:
     dims: tuple[int, ...]
     channels: int
     itemsize: int
-    binary: bool
     compressed: bool
     compressed_size: int | None
     header_size: int
@@ -214,13 +212,16 @@ def read_header(data: bytes) -> tuple[MetaHeader, int]:
         )
     if not name:
         raise InvalidHeaderError("MetaImage `ElementDataFile` is empty; name LOCAL or the data file")
+    if not _bool(fields, "BinaryData", True):
+        raise UnsupportedFormatError(
+            "MetaImage with `BinaryData = False` (ASCII voxels) is not supported; re-save it with SimpleITK"
+        )
     header = MetaHeader(
         fields=fields,
         header_bytes=data[:pos],
         dims=dims,
         channels=channels,
         itemsize=ELEMENT_SIZES[etype],
-        binary=_bool(fields, "BinaryData", True),
         compressed=_bool(fields, "CompressedData", False),
         compressed_size=compressed_size,
         header_size=header_size,
@@ -250,14 +251,10 @@ def check_size(header: MetaHeader, region: bytes, max_decoded_bytes: int | None)
                 f"MetaImage declares {header.compressed_size or 'some'} bytes of compressed data but "
                 f"{max(available, 0)} are present; the file is truncated"
             )
-    elif header.binary and need > available:
+    elif need > available:
         raise TruncatedFileError(
             f"MetaImage declares {need} bytes of voxels (DimSize {dims}) but {max(available, 0)} are present; "
             "the file is truncated or its header is damaged"
-        )
-    elif not header.binary and math.prod(header.dims) * header.channels > available // 2 + 1:
-        raise TruncatedFileError(
-            "MetaImage declares more ASCII values than its data holds; the file is truncated"
         )
 
 
@@ -281,27 +278,56 @@ def index_to_lps(image: Any) -> np.ndarray:
     return a
 
 
-def read_image(header: MetaHeader, attached: bytes, region: bytes) -> Any:
-    """Decode with SimpleITK from a private temporary copy of the checked bytes.
+def _plain_header(header: MetaHeader) -> bytes:
+    """The header for SimpleITK's copy: uncompressed data in ``image.raw`` right at its start."""
+    drop = ("CompressedData", "CompressedDataSize", "HeaderSize", "ElementDataFile")
+    lines = [f"{k} = {v}" for k, v in header.fields.items() if k not in drop]
+    return (
+        "\n".join([*lines, "CompressedData = False", "HeaderSize = 0", "ElementDataFile = image.raw"]) + "\n"
+    ).encode("latin-1")
+
+
+def voxel_bytes(header: MetaHeader, region: bytes) -> bytes:
+    """The uncompressed voxel bytes of the data ``region`` (inflated here, bounded by the declared size).
 
     Raises:
-        DecodeError: SimpleITK cannot read the data (corrupt compression, short data).
+        TruncatedFileError: fewer voxel bytes than the header declares (cut data).
+        DecodeError: a corrupt compressed stream.
+    """
+    from medimg_spark.io.nrrd import inflate
+
+    need = header.nbytes
+    if header.header_size == -1:
+        body = region if header.compressed else region[-need:]
+    else:
+        body = region[header.header_size :]
+    raw = inflate("gzip", body, need, "MetaImage") if header.compressed else body[:need]
+    if len(raw) < need:
+        raise TruncatedFileError(
+            f"MetaImage data holds {len(raw)} of the {need} voxel bytes its header declares; the file is truncated"
+        )
+    return raw
+
+
+def read_image(header: MetaHeader, region: bytes) -> Any:
+    """Decode with SimpleITK from a private temporary copy of the checked, uncompressed voxels.
+
+    The data is inflated here (:func:`voxel_bytes`) rather than by SimpleITK, which fills cut
+    compressed data with whatever it holds instead of failing.
+
+    Raises:
+        TruncatedFileError, DecodeError: cut or corrupt data; SimpleITK cannot read it.
     """
     sitk = _sitk()
     sitk.ProcessObject_SetGlobalWarningDisplay(False)  # ITK warnings quote header values to stderr
+    raw = voxel_bytes(header, region)
     with tempfile.TemporaryDirectory(prefix="medimg-metaimage-") as tmp:
-        if header.data_file is None:
-            path = os.path.join(tmp, "image.mha")
-            with open(path, "wb") as fh:
-                fh.write(attached)
-        else:
-            lines = header.header_bytes.rstrip(b"\r\n").rsplit(b"\n", 1)
-            head = (lines[0] + b"\n" if len(lines) == 2 else b"") + b"ElementDataFile = image.raw\n"
-            path = os.path.join(tmp, "image.mhd")
-            with open(path, "wb") as fh:
-                fh.write(head)
-            with open(os.path.join(tmp, "image.raw"), "wb") as fh:
-                fh.write(region)
+        path = os.path.join(tmp, "image.mhd")
+        with open(path, "wb") as fh:
+            fh.write(_plain_header(header))
+        with open(os.path.join(tmp, "image.raw"), "wb") as fh:
+            fh.write(raw)
+        del raw
         reader = sitk.ImageFileReader()
         reader.SetImageIO("MetaImageIO")
         reader.SetFileName(path)
@@ -370,7 +396,7 @@ def parse_metaimage(data: bytes, ctx: FileContext) -> ParsedFile:
     check_size(header, region, ctx.max_decoded_bytes)
 
     def decode() -> Iterator[Frame]:
-        yield from frames(read_image(header, data, region), header, sha)
+        yield from frames(read_image(header, region), header, sha)
 
     study = derived_uid("study", sha)
     try:

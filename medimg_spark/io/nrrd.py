@@ -428,8 +428,13 @@ def check_size(lay: NrrdLayout, region: bytes, max_decoded_bytes: int | None) ->
         )
 
 
-def _inflate(encoding: str, src: bytes, limit: int) -> bytes:
-    """Decompress ``src`` to at most ``limit`` bytes (what the header declares): no bomb can grow past it."""
+def inflate(encoding: str, src: bytes, limit: int, what: str = "NRRD") -> bytes:
+    """Decompress ``src`` (``gzip``: gzip or zlib stream; ``bzip2``) to at most ``limit`` bytes, the size
+    the header declares: no bomb can grow past it, and a short result means cut data.
+
+    Raises:
+        DecodeError: the stream is corrupt.
+    """
     out = bytearray()
     try:
         if encoding == "gzip":
@@ -443,7 +448,7 @@ def _inflate(encoding: str, src: bytes, limit: int) -> bytes:
             while not b.eof and not b.needs_input and len(out) < limit:
                 out += b.decompress(b"", limit - len(out))
     except (zlib.error, OSError, EOFError, ValueError) as err:
-        raise DecodeError(f"NRRD {encoding} data is corrupt ({err}); re-export the file") from None
+        raise DecodeError(f"{what} {encoding} data is corrupt ({err}); re-export the file") from None
     return bytes(out)
 
 
@@ -471,7 +476,7 @@ def decode_array(lay: NrrdLayout, region: bytes) -> np.ndarray:
             flat = cast
     else:
         skip = max(lay.byte_skip, 0)
-        raw = _inflate(lay.encoding, body, need + skip if lay.byte_skip >= 0 else _tail_limit(need))
+        raw = inflate(lay.encoding, body, need + skip if lay.byte_skip >= 0 else _tail_limit(need))
         buf = raw[-need:] if lay.byte_skip == -1 else raw[skip : skip + need]
         flat = np.frombuffer(buf, dtype=lay.dtype, count=lay.n_values if len(buf) >= need else -1)
     if flat.size != lay.n_values:
