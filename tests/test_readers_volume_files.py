@@ -447,6 +447,29 @@ def test_detached_data_must_be_present_and_inside_the_headers_folder(tmp_path: P
     assert [to_array(r).T.tolist() for r in frames] == [[[0, 1], [2, 3]], [[4, 5], [6, 7]]]
 
 
+@pytest.mark.parametrize(
+    ("skips", "prefix"),
+    [("line skip: 2\nbyte skip: 3\n", b"one\ntwo\nabc"), ("byte skip: -1\n", b"junk before")],
+)
+def test_nrrd_line_and_byte_skips_equal_pynrrd(
+    volumes: dict[str, Any], tmp_path: Path, skips: str, prefix: bytes
+) -> None:
+    data = sitk.GetArrayFromImage(volumes["mr700"]).T  # (x, y, z) int16
+    raw = data.astype("<i2").tobytes(order="F")
+    sizes = " ".join(str(n) for n in data.shape)
+    fields = f"type: short\ndimension: 3\nsizes: {sizes}\nendian: little\nencoding: raw\ndata file: mr.bin\n"
+    (tmp_path / "mr.bin").write_bytes(prefix + raw)
+    (tmp_path / "named.nhdr").write_bytes(_nrrd_header(fields + skips))
+    ref, _ = nrrd.read(str(tmp_path / "named.nhdr"))
+    frames = images(ingest(tmp_path / "named.nhdr"))
+    assert len(frames) == ref.shape[2]
+    for r in frames:
+        np.testing.assert_array_equal(to_array(r), ref[:, :, r["frame_index"]])
+    # the data file has another stem than its header: found by the folder scan, one outcome
+    row = only_quarantine(ingest(tmp_path / "mr.bin"))
+    assert row["error_class"] == "DataOfDetachedHeaderError" and "'named.nhdr'" in row["error_message"]
+
+
 def test_detached_header_behind_a_hadoop_uri_is_quarantined(written: dict[str, Path]) -> None:
     for name in ("detached.nhdr", "meta.mhd"):
         content = written[f"mr700/{name}"].read_bytes()

@@ -43,6 +43,8 @@ HEADER_SUFFIXES = (".nhdr", ".nrrd", ".mhd", ".mha")
 HEADER_PROBE_BYTES = 64 << 10
 #: Candidate headers examined per data file (same stem first), bounding the cost in huge folders.
 MAX_CANDIDATES = 64
+#: Folders with more entries than this are not scanned for headers of another stem.
+MAX_SCAN = 2048
 
 
 def header_dir(header_path: str | None, what: str) -> str:
@@ -121,7 +123,7 @@ def read_data_file(path: str, limit: int, what: str) -> bytes:
         raise DetachedDataError(f"{what}: the data file {name!r} cannot be read ({err.strerror})") from None
 
 
-def combined_sha256(header: bytes, data: bytes) -> str:
+def combined_sha256(header: bytes, data: bytes | memoryview) -> str:
     """The content identity of a detached pair: sha256 of ``"<header sha256>:<data sha256>"``.
 
     Used as ``file_sha256`` of the header's rows, so that two identical headers naming different data
@@ -143,25 +145,45 @@ def _named_data_file(head: bytes) -> str | None:
     return None
 
 
+def _candidates(folder: str, base: str) -> list[str]:
+    """Header names to look at for the data file ``base``: the same stem's, then (in a folder of at most
+    :data:`MAX_SCAN` entries) every other header-like name, at most :data:`MAX_CANDIDATES`."""
+    stem = base.split(".", 1)[0]
+    same = [
+        stem + suffix for suffix in HEADER_SUFFIXES if os.path.isfile(posixpath.join(folder, stem + suffix))
+    ]
+    others: list[str] = []
+    try:
+        with os.scandir(folder or ".") as entries:
+            for i, entry in enumerate(entries):
+                if i >= MAX_SCAN:
+                    others = []  # a huge folder: only the same-stem headers (cost stays per file)
+                    break
+                if (
+                    entry.name.lower().endswith(HEADER_SUFFIXES)
+                    and entry.name not in same
+                    and entry.name != base
+                ):
+                    others.append(entry.name)
+    except OSError:
+        pass
+    return (same + sorted(others))[:MAX_CANDIDATES]
+
+
 def header_naming(path: str | None) -> str | None:
     """The detached header of ``path``'s folder that names ``path`` as its data file, if any.
 
-    Looks at the folder's files ending in :data:`HEADER_SUFFIXES` (same stem first, at most
-    :data:`MAX_CANDIDATES`), reading :data:`HEADER_PROBE_BYTES` of each. Only local paths.
+    Looks at the headers of the same stem (``vol.nhdr`` for ``vol.raw.gz``), and in folders of at most
+    :data:`MAX_SCAN` entries at every file ending in :data:`HEADER_SUFFIXES`, reading
+    :data:`HEADER_PROBE_BYTES` of each. Only local paths. Called only for content of no supported
+    format, so the listing cost never touches readable files.
     """
     if not path or split_uri(path)[0] not in ("", "file"):
         return None
     local = local_path(path)
     folder, base = posixpath.split(local)
-    stem = base.split(".", 1)[0]
-    try:
-        with os.scandir(folder or ".") as entries:
-            names = [e.name for e in entries if e.name.lower().endswith(HEADER_SUFFIXES) and e.name != base]
-    except OSError:
-        return None
-    names.sort(key=lambda n: (n.split(".", 1)[0] != stem, n))
     target = posixpath.normpath(local)
-    for name in names[:MAX_CANDIDATES]:
+    for name in _candidates(folder, base):
         try:
             with open(posixpath.join(folder, name), "rb") as fh:
                 head = fh.read(HEADER_PROBE_BYTES)

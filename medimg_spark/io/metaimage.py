@@ -230,7 +230,7 @@ def read_header(data: bytes) -> tuple[MetaHeader, int]:
     return header, pos
 
 
-def check_size(header: MetaHeader, region: bytes, max_decoded_bytes: int | None) -> None:
+def check_size(header: MetaHeader, region: bytes | memoryview, max_decoded_bytes: int | None) -> None:
     """Bound the declared voxels before SimpleITK decodes them.
 
     Raises:
@@ -287,7 +287,7 @@ def _plain_header(header: MetaHeader) -> bytes:
     ).encode("latin-1")
 
 
-def voxel_bytes(header: MetaHeader, region: bytes) -> bytes:
+def voxel_bytes(header: MetaHeader, region: bytes | memoryview) -> memoryview:
     """The uncompressed voxel bytes of the data ``region`` (inflated here, bounded by the declared size).
 
     Raises:
@@ -297,11 +297,12 @@ def voxel_bytes(header: MetaHeader, region: bytes) -> bytes:
     from medimg_spark.io.nrrd import inflate
 
     need = header.nbytes
+    view = memoryview(region)  # views, not copies, of a possibly large buffer
     if header.header_size == -1:
-        body = region if header.compressed else region[-need:]
+        body = view if header.compressed else view[-need:]
     else:
-        body = region[header.header_size :]
-    raw = inflate("gzip", body, need, "MetaImage") if header.compressed else body[:need]
+        body = view[header.header_size :]
+    raw = memoryview(inflate("gzip", body, need, "MetaImage")) if header.compressed else body[:need]
     if len(raw) < need:
         raise TruncatedFileError(
             f"MetaImage data holds {len(raw)} of the {need} voxel bytes its header declares; the file is truncated"
@@ -309,7 +310,7 @@ def voxel_bytes(header: MetaHeader, region: bytes) -> bytes:
     return raw
 
 
-def read_image(header: MetaHeader, region: bytes) -> Any:
+def read_image(header: MetaHeader, region: bytes | memoryview) -> Any:
     """Decode with SimpleITK from a private temporary copy of the checked, uncompressed voxels.
 
     The data is inflated here (:func:`voxel_bytes`) rather than by SimpleITK, which fills cut
@@ -386,11 +387,11 @@ def parse_metaimage(data: bytes, ctx: FileContext) -> ParsedFile:
     if header.data_file is not None:
         what = "MetaImage header"
         path = resolve_data_file(ctx.source_path, header.data_file, what)
-        region = read_data_file(path, ctx.max_file_bytes, what)
+        region: bytes | memoryview = read_data_file(path, ctx.max_file_bytes, what)
         sha = combined_sha256(data, region)
         identity: str | None = sha
     else:
-        region = data[offset:]
+        region = memoryview(data)[offset:]
         sha = hashlib.sha256(data).hexdigest()
         identity = None
     check_size(header, region, ctx.max_decoded_bytes)

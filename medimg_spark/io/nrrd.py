@@ -213,12 +213,37 @@ def _int_field(header: dict[str, Any], *names: str, default: int = 0) -> int:
     return default
 
 
-def _dtype(header: dict[str, Any], encoding: str) -> np.dtype:
-    from nrrd.reader import _TYPEMAP_NRRD2NUMPY
+#: NRRD sample types (every spelling the format allows) → numpy type codes.
+_TYPES = {
+    name: code
+    for code, names in {
+        "i1": ("signed char", "int8", "int8_t"),
+        "u1": ("uchar", "unsigned char", "uint8", "uint8_t"),
+        "i2": ("short", "short int", "signed short", "signed short int", "int16", "int16_t"),
+        "u2": ("ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"),
+        "i4": ("int", "signed int", "int32", "int32_t"),
+        "u4": ("uint", "unsigned int", "uint32", "uint32_t"),
+        "i8": (
+            "longlong",
+            "long long",
+            "long long int",
+            "signed long long",
+            "signed long long int",
+            "int64",
+            "int64_t",
+        ),
+        "u8": ("ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t"),
+        "f4": ("float",),
+        "f8": ("double",),
+    }.items()
+    for name in names
+}
 
+
+def _dtype(header: dict[str, Any], encoding: str) -> np.dtype:
     name = str(header["type"]).strip()
-    code = _TYPEMAP_NRRD2NUMPY.get(name)
-    if code is None or code == "V":
+    code = _TYPES.get(name)
+    if code is None:
         raise UnsupportedFormatError(
             f"NRRD sample type {name!r} is not supported; store integer or float samples"
         )
@@ -381,7 +406,10 @@ def layout(header: dict[str, Any]) -> NrrdLayout:
     )
 
 
-def _skip_lines(region: bytes, lines: int) -> int:
+def _skip_lines(region: bytes | memoryview, lines: int) -> int:
+    if lines == 0:
+        return 0
+    region = bytes(region)  # rare: a copy to search for line ends
     pos = 0
     for _ in range(lines):
         nl = region.find(b"\n", pos)
@@ -391,7 +419,7 @@ def _skip_lines(region: bytes, lines: int) -> int:
     return pos
 
 
-def check_size(lay: NrrdLayout, region: bytes, max_decoded_bytes: int | None) -> None:
+def check_size(lay: NrrdLayout, region: bytes | memoryview, max_decoded_bytes: int | None) -> None:
     """Bound the declared data before decoding.
 
     Raises:
@@ -428,7 +456,7 @@ def check_size(lay: NrrdLayout, region: bytes, max_decoded_bytes: int | None) ->
         )
 
 
-def inflate(encoding: str, src: bytes, limit: int, what: str = "NRRD") -> bytes:
+def inflate(encoding: str, src: bytes | memoryview, limit: int, what: str = "NRRD") -> bytearray:
     """Decompress ``src`` (``gzip``: gzip or zlib stream; ``bzip2``) to at most ``limit`` bytes, the size
     the header declares: no bomb can grow past it, and a short result means cut data.
 
@@ -449,10 +477,10 @@ def inflate(encoding: str, src: bytes, limit: int, what: str = "NRRD") -> bytes:
                 out += b.decompress(b"", limit - len(out))
     except (zlib.error, OSError, EOFError, ValueError) as err:
         raise DecodeError(f"{what} {encoding} data is corrupt ({err}); re-export the file") from None
-    return bytes(out)
+    return out
 
 
-def decode_array(lay: NrrdLayout, region: bytes) -> np.ndarray:
+def decode_array(lay: NrrdLayout, region: bytes | memoryview) -> np.ndarray:
     """The data as an array of shape ``sizes`` in Fortran index order (pynrrd's default).
 
     Raises:
@@ -461,29 +489,35 @@ def decode_array(lay: NrrdLayout, region: bytes) -> np.ndarray:
     """
     start = _skip_lines(region, lay.line_skip)
     need = lay.nbytes
-    body = region[start:]
+    body = memoryview(region)[start:]  # views, not copies, of a possibly large buffer
+    buf: memoryview
+    if lay.encoding == "ascii":
+        text = bytes(body[max(lay.byte_skip, 0) :]).decode("latin-1")
+        values = np.fromstring(text, dtype=np.float64, sep=" ")  # text mode (sep) is not deprecated
+        if values.size < lay.n_values:
+            raise TruncatedFileError(
+                f"NRRD ASCII data holds {values.size} of the {lay.n_values} values its header declares (sizes "
+                f"{list(lay.sizes)}); the file is truncated"
+            )
+        flat = values[: lay.n_values]
+        cast = flat.astype(lay.dtype)
+        if lay.dtype.kind in "iu" and not np.array_equal(cast, flat):
+            raise DecodeError(f"NRRD ASCII values do not fit its {lay.dtype.name} type; fix the file")
+        return cast.reshape(lay.sizes[::-1]).T
     if lay.encoding == "raw":
         buf = body[-need:] if lay.byte_skip == -1 else body[lay.byte_skip : lay.byte_skip + need]
-        flat = np.frombuffer(buf, dtype=lay.dtype, count=lay.n_values if len(buf) >= need else -1)
-    elif lay.encoding == "ascii":
-        text = body[max(lay.byte_skip, 0) :].decode("latin-1")
-        values = np.fromstring(text, dtype=np.float64, sep=" ")  # text mode (sep) is not deprecated
-        flat = values[: lay.n_values]
-        if flat.size == lay.n_values:
-            cast = flat.astype(lay.dtype)
-            if lay.dtype.kind in "iu" and not np.array_equal(cast, flat):
-                raise DecodeError(f"NRRD ASCII values do not fit its {lay.dtype.name} type; fix the file")
-            flat = cast
     else:
         skip = max(lay.byte_skip, 0)
-        raw = inflate(lay.encoding, body, need + skip if lay.byte_skip >= 0 else _tail_limit(need))
-        buf = raw[-need:] if lay.byte_skip == -1 else raw[skip : skip + need]
-        flat = np.frombuffer(buf, dtype=lay.dtype, count=lay.n_values if len(buf) >= need else -1)
-    if flat.size != lay.n_values:
-        raise TruncatedFileError(
-            f"NRRD data holds {flat.size} of the {lay.n_values} samples its header declares (sizes "
-            f"{list(lay.sizes)}); the file is truncated"
+        raw = memoryview(
+            inflate(lay.encoding, body, need + skip if lay.byte_skip >= 0 else _tail_limit(need))
         )
+        buf = raw[-need:] if lay.byte_skip == -1 else raw[skip : skip + need]
+    if len(buf) < need:
+        raise TruncatedFileError(
+            f"NRRD data holds {len(buf)} of the {need} bytes its header declares (sizes {list(lay.sizes)}); the "
+            "file is truncated"
+        )
+    flat = np.frombuffer(buf, dtype=lay.dtype, count=lay.n_values)
     return flat.reshape(lay.sizes[::-1]).T
 
 
@@ -557,11 +591,11 @@ def parse_nrrd(data: bytes, ctx: FileContext) -> ParsedFile:
     if lay.data_file is not None:
         what = "NRRD header"
         path = resolve_data_file(ctx.source_path, lay.data_file, what)
-        region = read_data_file(path, ctx.max_file_bytes, what)
+        region: bytes | memoryview = read_data_file(path, ctx.max_file_bytes, what)
         sha = combined_sha256(data, region)
         identity: str | None = sha
     else:
-        region = data[offset:]
+        region = memoryview(data)[offset:]
         sha = hashlib.sha256(data).hexdigest()
         identity = None
     check_size(lay, region, ctx.max_decoded_bytes)
