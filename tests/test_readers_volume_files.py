@@ -294,6 +294,7 @@ def _nrrd_header(fields: str) -> bytes:
     return f"NRRD0004\n{fields}\n".encode()
 
 
+META_222 = b"ObjectType = Image\nNDims = 3\nDimSize = 2 2 2\nElementType = MET_UCHAR\n"
 HUGE = "type: double\ndimension: 3\nsizes: 100000 100000 100000\nendian: little\nencoding: raw\n"
 
 
@@ -383,6 +384,9 @@ HUGE = "type: double\ndimension: 3\nsizes: 100000 100000 100000\nendian: little\
             + b"\0" * 8,
             "InvalidHeaderError",
         ),
+        (META_222 + b"TransformMatrix = 1 0 0\nElementDataFile = LOCAL\n" + b"\0" * 8, "InvalidHeaderError"),
+        (META_222 + b"ElementSpacing = 0 0 0\nElementDataFile = LOCAL\n" + b"\0" * 8, "InvalidHeaderError"),
+        (META_222 + b"Offset = 1 nan 2\nElementDataFile = LOCAL\n" + b"\0" * 8, "InvalidHeaderError"),
     ],
 )
 def test_hostile_header_is_quarantined_at_parse(tmp_path: Path, content: bytes, error_class: str) -> None:

@@ -147,6 +147,15 @@ def _ints(fields: dict[str, str], key: str) -> list[int]:
         raise InvalidHeaderError(f"MetaImage `{key} = {fields[key]}` is not a list of integers") from None
 
 
+def _floats(fields: dict[str, str], key: str) -> list[float]:
+    try:
+        return [float(v) for v in fields[key].split()]
+    except ValueError:
+        raise InvalidHeaderError(
+            f"MetaImage `{key} = {fields[key]}` is not a list of numbers; fix the header"
+        ) from None
+
+
 def read_header(data: bytes) -> tuple[MetaHeader, int]:
     """Parse and check the text header at the start of ``data``.
 
@@ -212,6 +221,26 @@ def read_header(data: bytes) -> tuple[MetaHeader, int]:
         )
     if not name:
         raise InvalidHeaderError("MetaImage `ElementDataFile` is empty; name LOCAL or the data file")
+    for key, count in (
+        ("ElementSpacing", ndims),
+        ("ElementSize", ndims),
+        ("Offset", ndims),
+        ("Position", ndims),
+        ("Origin", ndims),
+        ("TransformMatrix", ndims * ndims),
+        ("Rotation", ndims * ndims),
+        ("Orientation", ndims * ndims),
+    ):
+        if key in fields:
+            values = _floats(fields, key)
+            if len(values) != count or not all(math.isfinite(v) for v in values):
+                raise InvalidHeaderError(
+                    f"MetaImage `{key} = {fields[key]}` needs {count} finite numbers for NDims = {ndims}; fix the header"
+                )
+            if key in ("ElementSpacing", "ElementSize") and any(v == 0 for v in values):
+                raise InvalidHeaderError(
+                    f"MetaImage `{key} = {fields[key]}` has a zero spacing; fix the header"
+                )
     if not _bool(fields, "BinaryData", True):
         raise UnsupportedFormatError(
             "MetaImage with `BinaryData = False` (ASCII voxels) is not supported; re-save it with SimpleITK"
@@ -346,7 +375,7 @@ def read_image(header: MetaHeader, region: bytes | memoryview) -> Any:
 def frames(image: Any, header: MetaHeader, sha: str) -> Iterator[Frame]:
     """The frames ``GetArrayFromImage(image)[k]`` with their LPS geometry."""
     sitk = _sitk()
-    arr = sitk.GetArrayFromImage(image)
+    arr = sitk.GetArrayViewFromImage(image)  # no copy: each frame is copied out below, ``image`` stays alive
     if image.GetDimension() == 2:
         arr = arr[np.newaxis, ...]
     expected = (header.n_slices, header.dims[1], header.dims[0])
@@ -400,12 +429,11 @@ def parse_metaimage(data: bytes, ctx: FileContext) -> ParsedFile:
         yield from frames(read_image(header, region), header, sha)
 
     study = derived_uid("study", sha)
-    try:
-        spacing = [float(v) for v in header.fields.get("ElementSpacing", "").split()]
-    except ValueError:
-        raise InvalidHeaderError(
-            f"MetaImage `ElementSpacing = {header.fields['ElementSpacing']}` is not numbers; fix the header"
-        ) from None
+    spacing = (
+        [abs(v) for v in _floats(header.fields, "ElementSpacing")]
+        if "ElementSpacing" in header.fields
+        else []
+    )
     modality = _MODALITIES.get(header.fields.get("Modality", "").strip(), ctx.default_modality)
     return ParsedFile(
         source_format="metaimage",
