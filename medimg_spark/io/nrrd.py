@@ -51,7 +51,6 @@ from medimg_spark.io.model import Frame, ParsedFile
 if TYPE_CHECKING:
     from medimg_spark.io.files import FileContext
 
-MAGIC = b"NRRD000"
 #: Longest header read (an attached header ends at its first blank line).
 MAX_HEADER_BYTES = 1 << 20
 #: Largest frame count the ``n_frames`` column holds.
@@ -139,7 +138,7 @@ class NrrdLayout:
         data_file: the detached data file's name (None: attached).
         affine_lps: 4x4 array-index (space axes) to LPS mm matrix; a 2-D image's third column is its
             unit normal.
-        thickness: slice thickness (the third space axis' step, else ``thicknesses``), mm.
+        thickness: slice thickness, mm: the third space axis' ``thicknesses`` value, else its step.
         photometric: of the frames (``MONOCHROME2``, ``RGB`` or None for other components).
     """
 
@@ -175,11 +174,6 @@ class NrrdLayout:
     def n_series(self) -> int:
         """Series in the file (the size of a non-channel extra axis, else 1)."""
         return self.sizes[self.extra] if self.extra is not None and not self.channels else 1
-
-
-def sniff(data: bytes) -> bool:
-    """True when ``data`` starts with the NRRD magic (``NRRD0001`` .. ``NRRD0005``)."""
-    return data.startswith(MAGIC)
 
 
 def read_header(data: bytes) -> tuple[dict[str, Any], int]:
@@ -325,6 +319,15 @@ def _affine(header: dict[str, Any], spatial: tuple[int, ...], dirs: np.ndarray |
     return a
 
 
+def _thickness(header: dict[str, Any], spatial: tuple[int, ...], affine: np.ndarray) -> float | None:
+    """The slice axis' ``thicknesses`` value, else its step; None for a 2-D image."""
+    if len(spatial) != 3:
+        return None
+    given = list(header.get("thicknesses", []))
+    value = float(given[spatial[2]]) if spatial[2] < len(given) else math.nan
+    return value if math.isfinite(value) and value > 0 else float(np.linalg.norm(affine[:3, 2]))
+
+
 def layout(header: dict[str, Any]) -> NrrdLayout:
     """Check a parsed header and describe its data (see :class:`NrrdLayout`).
 
@@ -365,7 +368,7 @@ def layout(header: dict[str, Any]) -> NrrdLayout:
     data_file = header.get("data file", header.get("datafile"))
     if data_file is not None:
         data_file = str(data_file).strip()
-        if data_file.upper().startswith("LIST") or len(data_file.split()) > 1:
+        if data_file.upper() == "LIST" or data_file.upper().startswith("LIST ") or len(data_file.split()) > 1:
             raise UnsupportedFormatError(
                 "NRRD data split over several files (`data file: LIST` or a name pattern) is not supported; "
                 "save the volume as one .nrrd"
@@ -378,11 +381,7 @@ def layout(header: dict[str, Any]) -> NrrdLayout:
             ">= -1); fix the header"
         )
     affine = _affine(header, spatial, dirs)
-    thickness: float | None = float(np.linalg.norm(affine[:3, 2])) if len(spatial) == 3 else None
-    if thickness is None and "thicknesses" in header:
-        values = [float(v) for v in header["thicknesses"]]
-        given = values[spatial[0]] if values else math.nan
-        thickness = given if math.isfinite(given) else None
+    thickness = _thickness(header, spatial, affine)
     n_channels = sizes[extra] if channels and extra is not None else 1
     if n_channels == 1:
         photometric: str | None = "MONOCHROME2"
