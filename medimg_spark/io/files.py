@@ -276,7 +276,7 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
     if ctx.split_rule is not None:
         from medimg_spark.io.splits import split_of_file
 
-        rule_split = split_of_file(ctx.split_rule, local_path(path), file_sha, parsed.image_meta)
+        rule_split = split_of_file(ctx.split_rule, local_path(path), sha, parsed.image_meta)
     written = 0
     frames: Iterator[Any] | None = None
     while True:
