@@ -474,6 +474,18 @@ def test_nrrd_line_and_byte_skips_equal_pynrrd(
     assert row["error_class"] == "DataOfDetachedHeaderError" and "'named.nhdr'" in row["error_message"]
 
 
+def test_detached_data_that_fails_in_another_way_still_gets_the_typed_reason(
+    written: dict[str, Path], tmp_path: Path
+) -> None:
+    """A gzip data file inflating past ingest.max_decompressed_bytes is still the header's data."""
+    folder = written["anatomical/gzdetached.nhdr"].parent
+    small = FileContext(run_id="t", max_decompressed_bytes=1024)
+    row = only_quarantine(ingest(folder / "gzdetached.raw.gz", small))
+    assert row["error_class"] == "DataOfDetachedHeaderError"
+    (tmp_path / "alone.raw.gz").write_bytes((folder / "gzdetached.raw.gz").read_bytes())  # no header names it
+    assert only_quarantine(ingest(tmp_path / "alone.raw.gz", small))["error_class"] == "ImageTooLargeError"
+
+
 def test_detached_header_behind_a_hadoop_uri_is_quarantined(written: dict[str, Path]) -> None:
     for name in ("detached.nhdr", "meta.mhd"):
         content = written[f"mr700/{name}"].read_bytes()

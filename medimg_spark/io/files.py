@@ -77,18 +77,11 @@ def image_id(file_sha256: str, frame_index: int) -> str:
 
 
 def _parse(data: bytes, ctx: FileContext, recovered: list[str]) -> ParsedFile:
-    fmt = detect.detect_format(data)
-    if fmt == detect.GZIP:
-        data = detect.gunzip(data, ctx.max_decompressed_bytes)
-        recovered.append("gunzip")
-        fmt = detect.detect_format(data)
-        if fmt == detect.GZIP:
-            raise UnsupportedFormatError("nested gzip streams are not supported; decompress the file first")
-    if fmt == detect.ZIP:
-        raise UnsupportedFormatError("zip archive whose members are not .npy arrays; extract it first")
+    """Detect and parse; a file that fails and is the data file a detached header of its folder names
+    (``.nhdr``/``.mhd``) fails as :class:`~medimg_spark.io.detached.DataOfDetachedHeaderError` instead."""
     try:
-        fmt, reader = readers.reader_for(fmt, data)  # UnsupportedFormatError names the supported formats
-    except UnsupportedFormatError:
+        return _parse_content(data, ctx, recovered)
+    except Exception:
         from medimg_spark.io.detached import DataOfDetachedHeaderError, header_naming
 
         header = header_naming(ctx.source_path)
@@ -98,6 +91,19 @@ def _parse(data: bytes, ctx: FileContext, recovered: list[str]) -> ParsedFile:
             f"raw data of the detached header {header!r} (which names this file): its voxels are ingested "
             "through that header, not from this file alone"
         ) from None
+
+
+def _parse_content(data: bytes, ctx: FileContext, recovered: list[str]) -> ParsedFile:
+    fmt = detect.detect_format(data)
+    if fmt == detect.GZIP:
+        data = detect.gunzip(data, ctx.max_decompressed_bytes)
+        recovered.append("gunzip")
+        fmt = detect.detect_format(data)
+        if fmt == detect.GZIP:
+            raise UnsupportedFormatError("nested gzip streams are not supported; decompress the file first")
+    if fmt == detect.ZIP:
+        raise UnsupportedFormatError("zip archive whose members are not .npy arrays; extract it first")
+    fmt, reader = readers.reader_for(fmt, data)  # UnsupportedFormatError names the supported formats
     return reader.load()(data, fmt, ctx)
 
 
