@@ -98,7 +98,6 @@ class MetaHeader:
 
     Attributes:
         fields: every ``Key = Value`` field (text values).
-        header_bytes: the header's bytes (up to and including the ``ElementDataFile`` line).
         dims: ``DimSize`` (x, y[, z]).
         channels: ``ElementNumberOfChannels``.
         itemsize: bytes per sample of ``ElementType``.
@@ -109,7 +108,6 @@ class MetaHeader:
     """
 
     fields: dict[str, str]
-    header_bytes: bytes
     dims: tuple[int, ...]
     channels: int
     itemsize: int
@@ -247,7 +245,6 @@ def read_header(data: bytes) -> tuple[MetaHeader, int]:
         )
     header = MetaHeader(
         fields=fields,
-        header_bytes=data[:pos],
         dims=dims,
         channels=channels,
         itemsize=ELEMENT_SIZES[etype],
