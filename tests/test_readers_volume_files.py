@@ -130,13 +130,20 @@ def meta_frame(arr: np.ndarray, k: int) -> np.ndarray:
 @pytest.mark.parametrize(
     "name", ["raw.nrrd", "gz.nrrd", "detached.nhdr", "gzdetached.nhdr", "raw.mha", "z.mha", "meta.mhd"]
 )
-def test_volume_file_equals_simpleitk(written: dict[str, Path], vol_name: str, name: str) -> None:
+def test_volume_file_equals_simpleitk(
+    volumes: dict[str, Any], written: dict[str, Path], vol_name: str, name: str
+) -> None:
     path = written[f"{vol_name}/{name}"]
     rows = ingest(path)
     assert kinds(rows)[0] == "instance" and "quarantine" not in kinds(rows)
     fmt = "nrrd" if name.endswith((".nrrd", ".nhdr")) else "metaimage"
     assert {r["source_format"] for r in rows} == {fmt}
     assert_matches_sitk(rows, path, nrrd_frame if fmt == "nrrd" else meta_frame)
+    # and the round trip keeps the source volume's geometry (the DICOM series' / NIfTI's, in LPS)
+    np.testing.assert_allclose(images(rows)[0]["image_position"], volumes[vol_name].GetOrigin(), atol=TOL)
+    last = images(rows)[-1]
+    top = volumes[vol_name].TransformIndexToPhysicalPoint((0, 0, volumes[vol_name].GetSize()[2] - 1))
+    np.testing.assert_allclose(last["image_position"], top, atol=TOL)
     instance = rows[0]
     assert instance["header_json"] and "descrip" not in instance["header_json"]  # free text left out
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
