@@ -37,7 +37,8 @@ class TruncatedFileError(IngestFileError):
 
 
 class UnsupportedFormatError(IngestFileError):
-    """The content matches none of the supported formats (DICOM, PNG, JPEG, TIFF, NIfTI, npz)."""
+    """The content matches none of the supported formats (DICOM, PNG, JPEG, TIFF, NIfTI, npz, NRRD,
+    MetaImage), or a variant of one that is not supported."""
 
 
 class NoPixelDataError(IngestFileError):

@@ -112,7 +112,7 @@ def test_a_format_is_one_registered_reader_with_a_sniff() -> None:
     before = list(process_file("file:/x/ct.pgm", data, FileContext(run_id="r")))
     assert [r["_kind"] for r in before] == ["quarantine"]
     assert before[0]["error_class"] == "UnsupportedFormatError"
-    assert "(DICOM, PNG, JPEG, TIFF, NIfTI-1/2, MedMNIST npz)" in before[0]["error_message"]
+    assert "(DICOM, PNG, JPEG, TIFF, NIfTI-1/2, MedMNIST npz, NRRD, MetaImage)" in before[0]["error_message"]
     register_reader(
         Reader(
             "pgm", ("pgm",), "PGM", f"{__name__}:parse_pgm", sniff=lambda d: "pgm" if d[:2] == b"P5" else None
@@ -126,17 +126,18 @@ def test_a_format_is_one_registered_reader_with_a_sniff() -> None:
         assert np.frombuffer(image["pixels"], np.uint8).reshape(frame.shape).tolist() == frame.tolist()
     finally:
         READERS.unregister("pgm")
-    with pytest.raises(UnsupportedFormatError, match=r"matches no supported format \(DICOM, .*npz\)$"):
+    with pytest.raises(UnsupportedFormatError, match=r"matches no supported format \(DICOM, .*MetaImage\)$"):
         reader_for(None, data)
 
 
 def test_builtin_readers_cover_every_detected_format() -> None:
     from medimg_spark.io import detect
 
-    for fmt in (detect.DICOM, detect.PNG, detect.JPEG, detect.TIFF, detect.NIFTI1, detect.NIFTI2, detect.NPZ):
+    formats = (detect.DICOM, detect.PNG, detect.JPEG, detect.TIFF, detect.NIFTI1, detect.NIFTI2, detect.NPZ)
+    for fmt in (*formats, detect.NRRD, detect.METAIMAGE):
         got, reader = reader_for(fmt)
         assert got == fmt and callable(reader.load())
-    assert READERS.names() == ("dicom", "raster", "nifti", "npz")
+    assert READERS.names() == ("dicom", "raster", "nifti", "npz", "nrrd", "metaimage")
 
 
 def test_estimators_are_one_registry_for_sklearn_and_mllib() -> None:

@@ -4,7 +4,8 @@ Two Python Data Sources (Spark 4 ``pyspark.sql.datasource``) over local files an
 in the executors exactly as ``medimg ingest`` does (:func:`medimg_spark.io.files.process_files`
 under the same limits, crash guard, time budget, de-identification hook and labels):
 
-* ``medimg`` reads every supported format (DICOM, PNG, JPEG, TIFF, NIfTI, MedMNIST ``.npz``).
+* ``medimg`` reads every supported format (DICOM, PNG, JPEG, TIFF, NIfTI, MedMNIST ``.npz``, NRRD,
+  MetaImage).
 * ``dicom`` reads DICOM content only: a file whose content is another supported format becomes one
   quarantine row (``stage=parse``, ``error_class=NotDicomError``) instead of image rows, so that it
   still has exactly one outcome; undecodable content is quarantined as by ``medimg``.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import struct
 import zipfile
 
@@ -14,6 +15,8 @@ TIFF = "tiff"
 NIFTI1 = "nifti1"
 NIFTI2 = "nifti2"
 NPZ = "npz"
+NRRD = "nrrd"
+METAIMAGE = "metaimage"
 GZIP = "gzip"
 ZIP = "zip"
 
@@ -58,12 +61,46 @@ def _nifti_kind(head: bytes) -> str | None:
     return None
 
 
+#: A MetaImage header line (``Key = Value``); the header's first line must be one.
+_META_LINE = re.compile(rb"[ \t]*([A-Za-z_][^=\r\n\x00]*?)[ \t]*=[^\n\r\x00]*(?:\r?\n|$)")
+#: Bytes of a MetaImage header :func:`looks_like_metaimage` reads.
+METAIMAGE_PROBE_BYTES = 4096
+
+
+def looks_like_metaimage(data: bytes) -> bool:
+    """True when ``data`` starts with a MetaImage text header (``.mha``/``.mhd``).
+
+    Every line up to ``ElementDataFile`` (the last header field) must be a ``Key = Value`` line, one
+    of them ``ObjectType = Image`` or ``NDims = N``, within :data:`METAIMAGE_PROBE_BYTES` bytes.
+    """
+    head = data[:METAIMAGE_PROBE_BYTES]
+    pos = 0
+    found = False
+    while pos < len(head):
+        m = _META_LINE.match(head, pos)
+        if m is None or m.end() == pos:
+            return False
+        key = m.group(1)
+        value = m.group(0).split(b"=", 1)[1].strip()
+        if key == b"ObjectType":
+            if value != b"Image":
+                return False
+            found = True
+        elif key == b"NDims" and value.isdigit():
+            found = True
+        elif key == b"ElementDataFile":
+            return found
+        pos = m.end()
+    return False
+
+
 def detect_format(data: bytes) -> str | None:
     """Return the format of a file's bytes, or None when it matches no supported format.
 
     Formats: ``dicom`` (with or without the 128-byte preamble), ``png``, ``jpeg``, ``tiff``,
-    ``nifti1``, ``nifti2``, ``npz`` (a zip of ``.npy`` members), ``gzip`` (caller decompresses and
-    detects again), ``zip`` (any other zip archive, unsupported).
+    ``nifti1``, ``nifti2``, ``nrrd`` (magic ``NRRD000``), ``metaimage`` (a ``Key = Value`` MetaImage
+    header), ``npz`` (a zip of ``.npy`` members), ``gzip`` (caller decompresses and detects again),
+    ``zip`` (any other zip archive, unsupported).
     """
     if len(data) >= 132 and data[128:132] == b"DICM":
         return DICOM
@@ -76,6 +113,10 @@ def detect_format(data: bytes) -> str | None:
     nifti = _nifti_kind(data[:540])
     if nifti:
         return nifti
+    if data.startswith(b"NRRD000"):
+        return NRRD
+    if looks_like_metaimage(data):
+        return METAIMAGE
     if data.startswith(b"\x1f\x8b"):
         return GZIP
     if data.startswith(b"PK\x03\x04") or data.startswith(b"PK\x05\x06"):

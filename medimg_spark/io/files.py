@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from medimg_spark.errors import EmptyFileError, FileTimeoutError, UnsupportedFormatError, WorkerCrashError
@@ -52,6 +52,8 @@ class FileContext:
         deidentify: applied to every DICOM dataset before metadata is extracted.
         split_rule: ``ingest.split``: assigns a split to frames that have none (see
             :func:`medimg_spark.io.splits.split_of_file`).
+        source_path: the file being parsed (set per file by :func:`process_file`): detached headers
+            read their data file next to it (:mod:`medimg_spark.io.detached`).
     """
 
     run_id: str
@@ -66,6 +68,7 @@ class FileContext:
     label_from_parent_dir: bool = False
     deidentify: Callable[[Any], Any] | None = None
     split_rule: SplitRule | None = None
+    source_path: str | None = None
 
 
 def image_id(file_sha256: str, frame_index: int) -> str:
@@ -74,6 +77,23 @@ def image_id(file_sha256: str, frame_index: int) -> str:
 
 
 def _parse(data: bytes, ctx: FileContext, recovered: list[str]) -> ParsedFile:
+    """Detect and parse; a file that fails and is the data file a detached header of its folder names
+    (``.nhdr``/``.mhd``) fails as :class:`~medimg_spark.io.detached.DataOfDetachedHeaderError` instead."""
+    try:
+        return _parse_content(data, ctx, recovered)
+    except Exception:
+        from medimg_spark.io.detached import DataOfDetachedHeaderError, header_naming
+
+        header = header_naming(ctx.source_path)
+        if header is None:
+            raise
+        raise DataOfDetachedHeaderError(
+            f"raw data of the detached header {header!r} (which names this file): its voxels are ingested "
+            "through that header, not from this file alone"
+        ) from None
+
+
+def _parse_content(data: bytes, ctx: FileContext, recovered: list[str]) -> ParsedFile:
     fmt = detect.detect_format(data)
     if fmt == detect.GZIP:
         data = detect.gunzip(data, ctx.max_decompressed_bytes)
@@ -218,10 +238,13 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
     (``read``, ``parse``, ``deid`` or ``decode``) and the exception class. Failures of native codecs
     that raise ``BaseException`` subclasses (pyo3's ``PanicException``) are caught too; only
     ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` pass. Parse and decode share the time
-    budget ``ctx.max_seconds_per_file``.
+    budget ``ctx.max_seconds_per_file``. A detached header's rows carry the hash of the header and its
+    data file together as ``file_sha256`` (``ParsedFile.content_sha256``); labels still match the
+    header file's own hash.
     """
     base = _base_row(path, content, ctx)
     sha = base["file_sha256"]
+    file_sha = sha
     if not content:
         yield _quarantine(base, "read", EmptyFileError("file has zero bytes; re-export or remove it"))
         return
@@ -229,13 +252,16 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
     recovered: list[str] = []
     try:
         with budget.running():
-            parsed = _parse(content, ctx, recovered)
+            parsed = _parse(content, replace(ctx, source_path=path), recovered)
     except _NOT_A_FILE_ERROR:
         raise
     except BaseException as exc:
         yield _quarantine(base, "parse", exc, redact=ctx.deidentify is not None)
         return
     recovered.extend(parsed.recovered)
+    if parsed.content_sha256 is not None:
+        base = {**base, "file_sha256": parsed.content_sha256}
+        sha = parsed.content_sha256
     common = {
         **base,
         "source_format": parsed.source_format,
@@ -251,7 +277,7 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
     }
     if parsed.decode is None:
         return
-    file_labels = _labels(path, sha, ctx)
+    file_labels = _labels(path, file_sha, ctx)
     rule_split = None
     if ctx.split_rule is not None:
         from medimg_spark.io.splits import split_of_file

@@ -31,6 +31,9 @@ class ParsedFile:
         instance_meta: column values of the ``instances`` table (UIDs, SOP class, header JSON...).
         recovered: what was repaired to read the file (e.g. ``force``, ``inferred_transfer_syntax``).
         decode: a callable producing the frames lazily; it raises when the pixels cannot be decoded.
+        content_sha256: the content identity when the image is read from more than this file (a
+            detached header and its data file, see :func:`medimg_spark.io.detached.combined_sha256`):
+            the rows' ``file_sha256`` (and so their ``image_id`` and deduplication); None: the file's hash.
     """
 
     source_format: str
@@ -41,3 +44,4 @@ class ParsedFile:
     instance_meta: dict[str, Any] = field(default_factory=dict)
     recovered: list[str] = field(default_factory=list)
     decode: Callable[[], Iterator[Frame]] | None = None
+    content_sha256: str | None = None

@@ -84,7 +84,7 @@ def _load_modules() -> None:
 
 
 def supported_formats() -> str:
-    """``"DICOM, PNG, JPEG, TIFF, NIfTI-1/2, MedMNIST npz"``: the labels of every reader."""
+    """``"DICOM, PNG, JPEG, TIFF, NIfTI-1/2, MedMNIST npz, NRRD, MetaImage"``: the labels of every reader."""
     _load_modules()
     return ", ".join(READERS.get(n).label for n in READERS)
 
@@ -140,6 +140,20 @@ def parse_npz_file(data: bytes, fmt: str, ctx: FileContext) -> ParsedFile:
     return parse_npz(data, ctx.default_modality, ctx.max_decompressed_bytes, ctx.max_decoded_bytes)
 
 
+def parse_nrrd_file(data: bytes, fmt: str, ctx: FileContext) -> ParsedFile:
+    """NRRD: ``.nrrd`` (attached data) or ``.nhdr`` (data file next to it, read via ``ctx.source_path``)."""
+    from medimg_spark.io.nrrd import parse_nrrd
+
+    return parse_nrrd(data, ctx)
+
+
+def parse_metaimage_file(data: bytes, fmt: str, ctx: FileContext) -> ParsedFile:
+    """MetaImage: ``.mha`` or ``.mhd`` + ``ElementDataFile``, decoded by SimpleITK (the ``itk`` extra)."""
+    from medimg_spark.io.metaimage import parse_metaimage
+
+    return parse_metaimage(data, ctx)
+
+
 _HERE = __name__
 register_reader(Reader("dicom", (detect.DICOM,), "DICOM", f"{_HERE}:parse_dicom_file"))
 register_reader(
@@ -147,3 +161,5 @@ register_reader(
 )
 register_reader(Reader("nifti", (detect.NIFTI1, detect.NIFTI2), "NIfTI-1/2", f"{_HERE}:parse_nifti_file"))
 register_reader(Reader("npz", (detect.NPZ,), "MedMNIST npz", f"{_HERE}:parse_npz_file"))
+register_reader(Reader("nrrd", (detect.NRRD,), "NRRD", f"{_HERE}:parse_nrrd_file"))
+register_reader(Reader("metaimage", (detect.METAIMAGE,), "MetaImage", f"{_HERE}:parse_metaimage_file"))
