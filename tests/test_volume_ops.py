@@ -505,3 +505,16 @@ def test_process_and_localize_volumes_on_spark(spark, volume_lake, real_volumes)
     assert (again_loc["volumes_localized"], again_loc["volumes_skipped"]) == (0, 3)
     assert processed.count() == 3 and quality.count() == 3 and regions.count() == len(expected_rows)
     assert spark.read.parquet(f"{out}/quarantine").count() == 1
+
+
+def test_spark_functions_fail_before_spark_work_on_bad_input(spark, tmp_path):
+    from medimg_spark.volumes.spark import localize_volumes, process_volumes
+
+    with pytest.raises(ops.VolumeOpConfigError, match="unknown volume op 'sharpen'"):
+        process_volumes(spark, str(tmp_path), [{"op": "sharpen"}])
+    with pytest.raises(ops.VolumeOpConfigError, match="filters is empty"):
+        process_volumes(spark, str(tmp_path), [])
+    with pytest.raises(ConfigError, match=r"(?s)volumes\.localize.*connectivity"):
+        localize_volumes(spark, str(tmp_path), {"connectivity": 4})
+    with pytest.raises(ConfigError, match=r"no volumes table at .*run `medimg volumes`"):
+        process_volumes(spark, str(tmp_path), [{"op": "median"}])

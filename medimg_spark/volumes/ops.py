@@ -226,7 +226,7 @@ class GaussianStep(VolumeOp):
     """Gaussian smoothing, sigma in mm (per-axis voxels from the spacing); dtype preserved."""
 
     op: Literal["gaussian"]
-    sigma_mm: float = Field(gt=0, le=100, description="standard deviation in millimetres")
+    sigma_mm: float = Field(1.0, gt=0, le=100, description="standard deviation in millimetres")
     truncate: float = Field(4.0, gt=0, le=10, description="kernel half-width in sigmas")
 
     def apply(self, volume: Volume) -> Volume:
@@ -308,6 +308,8 @@ def _describe(err: Any, data: Sequence[Any]) -> str:
     param = ".".join(str(p) for p in loc[2:])
     if not param:
         return f"{head}: {msg}"
+    if typ == "missing":
+        return f"{head}, parameter '{param}': required parameter is missing"
     if typ == "extra_forbidden" and op in VOLUME_STEP_MODELS:
         valid = ", ".join(f for f in VOLUME_STEP_MODELS[op].model_fields if f != "op")
         return f"{head}, parameter '{param}': unknown parameter; valid parameters of '{op}': {valid}"

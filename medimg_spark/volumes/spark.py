@@ -90,7 +90,9 @@ VOLUME_QUALITY_SCHEMA = StructType(
         StructField("created_at", TimestampType(), True),
     ]
 )
-"""Schema of ``out/volume_quality``: one row per ``processed_volumes`` row (same key), metrics before/after."""
+"""Schema of ``out/volume_quality``: one row per ``processed_volumes`` row (same ``volume_id`` and
+``recipe_name``; ``recipe_hash`` is the full sha256 of the steps): the metrics of the source volume
+(``quality_before``, read from ``source_table``) and of the filtered one (``quality_after``)."""
 
 _LPS = ArrayType(DoubleType())
 
@@ -390,9 +392,13 @@ def _run(
     where: str | None,
     work_schema: StructType,
     per_row: Callable[[dict[str, Any]], list[dict[str, Any]]],
-    write: Callable[[DataFrame, Column], None],
+    write: Callable[[DataFrame, Column, set[str]], None],
 ) -> tuple[int, int, int, dict[str, int], int]:
     """Select the volumes to do, run ``per_row`` on the executors into staging, append the tables.
+
+    ``write(work, now, kinds)`` appends the output tables from the staged rows; ``kinds`` are the row
+    kinds present (an empty output is not written). It writes ``table`` (the done-set's) last, so a
+    crash between the appends redoes the volume rather than leaving a side table without its rows.
 
     Returns: (selected, done ok, regions, quarantined by class, skipped).
     """
@@ -424,7 +430,8 @@ def _run(
         work = spark.read.schema(work_schema).parquet(staging)
         now = F.current_timestamp()
         counts = work.groupBy("kind", "error_class").count().collect()
-        write(work, now)
+        kinds = {str(r["kind"]) for r in counts}
+        write(work, now, kinds)
         errors = work.where(F.col("kind") == "error")
         defaults = {
             "source_path": F.concat(F.lit("volume:"), F.col("volume_id")),
@@ -435,9 +442,13 @@ def _run(
             "ingest_run_id": F.lit(run_id),
             "quarantined_at": now,
         }
-        errors.select(
-            *[defaults.get(f.name, F.col(f.name)).cast(f.dataType).alias(f.name) for f in QUARANTINE_SCHEMA]
-        ).write.mode("append").parquet(join(out, "quarantine"))
+        if "error" in kinds:
+            errors.select(
+                *[
+                    defaults.get(f.name, F.col(f.name)).cast(f.dataType).alias(f.name)
+                    for f in QUARANTINE_SCHEMA
+                ]
+            ).write.mode("append").parquet(join(out, "quarantine"))
     finally:
         store.delete(staging)
         store.remove_if_empty(join(out, "_staging"))
@@ -495,7 +506,9 @@ def process_volumes(
     def per_row(row: dict[str, Any]) -> list[dict[str, Any]]:
         return [process_volume_row(row, models, name, digest, run_id)]
 
-    def write(work: DataFrame, now: Column) -> None:
+    def write(work: DataFrame, now: Column, kinds: set[str]) -> None:
+        if "volume" not in kinds:
+            return
         out = spark_path(out_dir)
         ok = work.where(F.col("kind") == "volume")
         ok.select(
@@ -564,19 +577,15 @@ def localize_volumes(
     Raises:
         ConfigError: invalid config or source, or a missing source table.
     """
-    from pydantic import ValidationError
     from pyspark.sql import functions as F
 
-    from medimg_spark.errors import ConfigError
+    from medimg_spark.config import validate_section
 
-    try:
-        cfg = (
-            config
-            if isinstance(config, VolumeLocalizeConfig)
-            else VolumeLocalizeConfig.model_validate(config or {})
-        )
-    except ValidationError as exc:
-        raise ConfigError(f"invalid volumes localize config: {exc}") from None
+    cfg = (
+        config
+        if isinstance(config, VolumeLocalizeConfig)
+        else validate_section(VolumeLocalizeConfig, config, "volumes.localize")
+    )
     started = time.perf_counter()
     run_id = run_id or new_volumes_run_id()
     name, digest = localize_name(cfg), localize_config_hash(cfg)
@@ -584,17 +593,19 @@ def localize_volumes(
     def per_row(row: dict[str, Any]) -> list[dict[str, Any]]:
         return localize_volume_row(row, cfg, name, digest, run_id)
 
-    def write(work: DataFrame, now: Column) -> None:
+    def write(work: DataFrame, now: Column, kinds: set[str]) -> None:
         out = spark_path(out_dir)
-        work.where(F.col("kind") == "region").select(
-            *[
-                (now if f.name == "created_at" else F.col(f.name)).cast(f.dataType).alias(f.name)
-                for f in VOLUME_REGIONS_SCHEMA
-            ]
-        ).write.mode("append").parquet(join(out, "volume_regions"))
-        _volume_rows(work, now).write.mode("append").partitionBy("modality").parquet(
-            join(out, "volume_labels")
-        )
+        if "region" in kinds:
+            work.where(F.col("kind") == "region").select(
+                *[
+                    (now if f.name == "created_at" else F.col(f.name)).cast(f.dataType).alias(f.name)
+                    for f in VOLUME_REGIONS_SCHEMA
+                ]
+            ).write.mode("append").parquet(join(out, "volume_regions"))
+        if "volume" in kinds:
+            _volume_rows(work, now).write.mode("append").partitionBy("modality").parquet(
+                join(out, "volume_labels")
+            )
 
     selected, n_ok, n_regions, by_class, skipped = _run(
         spark,
