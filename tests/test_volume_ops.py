@@ -458,27 +458,23 @@ def test_process_and_localize_volumes_on_spark(spark, volume_lake, real_volumes)
     )
 
     cfg = VolumeLocalizeConfig(threshold="otsu", connectivity=1, min_voxels=3)
-    loc = localize_volumes(spark, out, cfg, run_id="volumes-t2", where="volume_id != 'broken'")
+    # label the filtered volumes: the label maps' recipe name chains the filters' name
+    loc = localize_volumes(spark, out, cfg, run_id="volumes-t2", source="processed_volumes")
     assert (loc["volumes_selected"], loc["volumes_localized"], loc["volumes_quarantined"]) == (3, 3, 0)
     regions = spark.read.schema(VOLUME_REGIONS_SCHEMA).parquet(f"{out}/volume_regions")
     expected_rows = []
+    labels = {
+        r["volume_id"]: r for r in spark.read.schema(VOLUMES_SCHEMA).parquet(f"{out}/volume_labels").collect()
+    }
+    assert set(labels) == set(_GOOD)
     for vid in _GOOD:
-        res = find_regions_3d(real_volumes[vid], cfg)
+        res = find_regions_3d(ops.apply_filters(models, real_volumes[vid]), cfg)
         expected_rows += [
             (vid, r.region, r.voxel_count, r.volume_mm3, r.centroid_lps[2]) for r in res.regions
         ]
-        labels = (
-            spark.read.schema(VOLUMES_SCHEMA)
-            .parquet(f"{out}/volume_labels")
-            .where(F.col("volume_id") == vid)
-            .collect()
-        )
-        assert (
-            len(labels) == 1
-            and labels[0]["dtype"] == "uint16"
-            and labels[0]["source_table"] == "volume_labels"
-        )
-        np.testing.assert_array_equal(volume_from_row(labels[0]).voxels, res.labels.voxels)
+        assert (labels[vid]["dtype"], labels[vid]["source_table"]) == ("uint16", "volume_labels")
+        assert labels[vid]["recipe_name"] == f"{name}+{loc['recipe_name']}"
+        np.testing.assert_array_equal(volume_from_row(labels[vid]).voxels, res.labels.voxels)
     assert loc["regions"] == len(expected_rows)
     assertDataFrameEqual(
         regions.select(
@@ -501,7 +497,7 @@ def test_process_and_localize_volumes_on_spark(spark, volume_lake, real_volumes)
     )
     again = process_volumes(spark, out, steps)
     assert (again["volumes_processed"], again["volumes_quarantined"], again["volumes_skipped"]) == (0, 0, 4)
-    again_loc = localize_volumes(spark, out, cfg, where="volume_id != 'broken'")
+    again_loc = localize_volumes(spark, out, cfg, source="processed_volumes")
     assert (again_loc["volumes_localized"], again_loc["volumes_skipped"]) == (0, 3)
     assert processed.count() == 3 and quality.count() == 3 and regions.count() == len(expected_rows)
     assert spark.read.parquet(f"{out}/quarantine").count() == 1
