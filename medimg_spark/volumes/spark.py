@@ -356,7 +356,7 @@ def _read_source(spark: SparkSession, out: str, source: str, where: str | None) 
 
 
 def _done_keys(spark: SparkSession, out: str, table: str) -> DataFrame | None:
-    """``(volume_id, out_name, hash)`` pairs already written to ``table`` or quarantined for it."""
+    """``(volume_id, out_name)`` pairs already in ``table``, or quarantined by a run writing ``table``."""
     from pyspark.sql import functions as F
 
     store = get_storage(spark)
@@ -406,7 +406,6 @@ def _run(
 
     out = spark_path(out_dir)
     vols = _read_source(spark, out, source, where).withColumn("_out_name", _out_name_col(name))
-    # the digest is in every quarantine message of this name; a name is this config's (8 hex of it)
     done = _done_keys(spark, out, table)
     todo = vols
     if done is not None:
