@@ -128,6 +128,11 @@ def test_float_volume_stays_float_and_channels_are_filtered_separately(real_volu
     f = Volume(v.voxels.astype(np.float32), v.spacing, v.origin, v.direction)
     out = ops.gaussian(f, 1.0)
     assert out.voxels.dtype == np.float32
+    f64 = Volume(v.voxels.astype(np.float64), *_geom(v))
+    box = ops.mean(f64, 3)
+    assert box.voxels.dtype == np.float64  # computed in float64: ITK's float mean to 1e-9
+    ref = sitk.GetArrayFromImage(sitk.Mean(_as_float(v), [1, 1, 1]))
+    np.testing.assert_allclose(box.voxels, ref, rtol=0, atol=1e-9 * float(v.voxels.max()))
     rgb = Volume(np.stack([v.voxels, v.voxels[::-1]], axis=3), v.spacing, v.origin, v.direction)
     got = ops.median(rgb, 3).voxels
     np.testing.assert_array_equal(got[..., 0], ops.median(v, 3).voxels)

@@ -6,7 +6,7 @@ direction). Filters act over the three spatial axes (z, y, x) only; a multi-chan
 
 Dtype policy (the 2-D op layer's, :mod:`medimg_spark.ops._common`): **the dtype is preserved**.
 The median picks existing values, so it runs in the input dtype. The Gaussian and the mean run on a
-``float32`` copy (scipy accumulates in float64) and are cast back with round-half-to-even and
+``float32`` copy (``float64`` for float64 voxels; scipy accumulates in float64) and are cast back with round-half-to-even and
 saturation to the dtype's range (:func:`~medimg_spark.ops._common.cast_like`); float volumes stay
 float. Keeping the dtype keeps a ``volumes`` row's ``rescale_slope``/``rescale_intercept`` valid
 for the filtered voxels. Borders replicate the edge voxel (scipy ``mode="nearest"``, ITK's
@@ -30,7 +30,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, Union, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union, get_args
 
 import numpy as np
 from pydantic import (
@@ -113,6 +113,11 @@ def _spatial(values: Sequence[float], arr: np.ndarray, fill: float) -> tuple[flo
     return (z, y, x) if arr.ndim == 3 else (z, y, x, fill)
 
 
+def _work(arr: np.ndarray) -> np.ndarray:
+    """The float copy a smoothing filter runs on: float64 for float64 voxels, float32 otherwise."""
+    return arr.astype(np.float64 if arr.dtype == np.float64 else np.float32)
+
+
 def _with_voxels(volume: Volume, voxels: np.ndarray) -> Volume:
     return replace(volume, voxels=voxels)
 
@@ -155,7 +160,7 @@ def gaussian(volume: Volume, sigma_mm: float = 1.0, truncate: float = 4.0) -> Vo
 
     arr = _voxels(volume)
     sigma = _spatial([sigma_mm / float(s) for s in volume.spacing], arr, 0.0)
-    out = ndimage.gaussian_filter(arr.astype(np.float32), sigma=sigma, mode="nearest", truncate=truncate)
+    out = ndimage.gaussian_filter(_work(arr), sigma=sigma, mode="nearest", truncate=truncate)
     return _with_voxels(volume, cast_like(out, arr.dtype))
 
 
@@ -187,9 +192,8 @@ def mean(volume: Volume, size: int | Sequence[int] | None = None, radius_mm: flo
     sides = voxel_size(volume, 3 if size is None and radius_mm is None else size, radius_mm)
     if sides == (1, 1, 1):
         return _with_voxels(volume, arr.copy())
-    out = ndimage.uniform_filter(
-        arr.astype(np.float32), size=_spatial(sides, arr, 1), mode="nearest", output=np.float32
-    )
+    work = _work(arr)
+    out = ndimage.uniform_filter(work, size=_spatial(sides, arr, 1), mode="nearest", output=work.dtype)
     return _with_voxels(volume, cast_like(out, arr.dtype))
 
 
@@ -238,7 +242,6 @@ class _Box(VolumeOp):
         None, description="odd box side in voxels, or three (x, y, z); default 3 unless radius_mm is given"
     )
     radius_mm: float | None = Field(None, ge=0, le=100, description="instead of size: box half-side in mm")
-    kind: ClassVar[str] = "box"
 
     @field_validator("size")
     @classmethod
