@@ -8,8 +8,8 @@
 2. **foreground**: ``threshold: otsu`` (Otsu's threshold over the whole volume, foreground above
    it; ``otsu_dark``: at or below it), ``range`` (``low <= v <= high``, either bound optional) or
    ``window`` (``center ± width / 2``, a DICOM-style HU window);
-3. **components**: :func:`skimage.measure.label` with ``connectivity`` 1 (faces: 6-neighbours),
-   2 (faces and edges: 18) or 3 (also corners: 26); components under ``min_voxels`` voxels or
+3. **components**: :func:`scipy.ndimage.label` (int32 labels) with ``connectivity`` 1 (faces:
+   6-neighbours), 2 (faces and edges: 18) or 3 (also corners: 26), as :func:`skimage.measure.label`; components under ``min_voxels`` voxels or
    ``min_volume_mm3`` are dropped; the rest are numbered 1..n by size, largest first (ties in
    raster order), as SimpleITK's ``ConnectedComponent`` + ``RelabelComponent``;
 4. **properties** per component (:class:`Region3D`): voxel count, volume in mm³ (voxels × the
@@ -120,7 +120,9 @@ class LocalizeResult:
 
 
 def modality_values(volume: Volume, slope: float | None = None, intercept: float | None = None) -> np.ndarray:
-    """The voxels as float64, times ``slope`` plus ``intercept`` (each skipped when None).
+    """The voxels as floats, times ``slope`` plus ``intercept`` (each skipped when None).
+
+    float32 for voxels of up to 16 bits or float32 (exact for those, half the memory), else float64.
 
     Raises:
         LocalizeVolumeError: the volume has more than one channel.
@@ -131,7 +133,8 @@ def modality_values(volume: Volume, slope: float | None = None, intercept: float
             f"3-D localisation needs a single-channel volume (z, y, x), got shape {arr.shape}; "
             "convert it to grey first"
         )
-    values = arr.astype(np.float64)
+    small = arr.dtype.itemsize <= 2 or arr.dtype == np.float32
+    values: np.ndarray[Any, np.dtype[np.floating[Any]]] = arr.astype(np.float32 if small else np.float64)
     if slope is not None and float(slope) != 1.0:
         values *= float(slope)
     if intercept is not None and float(intercept) != 0.0:
@@ -193,7 +196,6 @@ def find_regions_3d(
         LocalizeVolumeError: a multi-channel volume or one without a finite voxel.
     """
     from scipy import ndimage
-    from skimage.measure import label
 
     cfg = config or VolumeLocalizeConfig()
     values = (
@@ -202,8 +204,10 @@ def find_regions_3d(
         else modality_values(volume)
     )
     fg, t = foreground_3d(values, cfg)
-    raw = label(fg, connectivity=cfg.connectivity)
-    n_raw = int(raw.max())
+    raw = np.zeros(fg.shape, dtype=np.int32)
+    n_raw = int(
+        ndimage.label(fg, structure=ndimage.generate_binary_structure(3, cfg.connectivity), output=raw)
+    )
     counts = np.bincount(raw.ravel(), minlength=n_raw + 1)[1:]
     voxel_mm3 = float(np.prod(np.asarray(volume.spacing, dtype=np.float64)))
     keep = (counts >= cfg.min_voxels) & (counts * voxel_mm3 >= cfg.min_volume_mm3)
@@ -211,10 +215,10 @@ def find_regions_3d(
     order = np.argsort(-counts[kept - 1], kind="stable")
     kept = kept[order][: cfg.max_regions]
     n = len(kept)
-    remap = np.zeros(n_raw + 1, dtype=np.uint32)
-    remap[kept] = np.arange(1, n + 1, dtype=np.uint32)
     dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32
-    labels = remap[raw].astype(dtype)
+    remap = np.zeros(n_raw + 1, dtype=dtype)
+    remap[kept] = np.arange(1, n + 1, dtype=dtype)
+    labels = remap[raw]
     del raw
 
     regions: list[Region3D] = []
