@@ -17,6 +17,9 @@ spacing (``sigma_mm / spacing``), so an anisotropic CT is smoothed isotropically
 The median and mean take either ``size`` (an odd number of voxels per axis, or one per axis in
 (x, y, z) order) or ``radius_mm`` (per axis ``round(radius_mm / spacing)`` voxels each side).
 
+Importing this module is light (numpy, pydantic): the config models import it; scipy and the 2-D op
+layer's helpers are imported when a filter runs.
+
 Steps: each op has a pydantic model (``extra="forbid"``) registered by op name in
 :data:`VOLUME_OPS`; :data:`VolumeFilterStep` is the discriminated union on ``op`` that a config
 ``filters:`` list validates against (``[{op: gaussian, sigma_mm: 1.0}, {op: median, size: 3}]``),
@@ -44,7 +47,6 @@ from pydantic import (
 )
 
 from medimg_spark.errors import ConfigError, RecipeError
-from medimg_spark.ops._common import RecipeStepError, cast_like
 from medimg_spark.registry import Registry, UnknownNameError
 from medimg_spark.volumes.model import Volume
 
@@ -160,6 +162,8 @@ def gaussian(volume: Volume, sigma_mm: float = 1.0, truncate: float = 4.0) -> Vo
 
     arr = _voxels(volume)
     sigma = _spatial([sigma_mm / float(s) for s in volume.spacing], arr, 0.0)
+    from medimg_spark.ops._common import cast_like
+
     out = ndimage.gaussian_filter(_work(arr), sigma=sigma, mode="nearest", truncate=truncate)
     return _with_voxels(volume, cast_like(out, arr.dtype))
 
@@ -192,6 +196,8 @@ def mean(volume: Volume, size: int | Sequence[int] | None = None, radius_mm: flo
     sides = voxel_size(volume, 3 if size is None and radius_mm is None else size, radius_mm)
     if sides == (1, 1, 1):
         return _with_voxels(volume, arr.copy())
+    from medimg_spark.ops._common import cast_like
+
     work = _work(arr)
     out = ndimage.uniform_filter(work, size=_spatial(sides, arr, 1), mode="nearest", output=work.dtype)
     return _with_voxels(volume, cast_like(out, arr.dtype))
@@ -364,6 +370,8 @@ def apply_filters(steps: Sequence[VolumeOp], volume: Volume) -> Volume:
     Raises:
         RecipeStepError: a step failed; ``step_index``/``op``/``cause`` say which and why.
     """
+    from medimg_spark.ops._common import RecipeStepError
+
     out = volume
     for i, step in enumerate(steps):
         try:
