@@ -28,8 +28,9 @@ Quarantine rows: ``source_path`` = ``volume:<volume_id>`` (a volume has no singl
 ``encode`` or ``localize`` otherwise), ``error_class`` the exception's class, ``ingest_run_id`` this
 run's id, and an ``error_message`` starting with ``<table> <recipe_name> hash=<sha256>:``.
 
-Reruns are idempotent: a ``(volume_id, recipe_name)`` already in the output table, or quarantined
-by a run of the same name and hash, is skipped.
+Reruns are idempotent: a ``(volume_id, recipe_name)`` already in the output table (``processed_volumes``
+or ``volume_labels``), or quarantined by a run writing it under that name, is skipped; the name carries
+8 hex digits of the steps' (config's) sha256, so changed parameters make new rows.
 """
 
 from __future__ import annotations
