@@ -6,9 +6,9 @@ direction). Filters act over the three spatial axes (z, y, x) only; a multi-chan
 
 Dtype policy (the 2-D op layer's, :mod:`medimg_spark.ops._common`): **the dtype is preserved**.
 The median picks existing values, so it runs in the input dtype. The Gaussian and the mean run on a
-``float32`` copy (``float64`` for float64 voxels; scipy accumulates in float64) and are cast back with round-half-to-even and
-saturation to the dtype's range (:func:`~medimg_spark.ops._common.cast_like`); float volumes stay
-float. Keeping the dtype keeps a ``volumes`` row's ``rescale_slope``/``rescale_intercept`` valid
+``float32`` copy (``float64`` for float64 voxels; scipy accumulates in float64) and are cast back
+with round-half-to-even and saturation to the dtype's range
+(:func:`~medimg_spark.ops._common.cast_like`); float volumes stay float. Keeping the dtype keeps a ``volumes`` row's ``rescale_slope``/``rescale_intercept`` valid
 for the filtered voxels. Borders replicate the edge voxel (scipy ``mode="nearest"``, ITK's
 zero-flux Neumann condition), so results match SimpleITK's filters (see the tests for the tolerances).
 
