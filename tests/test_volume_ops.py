@@ -8,6 +8,7 @@ nibabel's anatomical.nii.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +40,19 @@ def _series(folder: Path) -> Volume:
 
 
 @pytest.fixture(scope="module")
-def real_volumes() -> dict[str, Volume]:
+def real_volumes() -> Iterator[dict[str, Volume]]:
     """name → Volume: small real CT/MR volumes of several dtypes, spacings and orientations."""
-    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # ITK warns of the irregular test series
     dicomdir = _pkg("pydicom") / "data" / "test_files" / "dicomdirtests"
     store = _pkg("data_store") / "data"
-    return {
+    yield {
         "ct5n": _series(dicomdir / "98892001" / "CT5N"),  # int32 HU, 5 x 16 x 16, z 2.5 mm
         "mr700": _series(dicomdir / "98892003" / "MR700"),  # int16, oblique, z 25 mm
         "emri": from_sitk(sitk.ReadImage(str(store / "emri_small.dcm"))),  # uint16 10 x 64 x 64
         "anat": from_sitk(sitk.ReadImage(str(_pkg("nibabel") / "tests" / "data" / "anatomical.nii"))),
         "ect": from_sitk(sitk.ReadImage(str(store / "eCT_Supplemental.dcm"))),  # int32 HU 2 x 512 x 512
     }
+    sitk.ProcessObject_SetGlobalWarningDisplay(True)
 
 
 def _as_float(v: Volume) -> Any:
