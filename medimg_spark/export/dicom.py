@@ -80,6 +80,8 @@ _DROP = (
     "LossyImageCompressionRatio",
     "LossyImageCompressionMethod",
     "RescaleType",
+    "RescaleSlope",
+    "RescaleIntercept",
 )
 
 

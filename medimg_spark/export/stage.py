@@ -379,10 +379,11 @@ def export(
     rows, id_col, variant_col = source_rows(spark, lake, table, fmt, where)
     if limit is not None:
         rows = rows.orderBy(id_col, variant_col).limit(limit)
-    selected = rows.count()
     manifest_path = join(exports, "manifest")
     todo = rows
-    if store.exists(manifest_path):
+    rerun = store.exists(manifest_path)
+    selected = rows.count() if rerun else -1  # a first run: every selected row has an outcome below
+    if rerun:
         done = (
             spark.read.schema(MANIFEST_SCHEMA)
             .parquet(manifest_path)
@@ -455,6 +456,8 @@ def export(
         store.remove_if_empty(join(exports, "_staging"))
     failed = {str(r["error_class"]): int(r["items"]) for r in counts if not r["ok"]}
     exported = sum(int(r["items"]) for r in counts if r["ok"])
+    if selected < 0:
+        selected = exported + sum(failed.values())
     return {
         "export_run_id": rid,
         "table": table,
