@@ -1,14 +1,16 @@
 """``medimg export``: NIfTI/NRRD/DICOM/DICOM-SEG/PNG/JPEG files of lake tables, read back with SimpleITK,
 pydicom and highdicom, and scanned for PHI.
 
-One lake per module: real DICOMs ingested with their identifiers kept (the export must remove them),
-``preprocess`` with the segmenting ``denoise`` recipe, and hand-made ``volumes`` /
-``processed_volumes`` / ``volume_labels`` tables of the pydicom CT5N series as SimpleITK's
-``ImageSeriesReader`` reads it (the reference). Each export runs once per module.
+One lake per module: real DICOMs (pydicom's CT5N series, deid-data's PHI-laden CT slices) read by
+ingest's per-file code with their identifiers kept (the export must remove them), ``processed`` by
+the segmenting ``denoise`` recipe, and hand-made ``volumes`` / ``volume_labels`` tables of the CT5N
+series as SimpleITK's ``ImageSeriesReader`` reads it (the reference). Each Spark export runs once
+per module; the other formats are checked on the core writers.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
 import json
@@ -27,13 +29,11 @@ from pydicom.data import get_testdata_file
 from medimg_spark.cli import main
 from medimg_spark.export import FORMATS
 from medimg_spark.export.items import item_from_row
-from medimg_spark.export.model import ExportContext, ExportItem, frame_volume
+from medimg_spark.export.model import ExportContext, ExportItem, NoMaskError, SliceSource, frame_volume
 from medimg_spark.export.nifti import nifti_bytes
 from medimg_spark.export.nrrd import nrrd_bytes
 from medimg_spark.export.stage import MANIFEST_SCHEMA, export
 from medimg_spark.io.files import image_id
-from medimg_spark.io.ingest import ingest
-from medimg_spark.preprocess import preprocess
 from medimg_spark.privacy import DeidConfig, Deidentifier
 from medimg_spark.schema import VOLUMES_SCHEMA
 from medimg_spark.volumes.model import Volume, from_sitk, volume_columns
@@ -76,22 +76,58 @@ def _volume_row(volume: Volume, volume_id: str, table: str, image_ids: list[str]
     return row
 
 
+def _write_table(folder: Path, rows: list[dict], schema: Any) -> None:
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    arrow = to_arrow_schema(schema, timezone="UTC")
+    folder.mkdir(parents=True)
+    table = pa.Table.from_pylist([{k: r.get(k) for k in arrow.names} for r in rows], schema=arrow)
+    pq.write_table(table, folder / "part-00000.parquet")
+
+
+def _ingest_without_spark(inp: Path, out: Path) -> None:
+    """``images``/``instances`` of ``inp`` by ingest's per-file code, identifiers kept (as ``--keep-phi``),
+    and ``processed`` by preprocess's per-frame code with the segmenting ``denoise`` recipe: the lake the
+    Spark stages would write, without their jobs (the export runs are this module's Spark work)."""
+    from medimg_spark.io.files import FileContext, process_file
+    from medimg_spark.io.ingest import IDENTIFIED_MARKER
+    from medimg_spark.ops import load_recipe
+    from medimg_spark.preprocess import PROCESSED_SCHEMA, process_row
+    from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA
+
+    ctx = FileContext(run_id="ingest-test")
+    rows = [
+        r for p in sorted(inp.rglob("*")) if p.is_file() for r in process_file(str(p), p.read_bytes(), ctx)
+    ]
+    images = [r for r in rows if r["_kind"] == "image"]
+    assert len(images) == 7 and not [r for r in rows if r["_kind"] == "quarantine"]
+    _write_table(out / "images", [{**r, "ingest_run_id": "ingest-test"} for r in images], IMAGES_SCHEMA)
+    instances = [{**r, "ingest_run_id": "ingest-test"} for r in rows if r["_kind"] == "instance"]
+    _write_table(out / "instances", instances, INSTANCES_SCHEMA)
+    (out / IDENTIFIED_MARKER).write_text("ingest-test: ingested with --keep-phi\n")
+    recipe = load_recipe("denoise")
+    processed = [process_row(r, recipe, "preprocess-test") for r in images]
+    assert all(p["ok"] and p["mask"] is not None for p in processed)
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    _write_table(out / "processed", [{**p, "processed_at": now} for p in processed], PROCESSED_SCHEMA)
+
+
 @pytest.fixture(scope="module")
 def lake(spark, tmp_path_factory) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     import deid_data
 
+    assert spark is not None  # the export runs below are the Spark work
     tmp = tmp_path_factory.mktemp("export")
     inp = tmp / "in"
     shutil.copytree(_ct5n(), inp / "ct5n")
     shutil.copytree(Path(deid_data.__file__).parent / "data" / "humans", inp / "humans")
     out = tmp / "lake"
-    ingest(spark, [str(inp)], str(out))  # identifiers kept: the lake is IDENTIFIED
-    preprocess(spark, str(out), "denoise")
+    _ingest_without_spark(inp, out)
 
     ref, files = _reference()
     ids = [image_id(hashlib.sha256(Path(f).read_bytes()).hexdigest(), 0) for f in files]
     volume = from_sitk(ref)
-    halved = Volume(volume.voxels // 2, volume.spacing, volume.origin, volume.direction)
     labels = np.zeros(volume.voxels.shape, dtype=np.uint16)
     labels[volume.voxels > 0] = 1
     labels[:, :3, :3] = 4
@@ -99,7 +135,6 @@ def lake(spark, tmp_path_factory) -> dict[str, Any]:  # type: ignore[no-untyped-
     vid = hashlib.sha256(b"ct5n").hexdigest()
     tables = {
         "volumes": [_volume_row(volume, vid, "volumes", ids)],
-        "processed_volumes": [_volume_row(halved, vid, "processed_volumes", ids, recipe_name="halve")],
         "volume_labels": [
             _volume_row(label_volume, vid, "volume_labels", ids, recipe_name="threshold"),
             # a label map whose frames were never ingested: no source header → quarantined, not a job failure
@@ -113,7 +148,7 @@ def lake(spark, tmp_path_factory) -> dict[str, Any]:  # type: ignore[no-untyped-
         ],
     }
     for name, rows in tables.items():
-        spark.createDataFrame(rows, VOLUMES_SCHEMA).write.parquet(str(out / name))
+        _write_table(out / name, rows, VOLUMES_SCHEMA)
 
     # deid-data's CT brain slices say BurnedInAnnotation YES: the privacy engine quarantines them unless allowed
     context = ExportContext(key=KEY, deid_config=DeidConfig(), allow_burned_in=True)
@@ -121,10 +156,8 @@ def lake(spark, tmp_path_factory) -> dict[str, Any]:  # type: ignore[no-untyped-
         (table, fmt): export(spark, str(out), table, fmt, context=context)
         for table, fmt in (
             ("volumes", "nifti"),
-            ("processed_volumes", "dicom"),
             ("volume_labels", "seg"),
             ("processed", "dicom"),
-            ("processed", "seg"),
             ("images", "png"),
         )
     }
@@ -136,7 +169,6 @@ def lake(spark, tmp_path_factory) -> dict[str, Any]:  # type: ignore[no-untyped-
         "files": files,
         "ids": ids,
         "labels": labels,
-        "halved": halved,
         "vid": vid,
         "context": context,
     }
@@ -199,14 +231,27 @@ def _pseudonymised(path: str) -> pydicom.Dataset:
     return Deidentifier(DeidConfig(), KEY).deidentify(pydicom.dcmread(path)).dataset
 
 
-def test_derived_series_references_its_sources_with_new_uids_and_equal_pixels(lake) -> None:  # type: ignore[no-untyped-def]
-    paths = _files(lake, "processed_volumes", "dicom")
-    assert len(paths) == len(lake["files"])
-    sources = [pydicom.dcmread(f) for f in lake["files"]]
-    expected = [_pseudonymised(f) for f in lake["files"]]
+def _series_item(table: str, volume: Volume, files: list[str], **extra: Any) -> ExportItem:
+    """An item of the CT5N series with its real headers (what the stage joins from ``instances``)."""
+    from medimg_spark.io.dicom import header_json
+
+    slices = [SliceSource(f"id{k}", header_json(pydicom.dcmread(f)), True) for k, f in enumerate(files)]
+    return ExportItem(table, hashlib.sha256(b"ct5n").hexdigest(), volume, slices=slices, **extra)
+
+
+def test_derived_series_references_its_sources_with_new_uids_and_equal_pixels() -> None:
+    ref, files = _reference()
+    volume = from_sitk(ref)
+    halved = Volume(volume.voxels // 2, volume.spacing, volume.origin, volume.direction)
+    item = _series_item("processed_volumes", halved, files, recipe="halve")
+    written = FORMATS.get("dicom").write(item, ExportContext(key=KEY))
+    assert [f.rel for f in written] == [f"{item.file_stem}/{k:04d}.dcm" for k in range(len(files))]
+    assert written == FORMATS.get("dicom").write(item, ExportContext(key=KEY))  # deterministic: same UIDs
+    sources = [pydicom.dcmread(f) for f in files]
+    expected = [_pseudonymised(f) for f in files]
     series = set()
-    for k, path in enumerate(paths):
-        ds = pydicom.dcmread(path)
+    for k, f in enumerate(written):
+        ds = pydicom.dcmread(io.BytesIO(f.data))
         assert int(ds.InstanceNumber) == k + 1
         series.add(ds.SeriesInstanceUID)
         assert list(ds.ImageType) == ["DERIVED", "SECONDARY"] and "halve" in ds.DerivationDescription
@@ -216,55 +261,67 @@ def test_derived_series_references_its_sources_with_new_uids_and_equal_pixels(la
         assert ds.SeriesInstanceUID not in {sources[0].SeriesInstanceUID, expected[0].SeriesInstanceUID}
         assert ds.StudyInstanceUID == expected[k].StudyInstanceUID != sources[k].StudyInstanceUID
         assert ds.PatientID == expected[k].PatientID != sources[k].PatientID
-        ref = ds.SourceImageSequence[0]
-        assert ref.ReferencedSOPInstanceUID == expected[k].SOPInstanceUID
-        assert ref.ReferencedSOPClassUID == sources[k].SOPClassUID
+        source_ref = ds.SourceImageSequence[0]
+        assert source_ref.ReferencedSOPInstanceUID == expected[k].SOPInstanceUID
+        assert source_ref.ReferencedSOPClassUID == sources[k].SOPClassUID
         values = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-        np.testing.assert_array_equal(values, lake["halved"].voxels[k])
+        np.testing.assert_array_equal(values, halved.voxels[k])
         np.testing.assert_allclose(
             [float(v) for v in ds.ImagePositionPatient],
-            lake["ref"].TransformIndexToPhysicalPoint((0, 0, k)),
+            ref.TransformIndexToPhysicalPoint((0, 0, k)),
             atol=TOL,
         )
     assert len(series) == 1
 
 
-def test_processed_frames_export_as_derived_dicom_and_seg(spark, lake) -> None:  # type: ignore[no-untyped-def]
-    processed = {
-        r.image_id: r
-        for r in spark.read.parquet(str(lake["out"] / "processed"))
-        .select("image_id", "pixels", "rows", "cols", "channels", "dtype", "mask")
-        .collect()
-    }
+def test_processed_frames_export_as_derived_dicom(lake) -> None:  # type: ignore[no-untyped-def]
+    from medimg_spark.io.pixels import to_array
+
+    processed = {r["image_id"]: r for r in pq.read_table(lake["out"] / "processed").to_pylist()}
     run = lake["runs"][("processed", "dicom")]
     assert run["items_exported"] == len(processed) == 7 and run["items_failed"] == 0
     manifest = pq.read_table(lake["out"] / "exports" / "manifest").to_pylist()
     by_path = {m["path"]: m for m in manifest if m["ok"]}
-    for path in _files(lake, "processed", "dicom"):
-        rel = path.relative_to(lake["out"] / "exports").as_posix()
-        entry = by_path[rel]
-        assert (
-            entry["bytes"] == path.stat().st_size
-            and entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-        )
-        ds = pydicom.dcmread(path)
-        row = processed[entry["source_id"]]
-        from medimg_spark.io.pixels import to_array
-
-        values = ds.pixel_array * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
-        np.testing.assert_array_equal(values, to_array(row))
-        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID != ds.SOPInstanceUID
-    segs = _files(lake, "processed", "seg")
-    assert len(segs) == len(processed)
-    for path in segs:
-        seg = hd.seg.segread(path)
+    paths = _files(lake, "processed", "dicom")
+    assert len(paths) == 7
+    for path in paths:
         entry = by_path[path.relative_to(lake["out"] / "exports").as_posix()]
-        row = processed[entry["source_id"]]
-        assert seg.number_of_segments == 1
-        (uids,) = seg.get_source_image_uids()
-        mask = seg.get_pixels_by_source_instance([uids[2]], combine_segments=True)[0]
-        expected = np.frombuffer(row["mask"], dtype=np.uint8).reshape(row["rows"], row["cols"])
-        np.testing.assert_array_equal(mask > 0, expected > 0)
+        assert entry["bytes"] == path.stat().st_size
+        assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        ds = pydicom.dcmread(path)
+        values = ds.pixel_array * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+        np.testing.assert_array_equal(values, to_array(processed[entry["source_id"]]))
+        assert "denoise" in ds.DerivationDescription and ds.SourceImageSequence[0].ReferencedSOPInstanceUID
+
+
+def test_processed_mask_exports_as_seg_of_its_source_frame() -> None:
+    from medimg_spark.io.dicom import header_json
+
+    path = get_testdata_file("CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    pixels = ds.pixel_array
+    mask = (pixels > np.median(pixels)).astype(np.uint8)
+    item = ExportItem(
+        "processed",
+        "f" * 64,
+        frame_volume(pixels, ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing, 5.0),
+        mask=mask,
+        recipe="denoise",
+        recipe_hash="ab" * 32,
+        slices=[SliceSource("f" * 64, header_json(ds), True)],
+    )
+    (written,) = FORMATS.get("seg").write(item, ExportContext(key=KEY))
+    seg = hd.seg.segread(io.BytesIO(written.data))
+    expected = _pseudonymised(path)
+    assert seg.number_of_segments == 1 and seg.get_segment_description(1).segment_label == "mask"
+    assert [uids[2] for uids in seg.get_source_image_uids()] == [expected.SOPInstanceUID]
+    assert seg.PatientID == expected.PatientID != ds.PatientID
+    got = seg.get_pixels_by_source_instance([expected.SOPInstanceUID], combine_segments=True)[0]
+    np.testing.assert_array_equal(got, mask)
+    with pytest.raises(NoMaskError):
+        FORMATS.get("seg").write(
+            ExportItem("processed", "e" * 64, item.volume, slices=item.slices), ExportContext(key=KEY)
+        )
 
 
 def test_label_map_exports_as_seg_referencing_the_series(lake) -> None:  # type: ignore[no-untyped-def]
@@ -360,10 +417,9 @@ def test_export_item_file_names_carry_no_source_text() -> None:
     assert item.file_stem.isalnum() and "DOE" not in item.file_stem
 
 
-def test_burned_in_text_check_quarantines_unless_allowed(lake) -> None:  # type: ignore[no-untyped-def]
+def test_burned_in_text_check_quarantines_unless_allowed() -> None:
     import deid_data
 
-    from medimg_spark.export.model import SliceSource
     from medimg_spark.io.dicom import header_json
     from medimg_spark.privacy import BurnedInAnnotationError
 

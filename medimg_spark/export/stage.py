@@ -117,6 +117,20 @@ def check_request(table: str, fmt: str, out: str, key: bytes | None) -> None:
     Raises:
         ConfigError: naming the bad argument and the fix (exit code 2).
     """
+    check_target(table, fmt, out)
+    if fmt in ("dicom", "seg") and key is None:
+        raise ConfigError(
+            f"--format {fmt} de-identifies the source headers: pass --key-file FILE (or set "
+            "$MEDIMG_DEID_KEY / $MEDIMG_DEID_KEY_FILE), or --ephemeral-key for a demo"
+        )
+
+
+def check_target(table: str, fmt: str, out: str) -> None:
+    """Fail before Spark starts on a bad table/format pair or an output the executors cannot write.
+
+    Raises:
+        ConfigError: naming the bad argument and the fix (exit code 2).
+    """
     if table not in TABLES:
         raise ConfigError(f"--table {table!r} is not exportable; choose from {', '.join(TABLES)}")
     tables = format_tables(fmt)  # UnknownFormatError names the registered formats
@@ -131,11 +145,6 @@ def check_request(table: str, fmt: str, out: str, key: bytes | None) -> None:
             f"--out {out}: export files are written by the executors with POSIX file I/O; use a local "
             "path, a file: URI or a shared mount (hdfs:// and s3a:// lakes: mount them, or export to a "
             "local folder and copy it)"
-        )
-    if fmt in ("dicom", "seg") and key is None:
-        raise ConfigError(
-            f"--format {fmt} de-identifies the source headers: pass --key-file FILE (or set "
-            "$MEDIMG_DEID_KEY / $MEDIMG_DEID_KEY_FILE), or --ephemeral-key for a demo"
         )
 
 
@@ -538,6 +547,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']} (thumbnail size 16-4096, jpeg quality 1-100)"
         ) from None
+    check_target(args.table, args.fmt, args.out)
     key = _key(args)
     check_request(args.table, args.fmt, args.out, key)
     if not Storage(None).exists(join(args.out, args.table)):
