@@ -434,3 +434,24 @@ def test_burned_in_text_check_quarantines_unless_allowed() -> None:
     with pytest.raises(BurnedInAnnotationError):
         FORMATS.get("dicom").write(item, ExportContext(key=KEY))
     assert FORMATS.get("dicom").write(item, ExportContext(key=KEY, allow_burned_in=True))
+
+
+def test_core_writers_import_without_pyspark() -> None:
+    from tests.test_layers import _run
+
+    out = _run(
+        """
+        import json, sys
+        import numpy as np
+        from medimg_spark.export import FORMATS
+        from medimg_spark.export.model import ExportContext, ExportItem, frame_volume
+        from medimg_spark.export.items import item_from_row
+
+        item = ExportItem("images", "a" * 64, frame_volume(np.arange(12, dtype=np.uint16).reshape(3, 4)))
+        sizes = {name: len(FORMATS.get(name).write(item, ExportContext())[0].data) for name in ("nifti", "nrrd", "png")}
+        for name in ("dicom", "seg"):
+            FORMATS.get(name)
+        print(json.dumps({"spark": any(m.startswith("pyspark") for m in sys.modules), "sizes": sizes}))
+        """
+    )
+    assert out["spark"] is False and all(n > 0 for n in out["sizes"].values())
