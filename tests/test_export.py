@@ -154,13 +154,9 @@ def lake(spark, tmp_path_factory) -> dict[str, Any]:  # type: ignore[no-untyped-
     context = ExportContext(key=KEY, deid_config=DeidConfig(), allow_burned_in=True)
     runs = {
         (table, fmt): export(spark, str(out), table, fmt, context=context)
-        for table, fmt in (
-            ("volumes", "nifti"),
-            ("volume_labels", "seg"),
-            ("processed", "dicom"),
-            ("images", "png"),
-        )
+        for table, fmt in (("volumes", "nifti"), ("volume_labels", "seg"), ("processed", "dicom"))
     }
+    runs[("images", "png")] = export(spark, str(out), "images", "png", where="modality = 'CT'", limit=5)
     return {
         "out": out,
         "inp": inp,
@@ -353,7 +349,9 @@ def test_thumbnails_are_bounded_8_bit_images(lake) -> None:  # type: ignore[no-u
     from PIL import Image
 
     pngs = _files(lake, "images", "png")
-    assert len(pngs) == lake["runs"][("images", "png")]["items_selected"] == 7
+    assert len(pngs) == lake["runs"][("images", "png")]["items_selected"] == 5  # --limit 5 of the 7 CT frames
+    first = sorted(r["image_id"] for r in pq.read_table(lake["out"] / "images").to_pylist())[:5]
+    assert [p.stem for p in pngs] == first
     for p in pngs:
         with Image.open(p) as img:
             assert (
@@ -402,6 +400,7 @@ def test_rerun_is_idempotent(spark, lake) -> None:  # type: ignore[no-untyped-de
         (["--table", "images", "--format", "seg"], "for images choose --format"),
         (["--table", "volume_labels", "--format", "seg"], "--key-file"),
         (["--table", "volumes", "--format", "nifti", "--limit", "0"], "--limit"),
+        (["--table", "volumes", "--format", "nifti", "--out", "s3a://bucket/lake"], "POSIX"),
     ],
 )
 def test_bad_requests_exit_2_before_spark(tmp_path, capsys, monkeypatch, argv, needle) -> None:  # type: ignore[no-untyped-def]

@@ -246,8 +246,10 @@ def source_rows(
     rows = spark.read.schema(VOLUMES_SCHEMA).parquet(path)
     if where:
         rows = rows.where(where)
+    # "" for a missing recipe: the variant is a join key below (null never joins)
     rows = rows.withColumn(
-        "_variant", F.col("recipe_name") if table != "volumes" else F.lit(None).cast("string")
+        "_variant",
+        F.coalesce(F.col("recipe_name"), F.lit("")) if table != "volumes" else F.lit(None).cast("string"),
     )
     if need_headers:
         frames = rows.select("volume_id", "_variant", F.posexplode("image_ids").alias("pos", "image_id"))
