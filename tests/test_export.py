@@ -454,3 +454,34 @@ def test_core_writers_import_without_pyspark() -> None:
         """
     )
     assert out["spark"] is False and all(n > 0 for n in out["sizes"].values())
+
+
+def test_a_header_deidentified_at_ingest_keeps_its_pseudonyms() -> None:
+    from medimg_spark.export.items import slice_source
+    from medimg_spark.io.dicom import header_json
+
+    original = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ingested = (
+        Deidentifier(DeidConfig(retain_longitudinal_modified_dates=True), KEY).deidentify(original).dataset
+    )
+    source = slice_source("i" * 64, header_json(ingested), "ingest-1", 0, identified_runs=["other-run"])
+    assert source.identified is False
+    assert slice_source("i" * 64, header_json(ingested), "ingest-1", 0, ["ingest-1"]).identified is True
+    assert slice_source("i" * 64, header_json(original), "ingest-1", 0, []).identified is True
+    pixels = ingested.pixel_array
+    item = ExportItem(
+        "processed",
+        "i" * 64,
+        frame_volume(
+            pixels, ingested.ImagePositionPatient, ingested.ImageOrientationPatient, ingested.PixelSpacing
+        ),
+        recipe="r",
+        slices=[source],
+    )
+    (written,) = FORMATS.get("dicom").write(item, ExportContext(key=KEY))
+    ds = pydicom.dcmread(io.BytesIO(written.data))
+    assert ds.StudyInstanceUID == ingested.StudyInstanceUID
+    assert ds.FrameOfReferenceUID == ingested.FrameOfReferenceUID
+    assert ds.PatientID == ingested.PatientID and ds.StudyDate == ingested.StudyDate != original.StudyDate
+    assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == ingested.SOPInstanceUID
+    assert ds.SOPInstanceUID != ingested.SOPInstanceUID and ds.SeriesInstanceUID != ingested.SeriesInstanceUID
