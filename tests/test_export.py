@@ -485,3 +485,27 @@ def test_a_header_deidentified_at_ingest_keeps_its_pseudonyms() -> None:
     assert ds.PatientID == ingested.PatientID and ds.StudyDate == ingested.StudyDate != original.StudyDate
     assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == ingested.SOPInstanceUID
     assert ds.SOPInstanceUID != ingested.SOPInstanceUID and ds.SeriesInstanceUID != ingested.SeriesInstanceUID
+
+
+def test_rgb_secondary_capture_without_frame_of_reference_exports_as_dicom_and_seg() -> None:
+    from medimg_spark.io.dicom import header_json
+
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb.dcm"))
+    rgb = ds.pixel_array
+    mask = (rgb[..., 0] > 100).astype(np.uint8)
+    item = ExportItem(
+        "processed",
+        "c" * 64,
+        frame_volume(rgb),
+        mask=mask,
+        recipe="r",
+        slices=[SliceSource("c", header_json(ds))],
+    )
+    seg = hd.seg.segread(io.BytesIO(FORMATS.get("seg").write(item, ExportContext(key=KEY))[0].data))
+    np.testing.assert_array_equal(seg.pixel_array, mask)
+    with pytest.raises(Exception, match="burned-in"):  # Secondary Capture is text-prone: the engine refuses
+        FORMATS.get("dicom").write(item, ExportContext(key=KEY))
+    (written,) = FORMATS.get("dicom").write(item, ExportContext(key=KEY, allow_burned_in=True))
+    derived = pydicom.dcmread(io.BytesIO(written.data))
+    assert derived.PhotometricInterpretation == "RGB" and "RescaleSlope" not in derived
+    np.testing.assert_array_equal(derived.pixel_array, rgb)

@@ -139,11 +139,29 @@ def seg_dataset(item: ExportItem, context: ExportContext) -> Any:
         )
         for number, value in enumerate(values, start=1)
     ]
-    orientation = slice_geometry(item.volume, 0)[1]
-    _, _, spacing, thickness = slice_geometry(item.volume, 0)
-    positions = [
-        hd.PlanePositionSequence("PATIENT", slice_geometry(item.volume, k)[0]) for k in range(labels.shape[0])
-    ]
+    from highdicom._standard_utils import is_multiframe_image
+
+    if is_multiframe_image(sources[0]):
+        raise UnsupportedPixelsError(
+            "DICOM-SEG over frames of a multi-frame (enhanced) source instance is not supported; export "
+            "the mask as nifti or nrrd"
+        )
+    geometry: dict[str, Any] = {}
+    if "FrameOfReferenceUID" in sources[0]:  # else highdicom takes the plane from the one source image
+        _, orientation, spacing, thickness = slice_geometry(item.volume, 0)
+        geometry = {
+            "pixel_measures": hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=thickness),
+            "plane_orientation": hd.PlaneOrientationSequence("PATIENT", orientation),
+            "plane_positions": [
+                hd.PlanePositionSequence("PATIENT", slice_geometry(item.volume, k)[0])
+                for k in range(labels.shape[0])
+            ],
+        }
+    elif labels.shape[0] > 1:
+        raise UnsupportedPixelsError(
+            "the source images have no FrameOfReferenceUID: a DICOM-SEG of several slices cannot be "
+            "placed; export the label map as nifti or nrrd"
+        )
     pseudo_series = str(sources[0].get("SeriesInstanceUID", "") or sources[0].SOPInstanceUID)
     series = series_uid(item, pseudo_series, "seg")
     sop = derived_uid("medimg-export-seg", series, item.source_id, *[s.SOPInstanceUID for s in sources])
@@ -161,10 +179,8 @@ def seg_dataset(item: ExportItem, context: ExportContext) -> Any:
         software_versions=str(version)[:64],
         device_serial_number="0",
         content_description=f"medimg {item.recipe or item.source_table}"[:64],
-        pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=spacing, slice_thickness=thickness),
-        plane_orientation=hd.PlaneOrientationSequence("PATIENT", orientation),
-        plane_positions=positions,
         omit_empty_frames=True,
+        **geometry,
     )
     return seg
 
