@@ -32,7 +32,7 @@ from medimg_spark.export.items import item_from_row
 from medimg_spark.export.model import ExportContext, ExportItem, NoMaskError, SliceSource, frame_volume
 from medimg_spark.export.nifti import nifti_bytes
 from medimg_spark.export.nrrd import nrrd_bytes
-from medimg_spark.export.stage import MANIFEST_SCHEMA, export
+from medimg_spark.export.stage import export
 from medimg_spark.io.files import image_id
 from medimg_spark.privacy import DeidConfig, Deidentifier
 from medimg_spark.schema import VOLUMES_SCHEMA
@@ -384,14 +384,17 @@ def test_no_phi_in_the_export_folder_names_or_manifest(lake) -> None:  # type: i
     assert (lake["out"] / "IDENTIFIED").exists()  # the source lake kept them: the export removed them
 
 
-def test_rerun_is_idempotent(spark, lake) -> None:  # type: ignore[no-untyped-def]
+def test_rerun_through_the_cli_is_idempotent(lake, capsys) -> None:  # type: ignore[no-untyped-def]
     first = lake["runs"][("volumes", "nifti")]
     manifest = lake["out"] / "exports" / "manifest"
-    before = spark.read.schema(MANIFEST_SCHEMA).parquet(str(manifest)).count()
-    again = export(spark, str(lake["out"]), "volumes", "nifti", context=lake["context"])
+    before = pq.read_table(manifest).num_rows
+    assert (
+        main(["export", "--out", str(lake["out"]), "--table", "volumes", "--format", "nifti", "--json"]) == 0
+    )
+    again = json.loads(capsys.readouterr().out)
     assert again["export_run_id"] == first["export_run_id"]
     assert again["items_skipped"] == again["items_selected"] == 1 and again["files_written"] == 0
-    assert spark.read.schema(MANIFEST_SCHEMA).parquet(str(manifest)).count() == before
+    assert pq.read_table(manifest).num_rows == before
 
 
 @pytest.mark.parametrize(
