@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -313,9 +314,7 @@ def export_partition(
                 }
                 try:
                     item = item_from_row(row, table, identified)
-                    import warnings
-
-                    with warnings.catch_warnings():
+                    with warnings.catch_warnings():  # library warnings may quote header values
                         warnings.simplefilter("ignore")
                         files = writer(item, context)
                     written = []
