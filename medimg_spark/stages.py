@@ -110,4 +110,11 @@ _verb(
     pipeline=True,
 )
 _verb("report", "write DIR/report/index.html: one self-contained HTML report", pipeline=True)
+register_stage(
+    "export",
+    "write a table's frames/volumes/masks as NIfTI, NRRD, DICOM, DICOM-SEG, PNG or JPEG under "
+    "DIR/exports (+ a manifest table)",
+    "medimg_spark.export.stage:add_args",
+    "medimg_spark.export.stage:run",
+)
 _verb("run", "run the pipeline stages listed in a YAML config", job="pipeline")

@@ -1,0 +1,10 @@
+"""PNG thumbnail export (see :mod:`medimg_spark.export.thumbnail`)."""
+
+from __future__ import annotations
+
+from medimg_spark.export import ExportFormat
+from medimg_spark.export.thumbnail import write_png
+
+FORMAT = ExportFormat(
+    "png", ".png", ("images", "processed", "volumes", "processed_volumes", "volume_labels"), write_png
+)
