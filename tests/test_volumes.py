@@ -420,3 +420,93 @@ def test_irregular_spacing_and_duplicates_are_flagged() -> None:
     twin["image_position"] = first["image_position"]
     (v,) = plan_series([slice_info(r) for r in [*rows, twin]]).volumes
     assert v.duplicate_slices == 1 and v.flags == (FLAG_DUPLICATE,) and len(v.image_ids) == 5
+
+
+# --- the Spark stage ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def volume_lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A lake with a few real series ingested, ``medimg volumes`` run twice (the second a rerun).
+
+    ``max_volume_bytes`` = 10000: anatomical.nii (33x41x25 int16, 67650 bytes) is over it.
+    """
+    import shutil
+
+    from medimg_spark.config_models import VolumesConfig
+    from medimg_spark.io.ingest import ingest
+    from medimg_spark.volumes.stage import assemble_volumes
+
+    inputs = tmp_path_factory.mktemp("inputs")
+    for label in ("CT5N/2062+4", "CT2/17106+3", "MR700/4467+6"):
+        for p in SERIES[label]:
+            dest = inputs / label.split("/")[0]
+            dest.mkdir(exist_ok=True)
+            shutil.copy(p, dest / p.name)
+    shutil.copy(_pkg_dir("pydicom") / "data" / "test_files" / "rtdose.dcm", inputs / "rtdose.dcm")
+    shutil.copy(NIB_DATA / "anatomical.nii", inputs / "anatomical.nii")
+    out = str(tmp_path_factory.mktemp("lake"))
+    ingest(spark, [str(inputs)], out)
+    cfg = VolumesConfig(max_volume_bytes=10000)
+    first = assemble_volumes(spark, out, cfg)
+    again = assemble_volumes(spark, out, cfg)
+    return {"out": out, "first": first, "again": again, "cfg": cfg}
+
+
+def test_volumes_stage_rows_equal_the_core_result(spark: Any, volume_lake: dict[str, Any]) -> None:
+    from pyspark.testing import assertDataFrameEqual
+
+    from medimg_spark.schema import IMAGES_SCHEMA, VOLUMES_SCHEMA
+    from medimg_spark.volumes.assemble import AssemblyOptions, volume_id
+    from medimg_spark.volumes.model import volume_from_row
+
+    out = volume_lake["out"]
+    images = spark.read.schema(IMAGES_SCHEMA).parquet(f"{out}/images").toPandas()
+    expected_rows = []
+    expected_vox = {}
+    for _, part in images.groupby("series_instance_uid"):
+        if len(part) * 16 * 16 > 10000 // 2 and part["source_format"].iloc[0] == "nifti1":
+            continue  # over max_volume_bytes: quarantined
+        rows = [dict(r) for r in part.to_dict("records")]
+        plan = plan_series([slice_info(r) for r in rows], AssemblyOptions())
+        arrays = {r["image_id"]: to_array(r) for r in rows}
+        for v in plan.volumes:
+            vid = volume_id("images", None, v.image_ids)
+            expected_rows.append((vid, list(v.image_ids), v.shape_xyz[2], v.status, list(v.flags), v.missing_slices))
+            expected_vox[vid] = stack_volume(v, arrays)
+    got = spark.read.schema(VOLUMES_SCHEMA).parquet(f"{out}/volumes")
+    cols = ["volume_id", "image_ids", "dim_z", "status", "flags", "missing_slices"]
+    assertDataFrameEqual(got.select(*cols), spark.createDataFrame(expected_rows, got.select(*cols).schema))
+    for row in got.collect():
+        ours = volume_from_row(row)
+        assert_same_volume(ours, expected_vox[row["volume_id"]])
+        assert row["source_table"] == "images" and row["volumes_run_id"] == volume_lake["first"]["run_id"]
+    # CT5N ok, CT2 flagged (missing slices), rtdose ok; MR700 gives none (seven orientations)
+    assert sorted((r["dim_z"], r["status"]) for r in got.collect()) == [(4, "flagged"), (5, "ok"), (15, "ok")]
+    first = volume_lake["first"]
+    assert first["volumes_written"] == 3 and first["volumes_flagged"] == 1
+    assert first["flags"] == {FLAG_MISSING: 1}
+    assert first["frame_groups_left_out"] == {SKIP_TOO_FEW: 7}
+
+
+def test_volumes_stage_quarantines_an_over_limit_series_and_reruns_idempotently(
+    spark: Any, volume_lake: dict[str, Any]
+) -> None:
+    from medimg_spark.schema import QUARANTINE_SCHEMA, VOLUMES_SCHEMA
+
+    out = volume_lake["out"]
+    q = spark.read.schema(QUARANTINE_SCHEMA).parquet(f"{out}/quarantine").where("stage = 'volumes'").collect()
+    assert len(q) == 25  # every slice of anatomical.nii, none of its pixels read
+    assert {r["error_class"] for r in q} == {"VolumeTooLargeError"}
+    assert {r["step"] for r in q} == {"size"}
+    assert all("volumes.max_volume_bytes = 10000" in r["error_message"] for r in q)
+    assert all(r["source_path"].endswith("anatomical.nii") for r in q)
+    first, again = volume_lake["first"], volume_lake["again"]
+    assert first["series_too_large"] == 1 and first["frames_quarantined"] == 25
+    assert again["volumes_written"] == 0 and again["volumes_existing"] == first["volumes_planned"] == 3
+    assert again["frames_quarantined"] == 0  # the quarantined frames are not tried again at the same limit
+    assert spark.read.schema(VOLUMES_SCHEMA).parquet(f"{out}/volumes").count() == 3
+    import json
+
+    saved = json.loads((Path(out) / "runs" / f"{again['run_id']}.json").read_text())
+    assert saved["volumes_existing"] == 3

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from medimg_spark.errors import MedimgError
 from medimg_spark.volumes.model import Volume
 
 #: Names of the checks in a volume's ``flags``.
@@ -35,8 +36,12 @@ SKIP_NO_GEOMETRY = "no_geometry"
 SKIP_TOO_FEW = "too_few_slices"
 
 
-class AssemblyError(ValueError):
+class AssemblyError(MedimgError, ValueError):
     """Frames cannot be stacked as planned (an array is missing or has another shape)."""
+
+
+class VolumeTooLargeError(MedimgError):
+    """A series' stored pixels exceed ``volumes.max_volume_bytes``: quarantined before any pixel is read."""
 
 
 @dataclass(frozen=True)
@@ -358,29 +363,31 @@ def rescale_of(slices: Sequence[SliceInfo]) -> tuple[float | None, float | None]
     return next(iter(pairs)) if len(pairs) == 1 else None
 
 
-def stack_volume(
-    plan: VolumePlan,
-    arrays: Mapping[str, np.ndarray],
+def stack_frames(
+    frames: Sequence[tuple[str, np.ndarray]],
+    rows: int,
+    cols: int,
+    channels: int,
     rescale: Mapping[str, tuple[float, float]] | None = None,
-) -> Volume:
-    """Stack the planned frames (z, y, x[, c]) into a :class:`Volume` with the plan's geometry.
+) -> np.ndarray:
+    """Stack ``(image_id, frame)`` in order into a (z, y, x[, c]) array, checking each frame's shape.
 
     Args:
-        plan: from :func:`plan_series`.
-        arrays: each planned image_id's frame, (rows, cols) or (rows, cols, channels).
+        frames: the slices in volume order.
+        rows: expected frame height.
+        cols: expected frame width.
+        channels: expected samples per pixel.
         rescale: per image_id (slope, intercept) when the frames do not share one; the voxels are
             then the rescaled values (float64) instead of the stored ones.
 
     Raises:
-        AssemblyError: a planned frame is missing or has another shape than planned.
+        AssemblyError: a frame has another shape than expected.
     """
-    expected = (plan.rows, plan.cols) if plan.channels == 1 else (plan.rows, plan.cols, plan.channels)
-    frames = []
-    for image_id in plan.image_ids:
-        if image_id not in arrays:
-            raise AssemblyError(f"frame {image_id} of the planned volume has no pixels; re-run ingest")
-        arr = np.asarray(arrays[image_id])
-        if arr.ndim == 3 and arr.shape[2] == 1 and plan.channels == 1:
+    expected = (rows, cols) if channels == 1 else (rows, cols, channels)
+    out = []
+    for image_id, frame in frames:
+        arr = np.asarray(frame)
+        if arr.ndim == 3 and arr.shape[2] == 1 and channels == 1:
             arr = arr[:, :, 0]
         if arr.shape != expected:
             raise AssemblyError(
@@ -390,8 +397,29 @@ def stack_volume(
         if rescale is not None:
             slope, intercept = rescale[image_id]
             arr = arr.astype(np.float64) * slope + intercept
-        frames.append(arr)
-    voxels = np.stack(frames, axis=0)
+        out.append(arr)
+    if not out:
+        raise AssemblyError("a volume needs at least one frame")
+    return np.stack(out, axis=0)
+
+
+def stack_volume(
+    plan: VolumePlan, arrays: Mapping[str, np.ndarray], rescale: Mapping[str, tuple[float, float]] | None = None
+) -> Volume:
+    """Stack the planned frames (z, y, x[, c]) into a :class:`Volume` with the plan's geometry.
+
+    Args:
+        plan: from :func:`plan_series`.
+        arrays: each planned image_id's frame, (rows, cols) or (rows, cols, channels).
+        rescale: see :func:`stack_frames`.
+
+    Raises:
+        AssemblyError: a planned frame is missing or has another shape than planned.
+    """
+    missing = [i for i in plan.image_ids if i not in arrays]
+    if missing:
+        raise AssemblyError(f"frame {missing[0]} of the planned volume has no pixels; re-run ingest")
+    voxels = stack_frames([(i, arrays[i]) for i in plan.image_ids], plan.rows, plan.cols, plan.channels, rescale)
     return Volume(voxels=voxels, spacing=plan.spacing, origin=plan.origin, direction=plan.direction)
 
 
@@ -418,7 +446,9 @@ def _optional_float(value: object) -> float | None:
 def slice_info(row: Mapping[str, object]) -> SliceInfo:
     """A :class:`SliceInfo` from an ``images`` row (a dict, Row.asDict() or pandas Series)."""
     get = row.get
-    instance_number = get("instance_number")
+    instance_number = _optional_float(get("instance_number"))
+    n_frames = _optional_float(get("n_frames"))
+    frame_index = _optional_float(get("frame_index"))
     return SliceInfo(
         image_id=str(get("image_id")),
         rows=int(get("rows")),  # type: ignore[call-overload]
@@ -430,12 +460,12 @@ def slice_info(row: Mapping[str, object]) -> SliceInfo:
         pixel_spacing=_tuple(get("pixel_spacing"), 2),  # type: ignore[arg-type]
         frame_of_reference_uid=_str_or_none(get("frame_of_reference_uid")),
         sop_instance_uid=_str_or_none(get("sop_instance_uid")),
-        frame_index=int(get("frame_index") or 0),  # type: ignore[call-overload]
-        instance_number=None if instance_number is None else int(instance_number),  # type: ignore[call-overload]
+        frame_index=int(frame_index or 0),
+        instance_number=None if instance_number is None else int(instance_number),
         file_sha256=_str_or_none(get("file_sha256")),
         rescale_slope=_optional_float(get("rescale_slope")),
         rescale_intercept=_optional_float(get("rescale_intercept")),
-        n_frames=int(get("n_frames") or 1),  # type: ignore[call-overload]
+        n_frames=int(n_frames or 1),
     )
 
 
@@ -443,3 +473,25 @@ def _str_or_none(value: object) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return str(value) or None
+
+
+def resampled(info: SliceInfo, rows: int, cols: int) -> SliceInfo:
+    """``info`` for the same field of view resampled to ``rows`` x ``cols`` (a processed frame).
+
+    The pixel spacing scales with the size; the first pixel's centre moves by half the change of
+    spacing along each axis (the edges of the field of view stay, as with ``cv2.resize``).
+    """
+    if (rows, cols) == (info.rows, info.cols):
+        return info
+    row_spacing, col_spacing = info.pixel_spacing or (1.0, 1.0)
+    new_row = row_spacing * info.rows / rows
+    new_col = col_spacing * info.cols / cols
+    position = info.position
+    if position is not None and info.orientation is not None:
+        across = np.asarray(info.orientation[:3], dtype=np.float64)
+        down = np.asarray(info.orientation[3:], dtype=np.float64)
+        moved = np.asarray(position) + 0.5 * (new_col - col_spacing) * across + 0.5 * (new_row - row_spacing) * down
+        position = (float(moved[0]), float(moved[1]), float(moved[2]))
+    from dataclasses import replace
+
+    return replace(info, rows=rows, cols=cols, pixel_spacing=(new_row, new_col), position=position)
