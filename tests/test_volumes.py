@@ -472,7 +472,9 @@ def test_volumes_stage_rows_equal_the_core_result(spark: Any, volume_lake: dict[
         arrays = {r["image_id"]: to_array(r) for r in rows}
         for v in plan.volumes:
             vid = volume_id("images", None, v.image_ids)
-            expected_rows.append((vid, list(v.image_ids), v.shape_xyz[2], v.status, list(v.flags), v.missing_slices))
+            expected_rows.append(
+                (vid, list(v.image_ids), v.shape_xyz[2], v.status, list(v.flags), v.missing_slices)
+            )
             expected_vox[vid] = stack_volume(v, arrays)
     got = spark.read.schema(VOLUMES_SCHEMA).parquet(f"{out}/volumes")
     cols = ["volume_id", "image_ids", "dim_z", "status", "flags", "missing_slices"]

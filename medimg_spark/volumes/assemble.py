@@ -19,6 +19,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -404,7 +405,9 @@ def stack_frames(
 
 
 def stack_volume(
-    plan: VolumePlan, arrays: Mapping[str, np.ndarray], rescale: Mapping[str, tuple[float, float]] | None = None
+    plan: VolumePlan,
+    arrays: Mapping[str, np.ndarray],
+    rescale: Mapping[str, tuple[float, float]] | None = None,
 ) -> Volume:
     """Stack the planned frames (z, y, x[, c]) into a :class:`Volume` with the plan's geometry.
 
@@ -419,7 +422,9 @@ def stack_volume(
     missing = [i for i in plan.image_ids if i not in arrays]
     if missing:
         raise AssemblyError(f"frame {missing[0]} of the planned volume has no pixels; re-run ingest")
-    voxels = stack_frames([(i, arrays[i]) for i in plan.image_ids], plan.rows, plan.cols, plan.channels, rescale)
+    voxels = stack_frames(
+        [(i, arrays[i]) for i in plan.image_ids], plan.rows, plan.cols, plan.channels, rescale
+    )
     return Volume(voxels=voxels, spacing=plan.spacing, origin=plan.origin, direction=plan.direction)
 
 
@@ -443,7 +448,7 @@ def _optional_float(value: object) -> float | None:
     return out if math.isfinite(out) else None
 
 
-def slice_info(row: Mapping[str, object]) -> SliceInfo:
+def slice_info(row: Mapping[Any, Any]) -> SliceInfo:
     """A :class:`SliceInfo` from an ``images`` row (a dict, Row.asDict() or pandas Series)."""
     get = row.get
     instance_number = _optional_float(get("instance_number"))
@@ -451,9 +456,9 @@ def slice_info(row: Mapping[str, object]) -> SliceInfo:
     frame_index = _optional_float(get("frame_index"))
     return SliceInfo(
         image_id=str(get("image_id")),
-        rows=int(get("rows")),  # type: ignore[call-overload]
-        cols=int(get("cols")),  # type: ignore[call-overload]
-        channels=int(get("channels") or 1),  # type: ignore[call-overload]
+        rows=int(row["rows"]),
+        cols=int(row["cols"]),
+        channels=int(get("channels") or 1),
         dtype=str(get("dtype") or "uint16"),
         position=_tuple(get("image_position"), 3),  # type: ignore[arg-type]
         orientation=_tuple(get("image_orientation"), 6),  # type: ignore[arg-type]
@@ -490,7 +495,11 @@ def resampled(info: SliceInfo, rows: int, cols: int) -> SliceInfo:
     if position is not None and info.orientation is not None:
         across = np.asarray(info.orientation[:3], dtype=np.float64)
         down = np.asarray(info.orientation[3:], dtype=np.float64)
-        moved = np.asarray(position) + 0.5 * (new_col - col_spacing) * across + 0.5 * (new_row - row_spacing) * down
+        moved = (
+            np.asarray(position)
+            + 0.5 * (new_col - col_spacing) * across
+            + 0.5 * (new_row - row_spacing) * down
+        )
         position = (float(moved[0]), float(moved[1]), float(moved[2]))
     from dataclasses import replace
 

@@ -293,14 +293,20 @@ def build_group(pdf: pd.DataFrame) -> pd.DataFrame:
             rescale = {
                 str(r["image_id"]): (
                     1.0 if r["f_slope"] is None or r["f_slope"] != r["f_slope"] else float(r["f_slope"]),
-                    0.0 if r["f_intercept"] is None or r["f_intercept"] != r["f_intercept"] else float(r["f_intercept"]),
+                    0.0
+                    if r["f_intercept"] is None or r["f_intercept"] != r["f_intercept"]
+                    else float(r["f_intercept"]),
                 )
                 for r in pdf.to_dict("records")
             }
-        voxels = stack_frames(frames, int(first["dim_y"]), int(first["dim_x"]), int(first["v_channels"]), rescale)
+        voxels = stack_frames(
+            frames, int(first["dim_y"]), int(first["dim_x"]), int(first["v_channels"]), rescale
+        )
         if voxels.shape[0] != int(first["dim_z"]):
             raise ValueError(f"{voxels.shape[0]} frames found for {int(first['dim_z'])} planned slices")
-        cols = volume_columns(Volume(voxels, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)))
+        cols = volume_columns(
+            Volume(voxels, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+        )
         row = {"volume_id": vid, "dtype": cols["dtype"], "voxels": cols["voxels"], "ok": True}
         return pd.DataFrame([row], columns=BUILT_SCHEMA.names, dtype=object)
     except Exception as exc:
@@ -386,7 +392,10 @@ def assemble_volumes(
         earlier = (
             spark.read.schema(QUARANTINE_SCHEMA)
             .parquet(quarantine_path)
-            .where((F.col("stage") == STAGE) & F.col("error_message").startswith(f"{tag} max_volume_bytes={limit}"))
+            .where(
+                (F.col("stage") == STAGE)
+                & F.col("error_message").startswith(f"{tag} max_volume_bytes={limit}")
+            )
             .select("source_path", "frame_index")
         )
         frames = frames.join(earlier, ["source_path", "frame_index"], "left_anti")
@@ -423,11 +432,21 @@ def assemble_volumes(
         plans = spark.read.schema(PLAN_SCHEMA).parquet(join(staging, "plans"))
         volumes = plans.where(F.col("kind") == "volume")
         dest = join(out, VOLUMES_DIR)
-        if store.exists(dest):
-            existing = spark.read.schema(VOLUMES_SCHEMA).parquet(dest).select("volume_id")
-            new = volumes.join(existing, "volume_id", "left_anti")
-        else:
-            new = volumes
+        existing = (
+            spark.read.schema(VOLUMES_SCHEMA)
+            .parquet(dest)
+            .select("volume_id")
+            .withColumn("existing", F.lit(True))
+            if store.exists(dest)
+            else spark.createDataFrame([], "volume_id string, existing boolean")
+        )
+        # the plans without their arrays are small: one row per volume or left-out group
+        planned = (
+            plans.select("volume_id", "group_key", "kind", "n_frames_left_out", "status", "flags")
+            .join(F.broadcast(existing), "volume_id", "left")
+            .collect()
+        )
+        new = volumes.join(existing, "volume_id", "left_anti")
         # 3. stack: one volume's frames per group
         slices = new.select(
             "volume_id",
@@ -439,13 +458,16 @@ def assemble_volumes(
             F.posexplode("image_ids").alias("z", "image_id"),
         )
         rescale_cols = meta.select(
-            "image_id", F.col("rescale_slope").alias("f_slope"), F.col("rescale_intercept").alias("f_intercept")
+            "image_id",
+            F.col("rescale_slope").alias("f_slope"),
+            F.col("rescale_intercept").alias("f_intercept"),
         )
         with_pixels = slices.join(pixels, "image_id").join(rescale_cols, "image_id")
         with_pixels.groupBy("volume_id").applyInPandas(build_group, BUILT_SCHEMA).write.parquet(
             join(staging, "built")
         )
         built = spark.read.schema(BUILT_SCHEMA).parquet(join(staging, "built"))
+        outcomes = {r["volume_id"]: r["ok"] for r in built.select("volume_id", "ok").collect()}
         now = F.current_timestamp()
         values = {
             "source_table": F.lit(table),
@@ -468,25 +490,37 @@ def assemble_volumes(
             F.concat(F.lit(f"{tag} max_volume_bytes={limit}: "), F.col("error_message")),
             run_id,
         )
-        flag_counts = result.select(F.explode("flags").alias("flag")).groupBy("flag").count().collect()
-        stats = result.agg(
-            F.count(F.lit(1)).alias("n"), F.sum(F.when(F.col("status") == "flagged", 1).otherwise(0)).alias("flagged")
-        ).collect()[0]
-        result.write.mode("append").partitionBy("modality").parquet(dest)
+        if any(outcomes.values()):
+            result.write.mode("append").partitionBy("modality").parquet(dest)
         size_q = spark.read.schema(QUARANTINE_SCHEMA).parquet(join(staging, "size"))
-        quarantined = size_q.unionByName(failed_q)
-        q_counts = quarantined.groupBy("error_class").count().collect()
-        quarantined.write.mode("append").parquet(quarantine_path)
-        kinds = plans.groupBy("kind").agg(F.count(F.lit(1)).alias("n"), F.sum("n_frames_left_out").alias("frames")).collect()
-        n_series = plans.select("group_key").distinct().count()
-        n_new = new.count()
-        n_large = too_large.count()
+        quarantined = size_q.unionByName(failed_q).persist()
+        q_counts = (
+            quarantined.groupBy("error_class")
+            .agg(
+                F.count(F.lit(1)).alias("count"),
+                F.countDistinct(F.when(F.col("step") == "size", F.col("error_message"))).alias("groups"),
+            )
+            .collect()
+        )
+        if q_counts:
+            quarantined.write.mode("append").parquet(quarantine_path)
+        quarantined.unpersist()
     finally:
         store.delete(staging)
         store.remove_if_empty(parent(staging))
-    by_kind = {str(r["kind"]): (int(r["n"]), int(r["frames"] or 0)) for r in kinds}
     by_class = {str(r["error_class"]): int(r["count"]) for r in q_counts}
-    n_planned = by_kind.get("volume", (0, 0))[0]
+    n_large = sum(int(r["groups"]) for r in q_counts)
+    written = [r for r in planned if r["kind"] == "volume" and outcomes.get(r["volume_id"])]
+    flag_counts: dict[str, int] = {}
+    for r in written:
+        for flag in r["flags"] or []:
+            flag_counts[flag] = flag_counts.get(flag, 0) + 1
+    left_out: dict[str, int] = {}
+    for r in planned:
+        if r["kind"] != "volume":
+            left_out[r["kind"]] = left_out.get(r["kind"], 0) + int(r["n_frames_left_out"])
+    n_planned = sum(1 for r in planned if r["kind"] == "volume")
+    n_existing = sum(1 for r in planned if r["kind"] == "volume" and r["existing"])
     summary: VolumesSummary = {
         "run_id": run_id,
         "source_table": table,
@@ -494,14 +528,14 @@ def assemble_volumes(
         "recipe_hash": recipe_hash,
         "frames_selected": int(counts["n"]),
         "frames_without_geometry": int(counts["no_geometry"] or 0),
-        "series": n_series + n_large,
+        "series": len({r["group_key"] for r in planned}) + n_large,
         "series_too_large": n_large,
         "volumes_planned": n_planned,
-        "volumes_existing": n_planned - n_new,
-        "volumes_written": int(stats["n"]),
-        "volumes_flagged": int(stats["flagged"] or 0),
-        "flags": {str(r["flag"]): int(r["count"]) for r in sorted(flag_counts, key=lambda r: str(r["flag"]))},
-        "frame_groups_left_out": {k: v[1] for k, v in sorted(by_kind.items()) if k != "volume"},
+        "volumes_existing": n_existing,
+        "volumes_written": len(written),
+        "volumes_flagged": sum(1 for r in written if r["status"] == "flagged"),
+        "flags": dict(sorted(flag_counts.items())),
+        "frame_groups_left_out": dict(sorted(left_out.items())),
         "frames_quarantined": sum(by_class.values()),
         "quarantined_by_error_class": dict(sorted(by_class.items())),
         "seconds": round(time.perf_counter() - started, 3),
@@ -528,4 +562,3 @@ def format_summary(summary: VolumesSummary) -> str:
     if summary["flags"]:
         lines.append("  flags: " + ", ".join(f"{k}={v}" for k, v in summary["flags"].items()))
     return "\n".join(lines)
-
