@@ -450,7 +450,15 @@ def volume_lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     cfg = VolumesConfig(max_volume_bytes=10000)
     first = assemble_volumes(spark, out, cfg)
     again = assemble_volumes(spark, out, cfg)
-    return {"out": out, "first": first, "again": again, "cfg": cfg}
+    from medimg_spark.preprocess import preprocess
+
+    recipe = inputs / "half.yaml"
+    recipe.write_text(
+        "name: half\nsteps:\n  - op: resize\n    rows: 8\n    cols: 8\n    keep_aspect: false\n"
+    )
+    preprocess(spark, out, str(recipe), where="modality = 'CT'")
+    processed = assemble_volumes(spark, out, cfg, table="processed")
+    return {"out": out, "first": first, "again": again, "cfg": cfg, "processed": processed}
 
 
 def test_volumes_stage_rows_equal_the_core_result(spark: Any, volume_lake: dict[str, Any]) -> None:
@@ -477,7 +485,7 @@ def test_volumes_stage_rows_equal_the_core_result(spark: Any, volume_lake: dict[
                 (vid, list(v.image_ids), v.shape_xyz[2], v.status, list(v.flags), v.missing_slices)
             )
             expected_vox[vid] = stack_volume(v, arrays)
-    got = spark.read.schema(VOLUMES_SCHEMA).parquet(f"{out}/volumes")
+    got = spark.read.schema(VOLUMES_SCHEMA).parquet(f"{out}/volumes").where("source_table = 'images'")
     cols = ["volume_id", "image_ids", "dim_z", "status", "flags", "missing_slices"]
     assertDataFrameEqual(got.select(*cols), spark.createDataFrame(expected_rows, got.select(*cols).schema))
     for row in got.collect():
@@ -508,8 +516,44 @@ def test_volumes_stage_quarantines_an_over_limit_series_and_reruns_idempotently(
     assert first["series_too_large"] == 1 and first["frames_quarantined"] == 25
     assert again["volumes_written"] == 0 and again["volumes_existing"] == first["volumes_planned"] == 3
     assert again["frames_quarantined"] == 0  # the quarantined frames are not tried again at the same limit
-    assert spark.read.schema(VOLUMES_SCHEMA).parquet(f"{out}/volumes").count() == 3
+    volumes = spark.read.schema(VOLUMES_SCHEMA).parquet(f"{out}/volumes")
+    assert volumes.where("source_table = 'images'").count() == 3
     import json
 
     saved = json.loads((Path(out) / "runs" / f"{again['run_id']}.json").read_text())
     assert saved["volumes_existing"] == 3
+
+
+def test_volumes_stage_on_processed_frames_keeps_the_field_of_view(
+    spark: Any, volume_lake: dict[str, Any]
+) -> None:
+    """--table processed: a recipe's 8x8 frames stacked in the source volume's order; same field of view."""
+    from medimg_spark.preprocess import PROCESSED_SCHEMA
+    from medimg_spark.schema import VOLUMES_SCHEMA
+    from medimg_spark.volumes.model import volume_from_row
+
+    out = volume_lake["out"]
+    assert volume_lake["processed"]["volumes_written"] == 2  # CT5N and CT2 (rtdose is not CT)
+    rows = spark.read.schema(VOLUMES_SCHEMA).parquet(f"{out}/volumes").collect()
+    source = {r["series_instance_uid"]: r for r in rows if r["source_table"] == "images"}
+    frames = {
+        r["image_id"]: to_array(r)
+        for r in spark.read.schema(PROCESSED_SCHEMA).parquet(f"{out}/processed").collect()
+    }
+    done = [r for r in rows if r["source_table"] == "processed"]
+    assert len(done) == 2 and all(r["recipe_name"] == "half" for r in done)
+    for row in done:
+        src = source[row["series_instance_uid"]]
+        assert row["image_ids"] == src["image_ids"] and row["volume_id"] != src["volume_id"]
+        ours, before = volume_from_row(row), volume_from_row(src)
+        assert ours.shape_xyz == (8, 8, before.shape_xyz[2])
+        np.testing.assert_array_equal(ours.voxels, np.stack([frames[i] for i in row["image_ids"]]))
+        np.testing.assert_allclose(ours.spacing[:2], np.asarray(before.spacing[:2]) * 2)
+        np.testing.assert_allclose(ours.spacing[2], before.spacing[2])
+        np.testing.assert_allclose(ours.direction, before.direction)
+        # the corner of the field of view (half a pixel before the first pixel's centre) stays put
+        d = before.direction_matrix()
+        corner = np.asarray(before.origin) - d[:, :2] @ (np.asarray(before.spacing[:2]) / 2)
+        np.testing.assert_allclose(
+            np.asarray(ours.origin) - d[:, :2] @ (np.asarray(ours.spacing[:2]) / 2), corner
+        )
