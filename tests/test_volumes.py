@@ -557,3 +557,28 @@ def test_volumes_stage_on_processed_frames_keeps_the_field_of_view(
         np.testing.assert_allclose(
             np.asarray(ours.origin) - d[:, :2] @ (np.asarray(ours.spacing[:2]) / 2), corner
         )
+
+
+def test_volumes_arguments_and_config_fail_before_spark(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad flags or ``volumes:`` keys exit 2 naming the key and the fix, before a session starts."""
+    from medimg_spark.cli import EXIT_CONFIG, main
+    from medimg_spark.config import parse_config
+
+    assert main(["volumes", "--out", str(tmp_path), "--recipe", "half"]) == EXIT_CONFIG
+    assert "--table processed" in capsys.readouterr().err
+    for bad, key in (
+        ({"max_volume_bytes": 0}, "volumes.max_volume_bytes"),
+        ({"min_slice": 3}, "volumes.min_slice"),
+    ):
+        cfg = tmp_path / "c.yaml"
+        import yaml
+
+        cfg.write_text(yaml.safe_dump({"volumes": bad}))
+        assert main(["volumes", "--out", str(tmp_path), "--config", str(cfg)]) == EXIT_CONFIG
+        assert key in capsys.readouterr().err
+    # the pipeline runs volumes only when listed, after ingest (and preprocess)
+    assert "volumes" not in parse_config({}, "t.yaml").pipeline.stages
+    stages = parse_config({"pipeline": {"stages": ["ingest", "volumes"]}}, "t.yaml").pipeline.stages
+    assert stages == ["ingest", "volumes"]
