@@ -643,9 +643,12 @@ def frame_geometry(ds: Any, n_frames: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [{} for _ in range(n_frames)]
     per_frame = _get(ds, "PerFrameFunctionalGroupsSequence")
     shared_seq = _get(ds, "SharedFunctionalGroupsSequence")
-    shared = shared_seq[0] if shared_seq else None
-    if per_frame is not None or shared is not None:
+    try:  # a damaged sequence gives no geometry rather than failing the frames
+        shared = shared_seq[0] if shared_seq else None
         items = list(per_frame or [])
+    except (TypeError, IndexError, KeyError, ValueError):
+        shared, items = None, []
+    if items or shared is not None:
         for i in range(n_frames):
             item = items[i] if i < len(items) else None
             geometry: dict[str, Any] = {}
