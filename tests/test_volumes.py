@@ -582,3 +582,39 @@ def test_volumes_arguments_and_config_fail_before_spark(
     assert "volumes" not in parse_config({}, "t.yaml").pipeline.stages
     stages = parse_config({"pipeline": {"stages": ["ingest", "volumes"]}}, "t.yaml").pipeline.stages
     assert stages == ["ingest", "volumes"]
+
+
+def test_a_volume_whose_frames_disagree_with_the_plan_fails_typed() -> None:
+    """The stack pass turns a frame of another shape into an AssemblyError row (then quarantined)."""
+    import pandas as pd
+
+    from medimg_spark.volumes.stage import build_group
+
+    rows = _ct5n_rows()[:2]
+    frames = pd.DataFrame(
+        [
+            {
+                "volume_id": "v",
+                "z": z,
+                "image_id": r["image_id"],
+                "rows": r["rows"],
+                "cols": r["cols"],
+                "channels": r["channels"],
+                "dtype": r["dtype"],
+                "pixels": r["pixels"],
+                "dim_x": 16,
+                "dim_y": 16,
+                "dim_z": 2,
+                "v_channels": 1,
+                "rescale_per_slice": False,
+                "f_slope": None,
+                "f_intercept": None,
+            }
+            for z, r in enumerate(rows)
+        ]
+    )
+    ok = build_group(frames.assign(dim_y=16)).iloc[0]
+    assert ok["ok"] and ok["dtype"] == rows[0]["dtype"] and len(ok["voxels"]) == 2 * 16 * 16 * 2
+    bad = build_group(frames.assign(dim_y=8)).iloc[0]
+    assert not bad["ok"] and bad["error_class"] == "AssemblyError"
+    assert "expects (8, 16)" in bad["error_message"]
