@@ -427,26 +427,23 @@ def test_irregular_spacing_and_duplicates_are_flagged() -> None:
 
 @pytest.fixture(scope="module")
 def volume_lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A lake with a few real series ingested, ``volumes`` run twice (the second a rerun).
+    """A lake with a few real series, ``volumes`` run twice (the second a rerun), then on processed frames.
 
-    ``max_volume_bytes`` = 10000: anatomical.nii (33x41x25 int16, 67650 bytes) is over it.
+    The ``images`` table holds the rows ingest's per-file function (:func:`process_file`) makes of
+    the files, written as ingest writes them (partitioned by modality) in one Spark job: ingest's
+    own jobs are tested in test_ingest_spark (which checks the geometry columns too), and the test
+    budget is tight. ``max_volume_bytes`` = 10000: anatomical.nii (33x41x25 int16, 67650 bytes) is over it.
     """
-    import shutil
-
     from medimg_spark.config_models import VolumesConfig
-    from medimg_spark.io.ingest import ingest
+    from medimg_spark.schema import IMAGES_SCHEMA
     from medimg_spark.volumes.stage import assemble_volumes
 
-    inputs = tmp_path_factory.mktemp("inputs")
-    for label in ("CT5N/2062+4", "CT2/17106+3", "CT2N/6293+1"):
-        for p in SERIES[label]:
-            dest = inputs / label.split("/")[0]
-            dest.mkdir(exist_ok=True)
-            shutil.copy(p, dest / p.name)
-    shutil.copy(_pkg_dir("pydicom") / "data" / "test_files" / "rtdose.dcm", inputs / "rtdose.dcm")
-    shutil.copy(NIB_DATA / "anatomical.nii", inputs / "anatomical.nii")
+    files = [p for label in ("CT5N/2062+4", "CT2/17106+3", "CT2N/6293+1") for p in SERIES[label]]
+    files += [_pkg_dir("pydicom") / "data" / "test_files" / "rtdose.dcm", NIB_DATA / "anatomical.nii"]
+    rows = [{k: r.get(k) for k in IMAGES_SCHEMA.names} for p in files for r in _rows(p)]
     out = str(tmp_path_factory.mktemp("lake"))
-    ingest(spark, [str(inputs)], out)
+    spark.createDataFrame(rows, IMAGES_SCHEMA).write.partitionBy("modality").parquet(f"{out}/images")
+    inputs = tmp_path_factory.mktemp("recipes")
     cfg = VolumesConfig(max_volume_bytes=10000)
     first = assemble_volumes(spark, out, cfg)
     again = assemble_volumes(spark, out, cfg)
