@@ -519,6 +519,9 @@ def test_volumes_stage_quarantines_an_over_limit_series_and_reruns_idempotently(
 
     saved = json.loads((Path(out) / "runs" / f"{again['run_id']}.json").read_text())
     assert saved["volumes_existing"] == 3
+    from medimg_spark.volumes.stage import format_summary
+
+    assert "volumes_written: 0" in format_summary(again) and "missing_slices=1" in format_summary(first)
 
 
 def test_volumes_stage_on_processed_frames_keeps_the_field_of_view(
