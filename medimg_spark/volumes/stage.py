@@ -402,13 +402,23 @@ def assemble_volumes(
 
     staging = join(out, "_staging", run_id)
     try:
-        counts = frames.agg(
-            F.count(F.lit(1)).alias("n"), F.sum(F.when(has_geometry, 0).otherwise(1)).alias("no_geometry")
-        ).collect()[0]
+        # 1. size, from metadata only: one small row per series, on the driver
+        per_series = (
+            frames.groupBy("group_key")
+            .agg(
+                F.count(F.lit(1)).alias("n"),
+                F.sum(F.when(has_geometry, 0).otherwise(1)).alias("no_geometry"),
+                F.sum(F.when(has_geometry, F.col("nbytes")).otherwise(0)).alias("bytes"),
+            )
+            .collect()
+        )
+        counts = {
+            "n": sum(int(r["n"]) for r in per_series),
+            "no_geometry": sum(int(r["no_geometry"]) for r in per_series),
+        }
+        over = {str(r["group_key"]): int(r["bytes"]) for r in per_series if int(r["bytes"] or 0) > limit}
         located = frames.where(has_geometry)
-        # 1. size, from metadata only
-        sizes = located.groupBy("group_key").agg(F.sum("nbytes").alias("bytes"))
-        too_large = sizes.where(F.col("bytes") > limit).select("group_key", "bytes")
+        too_large = spark.createDataFrame(sorted(over.items()), "group_key string, bytes long")
         large = located.join(F.broadcast(too_large), "group_key")
         message = F.concat(
             F.lit(f"{tag} max_volume_bytes={limit}: series "),
@@ -420,9 +430,7 @@ def assemble_volumes(
                 "(and the executor memory) to assemble it"
             ),
         )
-        _quarantine_rows(large, "size", F.lit("VolumeTooLargeError"), message, run_id).write.parquet(
-            join(staging, "size")
-        )
+        size_q = _quarantine_rows(large, "size", F.lit("VolumeTooLargeError"), message, run_id)
         # 2. plan, from metadata only
         todo = located.join(F.broadcast(too_large.select("group_key")), "group_key", "left_anti")
         pcols = [c for c in todo.columns if c != "nbytes"]
@@ -492,16 +500,8 @@ def assemble_volumes(
         )
         if any(outcomes.values()):
             result.write.mode("append").partitionBy("modality").parquet(dest)
-        size_q = spark.read.schema(QUARANTINE_SCHEMA).parquet(join(staging, "size"))
-        quarantined = size_q.unionByName(failed_q).persist()
-        q_counts = (
-            quarantined.groupBy("error_class")
-            .agg(
-                F.count(F.lit(1)).alias("count"),
-                F.countDistinct(F.when(F.col("step") == "size", F.col("error_message"))).alias("groups"),
-            )
-            .collect()
-        )
+        quarantined = (size_q.unionByName(failed_q) if over else failed_q).persist()
+        q_counts = quarantined.groupBy("error_class").agg(F.count(F.lit(1)).alias("count")).collect()
         if q_counts:
             quarantined.write.mode("append").parquet(quarantine_path)
         quarantined.unpersist()
@@ -509,7 +509,7 @@ def assemble_volumes(
         store.delete(staging)
         store.remove_if_empty(parent(staging))
     by_class = {str(r["error_class"]): int(r["count"]) for r in q_counts}
-    n_large = sum(int(r["groups"]) for r in q_counts)
+    n_large = len(over)
     written = [r for r in planned if r["kind"] == "volume" and outcomes.get(r["volume_id"])]
     flag_counts: dict[str, int] = {}
     for r in written:
@@ -526,9 +526,9 @@ def assemble_volumes(
         "source_table": table,
         "recipe_name": recipe_name,
         "recipe_hash": recipe_hash,
-        "frames_selected": int(counts["n"]),
-        "frames_without_geometry": int(counts["no_geometry"] or 0),
-        "series": len({r["group_key"] for r in planned}) + n_large,
+        "frames_selected": counts["n"],
+        "frames_without_geometry": counts["no_geometry"],
+        "series": len(per_series),
         "series_too_large": n_large,
         "volumes_planned": n_planned,
         "volumes_existing": n_existing,
