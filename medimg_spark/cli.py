@@ -125,6 +125,23 @@ def _add_preprocess(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
+def _add_volumes(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``medimg volumes`` (the config's ``volumes`` section holds the checks' options)."""
+    p.add_argument("--out", required=True, help="output directory holding images/ (and processed/)")
+    p.add_argument(
+        "--table",
+        choices=["images", "processed"],
+        help="frames to assemble: images (stored pixels) or processed (a recipe's output, geometry from "
+        "images); default: volumes.source, else images",
+    )
+    p.add_argument(
+        "--recipe",
+        help="--table processed: the recipe whose frames are used (name or recipe_hash); default: "
+        "volumes.recipe, else the only recipe in processed/",
+    )
+    _common(p)
+
+
 def _add_quality(p: argparse.ArgumentParser) -> None:
     """Arguments of ``medimg quality``."""
     p.add_argument("--out", required=True, help="output directory holding processed/")
@@ -445,6 +462,20 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     summary = preprocess(spark, args.out, recipe, where=where)
     text = "\n".join(f"  {k}: {v}" for k, v in summary.items())
     _print(args, summary, f"preprocess → {args.out}/processed\n{text}")
+    return EXIT_OK
+
+
+def cmd_volumes(args: argparse.Namespace) -> int:
+    """``medimg volumes``: flags win over the config's ``volumes`` section."""
+    from medimg_spark.config import load_config
+    from medimg_spark.volumes.stage import assemble_volumes, format_summary
+
+    cfg = load_config(args.config)
+    if args.recipe and (args.table or cfg.volumes.source) != "processed":
+        raise ConfigError("--recipe selects processed frames: add --table processed (or set volumes.source)")
+    spark = _session(args, cfg, "volumes")
+    summary = assemble_volumes(spark, args.out, cfg.volumes, table=args.table, recipe=args.recipe)
+    _print(args, dict(summary), format_summary(summary))
     return EXIT_OK
 
 

@@ -31,6 +31,7 @@ from medimg_spark.config_models import (
     ReportConfig,
     StrictModel,
     TrainConfig,
+    VolumesConfig,
 )
 from medimg_spark.errors import ConfigError
 
@@ -164,6 +165,10 @@ class MedimgConfig(StrictModel):
     preprocess: PreprocessConfig = Field(
         default_factory=PreprocessConfig,
         description="Read by `medimg preprocess` and the preprocess stage of `medimg run`.",
+    )
+    volumes: VolumesConfig = Field(
+        default_factory=VolumesConfig,
+        description="Read by `medimg volumes` and the volumes stage of `medimg run`.",
     )
     features: FeaturesConfig = Field(
         default_factory=FeaturesConfig,

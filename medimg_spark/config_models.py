@@ -511,12 +511,44 @@ class ReportConfig(StrictModel):
     max_table_rows: int = Field(200, ge=1, description="Rows shown in one table.")
 
 
+# ----------------------------------------------------------------------------- volumes
+
+
+class VolumesConfig(StrictModel):
+    """The ``volumes`` section: series → 3-D volume assembly (``medimg volumes``)."""
+
+    source: Source = Field("images", description="Table whose frames are assembled (the --table flag wins).")
+    recipe: str | None = Field(
+        None,
+        description="source processed: the recipe (name or recipe_hash) whose frames are used "
+        "(the --recipe flag wins; default: the only recipe in processed/).",
+    )
+    min_slices: int = Field(2, ge=2, description="Fewer distinct slices than this are not a volume.")
+    max_volume_bytes: int = Field(
+        512 << 20,
+        ge=1,
+        description="Largest series (stored pixel bytes, from metadata) assembled in one task; larger "
+        "ones are quarantined unread (VolumeTooLargeError). Raise it with the executor memory.",
+    )
+    orientation_tolerance: float = Field(
+        1e-4, gt=0, lt=1, description="Largest difference of a direction cosine within one volume."
+    )
+    spacing_tolerance: float = Field(
+        0.05,
+        gt=0,
+        description="Largest relative deviation of a slice gap from the typical gap before "
+        "irregular_spacing (whole multiples count as missing slices).",
+    )
+
+
 # ----------------------------------------------------------------------------- pipeline
 
 #: Stages in pipeline order; each reads only tables written by the stages before it.
 #: Stages in pipeline order (the ``pipeline=True`` entries of :data:`medimg_spark.stages.STAGES`);
 #: each reads only tables written by the stages before it.
 STAGES: tuple[str, ...] = pipeline_stages()
+#: Pipeline stages that run only when ``pipeline.stages`` lists them.
+OPT_IN_STAGES: tuple[str, ...] = ("volumes",)
 
 
 class RecipeRun(StrictModel):
@@ -616,7 +648,10 @@ class PipelineConfig(StrictModel):
         default_factory=list, description="Files/folders; 'pkg:MODULE/SUBDIR' = package data."
     )
     labels: str | None = Field(None, description="CSV: path (or file_sha256), label[, split].")
-    stages: list[str] = Field(default_factory=lambda: list(STAGES), description="Stages to run, in order.")
+    stages: list[str] = Field(
+        default_factory=lambda: [s for s in STAGES if s not in OPT_IN_STAGES],
+        description="Stages to run, in order (default: all but " + ", ".join(OPT_IN_STAGES) + ").",
+    )
     recipes: list[RecipeRun] = Field(
         default_factory=list, description="Recipes of the preprocess stage (default: preprocess.recipe)."
     )

@@ -296,6 +296,12 @@ def _run_stages(
                     preprocess(spark, out, resolve_recipe_path(r.recipe, base), where=r.where)
                 )
                 rec.update(_counts(results["preprocess"][-1]), path=join(out, "processed"))
+    if "volumes" in pc.stages:
+        from medimg_spark.volumes.stage import assemble_volumes
+
+        with log.stage("volumes", table=cfg.volumes.source) as rec:
+            results["volumes"] = assemble_volumes(spark, out, cfg.volumes)
+            rec.update(_counts(dict(results["volumes"])), path=join(out, "volumes"))
     if "quality" in pc.stages:
         from medimg_spark.preprocess import quality_report
 

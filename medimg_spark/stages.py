@@ -96,6 +96,7 @@ _verb("ingest", "read image files into images/instances/quarantine Parquet table
 _verb("deid", "write de-identified DICOM files plus an audit table")
 _verb("reidentify", "look a pseudonym up in the encrypted vault")
 _verb("preprocess", "apply a recipe to DIR/images, writing DIR/processed", pipeline=True)
+_verb("volumes", "assemble series into 3-D volumes (LPS geometry, checks) → DIR/volumes", pipeline=True)
 _verb("quality", "aggregate quality before/after into DIR/metrics/quality.json", pipeline=True)
 _verb("features", "compute a feature set per frame into DIR/features", pipeline=True)
 _verb("train", "train a classifier on DIR/features (train split; choices on val)", pipeline=True)

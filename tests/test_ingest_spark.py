@@ -188,3 +188,26 @@ def test_npz_ingest_counts_per_split(spark, tmp_path: Path, sample_npz: Path) ->
         for value in (0, 1):
             assert counts[(split, str(value))] == int((labels == value).sum())
     assert summary["frames_written"] == len(ref["train_images"]) + len(ref["val_images"])
+
+
+def test_ingested_frames_carry_lps_geometry(spark, corpus, dicom_corpus_dirs) -> None:
+    """image_orientation, frame_of_reference_uid and per-frame positions of enhanced multi-frame files."""
+    out, _ = corpus
+    images = spark.read.parquet(str(out / "images"))
+    for name in ("CT_small.dcm", "eCT_Supplemental.dcm"):
+        path = next(p for d in dicom_corpus_dirs for p in d.rglob(name))
+        ds = pydicom.dcmread(path)
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        rows = sorted(images.where(F.col("file_sha256") == sha).collect(), key=lambda r: r.frame_index)
+        if "PerFrameFunctionalGroupsSequence" in ds:
+            groups = ds.PerFrameFunctionalGroupsSequence
+            shared = ds.SharedFunctionalGroupsSequence[0]
+            want_pos = [[float(v) for v in g.PlanePositionSequence[0].ImagePositionPatient] for g in groups]
+            want_ori = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
+        else:
+            want_pos = [[float(v) for v in ds.ImagePositionPatient]]
+            want_ori = [float(v) for v in ds.ImageOrientationPatient]
+        assert [r.image_position for r in rows] == want_pos
+        assert all(r.image_orientation == want_ori for r in rows)
+        # ingest de-identifies no UIDs here (no hook): the frame of reference is the file's
+        assert {r.frame_of_reference_uid for r in rows} == {str(ds.FrameOfReferenceUID)}

@@ -167,6 +167,7 @@ def test_stages_drive_the_parser_the_pipeline_and_the_jobs() -> None:
         == (
             "ingest",
             "preprocess",
+            "volumes",
             "quality",
             "features",
             "train",

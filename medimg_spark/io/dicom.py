@@ -604,18 +604,87 @@ def header_json(ds: Any) -> str:
     return json.dumps(out, sort_keys=True, ensure_ascii=False)
 
 
-def _frame_geometry(ds: Any, n_frames: int) -> list[dict[str, Any]]:
-    """Per-frame position and spacing from enhanced multi-frame functional groups, when present."""
+def _functional_group(item: Any, sequence: str, keyword: str) -> Any:
+    """``item.<sequence>[0].<keyword>`` of a functional groups item (None when absent)."""
+    seq = _get(item, sequence) if item is not None else None
+    if not seq:
+        return None
+    try:
+        return _get(seq[0], keyword)
+    except (IndexError, TypeError):
+        return None
+
+
+def _orientation(value: Any) -> list[float] | None:
+    """Six finite direction cosines (row then column), or None."""
+    found = _floats(value)
+    if found is None or len(found) != 6 or not all(math.isfinite(v) for v in found):
+        return None
+    return found
+
+
+def _position(value: Any) -> list[float] | None:
+    """Three finite LPS coordinates, or None."""
+    found = _floats(value)
+    if found is None or len(found) != 3 or not all(math.isfinite(v) for v in found):
+        return None
+    return found
+
+
+def frame_geometry(ds: Any, n_frames: int) -> list[dict[str, Any]]:
+    """Per-frame geometry (position, orientation, pixel spacing, slice thickness) and rescaling.
+
+    Enhanced multi-frame objects carry them in functional groups: each frame's item of
+    PerFrameFunctionalGroupsSequence (PlanePositionSequence, PlaneOrientationSequence,
+    PixelMeasuresSequence, PixelValueTransformationSequence) wins over
+    SharedFunctionalGroupsSequence. Multi-frame RT Dose places its
+    frames along the slice normal at GridFrameOffsetVector offsets from ImagePositionPatient.
+    """
     out: list[dict[str, Any]] = [{} for _ in range(n_frames)]
     per_frame = _get(ds, "PerFrameFunctionalGroupsSequence")
-    if per_frame is None:
+    shared_seq = _get(ds, "SharedFunctionalGroupsSequence")
+    try:  # a damaged sequence gives no geometry rather than failing the frames
+        shared = shared_seq[0] if shared_seq else None
+        items = list(per_frame or [])
+    except (TypeError, IndexError, KeyError, ValueError):
+        shared, items = None, []
+    if items or shared is not None:
+        for i in range(n_frames):
+            item = items[i] if i < len(items) else None
+            geometry: dict[str, Any] = {}
+            for group in (shared, item):  # the frame's own value wins
+                if group is None:
+                    continue
+                pos = _position(_functional_group(group, "PlanePositionSequence", "ImagePositionPatient"))
+                ori = _orientation(
+                    _functional_group(group, "PlaneOrientationSequence", "ImageOrientationPatient")
+                )
+                spacing = _floats(_functional_group(group, "PixelMeasuresSequence", "PixelSpacing"))
+                thickness = _first_float(_functional_group(group, "PixelMeasuresSequence", "SliceThickness"))
+                transform = "PixelValueTransformationSequence"
+                slope = _first_float(_functional_group(group, transform, "RescaleSlope"))
+                intercept = _first_float(_functional_group(group, transform, "RescaleIntercept"))
+                for key, value in (
+                    ("image_position", pos),
+                    ("image_orientation", ori),
+                    ("pixel_spacing", spacing),
+                    ("slice_thickness", thickness),
+                    ("rescale_slope", slope),
+                    ("rescale_intercept", intercept),
+                ):
+                    if value is not None:
+                        geometry[key] = value
+            out[i] = geometry
         return out
-    for i, item in enumerate(per_frame):
-        if i >= n_frames:
-            break
-        pos = _get(item, "PlanePositionSequence")
-        if pos:
-            out[i]["image_position"] = _floats(_get(pos[0], "ImagePositionPatient"))
+    offsets = _floats(_get(ds, "GridFrameOffsetVector"))
+    origin = _position(_get(ds, "ImagePositionPatient"))
+    orientation = _orientation(_get(ds, "ImageOrientationPatient"))
+    if n_frames > 1 and offsets and len(offsets) >= n_frames and origin and orientation:
+        normal = np.cross(orientation[:3], orientation[3:])
+        for i in range(n_frames):
+            # relative offsets (first 0) or absolute ones (first = the origin's): both from offsets[0]
+            step = offsets[i] - offsets[0]
+            out[i]["image_position"] = [float(v) for v in np.asarray(origin) + step * normal]
     return out
 
 
@@ -686,6 +755,8 @@ def parse_dicom(
         "sop_instance_uid": _str(_get(ds, "SOPInstanceUID")),
         "instance_number": _int(_get(ds, "InstanceNumber")),
         "image_position": _floats(_get(ds, "ImagePositionPatient")),
+        "image_orientation": _orientation(_get(ds, "ImageOrientationPatient")),
+        "frame_of_reference_uid": _str(_get(ds, "FrameOfReferenceUID")),
     }
     instance_meta = {
         "sop_class_uid": sop_class,
@@ -717,7 +788,7 @@ def parse_dicom(
                 f"decoded array has shape {arr.shape}, which does not match NumberOfFrames={n_frames}, "
                 f"Rows={rows}, Columns={cols} and SamplesPerPixel={samples}; the header is damaged"
             )
-        geometry = _frame_geometry(ds, len(frames))
+        geometry = frame_geometry(ds, len(frames))
         photometric = stored_photometric(ds, samples)
         for i, frame in enumerate(frames):
             meta = {k: v for k, v in geometry[i].items() if v is not None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -15,7 +16,9 @@ from medimg_spark.errors import (
     NoPixelDataError,
     TruncatedFileError,
 )
+from medimg_spark.io.geometry import derived_uid, slice_geometry
 from medimg_spark.io.model import Frame, ParsedFile
+from medimg_spark.volumes.model import lps_from_ras
 
 
 def _header_json(header: Any) -> str:
@@ -97,6 +100,11 @@ def parse_nifti(data: bytes, fmt: str, modality: str, max_decoded_bytes: int | N
     """Parse NIfTI bytes. Frames are slices of the raw stored array (``dataobj.get_unscaled()``);
     the scaling goes to ``rescale_slope``/``rescale_intercept`` as for DICOM.
 
+    Frame ``data[:, :, k, t]`` gets its LPS geometry from nibabel's affine (RAS, converted: see
+    :mod:`medimg_spark.schema`): rows along array axis 0, columns along axis 1. Study, series and
+    frame-of-reference UIDs are derived from the sha256 of the (decompressed) bytes; each time
+    point ``t`` of a 4-D file is its own series, so each 3-D volume assembles on its own.
+
     The dimensions are checked against the data present and ``max_decoded_bytes`` before any voxel
     is read (see :func:`check_size`).
     """
@@ -116,9 +124,16 @@ def parse_nifti(data: bytes, fmt: str, modality: str, max_decoded_bytes: int | N
     check_size(header, shape, max(len(data) - offset, 0), max_decoded_bytes)
     n_frames = math.prod(shape[2:]) if len(shape) > 2 else 1
     slope, inter = header.get_slope_inter()
+    if slope is None and inter is None:  # nibabel may scale from elsewhere (e.g. an Analyze-style header)
+        proxy = (getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0))
+        if proxy != (1.0, 0.0):
+            slope, inter = proxy
     zooms = [float(z) for z in header.get_zooms()]
 
     affine = img.affine
+    affine_lps = lps_from_ras(affine) if affine is not None else None
+    digest = hashlib.sha256(data).hexdigest()
+    per_volume = shape[2] if len(shape) > 2 else 1
 
     def decode() -> Iterator[Frame]:
         raw = np.asanyarray(img.dataobj.get_unscaled())
@@ -126,9 +141,17 @@ def parse_nifti(data: bytes, fmt: str, modality: str, max_decoded_bytes: int | N
             raw = raw[:, np.newaxis]
         for i, (idx, sl) in enumerate(slices(raw)):
             k = idx[0] if idx else 0
-            meta: dict[str, Any] = {"photometric": "MONOCHROME2", "instance_number": k}
-            if affine is not None:
-                meta["image_position"] = [float(v) for v in (affine @ np.array([0.0, 0.0, k, 1.0]))[:3]]
+            meta: dict[str, Any] = {
+                "photometric": "MONOCHROME2",
+                "instance_number": k,
+                # each 3-D volume (time point) of a 4-D file is its own series
+                "series_instance_uid": derived_uid("series", digest, i // per_volume),
+            }
+            if affine_lps is not None:
+                geometry = slice_geometry(affine_lps, k, row_axis=0, col_axis=1)
+                meta["image_position"] = geometry.image_position
+                meta["image_orientation"] = geometry.image_orientation
+                meta["pixel_spacing"] = geometry.pixel_spacing
             yield Frame(i, np.ascontiguousarray(sl), meta)
 
     return ParsedFile(
@@ -142,7 +165,14 @@ def parse_nifti(data: bytes, fmt: str, modality: str, max_decoded_bytes: int | N
             "pixel_spacing": zooms[:2] if len(zooms) >= 2 else None,
             "slice_thickness": zooms[2] if len(zooms) > 2 else None,
             "bits_stored": int(np.dtype(header.get_data_dtype()).itemsize * 8),
+            "study_instance_uid": derived_uid("study", digest),
+            "series_instance_uid": derived_uid("series", digest, 0),
+            "frame_of_reference_uid": derived_uid("frame_of_reference", digest),
         },
-        instance_meta={"header_json": _header_json(header)},
+        instance_meta={
+            "header_json": _header_json(header),
+            "study_instance_uid": derived_uid("study", digest),
+            "series_instance_uid": derived_uid("series", digest, 0),
+        },
         decode=decode,
     )
