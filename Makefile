@@ -47,6 +47,8 @@ install-dev: java venv
 demo: install
 	rm -rf $(DEMO_OUT)
 	$(VENV)/bin/medimg run --config conf/demo.yaml --out $(DEMO_OUT) --ephemeral-key
+	$(VENV)/bin/medimg export --out $(DEMO_OUT) --table volumes --format nifti
+	$(VENV)/bin/medimg export --out $(DEMO_OUT) --table volume_labels --format seg --ephemeral-key
 
 lint: install-dev
 	$(VENV)/bin/ruff check medimg_spark jobs tests benchmarks

@@ -468,14 +468,14 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 def cmd_volumes(args: argparse.Namespace) -> int:
     """``medimg volumes``: flags win over the config's ``volumes`` section."""
     from medimg_spark.config import load_config
-    from medimg_spark.volumes.stage import assemble_volumes, format_summary
+    from medimg_spark.volumes.stage import format_run_summary, run_volumes
 
     cfg = load_config(args.config)
     if args.recipe and (args.table or cfg.volumes.source) != "processed":
         raise ConfigError("--recipe selects processed frames: add --table processed (or set volumes.source)")
     spark = _session(args, cfg, "volumes")
-    summary = assemble_volumes(spark, args.out, cfg.volumes, table=args.table, recipe=args.recipe)
-    _print(args, dict(summary), format_summary(summary))
+    summary = run_volumes(spark, args.out, cfg.volumes, table=args.table, recipe=args.recipe)
+    _print(args, dict(summary), format_run_summary(summary))
     return EXIT_OK
 
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -286,6 +286,8 @@ def deid_config(cfg: MedimgConfig, source: str, options: Sequence[str] = ()) -> 
 def _type_name(tp: Any) -> str:
     """A short, readable name of a field's type (``str | None``, ``'a' | 'b'``, ``list[str]``)."""
     origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return _type_name(args[0])
     if origin is Literal:
         return " | ".join(repr(a) for a in args)
     if origin in (Union, UnionType):
@@ -299,14 +301,12 @@ def _type_name(tp: Any) -> str:
 
 
 def _nested_model(tp: Any) -> type[BaseModel] | None:
-    """The model inside ``Model``, ``Model | None`` or ``list[Model]``, if any."""
+    """The model inside ``Model``, ``Model | None`` or ``list[Model]``, if any (a union of several
+    models, such as a discriminated list of steps, has none: its field description names them)."""
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return tp
-    for arg in get_args(tp):
-        found = _nested_model(arg)
-        if found is not None:
-            return found
-    return None
+    found = {m for m in (_nested_model(arg) for arg in get_args(tp)) if m is not None}
+    return found.pop() if len(found) == 1 else None
 
 
 def _default_text(info: FieldInfo) -> str:

@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from medimg_spark.errors import ConfigError
 from medimg_spark.stages import pipeline_stages
 from medimg_spark.storage import basename
+from medimg_spark.volumes.ops import VolumeFilterStep
+from medimg_spark.volumes.regions import VolumeLocalizeConfig
 
 
 class StrictModel(BaseModel):
@@ -538,6 +540,18 @@ class VolumesConfig(StrictModel):
         gt=0,
         description="Largest relative deviation of a slice gap from the typical gap before "
         "irregular_spacing (whole multiples count as missing slices).",
+    )
+    filters: list[VolumeFilterStep] = Field(
+        default_factory=list,
+        description="3-D filters applied in order to every new volume → processed_volumes (plus "
+        "volume_quality before/after), e.g. [{op: gaussian, sigma_mm: 1.0}, {op: median, size: 3}]; "
+        "ops: gaussian (sigma_mm), median and mean (size in voxels or radius_mm).",
+    )
+    localize: VolumeLocalizeConfig | None = Field(
+        None,
+        description="3-D connected components of every volume (of processed_volumes when filters are set) "
+        "→ volume_labels (label maps) and volume_regions (size in mm³, LPS centroid and box), e.g. "
+        "{threshold: otsu, min_volume_mm3: 10}.",
     )
 
 

@@ -297,11 +297,15 @@ def _run_stages(
                 )
                 rec.update(_counts(results["preprocess"][-1]), path=join(out, "processed"))
     if "volumes" in pc.stages:
-        from medimg_spark.volumes.stage import assemble_volumes
+        from medimg_spark.volumes.stage import run_volumes
 
         with log.stage("volumes", table=cfg.volumes.source) as rec:
-            results["volumes"] = assemble_volumes(spark, out, cfg.volumes)
-            rec.update(_counts(dict(results["volumes"])), path=join(out, "volumes"))
+            volumes = run_volumes(spark, out, cfg.volumes)
+            results["volumes"] = volumes["assemble"]
+            for step in ("filters", "localize"):
+                if volumes[step] is not None:
+                    results[f"volumes_{step}"] = volumes[step]
+            rec.update(_counts(dict(volumes["assemble"])), path=join(out, "volumes"))
     if "quality" in pc.stages:
         from medimg_spark.preprocess import quality_report
 

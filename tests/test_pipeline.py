@@ -30,12 +30,18 @@ def inputs(tmp_path_factory, sample_npz: Path) -> Path:
     )
     (src / "small.npz").write_bytes(buf.getvalue())
     shutil.copy(get_testdata_file("CT_small.dcm"), src / "ct.dcm")
+    # a real 5-slice CT series, for the volumes stage
+    series = Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests" / "98892001" / "CT5N"
+    shutil.copytree(series, src / "ct5n")
     return src
 
 
 def _config(tmp: Path, inputs: Path, stages: str, models: str) -> Path:
     cfg = tmp / "pipeline.yaml"
     cfg.write_text(f"""
+volumes:
+  filters: [{{op: gaussian, sigma_mm: 1.0}}]
+  localize: {{threshold: otsu, min_voxels: 20}}
 pipeline:
   inputs: ["{inputs}"]
   stages: {stages}
@@ -55,7 +61,7 @@ def test_full_pipeline_run(tmp_path: Path, inputs: Path, capsys) -> None:
     cfg = _config(
         tmp_path,
         inputs,
-        "[ingest, preprocess, quality, features, train, predict, evaluate, localize, report]",
+        "[ingest, preprocess, volumes, quality, features, train, predict, evaluate, localize, report]",
         models,
     )
     out, log = tmp_path / "out", tmp_path / "log.jsonl"
@@ -71,17 +77,29 @@ def test_full_pipeline_run(tmp_path: Path, inputs: Path, capsys) -> None:
         "clusters",
         "models/lr",
         "models/mlr",
+        "volumes",
+        "processed_volumes",
+        "volume_quality",
+        "volume_labels",
+        "volume_regions",
     ):
         assert (out / name).is_dir(), name
     for model in ("lr", "mlr"):
         metrics = json.loads((out / "metrics" / f"eval_{model}_val.json").read_text())
         assert metrics["n"] == 60 and 0.5 < metrics["roc_auc"] <= 1.0
+    import pandas as pd
+
+    volumes = pd.read_parquet(out / "volumes", columns=["dim_z", "status", "source_format"])
+    assert volumes.to_dict("records") == [{"dim_z": 5, "status": "ok", "source_format": "dicom"}]
+    assert len(pd.read_parquet(out / "processed_volumes", columns=["volume_id"])) == 1
+    assert len(pd.read_parquet(out / "volume_regions", columns=["volume_id"])) >= 1
     assert "accuracy" in printed and "report:" in printed
     assert (out / "report" / "index.html").stat().st_size > 10_000
     ends = [json.loads(line)["stage"] for line in log.read_text().splitlines() if '"stage_end"' in line]
     assert ends == [
         "ingest",
         "preprocess",
+        "volumes",
         "quality",
         "features",
         "train",

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from medimg_spark.config_models import VolumesConfig
+    from medimg_spark.volumes.spark import LocalizeVolumesSummary, ProcessVolumesSummary
 
 STAGE = "volumes"
 VOLUMES_DIR = "volumes"
@@ -561,4 +562,59 @@ def format_summary(summary: VolumesSummary) -> str:
         lines.append(f"  {key}: {summary[key]}")  # type: ignore[literal-required]
     if summary["flags"]:
         lines.append("  flags: " + ", ".join(f"{k}={v}" for k, v in summary["flags"].items()))
+    return "\n".join(lines)
+
+
+class VolumesRunSummary(TypedDict):
+    """``medimg volumes`` as a whole: the assembly, then the optional 3-D filters and localisation."""
+
+    assemble: VolumesSummary
+    filters: ProcessVolumesSummary | None
+    localize: LocalizeVolumesSummary | None
+
+
+def run_volumes(
+    spark: SparkSession,
+    out_dir: str,
+    config: VolumesConfig,
+    table: str | None = None,
+    recipe: str | None = None,
+) -> VolumesRunSummary:
+    """Assemble the volumes, then apply ``config.filters`` (→ ``processed_volumes``) and
+    ``config.localize`` (→ ``volume_labels``/``volume_regions``, of the filtered volumes when
+    filters are set). Each step skips the volumes it already holds, so a rerun adds only new ones.
+
+    Args:
+        spark: the session.
+        out_dir: the lake (local path or URI).
+        config: the ``volumes`` section.
+        table: ``images`` or ``processed`` (default: ``config.source``).
+        recipe: with ``processed``: the recipe name or hash.
+    """
+    from medimg_spark.volumes.spark import localize_volumes, process_volumes
+
+    assembled = assemble_volumes(spark, out_dir, config, table=table, recipe=recipe)
+    filtered = process_volumes(spark, out_dir, config.filters) if config.filters else None
+    localized = None
+    if config.localize is not None:
+        source = "processed_volumes" if config.filters else "volumes"
+        localized = localize_volumes(spark, out_dir, config.localize, source=source)
+    return {"assemble": assembled, "filters": filtered, "localize": localized}
+
+
+def format_run_summary(summary: VolumesRunSummary) -> str:
+    """:func:`format_summary` plus a line per 3-D step that ran."""
+    lines = [format_summary(summary["assemble"])]
+    filtered = summary["filters"]
+    if filtered is not None:
+        lines.append(
+            f"  filters {filtered['recipe_name']}: {filtered['volumes_processed']} processed, "
+            f"{filtered['volumes_skipped']} already done, {filtered['volumes_quarantined']} quarantined"
+        )
+    localized = summary["localize"]
+    if localized is not None:
+        lines.append(
+            f"  localize {localized['recipe_name']}: {localized['volumes_localized']} volumes, "
+            f"{localized['regions']} regions, {localized['volumes_quarantined']} quarantined"
+        )
     return "\n".join(lines)
