@@ -192,7 +192,7 @@ def test_the_corpus_holds_the_known_series() -> None:
 
 
 @pytest.mark.parametrize("label", sorted(SERIES))
-def test_series_equals_simpleitk(label: str) -> None:
+def test_series_equals_simpleitk(label: str, tmp_path: Path) -> None:
     paths = SERIES[label]
     header_plan = plan_series([i for p in paths for i in _header_infos(p)])
     expected = EXPECTED.get(label, SKIP_NO_GEOMETRY)
@@ -241,6 +241,29 @@ def test_series_equals_simpleitk(label: str) -> None:
             ref.voxels = pydicom.dcmread(files[0]).pixel_array.astype(np.float64)
             assert not np.array_equal(sitk.GetArrayFromImage(ref_image), ref.voxels)
         assert_same_volume(ours, ref, voxels)
+        _assert_exports_read_back_as(ours, ref, tmp_path)
+
+
+def _assert_exports_read_back_as(ours: Volume, ref: Volume, tmp_path: Path) -> None:
+    """The NIfTI and NRRD exports of ``ours``, read with SimpleITK: our stored voxels and the
+    reference's geometry within :data:`TOL`."""
+    from medimg_spark.export.nifti import nifti_bytes
+    from medimg_spark.export.nrrd import nrrd_bytes
+
+    for name, data in (("v.nii.gz", nifti_bytes(ours)), ("v.nrrd", nrrd_bytes(ours))):
+        (tmp_path / name).write_bytes(data)
+        back = from_sitk(sitk.ReadImage(str(tmp_path / name)))
+        assert back.voxels.shape == ours.voxels.shape, name
+        nan = np.isnan(ours.voxels) if ours.voxels.dtype.kind == "f" else False
+        np.testing.assert_array_equal(
+            np.where(nan, 0, back.voxels), np.where(nan, 0, ours.voxels), err_msg=name
+        )
+        for got, want in (
+            (back.spacing, ref.spacing),
+            (back.origin, ref.origin),
+            (back.direction, ref.direction),
+        ):
+            np.testing.assert_allclose(got, want, atol=TOL, err_msg=name)
 
 
 def test_series_order_matches_gdcm_on_a_shuffled_series() -> None:
@@ -332,6 +355,7 @@ def test_nifti_volume_equals_simpleitk(name: str, tmp_path: Path) -> None:
         nan = np.isnan(voxels)
         assert np.all(ref.voxels[nan] == 0)
         assert_same_volume(vol, ref, np.where(nan, 0.0, voxels))
+        _assert_exports_read_back_as(vol, ref, tmp_path)
 
 
 def test_nifti_geometry_is_lps() -> None:
