@@ -21,6 +21,7 @@ import os
 import posixpath
 import re
 import stat
+from dataclasses import dataclass
 
 from medimg_spark.errors import FileTooLargeError, IngestFileError
 from medimg_spark.storage import local_path, split_uri
@@ -131,6 +132,35 @@ def combined_sha256(header: bytes, data: bytes | memoryview) -> str:
     """
     parts = f"{hashlib.sha256(header).hexdigest()}:{hashlib.sha256(data).hexdigest()}"
     return hashlib.sha256(parts.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class DataRegion:
+    """Where a volume file's voxels are: ``region`` (the attached bytes after the header, or the
+    detached data file's bytes), ``sha`` (the content identity: the file's sha256, or the pair's
+    :func:`combined_sha256`) and ``identity`` (the pair's hash to use as ``file_sha256``, None when
+    attached)."""
+
+    region: bytes | memoryview
+    sha: str
+    identity: str | None
+
+
+def data_region(
+    data: bytes, offset: int, data_file: str | None, header_path: str | None, max_file_bytes: int, what: str
+) -> DataRegion:
+    """The voxel bytes of a header ``data`` whose attached data start at ``offset``, or whose data are in
+    the detached ``data_file`` next to ``header_path`` (see :func:`resolve_data_file`).
+
+    Raises:
+        DetachedDataError, FileTooLargeError: the detached data file cannot be read.
+    """
+    if data_file is None:
+        return DataRegion(memoryview(data)[offset:], hashlib.sha256(data).hexdigest(), None)
+    path = resolve_data_file(header_path, data_file, what)
+    region = read_data_file(path, max_file_bytes, what)
+    sha = combined_sha256(data, region)
+    return DataRegion(region, sha, sha)
 
 
 def _named_data_file(head: bytes) -> str | None:

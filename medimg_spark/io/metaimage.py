@@ -16,7 +16,6 @@ are :func:`~medimg_spark.io.geometry.slice_geometry` of the index-to-LPS matrix 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -37,7 +36,7 @@ from medimg_spark.errors import (
     TruncatedFileError,
     UnsupportedFormatError,
 )
-from medimg_spark.io.detached import combined_sha256, read_data_file, resolve_data_file
+from medimg_spark.io.detached import data_region
 from medimg_spark.io.geometry import derived_uid, slice_geometry
 from medimg_spark.io.model import Frame, ParsedFile
 
@@ -410,16 +409,10 @@ def parse_metaimage(data: bytes, ctx: FileContext) -> ParsedFile:
     """
     header, offset = read_header(data)
     _sitk()
-    if header.data_file is not None:
-        what = "MetaImage header"
-        path = resolve_data_file(ctx.source_path, header.data_file, what)
-        region: bytes | memoryview = read_data_file(path, ctx.max_file_bytes, what)
-        sha = combined_sha256(data, region)
-        identity: str | None = sha
-    else:
-        region = memoryview(data)[offset:]
-        sha = hashlib.sha256(data).hexdigest()
-        identity = None
+    found = data_region(
+        data, offset, header.data_file, ctx.source_path, ctx.max_file_bytes, "MetaImage header"
+    )
+    region, sha, identity = found.region, found.sha, found.identity
     check_size(header, region, ctx.max_decoded_bytes)
 
     def decode() -> Iterator[Frame]:

@@ -25,7 +25,6 @@ its data file (:func:`medimg_spark.io.detached.combined_sha256`).
 from __future__ import annotations
 
 import bz2
-import hashlib
 import io
 import json
 import math
@@ -44,7 +43,7 @@ from medimg_spark.errors import (
     TruncatedFileError,
     UnsupportedFormatError,
 )
-from medimg_spark.io.detached import combined_sha256, read_data_file, resolve_data_file
+from medimg_spark.io.detached import data_region
 from medimg_spark.io.geometry import derived_uid, slice_geometry
 from medimg_spark.io.model import Frame, ParsedFile
 
@@ -587,16 +586,8 @@ def parse_nrrd(data: bytes, ctx: FileContext) -> ParsedFile:
     """
     header, offset = read_header(data)
     lay = layout(header)
-    if lay.data_file is not None:
-        what = "NRRD header"
-        path = resolve_data_file(ctx.source_path, lay.data_file, what)
-        region: bytes | memoryview = read_data_file(path, ctx.max_file_bytes, what)
-        sha = combined_sha256(data, region)
-        identity: str | None = sha
-    else:
-        region = memoryview(data)[offset:]
-        sha = hashlib.sha256(data).hexdigest()
-        identity = None
+    found = data_region(data, offset, lay.data_file, ctx.source_path, ctx.max_file_bytes, "NRRD header")
+    region, sha, identity = found.region, found.sha, found.identity
     check_size(lay, region, ctx.max_decoded_bytes)
 
     def decode() -> Iterator[Frame]:

@@ -35,9 +35,7 @@ or ``volume_labels``), or quarantined by a run writing it under that name, is sk
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -58,6 +56,7 @@ from medimg_spark.storage import get_storage, join, spark_path
 from medimg_spark.volumes.ops import VolumeOp, filters_hash, filters_name, parse_volume_filters
 from medimg_spark.volumes.quality import VOLUME_QUALITY_KEYS
 from medimg_spark.volumes.regions import VolumeLocalizeConfig
+from medimg_spark.volumes.stage import new_run_id
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -71,7 +70,6 @@ __all__ = [
     "ProcessVolumesSummary",
     "localize_name",
     "localize_volumes",
-    "new_volumes_run_id",
     "process_volumes",
 ]
 
@@ -185,12 +183,6 @@ class LocalizeVolumesSummary(TypedDict):
     volumes_quarantined: int
     quarantined_by_error_class: dict[str, int]
     seconds: float
-
-
-def new_volumes_run_id() -> str:
-    """A sortable unique id such as ``volumes-20261130T101500Z-3fa2c1``."""
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"volumes-{stamp}-{secrets.token_hex(3)}"
 
 
 def localize_config_hash(config: VolumeLocalizeConfig) -> str:
@@ -500,7 +492,7 @@ def process_volumes(
             "filters is empty; give at least one step like [{op: gaussian, sigma_mm: 1.0}]"
         )
     started = time.perf_counter()
-    run_id = run_id or new_volumes_run_id()
+    run_id = run_id or new_run_id()
     name, digest = filters_name(models), filters_hash(models)
 
     def per_row(row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -587,7 +579,7 @@ def localize_volumes(
         else validate_section(VolumeLocalizeConfig, config, "volumes.localize")
     )
     started = time.perf_counter()
-    run_id = run_id or new_volumes_run_id()
+    run_id = run_id or new_run_id()
     name, digest = localize_name(cfg), localize_config_hash(cfg)
 
     def per_row(row: dict[str, Any]) -> list[dict[str, Any]]:

@@ -594,11 +594,12 @@ def run_volumes(
     from medimg_spark.volumes.spark import localize_volumes, process_volumes
 
     assembled = assemble_volumes(spark, out_dir, config, table=table, recipe=recipe)
-    filtered = process_volumes(spark, out_dir, config.filters) if config.filters else None
+    run_id = assembled["run_id"]
+    filtered = process_volumes(spark, out_dir, config.filters, run_id=run_id) if config.filters else None
     localized = None
     if config.localize is not None:
         source = "processed_volumes" if config.filters else "volumes"
-        localized = localize_volumes(spark, out_dir, config.localize, source=source)
+        localized = localize_volumes(spark, out_dir, config.localize, run_id=run_id, source=source)
     return {"assemble": assembled, "filters": filtered, "localize": localized}
 
 
