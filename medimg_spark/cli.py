@@ -669,6 +669,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(format_summary(results["ingest"]))
         for pre in results.get("preprocess", []):
             print(f"preprocess {pre.get('recipe_name')}: " + ", ".join(f"{k}={v}" for k, v in pre.items()))
+        if "volumes" in results:
+            from medimg_spark.volumes.stage import format_run_summary
+
+            steps = {"filters": results.get("volumes_filters"), "localize": results.get("volumes_localize")}
+            print(format_run_summary({"assemble": results["volumes"], **steps}))  # type: ignore[typeddict-item]
         if "quality" in results:
             print(format_quality_table(results["quality"]))
         if "evaluate" in results:

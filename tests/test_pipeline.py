@@ -94,6 +94,11 @@ def test_full_pipeline_run(tmp_path: Path, inputs: Path, capsys) -> None:
     assert len(pd.read_parquet(out / "processed_volumes", columns=["volume_id"])) == 1
     assert len(pd.read_parquet(out / "volume_regions", columns=["volume_id"])) >= 1
     assert "accuracy" in printed and "report:" in printed
+    assert (
+        "volumes_written: 1" in printed
+        and "filters gaussian" in printed
+        and "localize localize-otsu" in printed
+    )
     assert (out / "report" / "index.html").stat().st_size > 10_000
     ends = [json.loads(line)["stage"] for line in log.read_text().splitlines() if '"stage_end"' in line]
     assert ends == [
