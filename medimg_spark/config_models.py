@@ -527,10 +527,12 @@ class VolumesConfig(StrictModel):
     )
     min_slices: int = Field(2, ge=2, description="Fewer distinct slices than this are not a volume.")
     max_volume_bytes: int = Field(
-        512 << 20,
+        128 << 20,
         ge=1,
         description="Largest series (stored pixel bytes, from metadata) assembled in one task; larger "
-        "ones are quarantined unread (VolumeTooLargeError). Raise it with the executor memory.",
+        "ones are quarantined unread (VolumeTooLargeError). A volume is one Parquet cell: the JVM holds "
+        "a few copies of it (measured with the shipped defaults, spark.driver.memory 2g in local mode: "
+        "120 MB assembles, 240 MB exhausts the heap), so raise it with the driver/executor memory.",
     )
     orientation_tolerance: float = Field(
         1e-4, gt=0, lt=1, description="Largest difference of a direction cosine within one volume."

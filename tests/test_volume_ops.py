@@ -357,8 +357,8 @@ def test_quality_is_invariant_to_rescale_and_defined_on_constant_volumes(real_vo
     v = real_volumes["ct5n"]
     scaled = Volume(v.voxels.astype(np.float64) * 2.5 - 1024, *_geom(v))
     a, b = volume_quality(v).as_dict(), volume_quality(scaled).as_dict()
-    for k in VOLUME_QUALITY_KEYS:
-        assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12)
+    for k in VOLUME_QUALITY_KEYS:  # int16 voxels are measured in float32, float64 ones in float64
+        assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-9)
     flat = volume_quality(Volume(np.full((3, 4, 4), 7, np.int16), *_geom(v)))
     assert flat.std == 0 and flat.sharpness == 0 and math.isnan(flat.snr)
 

@@ -65,10 +65,27 @@ VOLUME_QUALITY_KEYS: tuple[str, ...] = tuple(f.name for f in fields(VolumeQualit
 
 
 def unit_voxels(volume: Volume) -> np.ndarray:
-    """The [0, 1]-scaled grey voxels (z, y, x) every metric is computed on (float64)."""
+    """The [0, 1]-scaled grey voxels (z, y, x) every metric is computed on.
+
+    float32 (float64 for float64 voxels): a volume's metrics hold a few arrays of its size at once,
+    and float64 copies of a 100 MB int16 series would take 400 MB each in the worker.
+    """
     arr = np.asarray(volume.voxels)
-    grey = arr.mean(axis=3, dtype=np.float64) if arr.ndim == 4 else arr.astype(np.float64)
-    return to_unit(grey)
+    if arr.dtype == np.float64:
+        return to_unit(arr.mean(axis=3) if arr.ndim == 4 else arr)
+    grey = arr.mean(axis=3, dtype=np.float32) if arr.ndim == 4 else arr.astype(np.float32)
+    finite = np.isfinite(grey)
+    all_finite = bool(finite.all())
+    values = grey if all_finite else grey[finite]
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    del values
+    if hi <= lo:
+        return np.zeros(grey.shape, dtype=np.float32)
+    grey -= np.float32(lo)
+    grey *= np.float32(1.0 / (hi - lo))
+    if not all_finite:
+        grey[~finite] = 0.0
+    return grey
 
 
 def noise_sigma_3d(u: np.ndarray) -> float:
@@ -85,7 +102,7 @@ def noise_sigma_3d(u: np.ndarray) -> float:
         hh = (g[:, 0::2, 0::2] - g[:, 0::2, 1::2] - g[:, 1::2, 0::2] + g[:, 1::2, 1::2]) / 2.0
     else:
         g = u[:z, :y, :x]
-        hh = np.zeros((z // 2, y // 2, x // 2))
+        hh = np.zeros((z // 2, y // 2, x // 2), dtype=u.dtype)
         for dz in (0, 1):
             for dy in (0, 1):
                 for dx in (0, 1):
@@ -99,17 +116,18 @@ def _sharpness(u: np.ndarray) -> float:
     axes = [a for a in range(3) if u.shape[a] > 1]
     if not axes:
         return 0.0
-    grads = np.gradient(u, axis=axes)
-    if len(axes) == 1:
-        grads = [grads]
-    return float(sum(np.mean(g * g) for g in grads))
+    total = 0.0
+    for axis in axes:  # one gradient array at a time
+        g = np.gradient(u, axis=axis)
+        total += float(np.mean(np.square(g, out=g), dtype=np.float64))
+    return total
 
 
 def volume_quality(volume: Volume) -> VolumeQuality:
     """No-reference quality metrics of ``volume`` (see the module docstring)."""
     u = unit_voxels(volume)
-    mean = float(u.mean())
-    std = float(u.std())
+    mean = float(u.mean(dtype=np.float64))
+    std = float(u.std())  # in u's dtype: a float64 temporary would double the peak memory
     p1, p99 = np.percentile(u, [1.0, 99.0])
     snr = cnr = math.nan
     fg_fraction = math.nan

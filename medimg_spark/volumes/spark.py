@@ -56,7 +56,7 @@ from medimg_spark.storage import get_storage, join, spark_path
 from medimg_spark.volumes.ops import VolumeOp, filters_hash, filters_name, parse_volume_filters
 from medimg_spark.volumes.quality import VOLUME_QUALITY_KEYS
 from medimg_spark.volumes.regions import VolumeLocalizeConfig
-from medimg_spark.volumes.stage import new_run_id
+from medimg_spark.volumes.stage import append_by_modality, new_run_id
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -517,9 +517,7 @@ def process_volumes(
                 for f in VOLUME_QUALITY_SCHEMA
             ]
         ).write.mode("append").parquet(join(out, "volume_quality"))
-        _volume_rows(work, now).write.mode("append").partitionBy("modality").parquet(
-            join(out, "processed_volumes")
-        )
+        append_by_modality(_volume_rows(work, now), join(out, "processed_volumes"))
 
     selected, n_ok, _, by_class, skipped = _run(
         spark,
@@ -595,9 +593,7 @@ def localize_volumes(
                 ]
             ).write.mode("append").parquet(join(out, "volume_regions"))
         if "volume" in kinds:
-            _volume_rows(work, now).write.mode("append").partitionBy("modality").parquet(
-                join(out, "volume_labels")
-            )
+            append_by_modality(_volume_rows(work, now), join(out, "volume_labels"))
 
     selected, n_ok, n_regions, by_class, skipped = _run(
         spark,

@@ -91,9 +91,16 @@ PLAN_SCHEMA = StructType(
 )
 """One row per planned volume (``kind = "volume"``) or per group of frames left out."""
 
+#: The plan's columns of a ``volumes`` row, carried into the stack pass on each volume's first slice so
+#: that the stacked row is complete: rows holding voxels are never joined (shuffled or broadcast).
+_CARRIED = [
+    f for f in VOLUMES_SCHEMA.fields if f.name not in _NOT_PLANNED - {"channels"} and f.name != "volume_id"
+]
+
 BUILT_SCHEMA = StructType(
     [
         StructField("volume_id", StringType(), False),
+        *[StructField(f.name, f.dataType, True) for f in _CARRIED],
         StructField("dtype", StringType(), True),
         StructField("voxels", BinaryType(), True),
         StructField("ok", BooleanType(), False),
@@ -123,6 +130,31 @@ class VolumesSummary(TypedDict):
     frames_quarantined: int
     quarantined_by_error_class: dict[str, int]
     seconds: float
+
+
+#: Characters Spark escapes (``%XX``) in a partition directory's value (``ExternalCatalogUtils``).
+_PARTITION_ESCAPES = frozenset("\"#%'*/:=?\\\x7f{[]^") | frozenset(chr(c) for c in range(0x20))
+
+
+def _partition_dir(column: str, value: str) -> str:
+    escaped = "".join(f"%{ord(ch):02X}" if ch in _PARTITION_ESCAPES else ch for ch in value)
+    return f"{column}={escaped}"
+
+
+def append_by_modality(df: DataFrame, dest: str) -> None:
+    """Append ``df`` to the table ``dest`` partitioned by ``modality``, one plain write per modality.
+
+    Rows holding whole volumes are large: ``partitionBy`` would sort them in the executor's heap
+    first (a copy of each row), which exhausts a default-sized JVM on volumes of a few hundred MB.
+    Written into the ``modality=<value>`` folders directly, each row streams from the reader to the
+    Parquet writer; readers see the same partitioned table.
+    """
+    from pyspark.sql import functions as F
+
+    modalities = sorted(str(r["modality"]) for r in df.select("modality").distinct().collect())
+    for modality in modalities:
+        part = df.where(F.col("modality") == modality).drop("modality")
+        part.write.mode("append").parquet(join(dest, _partition_dir("modality", modality)))
 
 
 def new_run_id() -> str:
@@ -286,8 +318,9 @@ def build_group(pdf: pd.DataFrame) -> pd.DataFrame:
 
     pdf = pdf.sort_values("z")
     vid = str(pdf["volume_id"].iloc[0])
+    first = pdf.iloc[0]
+    carried = {f.name: first[f"plan_{f.name}"] for f in _CARRIED}
     try:
-        first = pdf.iloc[0]
         frames = [(str(r["image_id"]), to_array(r)) for r in pdf.to_dict("records")]
         rescale = None
         if bool(first["rescale_per_slice"]):
@@ -308,11 +341,12 @@ def build_group(pdf: pd.DataFrame) -> pd.DataFrame:
         cols = volume_columns(
             Volume(voxels, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
         )
-        row = {"volume_id": vid, "dtype": cols["dtype"], "voxels": cols["voxels"], "ok": True}
+        row = {"volume_id": vid, **carried, "dtype": cols["dtype"], "voxels": cols["voxels"], "ok": True}
         return pd.DataFrame([row], columns=BUILT_SCHEMA.names, dtype=object)
     except Exception as exc:
         row = {
             "volume_id": vid,
+            **carried,
             "ok": False,
             "error_class": type(exc).__name__,
             "error_message": f"volume {vid}: {exc}"[:2000],
@@ -464,14 +498,27 @@ def assemble_volumes(
             "dim_z",
             F.col("channels").alias("v_channels"),
             "rescale_per_slice",
+            *[F.col(f.name).alias(f"_plan_{f.name}") for f in _CARRIED],
             F.posexplode("image_ids").alias("z", "image_id"),
+        ).select(
+            "volume_id",
+            "dim_x",
+            "dim_y",
+            "dim_z",
+            "v_channels",
+            "rescale_per_slice",
+            "z",
+            "image_id",
+            *[F.when(F.col("z") == 0, F.col(f"_plan_{f.name}")).alias(f"plan_{f.name}") for f in _CARRIED],
         )
         rescale_cols = meta.select(
             "image_id",
             F.col("rescale_slope").alias("f_slope"),
             F.col("rescale_intercept").alias("f_intercept"),
         )
-        with_pixels = slices.join(pixels, "image_id").join(rescale_cols, "image_id")
+        # a side holding pixels is never broadcast (a well-compressed table looks small to the planner;
+        # collecting it would exhaust the driver): the metadata side is the hash side
+        with_pixels = slices.hint("shuffle_hash").join(pixels, "image_id").join(rescale_cols, "image_id")
         with_pixels.groupBy("volume_id").applyInPandas(build_group, BUILT_SCHEMA).write.parquet(
             join(staging, "built")
         )
@@ -484,11 +531,11 @@ def assemble_volumes(
             "volumes_run_id": F.lit(run_id),
             "created_at": now,
         }
-        done = new.drop("dtype").join(built.where(F.col("ok")), "volume_id")
+        done = built.where(F.col("ok"))  # complete rows: no join, the voxels are read once and written
         result = done.select(
             *[values.get(f.name, F.col(f.name)).cast(f.dataType).alias(f.name) for f in VOLUMES_SCHEMA]
         )
-        failed = built.where(~F.col("ok")).join(new.select("volume_id", "image_ids"), "volume_id")
+        failed = built.where(~F.col("ok"))
         failed_frames = failed.select(
             "error_class", "error_message", F.explode("image_ids").alias("image_id")
         ).join(meta.select("image_id", "source_path", "file_sha256", "frame_index"), "image_id")
@@ -500,7 +547,7 @@ def assemble_volumes(
             run_id,
         )
         if any(outcomes.values()):
-            result.write.mode("append").partitionBy("modality").parquet(dest)
+            append_by_modality(result, dest)
         quarantined = (size_q.unionByName(failed_q) if over else failed_q).persist()
         q_counts = quarantined.groupBy("error_class").agg(F.count(F.lit(1)).alias("count")).collect()
         if q_counts:
@@ -595,10 +642,13 @@ def run_volumes(
 
     assembled = assemble_volumes(spark, out_dir, config, table=table, recipe=recipe)
     run_id = assembled["run_id"]
-    filtered = process_volumes(spark, out_dir, config.filters, run_id=run_id) if config.filters else None
-    localized = None
-    if config.localize is not None:
-        source = "processed_volumes" if config.filters else "volumes"
+    store, out = get_storage(spark), spark_path(out_dir)
+    # a step whose input table does not exist (no series assembled, every volume quarantined) is skipped
+    filtered = localized = None
+    if config.filters and store.exists(join(out, VOLUMES_DIR)):
+        filtered = process_volumes(spark, out_dir, config.filters, run_id=run_id)
+    source = "processed_volumes" if config.filters else VOLUMES_DIR
+    if config.localize is not None and store.exists(join(out, source)):
         localized = localize_volumes(spark, out_dir, config.localize, run_id=run_id, source=source)
     return {"assemble": assembled, "filters": filtered, "localize": localized}
 
