@@ -319,7 +319,7 @@ def build_group(pdf: pd.DataFrame) -> pd.DataFrame:
     pdf = pdf.sort_values("z")
     vid = str(pdf["volume_id"].iloc[0])
     first = pdf.iloc[0]
-    carried = {f.name: first[f"plan_{f.name}"] for f in _CARRIED}
+    carried = {f.name: first.get(f"plan_{f.name}") for f in _CARRIED}
     try:
         frames = [(str(r["image_id"]), to_array(r)) for r in pdf.to_dict("records")]
         rescale = None
