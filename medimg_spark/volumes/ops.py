@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union, get_args
@@ -212,9 +213,9 @@ class VolumeOp(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     op: str
 
+    @abstractmethod
     def apply(self, volume: Volume) -> Volume:
-        """The filtered volume (same geometry and dtype)."""
-        raise NotImplementedError(f"volume op {self.op!r} defines no apply()")
+        """The filtered volume (same geometry and dtype); every registered op model defines it."""
 
 
 V = TypeVar("V", bound=type[VolumeOp])
