@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pydicom
+import pytest
 from pydicom.data import get_testdata_file
 
 from medimg_spark.io.ingest import COMMITS_DIR, ingest_incremental
@@ -86,6 +87,8 @@ def test_replayed_batch_is_not_written_twice(spark, tmp_path: Path) -> None:
     assert (commits / "0").is_file()
 
 
+# A fresh driver JVM plus a SIGKILL and a rerun: ~80 s on 2 cores, so `make integration`.
+@pytest.mark.integration
 def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
