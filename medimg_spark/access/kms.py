@@ -300,13 +300,21 @@ class Kms:
         """The active policy."""
         return load_policy(self.dir / "policy.yaml")
 
-    def set_policy(self, policy: AccessPolicy, *, action: str = "policy-change", details: Mapping[str, Any] | None = None) -> None:
+    def set_policy(
+        self,
+        policy: AccessPolicy,
+        *,
+        action: str = "policy-change",
+        principal: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         """Replace the active policy (audited with both digests)."""
         old = self.policy
         _write_private(self.dir / "policy.yaml", policy.to_yaml())
         self.audit.append(
             action,
             target="policy",
+            principal=principal,
             details={"old_sha256": old.digest(), "new_sha256": policy.digest(), **dict(details or {})},
         )
         for name in policy.all_key_names():  # zones/groups added by the new policy get a key now
@@ -318,6 +326,7 @@ class Kms:
         self.set_policy(
             policy,
             action="grant",
+            principal=principal,
             details={"principal": principal, "role": role, "attributes": dict(attributes or {})},
         )
         return policy
@@ -334,7 +343,7 @@ class Kms:
         before = self.policy
         could = before.key_names_of(principal)
         after = before.with_revoke(principal, role)
-        self.set_policy(after, action="revoke", details={"principal": principal, "role": role or "*"})
+        self.set_policy(after, action="revoke", principal=principal, details={"principal": principal, "role": role or "*"})
         return self.rotate(could, reason=f"revoke {principal}")
 
     # ------------------------------------------------------------------ release

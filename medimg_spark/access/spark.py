@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["ProtectedTable", "SecureRead", "protect_lake", "read_table", "secure_read"]
+__all__ = ["ProtectedTable", "SecureRead", "load_secure", "protect_lake", "read_table", "secure_read"]
 
 
 @dataclass
@@ -340,6 +340,11 @@ def read_table(
         UnknownColumnError: the table is not protected or has no such column.
     """
     read = secure_read(lake, table, principal=principal, purpose=purpose, columns=columns, kms=kms)
+    return load_secure(spark, read)
+
+
+def load_secure(spark: SparkSession, read: SecureRead) -> DataFrame:
+    """The DataFrame of an allowed :class:`SecureRead` (a per-read data source carries its plan)."""
     name = f"medimg_secure_{secrets.token_hex(8)}"
     source = type(
         f"SecureDataSource_{name}",
