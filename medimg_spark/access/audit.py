@@ -204,8 +204,8 @@ class AuditLog:
             lines = [ln for ln in fh.read().splitlines() if ln.strip()]
         for n, line in enumerate(lines, start=1):
 
-            def bad(reason: str, n: int = n) -> VerifyResult:
-                return VerifyResult(ok=False, entries=len(lines), first_bad=n, reason=reason, head=prev)
+            def bad(reason: str, n: int = n, head: str = prev) -> VerifyResult:
+                return VerifyResult(ok=False, entries=len(lines), first_bad=n, reason=reason, head=head)
 
             try:
                 data = json.loads(line)
@@ -213,7 +213,9 @@ class AuditLog:
             except (ValueError, TypeError) as exc:
                 return bad(f"not a valid audit entry ({type(exc).__name__})")
             if entry.seq != n:
-                return bad(f"sequence number {entry.seq}, expected {n} (an entry was deleted, inserted or moved)")
+                return bad(
+                    f"sequence number {entry.seq}, expected {n} (an entry was deleted, inserted or moved)"
+                )
             if entry.prev != prev:
                 return bad("its prev hash does not match the previous entry (deleted, inserted or reordered)")
             digest = hashlib.sha256(_canon(entry.body())).hexdigest()
@@ -228,7 +230,9 @@ class AuditLog:
         except (ValueError, KeyError, OSError):
             return VerifyResult(False, len(lines), len(lines) + 1, "the head file is unreadable", prev)
         if not hmac.compare_digest(self._mac(f"head:{head_seq}:{head_hash}"), head_mac):
-            return VerifyResult(False, len(lines), len(lines) + 1, "the head file's MAC does not verify", prev)
+            return VerifyResult(
+                False, len(lines), len(lines) + 1, "the head file's MAC does not verify", prev
+            )
         if head_seq != len(lines) or head_hash != prev:
             return VerifyResult(
                 ok=False,

@@ -99,7 +99,9 @@ def _lake(path: str) -> Path:
 
     lake = Path(path)
     if not (lake / LAKE_MARKER).is_file():
-        raise ConfigError(f"--out {path} is not a medimg lake (no {LAKE_MARKER}); pass the folder ingest wrote")
+        raise ConfigError(
+            f"--out {path} is not a medimg lake (no {LAKE_MARKER}); pass the folder ingest wrote"
+        )
     return lake
 
 
@@ -187,7 +189,9 @@ def _check(args: argparse.Namespace) -> int:
         manifest = read_manifest(lake / args.table)
         if manifest is not None:
             status, table_columns = manifest.lake, manifest.all_columns
-    decision = kms.policy.decide(args.principal, args.table, cols, args.purpose, lake=status, table_columns=table_columns)
+    decision = kms.policy.decide(
+        args.principal, args.table, cols, args.purpose, lake=status, table_columns=table_columns
+    )
     _print(args, decision.to_json(), decision.message)
     return EXIT_OK if decision.allowed else EXIT_DENIED
 
@@ -219,11 +223,15 @@ def _read(args: argparse.Namespace) -> int:
     from medimg_spark.session import build_session
 
     # the KMS decides (and audits) before Spark starts: a denied read never starts a session
-    read = secure_read(lake, args.table, principal=args.principal, purpose=args.purpose, columns=cols, kms=kms)
+    read = secure_read(
+        lake, args.table, principal=args.principal, purpose=args.purpose, columns=cols, kms=kms
+    )
     spark = build_session("medimg-access-read", master=args.master)
     df = load_secure(spark, read)
     shown = [c for c in df.columns if c != "pixels"]
-    print(f"{args.table} as {args.principal} ({args.purpose}): {df.count()} rows, columns {', '.join(df.columns)}")
+    print(
+        f"{args.table} as {args.principal} ({args.purpose}): {df.count()} rows, columns {', '.join(df.columns)}"
+    )
     df.select(*shown).show(args.limit, truncate=40)
     return EXIT_OK
 

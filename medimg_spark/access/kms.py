@@ -78,7 +78,9 @@ def resolve_kms_dir(explicit: str | os.PathLike[str] | None) -> str:
     """
     path = os.fspath(explicit) if explicit else os.environ.get(KMS_DIR_ENV)
     if not path:
-        raise KmsError(f"no KMS directory: pass --kms DIR or set ${KMS_DIR_ENV} (create one with 'medimg access init')")
+        raise KmsError(
+            f"no KMS directory: pass --kms DIR or set ${KMS_DIR_ENV} (create one with 'medimg access init')"
+        )
     return path
 
 
@@ -224,7 +226,9 @@ class Kms:
         """
         d = Path(directory)
         if (d / "policy.yaml").exists():
-            raise KmsError(f"{d} already holds a KMS (policy.yaml); use another directory or 'medimg access grant'")
+            raise KmsError(
+                f"{d} already holds a KMS (policy.yaml); use another directory or 'medimg access grant'"
+            )
         _mkdir_private(d)
         _mkdir_private(d / "keys")
         _write_private(d / "policy.yaml", policy.to_yaml())
@@ -258,7 +262,9 @@ class Kms:
             _check_private(path, "the key file")
             return bytes.fromhex(path.read_text().strip())
         except FileNotFoundError:
-            raise KmsError(f"no key {kid} in {self.dir}/keys; was the lake protected with another KMS?") from None
+            raise KmsError(
+                f"no key {kid} in {self.dir}/keys; was the lake protected with another KMS?"
+            ) from None
         except ValueError:
             raise KmsError(f"key file {path} is not hex; restore it from the KMS backup") from None
 
@@ -283,14 +289,22 @@ class Kms:
     def rotate(self, names: Iterable[str], *, reason: str) -> dict[str, str]:
         """Add a new version of each key (audited); data written from now on uses it."""
         rotated = {n: key_id(n, self._new_version(self.dir, n)) for n in sorted(names)}
-        self.audit.append("rotate", target=",".join(sorted(rotated)), details={"new": rotated, "reason": reason})
+        self.audit.append(
+            "rotate", target=",".join(sorted(rotated)), details={"new": rotated, "reason": reason}
+        )
         return rotated
 
     def admin_keys(self, names: Iterable[str], *, action: str, target: str) -> ReleasedKeys:
         """Every version of these keys, for protecting (writing) a lake; audited as ``action``."""
-        ids = [key_id(n, v) for n in sorted(set(names)) for v in self.versions(n) or [parse_key_id(self.current_id(n))[1]]]
+        ids = [
+            key_id(n, v)
+            for n in sorted(set(names))
+            for v in self.versions(n) or [parse_key_id(self.current_id(n))[1]]
+        ]
         keys = ReleasedKeys({k: self._read(k) for k in ids})
-        self.audit.append(action, target=target, outcome="ok", details={"keys": list(keys.ids), "token": keys.token})
+        self.audit.append(
+            action, target=target, outcome="ok", details={"keys": list(keys.ids), "token": keys.token}
+        )
         return keys
 
     # ------------------------------------------------------------------ policy
@@ -343,7 +357,9 @@ class Kms:
         before = self.policy
         could = before.key_names_of(principal)
         after = before.with_revoke(principal, role)
-        self.set_policy(after, action="revoke", principal=principal, details={"principal": principal, "role": role or "*"})
+        self.set_policy(
+            after, action="revoke", principal=principal, details={"principal": principal, "role": role or "*"}
+        )
         return self.rotate(could, reason=f"revoke {principal}")
 
     # ------------------------------------------------------------------ release
@@ -372,7 +388,9 @@ class Kms:
         Raises:
             AccessDeniedError: the policy denies it (the denial is audited first).
         """
-        decision = self.policy.decide(principal, table, columns, purpose, lake=lake, table_columns=table_columns)
+        decision = self.policy.decide(
+            principal, table, columns, purpose, lake=lake, table_columns=table_columns
+        )
         where = target or table
         if not decision.allowed:
             self.audit.append(
@@ -417,13 +435,25 @@ class Kms:
             AccessDeniedError: no role of ``principal`` has ``reidentify: true``.
         """
         kind = "patient" if pseudonym.startswith("P") else "uid" if pseudonym.startswith("2.25.") else "other"
-        details = {"pseudonym_kind": kind, "pseudonym_sha256": hashlib.sha256(pseudonym.encode()).hexdigest()[:16], "vault": vault}
+        details = {
+            "pseudonym_kind": kind,
+            "pseudonym_sha256": hashlib.sha256(pseudonym.encode()).hexdigest()[:16],
+            "vault": vault,
+        }
         role = self.policy.may_reidentify(principal)
         if role is None:
-            self.audit.append("reidentify", target=vault, principal=principal, outcome="denied", details=details)
+            self.audit.append(
+                "reidentify", target=vault, principal=principal, outcome="denied", details=details
+            )
             raise AccessDeniedError(
                 f"access denied: principal {principal!r} may not re-identify: none of its roles "
                 f"{self.policy.roles_of(principal)} has reidentify: true [roles.*.reidentify]"
             )
-        self.audit.append("reidentify", target=vault, principal=principal, outcome="allowed", details={**details, "role": role})
+        self.audit.append(
+            "reidentify",
+            target=vault,
+            principal=principal,
+            outcome="allowed",
+            details={**details, "role": role},
+        )
         return role

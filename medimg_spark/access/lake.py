@@ -126,7 +126,9 @@ class FileResult:
 
 
 def _decryption(keys: ReleasedKeys) -> pe.FileDecryptionProperties:
-    return crypto_factory(keys).file_decryption_properties(connection_config(keys), pe.DecryptionConfiguration())
+    return crypto_factory(keys).file_decryption_properties(
+        connection_config(keys), pe.DecryptionConfiguration()
+    )
 
 
 def protect_file(task: FileTask, keys: ReleasedKeys) -> FileResult:
@@ -207,7 +209,10 @@ class TableManifest:
             "spark_schema": self.spark_schema,
             "rows": self.rows,
             "updated_at": self.updated_at,
-            "files": {rel: {"footer": k.footer, "columns": k.columns, "rows": k.rows} for rel, k in sorted(self.files.items())},
+            "files": {
+                rel: {"footer": k.footer, "columns": k.columns, "rows": k.rows}
+                for rel, k in sorted(self.files.items())
+            },
         }
 
     def write(self, table_dir: str | os.PathLike[str]) -> None:

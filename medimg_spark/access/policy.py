@@ -432,12 +432,14 @@ class AccessPolicy(_Model):
             The decision; a denial carries one reason per role (and per denied column).
         """
         zone = self.zone_of(table, lake)
-        base = {"principal": principal, "table": table, "zone": zone, "purpose": purpose}
+
+        def made(allowed: bool, **kw: Any) -> Decision:
+            return Decision(principal, table, zone, purpose, allowed, **kw)
+
         p = self.principals.get(principal)
         if p is None or not p.roles:
-            return Decision(
-                **base,
-                allowed=False,
+            return made(
+                False,
                 denied=(
                     Denial(
                         "principals",
@@ -447,9 +449,8 @@ class AccessPolicy(_Model):
                 ),
             )
         if zone is None:
-            return Decision(
-                **base,
-                allowed=False,
+            return made(
+                False,
                 denied=(
                     Denial(
                         "zones",
@@ -486,15 +487,14 @@ class AccessPolicy(_Model):
             for group, cols in self.groups_of(table).items():
                 if set(cols) & set(wanted):
                     keys.append(group_key_name(table, group))
-            return Decision(
-                **base,
-                allowed=True,
+            return made(
+                True,
                 role=rname,
                 columns=tuple(wanted),
                 rows=role.rows,
                 key_names=tuple(keys),
             )
-        return Decision(**base, allowed=False, denied=tuple(denials))
+        return made(False, denied=tuple(denials))
 
     def may_reidentify(self, principal: str) -> str | None:
         """The role that lets ``principal`` run ``medimg reidentify`` (None: not allowed)."""
@@ -578,7 +578,9 @@ def load_policy(path: str | os.PathLike[str]) -> AccessPolicy:
     try:
         text = p.read_text()
     except OSError as exc:
-        raise PolicyError(f"cannot read the access policy {p}: {exc.strerror}; check the --policy path") from None
+        raise PolicyError(
+            f"cannot read the access policy {p}: {exc.strerror}; check the --policy path"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -17,8 +17,9 @@ import os
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyspark.sql.datasource import DataSource, DataSourceReader, InputPartition
 from pyspark.sql.types import StringType, StructField, StructType
@@ -99,9 +100,8 @@ def _protect_table(
     wanted_ids = set(current.values())
     redo = []
     for rel in files:
-        if not is_encrypted(table_dir / rel):
-            redo.append(rel)
-        elif rekey and (old is None or rel not in old.files or not old.files[rel].ids <= wanted_ids):
+        stale = rekey and (old is None or rel not in old.files or not old.files[rel].ids <= wanted_ids)
+        if not is_encrypted(table_dir / rel) or stale:
             redo.append(rel)
         elif old is None or rel not in old.files:
             raise LakeProtectionError(
@@ -109,7 +109,9 @@ def _protect_table(
                 "or remove the file"
             )
     if not redo:
-        return ProtectedTable(table, zone, "unchanged", 0, len(files), old.rows if old else 0, sorted(wanted_ids))
+        return ProtectedTable(
+            table, zone, "unchanged", 0, len(files), old.rows if old else 0, sorted(wanted_ids)
+        )
     keys = kms.admin_keys(names, action="protect", target=str(table_dir))
     staging = lake / f".{table}.access-staging-{secrets.token_hex(4)}"
     tasks = [FileTask(str(table_dir / r), str(staging / r), r, zone_key, group_keys) for r in redo]
@@ -117,9 +119,7 @@ def _protect_table(
         kept = copy_kept(table_dir, staging, set(redo))
         sc = spark.sparkContext
         n = max(1, min(len(tasks), sc.defaultParallelism * 2))
-        results: list[FileResult] = (
-            sc.parallelize(tasks, n).map(lambda t, k=keys: protect_file(t, k)).collect()
-        )
+        results: list[FileResult] = sc.parallelize(tasks, n).map(partial(protect_file, keys=keys)).collect()
         manifest = merge_results(
             old,
             results,
@@ -144,7 +144,12 @@ def _protect_table(
     kms.audit.append(
         "protect-table",
         target=str(table_dir),
-        details={"zone": zone, "files_encrypted": len(results), "files_kept": len(kept), "keys": sorted(wanted_ids)},
+        details={
+            "zone": zone,
+            "files_encrypted": len(results),
+            "files_kept": len(kept),
+            "keys": sorted(wanted_ids),
+        },
     )
     return ProtectedTable(
         table,
@@ -185,7 +190,9 @@ def protect_lake(
     if tables:
         for t in tables:
             if t not in zoned:
-                raise UnknownColumnError(f"table {t!r} is in no zone of the policy for a {status} lake; add it to a zone")
+                raise UnknownColumnError(
+                    f"table {t!r} is in no zone of the policy for a {status} lake; add it to a zone"
+                )
             if not (root / t).is_dir():
                 raise UnknownColumnError(f"table {t!r} is not in the lake {root}")
         chosen = list(tables)
