@@ -45,6 +45,13 @@ def _policy() -> AccessPolicy:
     data = yaml.safe_load(shipped_policy_path().read_text())
     data["roles"]["analyst"] = {"zones": ["derived"], "purposes": ["research"]}
     data["principals"]["frank"] = {"roles": ["analyst"]}
+    data["zones"]["derived"]["tables"].append("cohort")  # a table with a consent flag column
+    data["roles"]["consented"] = {
+        "zones": ["derived"],
+        "purposes": ["research"],
+        "rows": {"flags": ["consent"]},
+    }
+    data["principals"]["gina"] = {"roles": ["consented"]}
     return parse_policy(data, "test policy")
 
 
@@ -74,6 +81,12 @@ def lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
     out = tmp / "lake"
     summary = ingest(spark, [str(inp)], str(out), deidentify=hook)
     assert summary["frames_written"] == 52 and summary["quarantined"] == 1  # the US frame: burned-in text
+    from pyspark.sql import functions as F
+
+    cohort = spark.read.parquet(str(out / "images")).select(
+        "image_id", "label", (F.col("label") == "1").alias("consent")
+    )
+    cohort.write.parquet(str(out / "cohort"))  # consent null where there is no label
     plain = tmp / "plain"
     shutil.copytree(out, plain)
     kms = Kms.init(tmp / "kms", _policy())
@@ -99,6 +112,7 @@ def test_protect_encrypts_every_zone_table_and_is_idempotent(spark: Any, lake: d
         "images": ("deidentified", "protected", 52),
         "instances": ("deidentified", "protected", 4),
         "quarantine": ("deidentified", "protected", 1),
+        "cohort": ("derived", "protected", 52),
     }
     for table in ("images", "instances", "quarantine"):
         manifest = read_manifest(out / table)
@@ -121,6 +135,7 @@ def test_protect_encrypts_every_zone_table_and_is_idempotent(spark: Any, lake: d
         ("images", "unchanged", 0),
         ("instances", "unchanged", 0),
         ("quarantine", "unchanged", 0),
+        ("cohort", "unchanged", 0),
     ]
     kdir = kms.dir
     assert oct(kdir.stat().st_mode & 0o777) == "0o700"
@@ -155,6 +170,13 @@ def test_a_role_reads_its_allowed_columns(spark: Any, lake: dict[str, Any]) -> N
         carol, spark.read.parquet(str(plain / "images")).select("image_id", "patient_id", "modality")
     )
     assert carol.count() == 52
+
+
+def test_a_consent_flag_keeps_only_consenting_rows(spark: Any, lake: dict[str, Any]) -> None:
+    gina = read_table(spark, lake["out"], "cohort", principal="gina", purpose="research", kms=lake["kms"])
+    expected = spark.read.parquet(str(lake["plain"] / "cohort")).where("consent")
+    assertDataFrameEqual(gina, expected)
+    assert 0 < gina.count() < 50
 
 
 def test_forbidden_column_or_zone_fails_before_reading_and_is_audited(lake: dict[str, Any]) -> None:
@@ -405,3 +427,41 @@ def test_cli_exit_codes_and_reidentify_audit(
     broken.chmod(0o700)
     assert main(["access", "audit", "--kms", str(broken), "--verify", "--tail", "0"]) == 1
     assert "audit chain BROKEN at entry 3" in capsys.readouterr().out
+
+
+def test_access_imports_without_spark() -> None:
+    from tests.test_layers import _run
+
+    out = _run(
+        """
+        import json
+        import medimg_spark.access, medimg_spark.access.commands, medimg_spark.access.lake
+        from medimg_spark.access import shipped_policy_path, load_policy
+        policy = load_policy(str(shipped_policy_path()))
+        print(json.dumps({"zones": sorted(policy.zones)}))
+        """
+    )
+    assert out == {"zones": ["deidentified", "derived", "identified"]}
+
+
+def test_format_medimg_secure_reads_with_options_and_denies_at_load(spark: Any, lake: dict[str, Any]) -> None:
+    from medimg_spark.access.spark import register
+
+    register(spark)
+    kms, images = lake["kms"], str(lake["out"] / "images")
+
+    def reader(columns: str) -> Any:
+        return (
+            spark.read.format("medimg-secure")
+            .option("principal", "alice")
+            .option("purpose", "research")
+            .option("columns", columns)
+            .option("kms", str(kms.dir))
+        )
+
+    df = reader("image_id,label,modality").load(images)
+    expected = spark.read.parquet(str(lake["plain"] / "images")).where("modality = 'OT'")
+    assertDataFrameEqual(df, expected.select("image_id", "label", "modality"))
+    with pytest.raises(Exception, match=r"may not read column 'patient_id' of table 'images'"):
+        reader("image_id,patient_id").load(images)
+    assert (_last(kms)["outcome"], _last(kms)["details"]["columns"]) == ("denied", ["image_id", "patient_id"])

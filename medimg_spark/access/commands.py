@@ -1,4 +1,4 @@
-"""``medimg access init|protect|grant|revoke|check|audit|read``: the command line of access control.
+"""``medimg access init|protect|grant|revoke|policy|check|audit|read``: the command line of access control.
 
 Every argument and file (policy, KMS directory, lake) is checked before Spark starts; a bad one
 exits 2 naming the flag and the fix. ``check`` exits 1 when the policy denies the request,
@@ -58,6 +58,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     _request_args(a)
     a.add_argument("--out", help="the lake (its manifest gives the table's columns and status)")
     _json_arg(a)
+    a = sub.add_parser("policy", help="print the active policy, or replace it (--set FILE; audited)")
+    _kms_arg(a)
+    a.add_argument("--set", dest="new_policy", metavar="FILE", help="validated policy YAML to make active")
     a = sub.add_parser("audit", help="print the audit log; --verify checks the hash chain")
     _kms_arg(a)
     a.add_argument("--verify", action="store_true", help="verify the chain; exit 1 when broken")
@@ -129,7 +132,7 @@ def _protect(args: argparse.Namespace) -> int:
     spark = build_session("medimg-access-protect", master=args.master)
     done = protect_lake(spark, lake, kms, tables=args.table or None, rekey=args.rekey)
     lines = [f"protect → {lake}"] + [
-        f"  {t.table:<12} zone={t.zone:<13} {t.status:<9} encrypted={t.files_encrypted} kept={t.files_kept} "
+        f"  {t.table:<17} zone={t.zone:<13} {t.status:<9} encrypted={t.files_encrypted} kept={t.files_kept} "
         f"rows={t.rows} keys={','.join(t.keys)}"
         for t in done
     ]
@@ -173,6 +176,20 @@ def _revoke(args: argparse.Namespace) -> int:
         f"revoked {args.role or 'every role'} of {args.principal}; rotated {len(rotated)} key(s): "
         f"{', '.join(rotated.values())}. Run 'medimg access protect --rekey' to move existing data to them."
     )
+    return EXIT_OK
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from medimg_spark.access.policy import load_policy
+
+    kms = _kms(args)
+    if not args.new_policy:
+        print(kms.policy.to_yaml(), end="")
+        return EXIT_OK
+    new = load_policy(args.new_policy)
+    old = kms.policy.digest()
+    kms.set_policy(new, details={"source": str(args.new_policy)})
+    print(f"policy replaced ({old[:16]}… → {new.digest()[:16]}…); the change is in the audit log")
     return EXIT_OK
 
 
@@ -271,6 +288,7 @@ _ACTIONS = {
     "protect": _protect,
     "grant": _grant,
     "revoke": _revoke,
+    "policy": _policy,
     "check": _check,
     "audit": _audit,
     "read": _read,

@@ -95,10 +95,19 @@ class RowConditions(_Model):
         values: column -> allowed values (e.g. ``modality: [CR, OT]``); rows with another value
             or null are dropped.
         flags: boolean columns that must be true (e.g. a ``consent`` column); null counts as false.
+        tables: the tables the conditions apply to (default: every table the role reads; a table
+            lacking a condition's column is then denied, never read unfiltered).
     """
 
     values: dict[str, list[str]] = Field(default_factory=dict)
     flags: list[str] = Field(default_factory=list)
+    tables: list[str] | None = None
+
+    def for_table(self, table: str) -> RowConditions:
+        """The conditions that apply to ``table`` (none when ``tables`` leaves it out)."""
+        if self.tables is not None and table not in self.tables:
+            return RowConditions()
+        return self
 
     @property
     def columns(self) -> list[str]:
@@ -469,8 +478,9 @@ class AccessPolicy(_Model):
                 dropped = {d.column for d in found}
                 wanted = [c for c in wanted if c not in dropped]
                 found = []
+            rows = role.rows.for_table(table)
             if not found and table_columns is not None:
-                for c in role.rows.columns:
+                for c in rows.columns:
                     if c not in table_columns:
                         found.append(
                             Denial(
@@ -491,7 +501,7 @@ class AccessPolicy(_Model):
                 True,
                 role=rname,
                 columns=tuple(wanted),
-                rows=role.rows,
+                rows=rows,
                 key_names=tuple(keys),
             )
         return made(False, denied=tuple(denials))

@@ -50,7 +50,16 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["ProtectedTable", "SecureRead", "load_secure", "protect_lake", "read_table", "secure_read"]
+__all__ = [
+    "MedimgSecureDataSource",
+    "ProtectedTable",
+    "SecureRead",
+    "load_secure",
+    "protect_lake",
+    "read_table",
+    "register",
+    "secure_read",
+]
 
 
 @dataclass
@@ -112,7 +121,7 @@ def _protect_table(
         return ProtectedTable(
             table, zone, "unchanged", 0, len(files), old.rows if old else 0, sorted(wanted_ids)
         )
-    keys = kms.admin_keys(names, action="protect", target=str(table_dir))
+    keys = kms.admin_keys(names, action="admin-key-release", target=str(table_dir))
     staging = lake / f".{table}.access-staging-{secrets.token_hex(4)}"
     tasks = [FileTask(str(table_dir / r), str(staging / r), r, zone_key, group_keys) for r in redo]
     try:
@@ -366,6 +375,56 @@ def load_secure(spark: SparkSession, read: SecureRead) -> DataFrame:
     )
     spark.dataSource.register(source)
     return spark.read.format(name).load()
+
+
+class MedimgSecureDataSource(DataSource):  # type: ignore[misc]
+    """``spark.read.format("medimg-secure")``: the secure read with options (see :func:`register`).
+
+    Options: ``principal``, ``purpose`` (required), ``columns`` (comma-separated), ``kms`` (else
+    ``$MEDIMG_KMS_DIR``); the path is ``LAKE/TABLE``. The KMS is asked (and audits) once, in Spark's
+    planning worker on the driver host, when the schema is resolved; the reader object then carries
+    the released keys to the executors. A denial fails the query before any data is read.
+    """
+
+    @classmethod
+    def name(cls) -> str:
+        return "medimg-secure"
+
+    def _read(self) -> SecureRead:
+        cached: SecureRead | None = getattr(self, "_secure", None)
+        if cached is not None:
+            return cached
+        opts = {k.lower(): v for k, v in dict(self.options).items()}
+        path = opts.get("path", "")
+        missing = [k for k in ("principal", "purpose") if not opts.get(k)]
+        if missing or not path:
+            raise UnknownColumnError(
+                f"format('medimg-secure') needs .option('principal', ..), .option('purpose', ..) and "
+                f".load('LAKE/TABLE'); missing: {', '.join(missing) or 'the path'}"
+            )
+        table_dir = Path(path.removeprefix("file:"))
+        cols = [c.strip() for c in opts["columns"].split(",")] if opts.get("columns") else None
+        read = secure_read(
+            table_dir.parent,
+            table_dir.name,
+            principal=opts["principal"],
+            purpose=opts["purpose"],
+            columns=cols,
+            kms=opts.get("kms"),
+        )
+        self._secure = read
+        return read
+
+    def schema(self) -> StructType:
+        return self._read().schema
+
+    def reader(self, schema: StructType) -> DataSourceReader:
+        return _SecureReader(self._read().plan, int(dict(self.options).get("slices", 2)))
+
+
+def register(spark: SparkSession) -> None:
+    """Register ``format("medimg-secure")`` with ``spark`` (idempotent)."""
+    spark.dataSource.register(MedimgSecureDataSource)
 
 
 def key_versions(keys: ReleasedKeys) -> dict[str, list[int]]:
