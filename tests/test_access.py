@@ -214,6 +214,10 @@ def test_abac_project_and_purpose_mismatch_are_denied(lake: dict[str, Any]) -> N
         secure_read(out, "images", principal="bob", purpose="research", kms=kms)
     with pytest.raises(AccessDeniedError, match=r"not 'marketing'.*roles\.researcher\.purposes"):
         secure_read(out, "images", principal="alice", purpose="marketing", kms=kms)
+    # the same table of an identified lake (--keep-phi) is in the identified zone: not the researcher's
+    identified = kms.policy.decide("alice", "images", ["image_id"], "research", lake="identified")
+    assert not identified.allowed and identified.zone == "identified"
+    assert identified.denied[0].rule == "roles.researcher.zones"
     # a row condition the table cannot enforce fails closed
     policy = kms.policy
     decision = policy.decide("alice", "images", ["image_id"], "research", table_columns=["image_id", "label"])
@@ -256,6 +260,18 @@ def test_a_revoked_principal_loses_access_to_new_data(
         spark, out, "images", principal="carol", purpose="quality", columns=["image_id"], kms=kms
     )
     assert carol.count() == 57  # still allowed: every file, old and new, under the released versions
+    # a policy change that protects one more column re-encrypts every file on the next protect
+    data = kms.policy.model_dump(mode="json")
+    data["column_groups"]["images"]["labels"] = ["label"]
+    kms.set_policy(parse_policy(data))
+    (t,) = protect_lake(spark, out, kms, tables=["images"])
+    assert (t.status, t.files_encrypted) == ("rekeyed", len(old_files) + 1)
+    manifest = read_manifest(out / "images")
+    assert manifest is not None
+    assert all(f.columns.get("group.images.labels@v1") == ["label"] for f in manifest.files.values())
+    with pytest.raises(AccessDeniedError, match=r"column 'label' .* group images\.labels"):
+        secure_read(out, "images", principal="carol", purpose="quality", columns=["label"], kms=kms)
+    assert [e["action"] for e in kms.audit.entries()][-4:-2] == ["policy-change", "admin-key-release"]
     assert kms.audit.verify().ok
 
 

@@ -224,7 +224,7 @@ def _audit(args: argparse.Namespace) -> int:
         for e in shown:
             who = e.get("principal") or "-"
             print(
-                f"{e['seq']:>5} {e['ts']} {e['actor']:<10} {e['action']:<14} {e['outcome']:<8} "
+                f"{e['seq']:>5} {e['ts']} {e['actor']:<10} {e['action']:<17} {e['outcome']:<8} "
                 f"principal={who} purpose={e.get('purpose') or '-'} target={e['target']}"
             )
         if result is not None:

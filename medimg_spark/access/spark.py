@@ -27,6 +27,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 from medimg_spark.access.errors import LakeProtectionError, UnknownColumnError
 from medimg_spark.access.kms import Kms, Release, ReleasedKeys, parse_key_id, resolve_kms_dir
 from medimg_spark.access.lake import (
+    FileKeys,
     FileResult,
     FileTask,
     ReadPlan,
@@ -69,7 +70,8 @@ class ProtectedTable:
     Attributes:
         table: the table.
         zone: its zone.
-        status: ``protected`` (files encrypted now), ``rekeyed``, or ``unchanged`` (nothing to do).
+        status: ``protected`` (plain files encrypted now), ``rekeyed`` (protected files re-encrypted:
+            ``--rekey`` or a policy change of the table's zone or column groups), or ``unchanged``.
         files_encrypted: files written now.
         files_kept: files already protected under current keys, kept as they were.
         rows: rows in the table's protected files.
@@ -92,6 +94,27 @@ def _partition_columns(files: Sequence[str]) -> list[str]:
     return cols
 
 
+def _name(kid: str) -> str:
+    return parse_key_id(kid)[0]
+
+
+def _layout(keys: FileKeys) -> tuple[str, dict[str, frozenset[str]]]:
+    """A file's footer key name and ``key name -> columns`` (versions ignored)."""
+    return _name(keys.footer), {_name(k): frozenset(c) for k, c in keys.columns.items()}
+
+
+def _expected_layout(
+    keys: FileKeys, zone_key: str, group_keys: dict[str, list[str]]
+) -> tuple[str, dict[str, frozenset[str]]]:
+    """The layout the current policy gives a file with these columns."""
+    columns = {c for cols in keys.columns.values() for c in cols}
+    grouped = {_name(k): frozenset(set(cols) & columns) for k, cols in group_keys.items()}
+    grouped = {k: v for k, v in grouped.items() if v}
+    rest = frozenset(columns - {c for v in grouped.values() for c in v})
+    layout = {**({_name(zone_key): rest} if rest else {}), **grouped}
+    return _name(zone_key), layout
+
+
 def _protect_table(
     spark: SparkSession, lake: Path, table: str, zone: str, kms: Kms, *, rekey: bool
 ) -> ProtectedTable:
@@ -109,18 +132,23 @@ def _protect_table(
     wanted_ids = set(current.values())
     redo = []
     for rel in files:
-        stale = rekey and (old is None or rel not in old.files or not old.files[rel].ids <= wanted_ids)
-        if not is_encrypted(table_dir / rel) or stale:
+        known = old.files.get(rel) if old else None
+        if not is_encrypted(table_dir / rel):
             redo.append(rel)
-        elif old is None or rel not in old.files:
+        elif known is None:
             raise LakeProtectionError(
                 f"{table_dir / rel} is encrypted but not in the table's manifest; restore the manifest "
                 "or remove the file"
             )
+        elif _layout(known) != _expected_layout(known, zone_key, group_keys):
+            redo.append(rel)  # the policy moved the table to another zone or changed its column groups
+        elif rekey and not known.ids <= wanted_ids:
+            redo.append(rel)
     if not redo:
         return ProtectedTable(
             table, zone, "unchanged", 0, len(files), old.rows if old else 0, sorted(wanted_ids)
         )
+    n_rekeyed = sum(1 for r in redo if is_encrypted(table_dir / r))
     keys = kms.admin_keys(names, action="admin-key-release", target=str(table_dir))
     staging = lake / f".{table}.access-staging-{secrets.token_hex(4)}"
     tasks = [FileTask(str(table_dir / r), str(staging / r), r, zone_key, group_keys) for r in redo]
@@ -149,7 +177,6 @@ def _protect_table(
         raise LakeProtectionError(
             f"protecting {table_dir} failed, the table is unchanged: {str(exc).splitlines()[0][:500]}"
         ) from None
-    was_protected = old is not None and any(is_encrypted(table_dir / r) for r in kept)
     kms.audit.append(
         "protect-table",
         target=str(table_dir),
@@ -163,7 +190,7 @@ def _protect_table(
     return ProtectedTable(
         table,
         zone,
-        "rekeyed" if rekey and was_protected else "protected",
+        "rekeyed" if n_rekeyed else "protected",
         len(results),
         len(kept),
         manifest.rows,
