@@ -122,7 +122,7 @@ def _add_access(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_access(args: argparse.Namespace) -> int:
-    """``medimg access init|protect|grant|revoke|policy|check|audit|read``."""
+    """``medimg access init|protect|grant|revoke|rotate|policy|check|audit|read``."""
     from medimg_spark.access.commands import run
 
     return run(args)

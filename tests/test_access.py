@@ -385,6 +385,8 @@ def test_cli_exit_codes_and_reidentify_audit(
         main(["access", "protect", "--kms", str(kms.dir), "--out", str(tmp_path)]) == 2
     )  # not a lake: no Spark
     assert "is not a medimg lake" in capsys.readouterr().err
+    assert main(["access", "protect", "--kms", str(kms.dir), "--out", out, "--table", "imagez"]) == 2
+    assert "--table imagez: not in any zone" in capsys.readouterr().err
     assert (
         main(
             ["access", "grant", "--kms", str(kms.dir), "--principal", "x", "--role", "r", "--attr", "novalue"]
@@ -435,6 +437,8 @@ def test_cli_exit_codes_and_reidentify_audit(
     )
     assert allowed["details"]["pseudonym_kind"] == "patient"
     assert original not in kms.audit.path.read_text() and pseudonym not in kms.audit.path.read_text()
+    assert main(["access", "rotate", "--kms", str(kms.dir), "--key", "zone.nope"]) == 2
+    assert "--key zone.nope: not a key of the policy" in capsys.readouterr().err
     assert main(["access", "audit", "--kms", str(kms.dir), "--verify", "--tail", "3"]) == 0
     assert "audit chain OK" in capsys.readouterr().out
     broken = _tampered(kms, tmp_path, "delete").path.parent

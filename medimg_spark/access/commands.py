@@ -1,4 +1,4 @@
-"""``medimg access init|protect|grant|revoke|policy|check|audit|read``: the command line of access control.
+"""``medimg access init|protect|grant|revoke|rotate|policy|check|audit|read``: the command line of access control.
 
 Every argument and file (policy, KMS directory, lake) is checked before Spark starts; a bad one
 exits 2 naming the flag and the fix. ``check`` exits 1 when the policy denies the request,
@@ -58,6 +58,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     _request_args(a)
     a.add_argument("--out", help="the lake (its manifest gives the table's columns and status)")
     _json_arg(a)
+    a = sub.add_parser("rotate", help="add a new version of keys (scheduled rotation); audited")
+    _kms_arg(a)
+    a.add_argument(
+        "--key", action="append", default=[], help="key name, e.g. zone.deidentified (default: all)"
+    )
     a = sub.add_parser("policy", help="print the active policy, or replace it (--set FILE; audited)")
     _kms_arg(a)
     a.add_argument("--set", dest="new_policy", metavar="FILE", help="validated policy YAML to make active")
@@ -124,8 +129,11 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _protect(args: argparse.Namespace) -> int:
+    from medimg_spark.access.lake import zone_tables
+
     lake = _lake(args.out)
     kms = _kms(args)
+    zone_tables(kms.policy, lake, args.table)  # a bad --table fails here, before Spark starts
     from medimg_spark.access.spark import protect_lake
     from medimg_spark.session import build_session
 
@@ -175,6 +183,22 @@ def _revoke(args: argparse.Namespace) -> int:
     print(
         f"revoked {args.role or 'every role'} of {args.principal}; rotated {len(rotated)} key(s): "
         f"{', '.join(rotated.values())}. Run 'medimg access protect --rekey' to move existing data to them."
+    )
+    return EXIT_OK
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    kms = _kms(args)
+    known = kms.policy.all_key_names()
+    unknown = [k for k in args.key if k not in known]
+    if unknown:
+        raise ConfigError(
+            f"--key {unknown[0]}: not a key of the policy; choose from {', '.join(sorted(known))}"
+        )
+    rotated = kms.rotate(args.key or known, reason="scheduled rotation")
+    print(
+        f"rotated {len(rotated)} key(s): {', '.join(rotated.values())}. New data uses them; "
+        "'medimg access protect --rekey' moves existing data."
     )
     return EXIT_OK
 
@@ -288,6 +312,7 @@ _ACTIONS = {
     "protect": _protect,
     "grant": _grant,
     "revoke": _revoke,
+    "rotate": _rotate,
     "policy": _policy,
     "check": _check,
     "audit": _audit,

@@ -28,7 +28,7 @@ import pyarrow.parquet.encryption as pe
 
 from medimg_spark.access.errors import KeyUnavailableError, LakeProtectionError, UnknownColumnError
 from medimg_spark.access.kms import ReleasedKeys, connection_config, crypto_factory
-from medimg_spark.access.policy import LakeStatus, RowConditions
+from medimg_spark.access.policy import AccessPolicy, LakeStatus, RowConditions
 
 __all__ = [
     "MANIFEST",
@@ -266,6 +266,27 @@ def merge_results(
         spark_schema = spark_schema or r.spark_schema
     rows = sum(f.rows for f in files.values())
     return TableManifest(table, zone, lake, columns, partition_columns, spark_schema, files, rows)
+
+
+def zone_tables(policy: AccessPolicy, lake: Path, tables: Iterable[str] | None = None) -> dict[str, str]:
+    """``table -> zone`` of the lake's tables to protect: ``tables``, else every zone table present.
+
+    Raises:
+        UnknownColumnError: a table asked for is in no zone for this lake, or not in the lake.
+    """
+    status = lake_status(lake)
+    zoned = {t: z for z, zone in policy.zones.items() if zone.lake in ("any", status) for t in zone.tables}
+    if not tables:
+        return {t: z for t, z in zoned.items() if (lake / t).is_dir()}
+    for t in tables:
+        if t not in zoned:
+            raise UnknownColumnError(
+                f"--table {t}: not in any zone of the policy for a {status} lake; add it to a zone's tables "
+                f"or choose from {', '.join(zoned)}"
+            )
+        if not (lake / t).is_dir():
+            raise UnknownColumnError(f"--table {t}: the lake {lake} has no table {t!r}")
+    return {t: zoned[t] for t in tables}
 
 
 def swap_in(table_dir: Path, staging: Path) -> None:

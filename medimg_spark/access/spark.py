@@ -44,6 +44,7 @@ from medimg_spark.access.lake import (
     read_manifest,
     recover,
     swap_in,
+    zone_tables,
 )
 from medimg_spark.access.policy import group_key_name, zone_key_name
 
@@ -220,21 +221,8 @@ def protect_lake(
         LakeProtectionError: a file could not be encrypted (that table is left unchanged).
     """
     root = Path(lake)
-    policy = kms.policy
-    status = lake_status(root)
-    zoned = {t: z for z, zone in policy.zones.items() if zone.lake in ("any", status) for t in zone.tables}
-    if tables:
-        for t in tables:
-            if t not in zoned:
-                raise UnknownColumnError(
-                    f"table {t!r} is in no zone of the policy for a {status} lake; add it to a zone"
-                )
-            if not (root / t).is_dir():
-                raise UnknownColumnError(f"table {t!r} is not in the lake {root}")
-        chosen = list(tables)
-    else:
-        chosen = [t for t in zoned if (root / t).is_dir()]
-    return [_protect_table(spark, root, t, zoned[t], kms, rekey=rekey) for t in chosen]
+    chosen = zone_tables(kms.policy, root, tables)
+    return [_protect_table(spark, root, t, z, kms, rekey=rekey) for t, z in chosen.items()]
 
 
 # ---------------------------------------------------------------------- reading
