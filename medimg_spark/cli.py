@@ -108,6 +108,24 @@ def _add_reidentify(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vault", required=True, help="vault directory")
     p.add_argument("--pseudonym", required=True, help="patient pseudonym or replacement UID")
     p.add_argument("--vault-key-file", help="vault master-key file; else $MEDIMG_VAULT_KEY_FILE")
+    p.add_argument(
+        "--kms", help="access-control KMS: the lookup is authorised and audited; else $MEDIMG_KMS_DIR"
+    )
+    p.add_argument("--principal", help="who asks (with --kms); else $MEDIMG_PRINCIPAL")
+
+
+def _add_access(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``medimg access ACTION`` (see :mod:`medimg_spark.access.commands`)."""
+    from medimg_spark.access.commands import add_args
+
+    add_args(p)
+
+
+def cmd_access(args: argparse.Namespace) -> int:
+    """``medimg access init|protect|grant|revoke|rotate|policy|check|audit|read``."""
+    from medimg_spark.access.commands import run
+
+    return run(args)
 
 
 def _add_preprocess(p: argparse.ArgumentParser) -> None:
@@ -434,9 +452,11 @@ def cmd_deid(args: argparse.Namespace) -> int:
 
 def cmd_reidentify(args: argparse.Namespace) -> int:
     """``medimg reidentify``."""
+    from medimg_spark.access.commands import authorize_reidentify
     from medimg_spark.privacy import reidentify
     from medimg_spark.privacy.vault import resolve_vault_key_file
 
+    authorize_reidentify(args)  # with a KMS: allowed by the policy, audited (kind and digest only)
     found = reidentify(args.vault, args.pseudonym, resolve_vault_key_file(args.vault_key_file))
     print(json.dumps(found, indent=2, default=str))
     return EXIT_OK

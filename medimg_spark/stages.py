@@ -95,6 +95,7 @@ def _verb(name: str, help: str, *, pipeline: bool = False, job: str = "") -> Non
 _verb("ingest", "read image files into images/instances/quarantine Parquet tables", pipeline=True)
 _verb("deid", "write de-identified DICOM files plus an audit table")
 _verb("reidentify", "look a pseudonym up in the encrypted vault")
+_verb("access", "access control enforced by keys: policy, KMS, encrypted tables, audit log (ACTION --help)")
 _verb("preprocess", "apply a recipe to DIR/images, writing DIR/processed", pipeline=True)
 _verb("volumes", "assemble series into 3-D volumes (LPS geometry, checks) → DIR/volumes", pipeline=True)
 _verb("quality", "aggregate quality before/after into DIR/metrics/quality.json", pipeline=True)
