@@ -2,7 +2,8 @@
 
 PHI set (what must not appear in any output byte): every value, recursively, of attributes
 listed in Table E.1-1 (under the basic profile none of them is K) and of every private
-attribute, taken from all input files. Values are rendered as text; a value is skipped when
+attribute (except, under Retain Safe Private, the listed safe attributes and their creators),
+taken from all input files; paths of input files can be added by the caller. Values are rendered as text; a value is skipped when
 (a) it is shorter than 4 characters, (b) it is a number shorter than 6 characters (such numbers
 legitimately occur among kept numeric attributes: geometry, exposure), (c) it is one of
 a few generic words (NONE, UNKNOWN, DEFAULT, YES, NO, PATIENT: the last occurs in the
@@ -22,6 +23,7 @@ from pydicom.dataset import Dataset
 
 from medimg_spark.privacy import DeidConfig, Deidentifier, load_profile
 from medimg_spark.privacy.engine import DUMMY
+from medimg_spark.privacy.safe_private import load_safe_private
 
 GENERIC = {"NONE", "UNKNOWN", "DEFAULT", "YES", "NO", "PATIENT"}
 TEXT_VRS = {
@@ -59,10 +61,25 @@ def collect_phi(datasets: Iterable[Dataset], config: DeidConfig, key: bytes) -> 
     phi: set[str] = set()
     kept: set[str] = set()
 
+    safe = load_safe_private(config.safe_private) if config.retain_safe_private else {}
+
+    def safe_private(ds: Dataset, elem) -> bool:  # type: ignore[no-untyped-def]
+        """Kept by design under Retain Safe Private: a listed numeric attribute, or its block's creator."""
+        group, element = elem.tag.group, elem.tag.element
+        if group % 2 == 0 or not safe:
+            return False
+        if 0x10 <= element <= 0xFF:
+            return any(g == group and c == str(elem.value).strip() for g, c, _ in safe)
+        creator = ds.get((group << 16) | (element >> 8))
+        vrs = safe.get((group, str(creator.value).strip() if creator is not None else "", element & 0xFF))
+        return vrs is not None and elem.VR in vrs
+
     def walk(ds: Dataset, sensitive: bool) -> None:
         for elem in ds:
             tag = int(elem.tag)
             is_phi = sensitive or (tag >> 16) % 2 == 1 or profile.lookup(tag) is not None
+            if not sensitive and safe_private(ds, elem):
+                is_phi = False
             if elem.VR == "SQ":
                 # items of a removed/emptied sequence are PHI as a whole; items of a kept one
                 # (U, D) follow the per-attribute rules
