@@ -9,9 +9,9 @@ legitimately occur among kept numeric attributes: geometry, exposure), (c) it is
 a few generic words (NONE, UNKNOWN, DEFAULT, YES, NO, PATIENT: the last occurs in the
 tool's own rule names and messages), or (d) it occurs within the value of an
 attribute that is kept by design (allow-listed, outside any removed sequence) in some input file.
-Numbers with one decimal point are measurements, not identifiers, and all-zero numbers are
-trivial. The tool's own dummy values (action D, e.g. 19000101) are what it writes, so an input
-that happens to hold one is not a leak. Matching is exact (case-sensitive), as a leaked value is copied verbatim.
+Numbers with one decimal point are measurements, not identifiers, all-zero numbers are
+trivial, and UIDs of the DICOM standard itself (``1.2.840.10008.…``) identify no one. The tool's own dummy values (action D, e.g. 19000101, ANONYMIZED) are what it writes, so an
+input value that is one of them, or part of one (ANON), is not a leak. Matching is exact (case-sensitive), as a leaked value is copied verbatim.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from medimg_spark.privacy import DeidConfig, Deidentifier, load_profile
+from medimg_spark.privacy.allowlist import ALLOWED_TAGS
 from medimg_spark.privacy.engine import DUMMY
 from medimg_spark.privacy.safe_private import load_safe_private
 
@@ -87,7 +88,10 @@ def collect_phi(datasets: Iterable[Dataset], config: DeidConfig, key: bytes) -> 
                 for item in elem.value or []:
                     walk(item, whole)
                 continue
-            (phi if is_phi else kept).update(_text_values(elem))
+            if is_phi:
+                phi.update(_text_values(elem))
+            elif tag in ALLOWED_TAGS:  # kept by design (others are removed: neither PHI nor kept)
+                kept.update(_text_values(elem))
 
     for ds in datasets:
         walk(ds, False)
@@ -98,8 +102,9 @@ def collect_phi(datasets: Iterable[Dataset], config: DeidConfig, key: bytes) -> 
     def trivial(v: str) -> bool:
         digits = v.replace(".", "").replace("-", "").replace("+", "")
         measurement = digits.isdigit() and (v.count(".") == 1 or len(digits) < 6 or set(digits) == {"0"})
-        dummy = v in {str(d) for d in DUMMY.values()}
-        return len(v) < 4 or measurement or dummy or v.upper() in GENERIC or v in kept_blob
+        dummy = any(v in str(d) for d in DUMMY.values())  # "ANON" is in the tool's own "ANONYMIZED"
+        standard_uid = v.startswith("1.2.840.10008.")  # UIDs defined by the DICOM standard itself
+        return len(v) < 4 or measurement or dummy or standard_uid or v.upper() in GENERIC or v in kept_blob
 
     return sorted(v for v in phi if not trivial(v))
 
