@@ -364,3 +364,20 @@ def test_rows_and_crash_records_of_a_task_hold_no_path(tmp_path: Path) -> None:
     assert [(r["error_class"], r["source_path"]) for r in retry] == [
         ("WorkerCrashError", hook.path_pseudonym(f"file:{ct}"))
     ]
+
+
+def test_a_label_taken_from_a_patient_named_folder_is_dropped(tmp_path: Path) -> None:
+    from medimg_spark.io.files import FileContext, process_files
+
+    named = tmp_path / "CompressedSamples^CT1" / "CT_small.dcm"
+    plain = tmp_path / "PNEUMONIA" / "CT_small.dcm"
+    for p in (named, plain):
+        p.parent.mkdir()
+        shutil.copy(get_testdata_file("CT_small.dcm"), p)
+    hook = IngestDeidentifier(Deidentifier(DeidConfig(), KEY))
+    ctx = FileContext("run-1", deidentify=hook, label_from_parent_dir=True)
+    rows = list(process_files(iter([(str(named), None), (str(plain), None)]), ctx))
+    labels = {r["source_path"]: r["label"] for r in rows if r["_kind"] == "image"}
+    assert labels == {hook.path_pseudonym(str(named)): None, hook.path_pseudonym(str(plain)): "PNEUMONIA"}
+    keep = list(process_files(iter([(str(named), None)]), FileContext("r", label_from_parent_dir=True)))
+    assert [r["label"] for r in keep if r["_kind"] == "image"] == ["CompressedSamples^CT1"]  # --keep-phi

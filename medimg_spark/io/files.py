@@ -413,12 +413,15 @@ def path_hook(ctx: FileContext) -> Any:
 
 
 def _private_row(row: dict[str, Any], path: str, pseudonym: str, paths: Any) -> dict[str, Any]:
-    """A de-identified row: the path pseudonym as ``source_path``, no path in a message, the path PHI count."""
+    """A de-identified row: the path pseudonym as ``source_path``, no path in a message, the path PHI count,
+    and no label that is a folder name equal to a header PHI value (``label_from_parent_dir``)."""
     row["source_path"] = pseudonym
     if row["_kind"] == QUARANTINE and row.get("error_message"):
         row["error_message"] = paths.scrub(row["error_message"], path)[:2000]
     elif row["_kind"] == INSTANCE:
         row["_path_phi"] = paths.path_phi
+    elif row["_kind"] == IMAGE and row.get("label") is not None and row["label"] in paths.path_phi_parts:
+        row["label"] = None  # label_from_parent_dir took a folder named after the patient: not a label
     return row
 
 

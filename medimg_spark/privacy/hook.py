@@ -7,7 +7,7 @@ from typing import Any
 
 from medimg_spark.privacy.engine import Deidentifier, VaultEntry
 from medimg_spark.privacy.errors import DeidFileError, DeidProcessingError
-from medimg_spark.privacy.paths import count_path_phi, scrub_path
+from medimg_spark.privacy.paths import phi_components, scrub_path
 
 #: Vault kind and attribute of a path pseudonym's entry (``medimg reidentify --pseudonym deid-…``).
 PATH_KIND = "path"
@@ -55,6 +55,8 @@ class IngestDeidentifier:
         self._path_entry: int | None = None
         #: Path components of the current file equal to a header PHI value (set when its dataset is seen).
         self.path_phi: int | None = None
+        #: Those components themselves (never written anywhere: used to drop a label taken from one).
+        self.path_phi_parts: frozenset[str] = frozenset()
 
     def path_pseudonym(self, path: str) -> str:
         """The keyed pseudonym of ``path`` (deterministic under the key; nothing recorded)."""
@@ -71,6 +73,7 @@ class IngestDeidentifier:
         """Start a file: return its path pseudonym (recorded for the vault) and reset :attr:`path_phi`."""
         self._path = path
         self.path_phi = None
+        self.path_phi_parts = frozenset()
         pseudonym = self.pseudonymize_path(path)
         self._path_entry = len(self._pending) - 1 if self.vault_dir else None
         return pseudonym
@@ -83,17 +86,25 @@ class IngestDeidentifier:
         state = dict(self.__dict__)
         state["_pending"] = []
         state["_path"] = state["_path_entry"] = state["path_phi"] = None
+        state["path_phi_parts"] = frozenset()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"_path": None, "_path_entry": None, "path_phi": None, **state})
+        fresh: dict[str, Any] = {
+            "_path": None,
+            "_path_entry": None,
+            "path_phi": None,
+            "path_phi_parts": frozenset(),
+        }
+        self.__dict__.update({**fresh, **state})
 
     def __call__(self, ds: Any) -> Any:
         if self._path is not None:
             try:
-                self.path_phi = count_path_phi(self._path, ds)
+                self.path_phi_parts = frozenset(phi_components(self._path, ds))
             except Exception:  # a damaged header: nothing could be compared
-                self.path_phi = 0
+                self.path_phi_parts = frozenset()
+            self.path_phi = len(self.path_phi_parts)
         try:
             result = self.deidentifier.deidentify(ds)
         except DeidFileError:

@@ -92,8 +92,8 @@ def path_components(path: str) -> list[str]:
     return [p for p in normalized_path(path).split("/") if p and p not in (".", "..")]
 
 
-def count_path_phi(path: str, ds: Any) -> int:
-    """How many components of ``path`` carry a header PHI value of ``ds``.
+def phi_components(path: str, ds: Any) -> list[str]:
+    """The components of ``path`` that carry a header PHI value of ``ds`` (kept in memory only).
 
     A component matches when it (or its name without extension) equals a value or a component of
     a person's name, when one of its alphanumeric tokens equals an ID or date (``series_ACC42``),
@@ -103,16 +103,21 @@ def count_path_phi(path: str, ds: Any) -> int:
     """
     ids, names, parts = header_phi_values(ds)
     if not (ids or names):
-        return 0
+        return []
     long_values = [v for v in ids | names if len(v) >= MIN_CONTAINED]
-    n = 0
+    found: list[str] = []
     for component in path_components(path):
         upper = component.upper()
         whole = {upper, upper.split(".", 1)[0]}
         tokens = {t for t in _SPLIT.split(upper) if t}
         if whole & (ids | names | parts) or tokens & ids or any(v in upper for v in long_values):
-            n += 1
-    return n
+            found.append(component)
+    return found
+
+
+def count_path_phi(path: str, ds: Any) -> int:
+    """How many components of ``path`` carry a header PHI value of ``ds`` (see :func:`phi_components`)."""
+    return len(phi_components(path, ds))
 
 
 def scrub_path(message: str, path: str, replacement: str) -> str:
