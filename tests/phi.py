@@ -16,6 +16,7 @@ input value that is one of them, or part of one (ANON), is not a leak. Matching 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import pydicom
@@ -109,11 +110,26 @@ def collect_phi(datasets: Iterable[Dataset], config: DeidConfig, key: bytes) -> 
     return sorted(v for v in phi if not trivial(v))
 
 
+_HEX = re.compile(r"[0-9A-Fa-f]+")
+
+
 def find_phi(values: Iterable[str], blobs: dict[str, bytes]) -> list[tuple[str, str]]:
-    """Every ``(value, output name)`` where a PHI value occurs verbatim in an output blob."""
-    return [
-        (value, name)
-        for value in values
-        for name, blob in blobs.items()
-        if value.encode("utf-8", "ignore") in blob
-    ]
+    """Every ``(value, output name)`` where a PHI value occurs verbatim in an output blob.
+
+    A value made only of hexadecimal digits (``abcd``, ``0042``) counts only where it is not part of a
+    longer run of hex digits: the outputs are full of hashes and pseudonyms (``file_sha256``,
+    ``deid-<hex>``, ``P<hex>``) in which any short hex string occurs by chance, while a copied value
+    stands between other characters.
+    """
+    found = []
+    for value in values:
+        raw = value.encode("utf-8", "ignore")
+        pattern = (
+            re.compile(rb"(?<![0-9A-Fa-f])" + re.escape(raw) + rb"(?![0-9A-Fa-f])")
+            if _HEX.fullmatch(value)
+            else None
+        )
+        for name, blob in blobs.items():
+            if raw in blob and (pattern is None or pattern.search(blob)):
+                found.append((value, name))
+    return found

@@ -381,3 +381,10 @@ def test_a_label_taken_from_a_patient_named_folder_is_dropped(tmp_path: Path) ->
     assert labels == {hook.path_pseudonym(str(named)): None, hook.path_pseudonym(str(plain)): "PNEUMONIA"}
     keep = list(process_files(iter([(str(named), None)]), FileContext("r", label_from_parent_dir=True)))
     assert [r["label"] for r in keep if r["_kind"] == "image"] == ["CompressedSamples^CT1"]  # --keep-phi
+
+
+def test_phi_scan_finds_a_copied_value_but_not_hex_digits_inside_a_hash() -> None:
+    blobs = {"table": b'{"source_path": "deid-3fabcd12", "patient_id": "abcd", "note": "x1234y"}'}
+    found = find_phi(["abcd", "1234", "x1234y", "3fab"], blobs)
+    assert found == [("abcd", "table"), ("1234", "table"), ("x1234y", "table")]  # 3fab: only in the hash
+    assert find_phi(["abcd"], {"hash": b"deid-3fabcd12"}) == []
