@@ -1031,7 +1031,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(
             f"  note: {summary['path_phi_files']} file(s) had {summary.get('path_phi_components', 0)} path "
             "component(s) equal to a header PHI value (patient name, ID, birth date, ...); the tables hold "
-            "only path pseudonyms (originals in the vault)"
+            "only path pseudonyms (the originals only in the vault, when --vault is given)"
         )
     if summary.get("identified"):
         lines.append(
