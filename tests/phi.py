@@ -110,25 +110,26 @@ def collect_phi(datasets: Iterable[Dataset], config: DeidConfig, key: bytes) -> 
     return sorted(v for v in phi if not trivial(v))
 
 
-_HEX = re.compile(r"[0-9A-Fa-f]+")
+_HEX_CHAR = re.compile(r"[0-9A-Fa-f]")
 
 
 def find_phi(values: Iterable[str], blobs: dict[str, bytes]) -> list[tuple[str, str]]:
     """Every ``(value, output name)`` where a PHI value occurs verbatim in an output blob.
 
-    A value made only of hexadecimal digits (``abcd``, ``0042``) counts only where it is not part of a
-    longer run of hex digits: the outputs are full of hashes and pseudonyms (``file_sha256``,
-    ``deid-<hex>``, ``P<hex>``) in which any short hex string occurs by chance, while a copied value
-    stands between other characters.
+    A value that begins (ends) with a hexadecimal digit counts only where it is not glued to a hex digit
+    before (after) it: the outputs are full of hashes and pseudonyms (``file_sha256``, ``deid-<hex>``,
+    ``P<hex>``, also in the vault's plaintext pseudonym column) in which short values such as ``abcd``
+    or ``045Y`` (the end of ``…0B045`` and the next byte) occur by chance, while a copied value stands
+    between other characters (quotes, separators, length prefixes).
     """
     found = []
     for value in values:
         raw = value.encode("utf-8", "ignore")
-        pattern = (
-            re.compile(rb"(?<![0-9A-Fa-f])" + re.escape(raw) + rb"(?![0-9A-Fa-f])")
-            if _HEX.fullmatch(value)
-            else None
-        )
+        if not raw:
+            continue
+        before = rb"(?<![0-9A-Fa-f])" if _HEX_CHAR.match(value[0]) else b""
+        after = rb"(?![0-9A-Fa-f])" if _HEX_CHAR.match(value[-1]) else b""
+        pattern = re.compile(before + re.escape(raw) + after) if before or after else None
         for name, blob in blobs.items():
             if raw in blob and (pattern is None or pattern.search(blob)):
                 found.append((value, name))

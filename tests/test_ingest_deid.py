@@ -383,8 +383,9 @@ def test_a_label_taken_from_a_patient_named_folder_is_dropped(tmp_path: Path) ->
     assert [r["label"] for r in keep if r["_kind"] == "image"] == ["CompressedSamples^CT1"]  # --keep-phi
 
 
-def test_phi_scan_finds_a_copied_value_but_not_hex_digits_inside_a_hash() -> None:
+def test_phi_scan_finds_a_copied_value_but_not_hex_digits_continuing_a_hash() -> None:
     blobs = {"table": b'{"source_path": "deid-3fabcd12", "patient_id": "abcd", "note": "x1234y"}'}
     found = find_phi(["abcd", "1234", "x1234y", "3fab"], blobs)
     assert found == [("abcd", "table"), ("1234", "table"), ("x1234y", "table")]  # 3fab: only in the hash
     assert find_phi(["abcd"], {"hash": b"deid-3fabcd12"}) == []
+    assert find_phi(["045Y", "SMITH"], {"vault": b"P2B12EAF0B045Y\x00SMITH"}) == [("SMITH", "vault")]
