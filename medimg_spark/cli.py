@@ -106,7 +106,9 @@ def _add_deid(p: argparse.ArgumentParser) -> None:
 def _add_reidentify(p: argparse.ArgumentParser) -> None:
     """Arguments of ``medimg reidentify``."""
     p.add_argument("--vault", required=True, help="vault directory")
-    p.add_argument("--pseudonym", required=True, help="patient pseudonym or replacement UID")
+    p.add_argument(
+        "--pseudonym", required=True, help="patient pseudonym, replacement UID or path pseudonym (deid-…)"
+    )
     p.add_argument("--vault-key-file", help="vault master-key file; else $MEDIMG_VAULT_KEY_FILE")
     p.add_argument(
         "--kms", help="access-control KMS: the lookup is authorised and audited; else $MEDIMG_KMS_DIR"

@@ -91,8 +91,11 @@ class DeidConfig(BaseModel):
         clean_descriptors: Keep descriptions and comments after scrubbing identifiers from them.
         clean_structured_content: Keep SR content / acquisition context with scrubbed text.
         clean_graphics: Keep overlays, curves and graphic annotations (text scrubbed).
-        retain_safe_private: Keep the private attributes of ``SAFE_PRIVATE`` (numeric
-            acquisition parameters only); all other private attributes are removed.
+        retain_safe_private: Keep the reviewed safe private attributes (numeric acquisition
+            parameters of PS3.15 Table E.3.10-1, listed in the packaged
+            ``resources/privacy/safe_private.yaml``); all other private attributes are removed.
+        safe_private: YAML file replacing the packaged safe private list (same format); used
+            with ``retain_safe_private``.
         clean_pixel_data: Apply the burned-in text rules (and OCR, see ``ocr``).
         pixel_rules: YAML file of pixel rules; ``None`` uses the packaged default rules.
         ocr: ``"off"``; ``"auto"`` to also blank text that Tesseract finds when the binary is
@@ -123,6 +126,7 @@ class DeidConfig(BaseModel):
     clean_structured_content: bool = Field(False, description="Keep SR content with scrubbed text.")
     clean_graphics: bool = Field(False, description="Keep overlays and annotations (text scrubbed).")
     retain_safe_private: bool = Field(False, description="Keep safe private attributes; others removed.")
+    safe_private: str | None = Field(None, description="Safe private list YAML (null: the packaged list).")
     clean_pixel_data: bool = Field(True, description="Apply the burned-in text rules (and OCR).")
     pixel_rules: str | None = Field(None, description="Pixel rules YAML (null: the packaged rules).")
     ocr: Literal["off", "auto", "on"] = Field("off", description="Tesseract OCR: off | auto | on.")
@@ -178,6 +182,15 @@ class DeidConfig(BaseModel):
             raise ValueError(
                 "retain_longitudinal_full_dates and retain_longitudinal_modified_dates are exclusive; "
                 "choose one"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _safe_private_needs_option(self) -> DeidConfig:
+        if self.safe_private is not None and not self.retain_safe_private:
+            raise ValueError(
+                "safe_private names a safe private list but retain_safe_private is off; set "
+                "retain_safe_private: true (--option retain-safe-private) or remove safe_private"
             )
         return self
 

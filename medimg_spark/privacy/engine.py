@@ -39,6 +39,7 @@ from medimg_spark.privacy.pixels import (
     tesseract_available,
 )
 from medimg_spark.privacy.profile import ATTRIBUTE_TYPES, ProfileEntry, load_profile, resolve_action
+from medimg_spark.privacy.safe_private import load_safe_private
 from medimg_spark.privacy.text import clean_text, identifier_variants
 
 IMPLEMENTATION_VERSION_NAME = "MEDIMG_DEID_1"
@@ -83,21 +84,6 @@ DUMMY: dict[str, Any] = {
     "US": 0,
     "UV": 0,
     "AT": 0,
-}
-
-#: Private attributes kept by the Retain Safe Private option: (creator, element byte) -> VRs.
-#: A curated, numeric-only subset of PS3.15 Table E.3.10-1; values of any other VR, or that do
-#: not parse as numbers, are removed.
-SAFE_PRIVATE: dict[tuple[str, int], frozenset[str]] = {
-    ("SIEMENS CT VA0  COAD", 0x90): frozenset({"DS"}),  # Osteo Offset
-    ("SIEMENS CT VA0  COAD", 0x92): frozenset({"DS"}),  # Osteo Regression Line Slope
-    ("SIEMENS CT VA0  COAD", 0x93): frozenset({"DS"}),  # Osteo Regression Line Intercept
-    ("SIEMENS CT VA0  COAD", 0x96): frozenset({"IS"}),  # Osteo Phantom Number
-    ("SIEMENS MR HEADER", 0x0C): frozenset({"IS"}),  # B_value
-    ("SIEMENS MR HEADER", 0x0E): frozenset({"FD"}),  # DiffusionGradientDirection
-    ("SIEMENS MR HEADER", 0x27): frozenset({"FD"}),  # B_matrix
-    ("GEMS_PARM_01", 0x39): frozenset({"IS", "SL"}),  # slop_int_6..9 (b-value)
-    ("Philips Imaging DD 001", 0x03): frozenset({"FL"}),  # Diffusion B-Factor
 }
 
 
@@ -260,6 +246,9 @@ class Deidentifier:
             )
         }
         self._keep = config.keep_tags()
+        #: (group, creator, element byte) -> VRs of the Retain Safe Private Option (empty when off):
+        #: the reviewed list of PS3.15 Table E.3.10-1 in resources/privacy/safe_private.yaml, or the user's.
+        self._safe_private = load_safe_private(config.safe_private) if config.retain_safe_private else {}
         self._rules = load_pixel_rules(config.pixel_rules) if config.clean_pixel_data else ()
         if config.ocr == "on" and not tesseract_available():
             raise OcrUnavailableError(
@@ -279,6 +268,11 @@ class Deidentifier:
         return f"Deidentifier(config={self.config!r}, allow_burned_in={self.allow_burned_in})"
 
     # -- public API ----------------------------------------------------------------------------
+    @property
+    def pseudonymizer(self) -> Pseudonymizer:
+        """The keyed pseudonym maker (UIDs, patients, paths) under this de-identifier's key."""
+        return self._pseudo
+
     def action_for(self, tag: int) -> str | None:
         """Resolved action of Table E.1-1 for a tag (``None`` when not in the table)."""
         action = self._actions.get(tag)
@@ -376,7 +370,7 @@ class Deidentifier:
             group, elem_no = tag >> 16, tag & 0xFFFF
             creator_elem = src.get((group << 16) | (elem_no >> 8))
             creator = str(creator_elem.value).strip() if creator_elem is not None else ""
-            allowed = SAFE_PRIVATE.get((creator, elem_no & 0xFF))
+            allowed = self._safe_private.get((group, creator, elem_no & 0xFF))
             elem = src[tag]
             if allowed is not None and elem.VR in allowed and self._numeric(elem.value):
                 out.add(copy.copy(elem))
@@ -603,12 +597,28 @@ class Deidentifier:
         run.actions.append(AuditEntry(f"{TAG_PIXEL_DATA:08X}", "PixelData", "C", basis))
         return True
 
+    def applied_options(self, pixels_cleaned: bool) -> tuple[str, ...]:
+        """The profile and options a de-identified dataset was made with (:data:`OPTION_CODES` keys).
+
+        ``basic`` always; Clean Pixel Data only when the pixels were cleaned; every other option as
+        configured (Retain Safe Private only when enabled; at most one of the two dates options, as
+        :class:`DeidConfig` makes them exclusive), in the order of their CID 7050 codes.
+        """
+        names = [*(["clean_pixel_data"] if pixels_cleaned else []), *self.config.enabled_option_fields()]
+        return ("basic", *sorted(names, key=lambda n: OPTION_CODES[n][0]))
+
     def _record(self, out: Dataset, pixels_cleaned: bool) -> None:
+        """The conformance markers (PS3.15 E.1.1, PS3.3 C.7.1.1): exactly the profile and options applied.
+
+        Patient Identity Removed YES; De-identification Method: :data:`DEID_METHOD` then the name of
+        each option (one LO value each, as a value may hold 64 characters); the De-identification
+        Method Code Sequence: one CID 7050 code per profile/option. Markers a source file carried from
+        an earlier de-identification are replaced, not merged.
+        """
+        names = self.applied_options(pixels_cleaned)
         out.PatientIdentityRemoved = "YES"
-        out.DeidentificationMethod = DEID_METHOD
-        names = ["basic", *self.config.enabled_option_fields()]
-        if pixels_cleaned:
-            names.insert(1, "clean_pixel_data")
+        methods = [DEID_METHOD, *(OPTION_CODES[name][1] for name in names[1:])]
+        out.DeidentificationMethod = methods if len(methods) > 1 else methods[0]
         items = []
         for name in names:
             code, meaning = OPTION_CODES[name]

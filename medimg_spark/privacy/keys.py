@@ -129,6 +129,45 @@ def load_key(key_file: str | os.PathLike[str] | None = None, *, ephemeral: bool 
 
 _UID_ROOT = "2.25."
 
+#: File extensions a path pseudonym keeps (lower-cased): they name a format, never a person.
+SAFE_SUFFIXES = (
+    ".nii.gz",
+    ".dcm",
+    ".dicom",
+    ".ima",
+    ".nii",
+    ".nrrd",
+    ".nhdr",
+    ".mha",
+    ".mhd",
+    ".raw",
+    ".zraw",
+    ".npz",
+    ".npy",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".gz",
+)
+
+
+def normalized_path(path: str) -> str:
+    """``path`` as a plain local path when it is one or a ``file:`` URI (other URIs unchanged)."""
+    if path.startswith("file://"):
+        return path[len("file://") :]
+    if path.startswith("file:"):
+        return path[len("file:") :]
+    return path
+
+
+def safe_suffix(path: str) -> str:
+    """The lower-case known extension of ``path`` (:data:`SAFE_SUFFIXES`), or ``""``."""
+    name = path.rsplit("/", 1)[-1].lower()
+    return next((s for s in SAFE_SUFFIXES if name.endswith(s) and len(name) > len(s)), "")
+
 
 class Pseudonymizer:
     """Keyed, deterministic pseudonyms: UIDs, patient pseudonyms and per-patient date shifts.
@@ -164,6 +203,14 @@ class Pseudonymizer:
     def short_token(self, domain: str, value: str, length: int = 12) -> str:
         """A short upper-case hex token (for AE titles and other length-limited replacements)."""
         return self.digest(domain, value).hex().upper()[:length]
+
+    def path_pseudonym(self, path: str) -> str:
+        """Pseudonym of a file path: ``deid-`` + 32 hex digits of the HMAC + a known lower-case extension.
+
+        A local path and its ``file:`` URI give the same pseudonym (the HMAC is over the plain local
+        path), so a rerun or an incremental run that names the file either way matches it.
+        """
+        return f"deid-{self.digest('path', normalized_path(path)).hex()[:32]}{safe_suffix(path)}"
 
     def date_shift(self, identity: str) -> _dt.timedelta:
         """Per-patient shift into the past by 1 to ``max_date_shift_days`` whole days."""

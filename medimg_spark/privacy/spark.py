@@ -41,6 +41,7 @@ from medimg_spark.privacy.errors import (
     DuplicateInstanceError,
     MissingIdentifierError,
 )
+from medimg_spark.privacy.hook import PATH_ATTRIBUTE, PATH_KIND
 from medimg_spark.privacy.vault import ensure_private_dir, resolve_vault_key_file, write_vault_file
 
 STAGE = "deid"
@@ -223,7 +224,10 @@ def _partition_fn(
             for i, path in enumerate(paths):
                 content = contents[i].as_py() or b""
                 sha = hashlib.sha256(content).hexdigest()
-                base = {"source_path": path, "file_sha256": sha, "size_bytes": len(content)}
+                # the path's keyed pseudonym: folder names may carry a patient's name or ID
+                pseudonym = deid.pseudonymizer.path_pseudonym(path)
+                base = {"source_path": pseudonym, "file_sha256": sha, "size_bytes": len(content)}
+                vault[VaultEntry(pseudonym, PATH_KIND, PATH_ATTRIBUTE, path, "")] = None
                 try:
                     with quiet_pydicom():
                         rel, result = deidentify_bytes(deid, content, dicom_dir)
@@ -264,6 +268,8 @@ def _partition_fn(
                     }
                     for a in result.actions
                 )
+                vault.pop(VaultEntry(pseudonym, PATH_KIND, PATH_ATTRIBUTE, path, ""), None)
+                vault[VaultEntry(pseudonym, PATH_KIND, PATH_ATTRIBUTE, path, result.patient_pseudonym)] = None
                 vault.update(dict.fromkeys(result.vault))
             yield pa.RecordBatch.from_pylist(rows, schema=RESULT_ARROW_SCHEMA)
         if vault_dir is not None and vault_key_file is not None and vault:
