@@ -76,11 +76,11 @@ def lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
         shutil.copy(get_testdata_file(name), inp / name)
     vault, vault_key = tmp / "vault", generate_key_file(tmp / "vault.key")
     hook = IngestDeidentifier(
-        Deidentifier(DeidConfig(), KEY), vault_dir=str(vault), vault_key_file=str(vault_key)
+        Deidentifier(DeidConfig(ocr="off"), KEY), vault_dir=str(vault), vault_key_file=str(vault_key)
     )
     out = tmp / "lake"
     summary = ingest(spark, [str(inp)], str(out), deidentify=hook)
-    assert summary["frames_written"] == 52 and summary["quarantined"] == 1  # the US frame: burned-in text
+    assert summary["frames_written"] == 52 and summary["quarantined"] == 1  # the US frame: burned-in text (no OCR here)
     from pyspark.sql import functions as F
 
     cohort = spark.read.parquet(str(out / "images")).select(
@@ -485,3 +485,11 @@ def test_format_medimg_secure_reads_with_options_and_denies_at_load(spark: Any, 
     with pytest.raises(Exception, match=r"may not read column 'patient_id' of table 'images'"):
         reader("image_id,patient_id").load(images)
     assert (_last(kms)["outcome"], _last(kms)["details"]["columns"]) == ("denied", ["image_id", "patient_id"])
+
+
+def test_ingest_refuses_a_protected_lake_before_any_spark_job(lake: dict[str, Any]) -> None:
+    from medimg_spark.io.ingest import NotALakeError, prepare_lake
+
+    with pytest.raises(NotALakeError, match="encrypted by `medimg access protect`"):
+        prepare_lake(str(lake["out"]))
+    assert prepare_lake(str(lake["plain"])) == "lake"

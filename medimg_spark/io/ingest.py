@@ -907,6 +907,7 @@ def prepare_lake(out: str, store: Storage | None = None, ignore: Iterable[str] =
     marker = join(out, LAKE_MARKER)
     if names is not None and LAKE_MARKER in names:
         _check_marker(marker, fs.read_text(marker))
+        _check_unprotected(out, fs)
         _check_tables(out, fs)
         return "lake"
     if names is not None and [n for n in names if n not in set(ignore)]:
@@ -945,6 +946,21 @@ def prepare_lake(out: str, store: Storage | None = None, ignore: Iterable[str] =
     )
     fs.touch(marker, text + "\n")
     return state
+
+
+#: Manifest ``medimg access protect`` writes into each table it encrypted (medimg_spark.access.lake.MANIFEST).
+PROTECTED_MANIFEST = "_ACCESS_PROTECTED.json"
+
+
+def _check_unprotected(out: str, fs: Storage) -> None:
+    """Ingest cannot append to tables ``medimg access protect`` encrypted: say so before any Spark job."""
+    protected = [t for t in TABLES if fs.exists(join(out, t, PROTECTED_MANIFEST))]
+    if protected:
+        raise NotALakeError(
+            f"--out {out}: table(s) {', '.join(protected)} are encrypted by `medimg access protect`; ingest "
+            "writes plain Parquet and reads its earlier tables without keys. Ingest into the landing lake "
+            "(or a new --out) and run `medimg access protect` on it afterwards"
+        )
 
 
 def _check_marker(marker: str, text: str) -> None:
