@@ -80,7 +80,9 @@ def lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
     )
     out = tmp / "lake"
     summary = ingest(spark, [str(inp)], str(out), deidentify=hook)
-    assert summary["frames_written"] == 52 and summary["quarantined"] == 1  # the US frame: burned-in text (no OCR here)
+    assert (
+        summary["frames_written"] == 52 and summary["quarantined"] == 1
+    )  # the US frame: burned-in text (no OCR here)
     from pyspark.sql import functions as F
 
     cohort = spark.read.parquet(str(out / "images")).select(
