@@ -279,6 +279,11 @@ MIN_GLYPH_CONTRAST = 60.0
 #: Upscaling factors of the redaction pass (each one tesseract run per polarity): text of
 #: 7-9 px is read at 3x, larger text at 2x. The verification pass reads at 2x.
 REDACT_SCALES: tuple[int, ...] = (2, 3)
+#: Upscaling factors of the redaction pass's rescan of its own output: glyph remainders at the
+#: edge of a box, and words whose neighbours hid them from the first read, are blanked too.
+RESCAN_SCALES: tuple[int, ...] = (2,)
+#: Upscaling factors of the verification pass.
+VERIFY_SCALES: tuple[int, ...] = (2,)
 #: Least word height in image pixels (smaller boxes are speckle, not 8-14 px text).
 MIN_WORD_HEIGHT = 6
 
@@ -302,7 +307,7 @@ def ocr_words(
     gray: np.ndarray,
     *,
     scales: tuple[int, ...] = (2,),
-    polarities: tuple[bool, ...] = (False, True),
+    polarities: tuple[bool, ...] = (False,),
     psm: int = 11,
     min_confidence: float = REDACT_CONFIDENCE,
     min_contrast: float = MIN_GLYPH_CONTRAST,
@@ -312,8 +317,11 @@ def ocr_words(
 
     Each (scale, polarity) variant is one tesseract run with page segmentation mode ``psm``
     (11: sparse text, as annotations are), tiled when the upscaled probe is larger than
-    :data:`MAX_OCR_SIDE`: small burned-in text (8-14 px) is read far better at 2-3x, and
-    light-on-dark and dark-on-light text each read best in one polarity. Speckle filter: words
+    :data:`MAX_OCR_SIDE`: small burned-in text (8-14 px) is read far better at 2-3x. One
+    polarity is enough by default: Tesseract 5 re-reads inverted every line it reads poorly
+    (``tessedit_do_invert``; turning that off loses more than half the words of a light-on-dark
+    ultrasound screen), so an explicit inverted run found no more words on the corpus; pass
+    ``polarities=(False, True)`` to add one anyway. Speckle filter: words
     without an alphanumeric character, below ``min_confidence``, lower than ``min_height``
     pixels, taller than ``max(24, rows / 20)`` (scale bars, Doppler blobs), or whose glyphs stand less than ``min_contrast``
     grey levels from their background (:func:`glyph_contrast`) are dropped.
@@ -327,7 +335,10 @@ def ocr_words(
     exe = _tesseract()
     rows, cols = gray.shape
     found: list[OcrWord] = []
-    for scale in scales:
+    # bounded work: a scale is used only while the upscaled probe fits MAX_OCR_SIDE (large frames,
+    # whose text is large too, are read at 1x, tiled beyond MAX_OCR_SIDE)
+    fitting = tuple(s for s in scales if max(rows, cols) * s <= MAX_OCR_SIDE) or (1,)
+    for scale in fitting:
         big = (
             gray if scale == 1 else cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
         )
@@ -433,9 +444,11 @@ def _palette(ds: Dataset) -> np.ndarray | None:
 def clean_pixel_data(ds: Dataset, regions: tuple[Region, ...], *, ocr: bool) -> PixelCleaning:
     """Blank ``regions`` and, when ``ocr``, the text Tesseract finds, then verify, in place.
 
-    With ``ocr`` the image is read (see :func:`_probes`), every word box is padded and blanked
-    in every frame together with the rule regions, and a second OCR pass reads the blanked
-    pixels: its boxes are reported as ``residual_boxes`` (the caller quarantines). When the
+    With ``ocr`` the image is read (see :func:`_probes`) after the rule regions are blanked,
+    every word box is padded and blanked in every frame, and the result is read once more
+    (:data:`RESCAN_SCALES`) to blank what the first read left; then the verification pass
+    reads the blanked pixels: its boxes are reported as ``residual_boxes`` (the caller
+    quarantines). When the
     first pass finds nothing and no rule region applies, the pixels are left untouched (and
     the second pass would read the same pixels, so it is not run).
 
@@ -460,14 +473,20 @@ def clean_pixel_data(ds: Dataset, regions: tuple[Region, ...], *, ocr: bool) -> 
     if ocr:
         t0 = time.perf_counter()
         blank_regions(frames, applied)  # rule regions first: OCR reads only what they leave
-        for probe in _probes(frames, palette):
-            boxes = [pad_box(w.box, shape) for w in ocr_words(probe, scales=REDACT_SCALES)]
-            n_boxes += len(boxes)
-            applied.extend(boxes)
+        for rescan, scales in enumerate((REDACT_SCALES, RESCAN_SCALES)):
+            if rescan and not applied:
+                break  # nothing blanked: the pixels are as read, a rescan would read the same
+            found: list[Region] = []
+            for probe in _probes(frames, palette):
+                words = ocr_words(probe, scales=scales, min_confidence=REDACT_CONFIDENCE)
+                found.extend(pad_box(w.box, shape) for w in words)
+            n_boxes += len(found)
+            applied.extend(found)
+            blank_regions(frames, found)
         if applied:
-            blank_regions(frames, applied)
             residual = sum(
-                len(ocr_words(p, min_confidence=VERIFY_CONFIDENCE)) for p in _probes(frames, palette)
+                len(ocr_words(p, scales=VERIFY_SCALES, min_confidence=VERIFY_CONFIDENCE))
+                for p in _probes(frames, palette)
             )
         seconds = time.perf_counter() - t0
     if applied:
