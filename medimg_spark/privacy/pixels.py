@@ -213,7 +213,7 @@ def ocr_probe(image: np.ndarray, palette: np.ndarray | None = None) -> np.ndarra
     return ((f - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
-def _run_tesseract(exe: str, gray: np.ndarray, psm: int) -> str:
+def _run_tesseract(exe: str, gray: np.ndarray, psm: int, thresholding: int = 0) -> str:
     import cv2
 
     with tempfile.TemporaryDirectory(prefix="medimg-ocr-") as tmp:
@@ -222,7 +222,18 @@ def _run_tesseract(exe: str, gray: np.ndarray, psm: int) -> str:
             raise OcrFailedError("the OCR probe image could not be written to a temporary file")
         try:
             proc = subprocess.run(
-                [exe, png, "stdout", "--psm", str(psm), "-l", "eng", "tsv"],
+                [
+                    exe,
+                    png,
+                    "stdout",
+                    "--psm",
+                    str(psm),
+                    "-l",
+                    "eng",
+                    "-c",
+                    f"thresholding_method={thresholding}",
+                    "tsv",
+                ],
                 capture_output=True,
                 text=True,
                 check=False,
@@ -275,39 +286,50 @@ VERIFY_CONFIDENCE = 40.0
 #: Least mean grey difference (0-255 probe) between a word's glyph and background pixels
 #: (Otsu split of its box). Measured on the corpus: burned-in text 95-255 (dim grey labels
 #: on black ~100), ultrasound speckle that Tesseract reads as short "words" mostly below 50.
-MIN_GLYPH_CONTRAST = 60.0
-#: Upscaling factors of the redaction pass (each one tesseract run per polarity): text of
-#: 7-9 px is read at 3x, larger text at 2x. The verification pass reads at 2x.
-REDACT_SCALES: tuple[int, ...] = (2, 3)
-#: Upscaling factors of the redaction pass's rescan of its own output: glyph remainders at the
-#: edge of a box, and words whose neighbours hid them from the first read, are blanked too.
-RESCAN_SCALES: tuple[int, ...] = (2,)
-#: Upscaling factors of the verification pass.
-VERIFY_SCALES: tuple[int, ...] = (2,)
+MIN_GLYPH_CONTRAST = 90.0
+#: (scale, Tesseract thresholding_method) runs of the redaction pass: global Otsu at 2x and
+#: adaptive Otsu at 3x (text of 7-9 px; dark text on light banners).
+REDACT_VARIANTS: tuple[tuple[int, int], ...] = ((2, 0), (3, 1))
+#: Runs of the redaction pass's rescan of its own output: glyph remainders at the edge of a
+#: box, and words whose neighbours hid them from the first read, are blanked too.
+RESCAN_VARIANTS: tuple[tuple[int, int], ...] = ((2, 1),)
+#: Runs of the verification pass (both thresholdings, so dim banner text is read as well).
+VERIFY_VARIANTS: tuple[tuple[int, int], ...] = ((2, 0), (2, 1))
+#: Least ratio of glyph contrast to the pooled spread inside glyph and background pixels for a
+#: word whose contrast is below :data:`MIN_GLYPH_CONTRAST` (measured: text 3.6 and above on
+#: speckle or colour bars, far more on uniform banners; speckle 2.4-3.1).
+MIN_CONTRAST_RATIO = 3.5
 #: Least word height in image pixels (smaller boxes are speckle, not 8-14 px text).
 MIN_WORD_HEIGHT = 6
 
 
-def glyph_contrast(gray: np.ndarray, box: Region) -> float:
-    """Mean grey difference between the bright and dark Otsu classes of ``box`` in ``gray``."""
+def _separable(gray: np.ndarray, box: Region, min_contrast: float) -> bool:
+    """Whether ``box`` looks like glyphs on a background rather than speckle.
+
+    Either the mean grey difference between the bright and dark Otsu classes of the box (the
+    glyph/background contrast) reaches ``min_contrast``, or
+    it is at least :data:`MIN_CONTRAST_RATIO` times the pooled spread inside the two classes
+    (dim text on a uniform banner: small contrast, near-zero spread; speckle: both similar).
+    """
     import cv2
 
     x, y, w, h = box
     patch = gray[y : y + h, x : x + w]
     if patch.size < 4:
-        return 0.0
+        return False
     t, _ = cv2.threshold(np.ascontiguousarray(patch), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    hi, lo = patch[patch > t], patch[patch <= t]
+    hi, lo = patch[patch > t].astype(np.float32), patch[patch <= t].astype(np.float32)
     if hi.size == 0 or lo.size == 0:
-        return 0.0
-    return float(hi.mean()) - float(lo.mean())
+        return False
+    contrast = float(hi.mean() - lo.mean())
+    spread = float(np.sqrt((hi.var() * hi.size + lo.var() * lo.size) / patch.size))
+    return contrast >= min_contrast or contrast >= MIN_CONTRAST_RATIO * (spread + 1.0)
 
 
 def ocr_words(
     gray: np.ndarray,
     *,
-    scales: tuple[int, ...] = (2,),
-    polarities: tuple[bool, ...] = (False,),
+    variants: tuple[tuple[int, int], ...] = ((2, 0),),
     psm: int = 11,
     min_confidence: float = REDACT_CONFIDENCE,
     min_contrast: float = MIN_GLYPH_CONTRAST,
@@ -315,16 +337,16 @@ def ocr_words(
 ) -> list[OcrWord]:
     """Words Tesseract reads in an 8-bit grey probe, boxes in probe coordinates (no text kept).
 
-    Each (scale, polarity) variant is one tesseract run with page segmentation mode ``psm``
-    (11: sparse text, as annotations are), tiled when the upscaled probe is larger than
-    :data:`MAX_OCR_SIDE`: small burned-in text (8-14 px) is read far better at 2-3x. One
-    polarity is enough by default: Tesseract 5 re-reads inverted every line it reads poorly
-    (``tessedit_do_invert``; turning that off loses more than half the words of a light-on-dark
-    ultrasound screen), so an explicit inverted run found no more words on the corpus; pass
-    ``polarities=(False, True)`` to add one anyway. Speckle filter: words
-    without an alphanumeric character, below ``min_confidence``, lower than ``min_height``
-    pixels, taller than ``max(24, rows / 20)`` (scale bars, Doppler blobs), or whose glyphs stand less than ``min_contrast``
-    grey levels from their background (:func:`glyph_contrast`) are dropped.
+    Each ``(scale, thresholding)`` variant is one tesseract run with page segmentation mode
+    ``psm`` (11: sparse text, as annotations are), tiled when the upscaled probe is larger
+    than :data:`MAX_OCR_SIDE`. Small burned-in text (8-14 px) is read far better at 2-3x (a
+    scale is lowered to the largest that fits :data:`MAX_OCR_SIDE`, at least 1). Tesseract's
+    ``thresholding_method`` 0 (global Otsu) reads light text on dark screens; 1 (adaptive,
+    tiled Otsu) also reads dark text on a light banner, which the global threshold merges into
+    the banner. Polarity needs no variant: Tesseract 5 re-reads inverted every line it reads
+    poorly (``tessedit_do_invert``). Speckle filter: words without an alphanumeric character,
+    below ``min_confidence``, lower than ``min_height`` pixels, taller than
+    ``max(24, rows / 20)`` (scale bars, Doppler blobs), or not :func:`_separable` are dropped.
 
     Raises:
         OcrUnavailableError: ``tesseract`` is not installed.
@@ -335,28 +357,26 @@ def ocr_words(
     exe = _tesseract()
     rows, cols = gray.shape
     found: list[OcrWord] = []
-    # bounded work: a scale is used only while the upscaled probe fits MAX_OCR_SIDE (large frames,
-    # whose text is large too, are read at 1x, tiled beyond MAX_OCR_SIDE)
-    fitting = tuple(s for s in scales if max(rows, cols) * s <= MAX_OCR_SIDE) or (1,)
-    for scale in fitting:
-        big = (
+    for wanted, thresholding in variants:
+        # bounded work: the upscaled probe fits MAX_OCR_SIDE, else a lower scale (large frames,
+        # whose text is large too, are read at 1x, tiled beyond MAX_OCR_SIDE)
+        scale = max(1, min(wanted, MAX_OCR_SIDE // max(rows, cols, 1)))
+        probe = (
             gray if scale == 1 else cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
         )
-        for invert in polarities:
-            probe = 255 - big if invert else big
-            for y0 in _tiles(probe.shape[0], MAX_OCR_SIDE, TILE_OVERLAP):
-                for x0 in _tiles(probe.shape[1], MAX_OCR_SIDE, TILE_OVERLAP):
-                    tile = np.ascontiguousarray(probe[y0 : y0 + MAX_OCR_SIDE, x0 : x0 + MAX_OCR_SIDE])
-                    for text, conf, (x, y, w, h) in _parse_tsv(_run_tesseract(exe, tile, psm)):
-                        if conf < min_confidence or not any(c.isalnum() for c in text):
-                            continue
-                        bx, by = (x + x0) // scale, (y + y0) // scale
-                        box = (bx, by, -(-(x + x0 + w) // scale) - bx, -(-(y + y0 + h) // scale) - by)
-                        if box[3] < min_height or box[3] > max(24, rows // 20) or box[2] > cols * 0.9:
-                            continue
-                        if glyph_contrast(gray, box) < min_contrast:
-                            continue
-                        found.append(OcrWord(box, conf))
+        for y0 in _tiles(probe.shape[0], MAX_OCR_SIDE, TILE_OVERLAP):
+            for x0 in _tiles(probe.shape[1], MAX_OCR_SIDE, TILE_OVERLAP):
+                tile = np.ascontiguousarray(probe[y0 : y0 + MAX_OCR_SIDE, x0 : x0 + MAX_OCR_SIDE])
+                for text, conf, (x, y, w, h) in _parse_tsv(_run_tesseract(exe, tile, psm, thresholding)):
+                    if conf < min_confidence or not any(c.isalnum() for c in text):
+                        continue
+                    bx, by = (x + x0) // scale, (y + y0) // scale
+                    box = (bx, by, -(-(x + x0 + w) // scale) - bx, -(-(y + y0 + h) // scale) - by)
+                    if box[3] < min_height or box[3] > max(24, rows // 20) or box[2] > cols * 0.9:
+                        continue
+                    if not _separable(gray, box, min_contrast):
+                        continue
+                    found.append(OcrWord(box, conf))
     return found
 
 
@@ -446,7 +466,7 @@ def clean_pixel_data(ds: Dataset, regions: tuple[Region, ...], *, ocr: bool) -> 
 
     With ``ocr`` the image is read (see :func:`_probes`) after the rule regions are blanked,
     every word box is padded and blanked in every frame, and the result is read once more
-    (:data:`RESCAN_SCALES`) to blank what the first read left; then the verification pass
+    (:data:`RESCAN_VARIANTS`) to blank what the first read left; then the verification pass
     reads the blanked pixels: its boxes are reported as ``residual_boxes`` (the caller
     quarantines). When the
     first pass finds nothing and no rule region applies, the pixels are left untouched (and
@@ -473,19 +493,19 @@ def clean_pixel_data(ds: Dataset, regions: tuple[Region, ...], *, ocr: bool) -> 
     if ocr:
         t0 = time.perf_counter()
         blank_regions(frames, applied)  # rule regions first: OCR reads only what they leave
-        for rescan, scales in enumerate((REDACT_SCALES, RESCAN_SCALES)):
+        for rescan, variants in enumerate((REDACT_VARIANTS, RESCAN_VARIANTS)):
             if rescan and not applied:
                 break  # nothing blanked: the pixels are as read, a rescan would read the same
             found: list[Region] = []
             for probe in _probes(frames, palette):
-                words = ocr_words(probe, scales=scales, min_confidence=REDACT_CONFIDENCE)
+                words = ocr_words(probe, variants=variants, min_confidence=REDACT_CONFIDENCE)
                 found.extend(pad_box(w.box, shape) for w in words)
             n_boxes += len(found)
             applied.extend(found)
             blank_regions(frames, found)
         if applied:
             residual = sum(
-                len(ocr_words(p, scales=VERIFY_SCALES, min_confidence=VERIFY_CONFIDENCE))
+                len(ocr_words(p, variants=VERIFY_VARIANTS, min_confidence=VERIFY_CONFIDENCE))
                 for p in _probes(frames, palette)
             )
         seconds = time.perf_counter() - t0
