@@ -234,3 +234,47 @@ def test_rule_matched_image_keeps_its_rule_and_ocr_blanks_the_rest() -> None:
         "pixel:Philips EPIQ ultrasound, 1024x768 screen, patient banner+ocr"
     ]
     assert result.dataset.BurnedInAnnotation == "NO"
+
+
+@pytest.fixture(scope="module")
+def us_ingest(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """One default ingest (OCR "auto") of two real ultrasound files: a palette-colour frame and a 30-frame YBR cine."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from medimg_spark.io.ingest import ingest
+    from medimg_spark.privacy.hook import IngestDeidentifier
+
+    if not tesseract_available():
+        pytest.skip("tesseract not installed (Debian package tesseract-ocr)")
+    tmp = tmp_path_factory.mktemp("us_ingest")
+    (tmp / "in").mkdir()
+    for name in ("OBXXXX1A.dcm", "examples_ybr_color.dcm"):
+        shutil.copy(get_testdata_file(name), tmp / "in" / name)
+    hook = IngestDeidentifier(Deidentifier(DeidConfig(), KEY))
+    summary = ingest(spark, [str(tmp / "in")], str(tmp / "out"), deidentify=hook)
+    images = pq.read_table(tmp / "out" / "images").to_pylist()
+    return {"summary": summary, "images": images, "out": tmp / "out"}
+
+
+def test_ingest_recovers_real_us_frames_with_no_residual_text(us_ingest) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow.parquet as pq
+
+    from medimg_spark.io.pixels import to_array
+
+    images = us_ingest["images"]
+    assert len(images) == 1 + 30  # every frame of both files reaches the lake
+    quarantine = pq.read_table(us_ingest["out"] / "quarantine").to_pylist()
+    assert quarantine == []
+    by_file: dict[int, list[np.ndarray]] = {}
+    for row in images:
+        by_file.setdefault(int(row["n_frames"]), []).append(to_array(row))
+    for frames in by_file.values():  # the verification read, again, on the lake's pixels
+        stack = np.stack(frames)
+        probes = [pixels.ocr_probe(stack.max(axis=0)), pixels.ocr_probe(stack[0])]
+        residual = [
+            pixels.ocr_words(p, variants=pixels.VERIFY_VARIANTS, min_confidence=pixels.VERIFY_CONFIDENCE)
+            for p in probes
+        ]
+        assert residual == [[], []]

@@ -161,6 +161,7 @@ class DeidResult:
         series_uid: New Series Instance UID (``""`` when absent).
         sop_uid: New SOP Instance UID (``""`` when absent).
         pixels_cleaned: Whether burned-in text was blanked (Clean Pixel Data applied).
+        ocr_boxes: Text boxes OCR found and blanked (0 when OCR did not run).
     """
 
     dataset: Dataset
@@ -171,6 +172,7 @@ class DeidResult:
     series_uid: str
     sop_uid: str
     pixels_cleaned: bool
+    ocr_boxes: int = 0
 
 
 @dataclass
@@ -184,6 +186,7 @@ class _Run:
     actions: list[AuditEntry] = field(default_factory=list)
     uids: dict[tuple[str, str], str] = field(default_factory=dict)
     identifiers: set[str] | None = None
+    ocr_boxes: int = 0
 
 
 def _values(value: Any) -> list[Any]:
@@ -340,6 +343,7 @@ class Deidentifier:
             series_uid=str(out.get("SeriesInstanceUID", "") or ""),
             sop_uid=str(out.get("SOPInstanceUID", "") or ""),
             pixels_cleaned=pixels_cleaned,
+            ocr_boxes=run.ocr_boxes,
         )
 
     # -- recursion -----------------------------------------------------------------------------
@@ -625,12 +629,13 @@ class Deidentifier:
                 "the tesseract binary disappeared while this image was being read; reinstall the "
                 "Debian package tesseract-ocr or set DeidConfig.ocr='off'"
             ) from None
+        run.ocr_boxes = cleaning.ocr_boxes
         if cleaning.residual_boxes:
             if not self.allow_burned_in:
                 raise ResidualTextError(
                     f"OCR still reads {cleaning.residual_boxes} text box(es) in the pixels of this "
                     f"{self._describe(src)} after {len(cleaning.regions)} region(s) were blanked; "
-                    "add a reviewed rule covering its text to a copy of "
+                    "add a reviewed pixel rule covering its text to a copy of "
                     "medimg_spark/resources/privacy/pixel_rules.yaml (DeidConfig.pixel_rules), or pass "
                     "allow_burned_in=True after checking the images"
                 )

@@ -287,20 +287,30 @@ VERIFY_CONFIDENCE = 40.0
 #: (Otsu split of its box). Measured on the corpus: burned-in text 95-255 (dim grey labels
 #: on black ~100), ultrasound speckle that Tesseract reads as short "words" mostly below 50.
 MIN_GLYPH_CONTRAST = 90.0
-#: (scale, Tesseract thresholding_method) runs of the redaction pass: global Otsu at 2x and
-#: adaptive Otsu at 3x (text of 7-9 px; dark text on light banners).
-REDACT_VARIANTS: tuple[tuple[int, int], ...] = ((2, 0), (3, 1))
-#: Runs of the redaction pass's rescan of its own output: glyph remainders at the edge of a
-#: box, and words whose neighbours hid them from the first read, are blanked too.
-RESCAN_VARIANTS: tuple[tuple[int, int], ...] = ((2, 1),)
-#: Runs of the verification pass (both thresholdings, so dim banner text is read as well).
-VERIFY_VARIANTS: tuple[tuple[int, int], ...] = ((2, 0), (2, 1))
+#: One tesseract run: (upscaling factor, Tesseract ``thresholding_method``, gamma of the probe).
+Variant = tuple[int, int, float]
+#: Runs of the redaction pass: global Otsu at 2x, adaptive Otsu at 3x (text of 7-9 px; dark
+#: text on light banners), global Otsu at 2x on the gamma-3 probe (white text on mid-grey).
+REDACT_VARIANTS: tuple[Variant, ...] = ((2, 0, 1.0), (3, 1, 1.0), (2, 0, 3.0))
+#: Runs of the verification pass: both thresholdings and the gamma-3 probe.
+VERIFY_VARIANTS: tuple[Variant, ...] = ((2, 0, 1.0), (2, 1, 1.0), (2, 0, 3.0))
+#: Runs of the redaction pass's rescans of its own output (the verification's runs, at the
+#: redaction confidence): glyph remainders at the edge of a box, and words whose neighbours hid
+#: them from the first read, are blanked too.
+RESCAN_VARIANTS: tuple[Variant, ...] = VERIFY_VARIANTS
+#: Rescans after the first read, each only while the previous one blanked something new.
+MAX_RESCANS = 2
 #: Least ratio of glyph contrast to the pooled spread inside glyph and background pixels for a
 #: word whose contrast is below :data:`MIN_GLYPH_CONTRAST` (measured: text 3.6 and above on
 #: speckle or colour bars, far more on uniform banners; speckle 2.4-3.1).
 MIN_CONTRAST_RATIO = 3.5
 #: Least word height in image pixels (smaller boxes are speckle, not 8-14 px text).
 MIN_WORD_HEIGHT = 6
+
+
+@lru_cache(maxsize=4)
+def _gamma_lut(gamma: float) -> np.ndarray:
+    return (255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)
 
 
 def _separable(gray: np.ndarray, box: Region, min_contrast: float) -> bool:
@@ -329,7 +339,7 @@ def _separable(gray: np.ndarray, box: Region, min_contrast: float) -> bool:
 def ocr_words(
     gray: np.ndarray,
     *,
-    variants: tuple[tuple[int, int], ...] = ((2, 0),),
+    variants: tuple[Variant, ...] = ((2, 0, 1.0),),
     psm: int = 11,
     min_confidence: float = REDACT_CONFIDENCE,
     min_contrast: float = MIN_GLYPH_CONTRAST,
@@ -337,13 +347,15 @@ def ocr_words(
 ) -> list[OcrWord]:
     """Words Tesseract reads in an 8-bit grey probe, boxes in probe coordinates (no text kept).
 
-    Each ``(scale, thresholding)`` variant is one tesseract run with page segmentation mode
+    Each ``(scale, thresholding, gamma)`` variant is one tesseract run with page segmentation mode
     ``psm`` (11: sparse text, as annotations are), tiled when the upscaled probe is larger
     than :data:`MAX_OCR_SIDE`. Small burned-in text (8-14 px) is read far better at 2-3x (a
     scale is lowered to the largest that fits :data:`MAX_OCR_SIDE`, at least 1). Tesseract's
     ``thresholding_method`` 0 (global Otsu) reads light text on dark screens; 1 (adaptive,
     tiled Otsu) also reads dark text on a light banner, which the global threshold merges into
-    the banner. Polarity needs no variant: Tesseract 5 re-reads inverted every line it reads
+    the banner. ``gamma`` 3 darkens mid-grey backgrounds (coloured banners, speckle) while
+    near-white annotation text stays white, so a global threshold separates it again (both
+    thresholdings alone missed such a banner line on the corpus). Polarity needs no variant: Tesseract 5 re-reads inverted every line it reads
     poorly (``tessedit_do_invert``). Speckle filter: words without an alphanumeric character,
     below ``min_confidence``, lower than ``min_height`` pixels, taller than
     ``max(24, rows / 20)`` (scale bars, Doppler blobs), or not :func:`_separable` are dropped.
@@ -357,12 +369,13 @@ def ocr_words(
     exe = _tesseract()
     rows, cols = gray.shape
     found: list[OcrWord] = []
-    for wanted, thresholding in variants:
+    for wanted, thresholding, gamma in variants:
         # bounded work: the upscaled probe fits MAX_OCR_SIDE, else a lower scale (large frames,
         # whose text is large too, are read at 1x, tiled beyond MAX_OCR_SIDE)
         scale = max(1, min(wanted, MAX_OCR_SIDE // max(rows, cols, 1)))
+        src = gray if gamma == 1.0 else _gamma_lut(gamma)[gray]
         probe = (
-            gray if scale == 1 else cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+            src if scale == 1 else cv2.resize(src, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
         )
         for y0 in _tiles(probe.shape[0], MAX_OCR_SIDE, TILE_OVERLAP):
             for x0 in _tiles(probe.shape[1], MAX_OCR_SIDE, TILE_OVERLAP):
@@ -423,11 +436,15 @@ def _probes(frames: np.ndarray, palette: np.ndarray | None) -> list[np.ndarray]:
 
     One frame: itself. Several: the maximum projection (burned-in text is static, so every
     bright text pixel of any frame is in it, while moving speckle averages into a haze) and
-    the first frame (text whose contrast the projection's haze lowers is read there).
+    the first frame (text whose contrast the projection's haze lowers is read there). A
+    palette-colour image is read both through its lookup table (what a viewer shows) and as its
+    raw indices (what the lake stores, one channel): text can be legible in either.
     """
-    if frames.shape[0] == 1:
-        return [ocr_probe(frames[0], palette)]
-    return [ocr_probe(frames.max(axis=0), palette), ocr_probe(frames[0], palette)]
+    views = [frames[0]] if frames.shape[0] == 1 else [frames.max(axis=0), frames[0]]
+    probes = [ocr_probe(v, palette) for v in views]
+    if palette is not None:
+        probes += [ocr_probe(v) for v in views]
+    return probes
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,8 +482,9 @@ def clean_pixel_data(ds: Dataset, regions: tuple[Region, ...], *, ocr: bool) -> 
     """Blank ``regions`` and, when ``ocr``, the text Tesseract finds, then verify, in place.
 
     With ``ocr`` the image is read (see :func:`_probes`) after the rule regions are blanked,
-    every word box is padded and blanked in every frame, and the result is read once more
-    (:data:`RESCAN_VARIANTS`) to blank what the first read left; then the verification pass
+    every word box is padded and blanked in every frame, and the result is read again
+    (:data:`RESCAN_VARIANTS`, up to :data:`MAX_RESCANS` times while a read blanks something new)
+    to blank what the previous read left; then the verification pass
     reads the blanked pixels: its boxes are reported as ``residual_boxes`` (the caller
     quarantines). When the
     first pass finds nothing and no rule region applies, the pixels are left untouched (and
@@ -493,10 +511,12 @@ def clean_pixel_data(ds: Dataset, regions: tuple[Region, ...], *, ocr: bool) -> 
     if ocr:
         t0 = time.perf_counter()
         blank_regions(frames, applied)  # rule regions first: OCR reads only what they leave
-        for rescan, variants in enumerate((REDACT_VARIANTS, RESCAN_VARIANTS)):
-            if rescan and not applied:
-                break  # nothing blanked: the pixels are as read, a rescan would read the same
-            found: list[Region] = []
+        found: list[Region] = []
+        for rescan in range(1 + MAX_RESCANS):
+            if rescan and not found:
+                break  # nothing newly blanked: a rescan would read the same pixels again
+            variants = RESCAN_VARIANTS if rescan else REDACT_VARIANTS
+            found = []
             for probe in _probes(frames, palette):
                 words = ocr_words(probe, variants=variants, min_confidence=REDACT_CONFIDENCE)
                 found.extend(pad_box(w.box, shape) for w in words)
