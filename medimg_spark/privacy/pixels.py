@@ -201,16 +201,27 @@ def ocr_probe(image: np.ndarray, palette: np.ndarray | None = None) -> np.ndarra
         image: Frame, (rows, cols) or (rows, cols, samples).
         palette: Optional (n, 3) lookup table applied to a palette-colour frame first.
     """
+    return _probe_and_chroma(image, palette)[0]
+
+
+def _probe_and_chroma(
+    image: np.ndarray, palette: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`ocr_probe` and, for colour, the chroma (channel max - min) on the same 0-255 scale."""
     img = image
     if palette is not None and img.ndim == 2:
         img = palette[np.clip(img.astype(np.int64), 0, len(palette) - 1)]
     f = img.astype(np.float32)
+    chroma = None
     if f.ndim == 3:
+        chroma = f.max(axis=2) - f.min(axis=2)
         f = f.max(axis=2)
     lo, hi = float(f.min()), float(f.max())
     if hi <= lo:
-        return np.zeros(f.shape, np.uint8)
-    return ((f - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        return np.zeros(f.shape, np.uint8), None
+    scale = 255.0 / (hi - lo)
+    gray = ((f - lo) * scale).astype(np.uint8)
+    return gray, None if chroma is None else np.clip(chroma * scale, 0, 255).astype(np.uint8)
 
 
 def _run_tesseract(exe: str, gray: np.ndarray, psm: int, thresholding: int = 0) -> str:
@@ -304,6 +315,9 @@ MAX_RESCANS = 2
 #: word whose contrast is below :data:`MIN_GLYPH_CONTRAST` (measured: text 3.6 and above on
 #: speckle or colour bars, far more on uniform banners; speckle 2.4-3.1).
 MIN_CONTRAST_RATIO = 3.5
+#: Largest chroma spread (0-255) of a word's bright pixels (see :func:`ocr_words`); measured:
+#: Doppler blobs read as words 29-103, white, grey or one-colour text 0-23 (JPEG chroma noise).
+MAX_CHROMA_SPREAD = 26.0
 #: Least word height in image pixels (smaller boxes are speckle, not 8-14 px text).
 MIN_WORD_HEIGHT = 6
 
@@ -311,6 +325,19 @@ MIN_WORD_HEIGHT = 6
 @lru_cache(maxsize=4)
 def _gamma_lut(gamma: float) -> np.ndarray:
     return (255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)
+
+
+def _chroma_spread(gray: np.ndarray, chroma: np.ndarray, box: Region) -> float:
+    """Standard deviation of the chroma of the bright (Otsu) pixels of ``box``."""
+    import cv2
+
+    x, y, w, h = box
+    patch = np.ascontiguousarray(gray[y : y + h, x : x + w])
+    if patch.size < 4:
+        return 0.0
+    t, _ = cv2.threshold(patch, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    bright = chroma[y : y + h, x : x + w][patch > t]
+    return float(bright.std()) if bright.size else 0.0
 
 
 def _separable(gray: np.ndarray, box: Region, min_contrast: float) -> bool:
@@ -344,6 +371,7 @@ def ocr_words(
     min_confidence: float = REDACT_CONFIDENCE,
     min_contrast: float = MIN_GLYPH_CONTRAST,
     min_height: int = MIN_WORD_HEIGHT,
+    chroma: np.ndarray | None = None,
 ) -> list[OcrWord]:
     """Words Tesseract reads in an 8-bit grey probe, boxes in probe coordinates (no text kept).
 
@@ -358,7 +386,10 @@ def ocr_words(
     thresholdings alone missed such a banner line on the corpus). Polarity needs no variant: Tesseract 5 re-reads inverted every line it reads
     poorly (``tessedit_do_invert``). Speckle filter: words without an alphanumeric character,
     below ``min_confidence``, lower than ``min_height`` pixels, taller than
-    ``max(24, rows / 20)`` (scale bars, Doppler blobs), or not :func:`_separable` are dropped.
+    ``max(24, rows / 20)`` (scale bars, Doppler blobs), or not :func:`_separable` are dropped;
+    with a ``chroma`` map, so are words whose bright pixels vary in chroma by more than
+    :data:`MAX_CHROMA_SPREAD` (colour-flow Doppler blobs shade from red to yellow; annotation
+    text is white, grey or one colour).
 
     Raises:
         OcrUnavailableError: ``tesseract`` is not installed.
@@ -388,6 +419,8 @@ def ocr_words(
                     if box[3] < min_height or box[3] > max(24, rows // 20) or box[2] > cols * 0.9:
                         continue
                     if not _separable(gray, box, min_contrast):
+                        continue
+                    if chroma is not None and _chroma_spread(gray, chroma, box) > MAX_CHROMA_SPREAD:
                         continue
                     found.append(OcrWord(box, conf))
     return found
@@ -431,19 +464,20 @@ def blank_regions(frames: np.ndarray, regions: list[Region] | tuple[Region, ...]
         frames[:, y0 : min(rows, y + h), x0 : min(cols, x + w), ...] = 0
 
 
-def _probes(frames: np.ndarray, palette: np.ndarray | None) -> list[np.ndarray]:
+def _probes(frames: np.ndarray, palette: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """The images OCR reads for a (frames, rows, cols[, samples]) array.
 
     One frame: itself. Several: the maximum projection (burned-in text is static, so every
     bright text pixel of any frame is in it, while moving speckle averages into a haze) and
     the first frame (text whose contrast the projection's haze lowers is read there). A
     palette-colour image is read both through its lookup table (what a viewer shows) and as its
-    raw indices (what the lake stores, one channel): text can be legible in either.
+    raw indices (what the lake stores, one channel): text can be legible in either. Each probe
+    comes with its chroma map (``None`` for grey) for the colour-flow filter of :func:`ocr_words`.
     """
     views = [frames[0]] if frames.shape[0] == 1 else [frames.max(axis=0), frames[0]]
-    probes = [ocr_probe(v, palette) for v in views]
+    probes = [_probe_and_chroma(v, palette) for v in views]
     if palette is not None:
-        probes += [ocr_probe(v) for v in views]
+        probes += [_probe_and_chroma(v) for v in views]
     return probes
 
 
@@ -484,11 +518,12 @@ def clean_pixel_data(ds: Dataset, regions: tuple[Region, ...], *, ocr: bool) -> 
     With ``ocr`` the image is read (see :func:`_probes`) after the rule regions are blanked,
     every word box is padded and blanked in every frame, and the result is read again
     (:data:`RESCAN_VARIANTS`, up to :data:`MAX_RESCANS` times while a read blanks something new)
-    to blank what the previous read left; then the verification pass
-    reads the blanked pixels: its boxes are reported as ``residual_boxes`` (the caller
-    quarantines). When the
-    first pass finds nothing and no rule region applies, the pixels are left untouched (and
-    the second pass would read the same pixels, so it is not run).
+    to blank what the previous read left. Then the verification pass (:data:`VERIFY_VARIANTS`,
+    :data:`VERIFY_CONFIDENCE`) reads the final pixels: its boxes are ``residual_boxes`` (the
+    caller quarantines). When the last rescan already made exactly these runs over the final
+    pixels and found nothing (even at the lower redaction confidence), its result is the
+    verification's and the runs are not repeated. When no read finds anything and no rule
+    region applies, the pixels are left untouched (the verification still reads them).
 
     The pixels are decoded, blanked and stored uncompressed (Explicit VR Little Endian when the
     source was compressed); YBR colour data decoded to RGB is relabelled RGB.
@@ -512,21 +547,27 @@ def clean_pixel_data(ds: Dataset, regions: tuple[Region, ...], *, ocr: bool) -> 
         t0 = time.perf_counter()
         blank_regions(frames, applied)  # rule regions first: OCR reads only what they leave
         found: list[Region] = []
+        clean_reread = False  # the last read was a rescan of the current pixels that found nothing
         for rescan in range(1 + MAX_RESCANS):
             if rescan and not found:
                 break  # nothing newly blanked: a rescan would read the same pixels again
             variants = RESCAN_VARIANTS if rescan else REDACT_VARIANTS
             found = []
-            for probe in _probes(frames, palette):
-                words = ocr_words(probe, variants=variants, min_confidence=REDACT_CONFIDENCE)
+            for probe, chroma in _probes(frames, palette):
+                words = ocr_words(probe, variants=variants, min_confidence=REDACT_CONFIDENCE, chroma=chroma)
                 found.extend(pad_box(w.box, shape) for w in words)
             n_boxes += len(found)
             applied.extend(found)
             blank_regions(frames, found)
-        if applied:
+            clean_reread = rescan > 0 and not found
+        if clean_reread and RESCAN_VARIANTS == VERIFY_VARIANTS and REDACT_CONFIDENCE <= VERIFY_CONFIDENCE:
+            # that rescan already was the verification read: the same runs over the same (final)
+            # pixels found no word even at the lower redaction confidence
+            residual = 0
+        else:
             residual = sum(
-                len(ocr_words(p, variants=VERIFY_VARIANTS, min_confidence=VERIFY_CONFIDENCE))
-                for p in _probes(frames, palette)
+                len(ocr_words(p, variants=VERIFY_VARIANTS, min_confidence=VERIFY_CONFIDENCE, chroma=c))
+                for p, c in _probes(frames, palette)
             )
         seconds = time.perf_counter() - t0
     if applied:
