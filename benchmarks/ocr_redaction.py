@@ -10,6 +10,12 @@ outcome, frames, text boxes the redaction pass blanked, residual boxes (an indep
 verification read of the written pixels at the verification settings: must be 0), seconds and
 seconds per frame; then the totals. ``--png-dir`` writes the first redacted frame of every written
 file for a look. Needs the ``tesseract`` binary (Debian package ``tesseract-ocr``).
+
+    python benchmarks/ocr_redaction.py --ingest DIR [DIR ...] [--master local[2]]
+
+runs the real ingest (:func:`medimg_spark.io.ingest.ingest` with the de-identification hook, as
+``medimg ingest`` does) over the folders twice, ``ocr="off"`` and ``ocr="auto"``, and prints the
+ultrasound frames in ``images`` and the quarantined US files and frames by reason.
 """
 
 from __future__ import annotations
@@ -132,8 +138,12 @@ def residual_boxes(out: pydicom.Dataset) -> int:
     frames = pixels._frames_view(arr, n, int(out.get("SamplesPerPixel", 1) or 1))
     palette = pixels._palette(out)
     return sum(
-        len(pixels.ocr_words(p, variants=pixels.VERIFY_VARIANTS, min_confidence=pixels.VERIFY_CONFIDENCE))
-        for p in pixels._probes(frames, palette)
+        len(
+            pixels.ocr_words(
+                p, variants=pixels.READ_VARIANTS, min_confidence=pixels.VERIFY_CONFIDENCE, chroma=c
+            )
+        )
+        for p, c in pixels._probes(frames, palette)
     )
 
 
@@ -221,17 +231,71 @@ def summary(rows: list[Row]) -> dict[str, object]:
     }
 
 
+def ingest_counts(inputs: list[str], master: str) -> dict[str, dict[str, object]]:
+    """US frames reaching ``images`` and US frames quarantined (by reason), without and with OCR."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from medimg_spark.io.ingest import ingest
+    from medimg_spark.privacy.hook import IngestDeidentifier
+    from medimg_spark.session import build_session
+
+    spark = build_session("ocr-redaction-benchmark", master=master)
+    counts: dict[str, dict[str, object]] = {}
+    for mode in ("off", "auto"):
+        with tempfile.TemporaryDirectory(prefix="medimg-ocr-bench-") as tmp:
+            hook = IngestDeidentifier(Deidentifier(DeidConfig(ocr=mode), KEY))  # type: ignore[arg-type]
+            t0 = time.perf_counter()
+            ingest(spark, inputs, tmp, deidentify=hook)
+            seconds = time.perf_counter() - t0
+            images = pq.read_table(f"{tmp}/images", columns=["modality", "source_path"]).to_pylist()
+            quarantine = pq.read_table(f"{tmp}/quarantine").to_pylist()
+        us_frames = sum(1 for r in images if r["modality"] == "US")
+        quarantined: dict[str, int] = {}
+        files: dict[str, int] = {}
+        for r in quarantine:
+            try:
+                with quiet_pydicom():
+                    head = pydicom.dcmread(r["source_path"], stop_before_pixels=True)
+            except Exception:
+                continue
+            if str(head.get("Modality", "")) != "US":
+                continue
+            n = int(head.get("NumberOfFrames", 1) or 1)
+            quarantined[r["error_class"]] = quarantined.get(r["error_class"], 0) + n
+            files[r["error_class"]] = files.get(r["error_class"], 0) + 1
+        counts[mode] = {
+            "us_frames_in_images": us_frames,
+            "us_frames_quarantined": quarantined,
+            "us_files_quarantined": files,
+            "ingest_seconds": round(seconds, 1),
+        }
+        print(f"ocr={mode}: {counts[mode]}", flush=True)
+    spark.stop()
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, help="write rows and totals here")
     parser.add_argument("--png-dir", type=Path, help="write the first redacted frame of each file here")
     parser.add_argument("--limit", type=int, help="only the first N files")
+    parser.add_argument(
+        "--ingest", nargs="+", metavar="DIR", help="count US frames with the real ingest instead"
+    )
+    parser.add_argument("--master", default="local[2]", help="Spark master of --ingest")
     args = parser.parse_args(argv)
     if not tesseract_available():
         print("tesseract is not installed (Debian package tesseract-ocr)", file=sys.stderr)
         return 2
     warnings.simplefilter("ignore")
+    if args.ingest:
+        counts = ingest_counts(args.ingest, args.master)
+        if args.json:
+            args.json.write_text(json.dumps(counts, indent=2))
+        return 0
     print(HEADER)
     rows = run(args.limit, args.png_dir)
     totals = summary(rows)

@@ -167,40 +167,37 @@ def _read_text(image: np.ndarray) -> str:
 
 @pytest.fixture(scope="module")
 def synthetic_us() -> dict[str, object]:
-    """A real ultrasound frame (Philips CX50) with a patient name and ID drawn on it, de-identified once."""
+    """A real colour-Doppler ultrasound frame (GE LOGIQ 700, with its own burned-in text) with a
+    patient name and ID drawn on it (8 px high, as the device's own text), de-identified once."""
     import cv2
 
     if not tesseract_available():
         pytest.skip("tesseract not installed (Debian package tesseract-ocr)")
-    ds = pydicom.dcmread(get_testdata_file("OBXXXX1A.dcm"))
+    ds = pydicom.dcmread(get_testdata_file("examples_rgb_color.dcm"))
     frame = np.array(ds.pixel_array, copy=True)
-    for text, y in ((NAME, 560), (PATIENT_ID, 585)):  # ~10 px high, in the dark margin under the sector
-        cv2.putText(frame, text, (560, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 255, 1, cv2.LINE_AA)
+    for text, y in ((NAME, 200), (PATIENT_ID, 214)):  # in the dark margin under the image
+        cv2.putText(frame, text, (175, y), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (255, 255, 255), 1, cv2.LINE_AA)
     ds.PixelData = frame.tobytes()
-    before = _read_text(frame[540:600, 540:800])
+    before = _read_text(frame[185:222, 165:320])
     result = Deidentifier(DeidConfig(), KEY).deidentify(ds)
-    out = result.dataset.pixel_array
-    return {
-        "ds": ds,
-        "frame": frame,
-        "before": before,
-        "result": result,
-        "after": _read_text(out[540:600, 540:800]),
-    }
+    after = _read_text(result.dataset.pixel_array[185:222, 165:320])
+    return {"ds": ds, "frame": frame, "before": before, "result": result, "after": after}
 
 
 def test_ocr_redacts_a_drawn_name_and_id_from_a_real_us_frame(synthetic_us) -> None:  # type: ignore[no-untyped-def]
     assert "48213377" in synthetic_us["before"] and "JANE" in synthetic_us["before"]  # readable before
     result = synthetic_us["result"]
     out = result.dataset
-    assert result.pixels_cleaned and out.BurnedInAnnotation == "NO"
+    assert result.pixels_cleaned and result.ocr_boxes > 10 and out.BurnedInAnnotation == "NO"
     assert "113101" in [i.CodeValue for i in out.DeidentificationMethodCodeSequence]
     assert [a.basis for a in result.actions if a.keyword == "PixelData"] == ["pixel:ocr"]
     after = synthetic_us["after"]
-    assert "4821" not in after and "JANE" not in after and "DOE" not in after  # unrecoverable
+    assert "4821" not in after and "3377" not in after and "JANE" not in after and "DOE" not in after
     frame, px = synthetic_us["frame"], out.pixel_array
-    assert frame[548:590, 560:660].any() and not px[548:590, 560:660].any()  # the text boxes are black
-    assert (frame[150:450, 250:550] == px[150:450, 250:550]).mean() > 0.9  # the sector mostly untouched
+    assert frame[190:218, 175:265].any() and not px[190:218, 175:265].any()  # the text boxes are black
+    for y0, y1, x0, x1 in ((178, 190, 100, 200), (225, 238, 195, 320)):  # the device's "LYMPH NODE", "TIS.."
+        assert frame[y0:y1, x0:x1].any() and not px[y0:y1, x0:x1].any()
+    assert (frame[60:160, 50:270] == px[60:160, 50:270]).mean() > 0.75  # the image mostly untouched
 
 
 def test_residual_text_after_redaction_quarantines(  # type: ignore[no-untyped-def]
@@ -210,7 +207,7 @@ def test_residual_text_after_redaction_quarantines(  # type: ignore[no-untyped-d
     # that blanks elsewhere: the verification pass must read the text and refuse the file
     monkeypatch.setattr(pixels, "REDACT_CONFIDENCE", 101.0)
     rules = tmp_path / "rules.yaml"
-    rules.write_text("rules:\n  - match: {Modality: US, Rows: 600}\n    regions: [[0, 0, 16, 16]]\n")
+    rules.write_text("rules:\n  - match: {Modality: US, Rows: 240}\n    regions: [[0, 0, 16, 16]]\n")
     config = DeidConfig(pixel_rules=str(rules))
     with pytest.raises(ResidualTextError, match="text box") as info:
         Deidentifier(config, KEY).deidentify(synthetic_us["ds"])
@@ -272,9 +269,11 @@ def test_ingest_recovers_real_us_frames_with_no_residual_text(us_ingest) -> None
         by_file.setdefault(int(row["n_frames"]), []).append(to_array(row))
     for frames in by_file.values():  # the verification read, again, on the lake's pixels
         stack = np.stack(frames)
-        probes = [pixels.ocr_probe(stack.max(axis=0)), pixels.ocr_probe(stack[0])]
+        probes = [pixels._probe_and_chroma(stack.max(axis=0)), pixels._probe_and_chroma(stack[0])]
         residual = [
-            pixels.ocr_words(p, variants=pixels.VERIFY_VARIANTS, min_confidence=pixels.VERIFY_CONFIDENCE)
-            for p in probes
+            pixels.ocr_words(
+                p, variants=pixels.READ_VARIANTS, min_confidence=pixels.VERIFY_CONFIDENCE, chroma=c
+            )
+            for p, c in probes
         ]
         assert residual == [[], []]

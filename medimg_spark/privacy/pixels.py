@@ -300,17 +300,16 @@ VERIFY_CONFIDENCE = 40.0
 MIN_GLYPH_CONTRAST = 90.0
 #: One tesseract run: (upscaling factor, Tesseract ``thresholding_method``, gamma of the probe).
 Variant = tuple[int, int, float]
-#: Runs of the redaction pass: global Otsu at 2x, adaptive Otsu at 3x (text of 7-9 px; dark
-#: text on light banners), global Otsu at 2x on the gamma-3 probe (white text on mid-grey).
-REDACT_VARIANTS: tuple[Variant, ...] = ((2, 0, 1.0), (3, 1, 1.0), (2, 0, 3.0))
-#: Runs of the verification pass: both thresholdings and the gamma-3 probe.
-VERIFY_VARIANTS: tuple[Variant, ...] = ((2, 0, 1.0), (2, 1, 1.0), (2, 0, 3.0))
-#: Runs of the redaction pass's rescans of its own output (the verification's runs, at the
-#: redaction confidence): glyph remainders at the edge of a box, and words whose neighbours hid
-#: them from the first read, are blanked too.
-RESCAN_VARIANTS: tuple[Variant, ...] = VERIFY_VARIANTS
-#: Rescans after the first read, each only while the previous one blanked something new.
-MAX_RESCANS = 2
+#: The runs of one OCR read: global Otsu at 2x, adaptive Otsu at 2x (dark text on light
+#: banners), global Otsu at 2x on the gamma-3 probe (white text on mid-grey banners). The
+#: rescans and the verification make these runs.
+READ_VARIANTS: tuple[Variant, ...] = ((2, 0, 1.0), (2, 1, 1.0), (2, 0, 3.0))
+#: The first read adds adaptive Otsu at 3x (text of 7-9 px). A verification with it as well
+#: quarantined more corpus files, on speckle and Doppler read as words at 3x.
+FIRST_READ_VARIANTS: tuple[Variant, ...] = (*READ_VARIANTS, (3, 1, 1.0))
+#: Redaction reads at most: the first, then a rescan of the blanked pixels while the previous
+#: read blanked something (glyph remainders at a box edge, words their neighbours hid).
+MAX_READS = 3
 #: Least ratio of glyph contrast to the pooled spread inside glyph and background pixels for a
 #: word whose contrast is below :data:`MIN_GLYPH_CONTRAST` (measured: text 3.6 and above on
 #: speckle or colour bars, far more on uniform banners; speckle 2.4-3.1).
@@ -515,15 +514,15 @@ def _palette(ds: Dataset) -> np.ndarray | None:
 def clean_pixel_data(ds: Dataset, regions: tuple[Region, ...], *, ocr: bool) -> PixelCleaning:
     """Blank ``regions`` and, when ``ocr``, the text Tesseract finds, then verify, in place.
 
-    With ``ocr`` the image is read (see :func:`_probes`) after the rule regions are blanked,
-    every word box is padded and blanked in every frame, and the result is read again
-    (:data:`RESCAN_VARIANTS`, up to :data:`MAX_RESCANS` times while a read blanks something new)
-    to blank what the previous read left. Then the verification pass (:data:`VERIFY_VARIANTS`,
-    :data:`VERIFY_CONFIDENCE`) reads the final pixels: its boxes are ``residual_boxes`` (the
-    caller quarantines). When the last rescan already made exactly these runs over the final
-    pixels and found nothing (even at the lower redaction confidence), its result is the
-    verification's and the runs are not repeated. When no read finds anything and no rule
-    region applies, the pixels are left untouched (the verification still reads them).
+    With ``ocr`` the image is read (see :func:`_probes`, :data:`FIRST_READ_VARIANTS`) after the rule
+    regions are blanked, every word box is padded and blanked in every frame, and the blanked
+    pixels are read again (:data:`READ_VARIANTS`), up to :data:`MAX_READS` reads while a read
+    still finds words. The
+    read of the final pixels is the verification: a read that finds no word (even at the low
+    :data:`REDACT_CONFIDENCE`) over the redacted pixels verifies them; when the last redaction
+    read still found words, one more read at :data:`VERIFY_CONFIDENCE` verifies, and its boxes
+    are ``residual_boxes`` (the caller quarantines). When the first read finds nothing and no
+    rule region applies, the pixels are left untouched (that read verified them).
 
     The pixels are decoded, blanked and stored uncompressed (Explicit VR Little Endian when the
     source was compressed); YBR colour data decoded to RGB is relabelled RGB.
@@ -546,27 +545,24 @@ def clean_pixel_data(ds: Dataset, regions: tuple[Region, ...], *, ocr: bool) -> 
     if ocr:
         t0 = time.perf_counter()
         blank_regions(frames, applied)  # rule regions first: OCR reads only what they leave
-        found: list[Region] = []
-        clean_reread = False  # the last read was a rescan of the current pixels that found nothing
-        for rescan in range(1 + MAX_RESCANS):
-            if rescan and not found:
-                break  # nothing newly blanked: a rescan would read the same pixels again
-            variants = RESCAN_VARIANTS if rescan else REDACT_VARIANTS
-            found = []
+        clean = False  # whether the last read, over the final pixels, found no word at all
+        for read in range(MAX_READS):
+            found: list[Region] = []
+            variants = READ_VARIANTS if read else FIRST_READ_VARIANTS  # each includes READ_VARIANTS
             for probe, chroma in _probes(frames, palette):
                 words = ocr_words(probe, variants=variants, min_confidence=REDACT_CONFIDENCE, chroma=chroma)
                 found.extend(pad_box(w.box, shape) for w in words)
             n_boxes += len(found)
             applied.extend(found)
             blank_regions(frames, found)
-            clean_reread = rescan > 0 and not found
-        if clean_reread and RESCAN_VARIANTS == VERIFY_VARIANTS and REDACT_CONFIDENCE <= VERIFY_CONFIDENCE:
-            # that rescan already was the verification read: the same runs over the same (final)
-            # pixels found no word even at the lower redaction confidence
-            residual = 0
-        else:
+            if not found:
+                clean = True
+                break
+        if not (clean and REDACT_CONFIDENCE <= VERIFY_CONFIDENCE):
+            # the last read still blanked words (or read less keenly than the verification would):
+            # the verification reads the result
             residual = sum(
-                len(ocr_words(p, variants=VERIFY_VARIANTS, min_confidence=VERIFY_CONFIDENCE, chroma=c))
+                len(ocr_words(p, variants=READ_VARIANTS, min_confidence=VERIFY_CONFIDENCE, chroma=c))
                 for p, c in _probes(frames, palette)
             )
         seconds = time.perf_counter() - t0
