@@ -252,8 +252,15 @@ def ingest_counts(inputs: list[str], master: str) -> dict[str, dict[str, object]
             images = pq.read_table(f"{tmp}/images", columns=["modality", "source_path"]).to_pylist()
             quarantine = pq.read_table(f"{tmp}/quarantine").to_pylist()
         us_frames = sum(1 for r in images if r["modality"] == "US")
+        by_input = {
+            root: sum(
+                1 for r in images if r["modality"] == "US" and str(Path(root).resolve()) in r["source_path"]
+            )
+            for root in inputs
+        }
         quarantined: dict[str, int] = {}
         files: dict[str, int] = {}
+        quarantined_by_input: dict[str, int] = dict.fromkeys(inputs, 0)
         for r in quarantine:
             try:
                 with quiet_pydicom():
@@ -265,8 +272,13 @@ def ingest_counts(inputs: list[str], master: str) -> dict[str, dict[str, object]
             n = int(head.get("NumberOfFrames", 1) or 1)
             quarantined[r["error_class"]] = quarantined.get(r["error_class"], 0) + n
             files[r["error_class"]] = files.get(r["error_class"], 0) + 1
+            for root in inputs:
+                if str(Path(root).resolve()) in r["source_path"]:
+                    quarantined_by_input[root] += n
         counts[mode] = {
             "us_frames_in_images": us_frames,
+            "us_frames_in_images_by_input": by_input,
+            "us_frames_quarantined_by_input": quarantined_by_input,
             "us_frames_quarantined": quarantined,
             "us_files_quarantined": files,
             "ingest_seconds": round(seconds, 1),
