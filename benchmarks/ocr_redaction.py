@@ -170,7 +170,9 @@ def run(limit: int | None, png_dir: Path | None) -> list[Row]:
             if pal is not None:
                 frame = pal[np.clip(frame.astype(np.int64), 0, len(pal) - 1)]
             if frame.ndim == 3:
-                frame = cv2.cvtColor(frame.astype(np.uint8), cv2.COLOR_RGB2BGR)
+                if frame.dtype != np.uint8:  # 16-bit palette or RGB: to 8 bits
+                    frame = (frame.astype(np.float64) * 255.0 / max(float(frame.max()), 1.0)).astype(np.uint8)
+                frame = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
             cv2.imwrite(
                 str(png_dir / f"{path.stem}.png"), pixels.ocr_probe(frame) if frame.ndim == 2 else frame
             )
