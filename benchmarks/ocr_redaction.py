@@ -128,6 +128,8 @@ def _outcome(deid: Deidentifier, ds: pydicom.Dataset) -> tuple[str, pydicom.Data
         result = deid.deidentify(ds)
     except DeidFileError as exc:
         return type(exc).__name__, None, 0
+    except Exception as exc:  # the ingest hook quarantines these as DeidProcessingError
+        return f"DeidProcessingError({type(exc).__name__})", None, 0
     return ("redacted" if result.pixels_cleaned else "written"), result.dataset, result.ocr_boxes
 
 

@@ -571,6 +571,9 @@ def clean_pixel_data(ds: Dataset, regions: tuple[Region, ...], *, ocr: bool) -> 
         photometric = str(ds.PhotometricInterpretation)
         if samples == 3 and photometric.startswith("YBR"):
             photometric = "RGB"
+        if getattr(ds, "file_meta", None) is not None:
+            # written Explicit VR Little Endian: also what lets pydicom re-encode big-endian sources
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.set_pixel_data(
             arr,
             photometric_interpretation=photometric,
