@@ -98,6 +98,18 @@ def test_compressed_source_is_written_uncompressed_when_cleaned(tmp_path: Path) 
     np.testing.assert_array_equal(a[100:], b[100:])
 
 
+def test_big_endian_source_is_cleaned_and_written_little_endian(tmp_path: Path) -> None:
+    src = pydicom.dcmread(get_testdata_file("OBXXXX1A_expb.dcm"))  # Explicit VR Big Endian
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - match: {Modality: US, Rows: 600}\n    regions: [[0, 0, 800, 60]]\n")
+    result = Deidentifier(DeidConfig(pixel_rules=str(rules), ocr="off"), KEY).deidentify(src)
+    out = result.dataset
+    assert result.pixels_cleaned and out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    a, b = src.pixel_array, out.pixel_array
+    assert a[:60].any() and not b[:60].any()
+    np.testing.assert_array_equal(a[60:], b[60:])
+
+
 def test_unmatched_text_prone_images_are_rejected_without_ocr_unless_allowed() -> None:
     us = pydicom.dcmread(get_testdata_file("US1_UNCR.dcm"))
     off = DeidConfig(ocr="off")
