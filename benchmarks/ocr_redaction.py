@@ -235,19 +235,22 @@ def summary(rows: list[Row]) -> dict[str, object]:
     }
 
 
-def ingest_counts(inputs: list[str], master: str) -> dict[str, dict[str, object]]:
+def ingest_counts(
+    inputs: list[str], master: str, modes: tuple[str, ...] = ("off", "auto")
+) -> dict[str, dict[str, object]]:
     """US frames reaching ``images`` and US frames quarantined (by reason), without and with OCR."""
     import tempfile
 
     import pyarrow.parquet as pq
 
+    from medimg_spark.io.files import local_path
     from medimg_spark.io.ingest import ingest
     from medimg_spark.privacy.hook import IngestDeidentifier
     from medimg_spark.session import build_session
 
     spark = build_session("ocr-redaction-benchmark", master=master)
     counts: dict[str, dict[str, object]] = {}
-    for mode in ("off", "auto"):
+    for mode in modes:
         with tempfile.TemporaryDirectory(prefix="medimg-ocr-bench-") as tmp:
             hook = IngestDeidentifier(Deidentifier(DeidConfig(ocr=mode), KEY))  # type: ignore[arg-type]
             t0 = time.perf_counter()
@@ -268,7 +271,7 @@ def ingest_counts(inputs: list[str], master: str) -> dict[str, dict[str, object]
         for r in quarantine:
             try:
                 with quiet_pydicom():
-                    head = pydicom.dcmread(r["source_path"], stop_before_pixels=True)
+                    head = pydicom.dcmread(local_path(r["source_path"]), stop_before_pixels=True)
             except Exception:
                 continue
             if str(head.get("Modality", "")) != "US":
@@ -302,13 +305,14 @@ def main(argv: list[str] | None = None) -> int:
         "--ingest", nargs="+", metavar="DIR", help="count US frames with the real ingest instead"
     )
     parser.add_argument("--master", default="local[2]", help="Spark master of --ingest")
+    parser.add_argument("--modes", nargs="+", default=["off", "auto"], help="ocr settings of --ingest")
     args = parser.parse_args(argv)
     if not tesseract_available():
         print("tesseract is not installed (Debian package tesseract-ocr)", file=sys.stderr)
         return 2
     warnings.simplefilter("ignore")
     if args.ingest:
-        counts = ingest_counts(args.ingest, args.master)
+        counts = ingest_counts(args.ingest, args.master, tuple(args.modes))
         if args.json:
             args.json.write_text(json.dumps(counts, indent=2))
         return 0
