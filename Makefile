@@ -10,7 +10,7 @@ N ?= 10000
 FUZZ_SEED ?= 1
 FUZZ_WORK ?= benchmarks/.cache/fuzz
 
-.PHONY: help java venv install install-dev demo test lint pytest integration browser bench fuzz dist docker clean
+.PHONY: help java venv install install-dev demo test lint pytest integration browser ci-packages bench fuzz dist docker clean
 
 help:
 	@echo "make demo   - create $(VENV), install, run the pipeline on the bundled sample data"
@@ -64,13 +64,18 @@ pytest: install-dev
 integration: install-dev
 	$(VENV)/bin/pytest -m integration $(PYTEST_ARGS)
 
-# CI only (CI=true, root, Debian): headless Chromium for the report's rendering test.
-browser:
-	@if [ "$$CI" = "true" ] && ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing Debian chromium for the report rendering test"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium install failed; its test will be skipped"; fi
+# CI only (CI=true, root, Debian): headless Chromium for the report's rendering test and Tesseract
+# (tesseract-ocr) for the OCR redaction of burned-in text; tests needing either skip without it.
+CI_PACKAGES_MISSING = $$( (command -v chromium >/dev/null 2>&1 || echo chromium); (command -v tesseract >/dev/null 2>&1 || echo tesseract-ocr) )
+ci-packages:
+	@missing="$(CI_PACKAGES_MISSING)"; \
+	if [ "$$CI" = "true" ] && [ -n "$$missing" ] && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian $$missing (report rendering test, OCR redaction tests)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) || echo "$$missing install failed; tests that need it are skipped"; fi
 
-test: lint browser pytest
+browser: ci-packages
+
+test: lint ci-packages pytest
 
 bench: install-dev
 	$(PY) benchmarks/run.py

@@ -98,9 +98,14 @@ class DeidConfig(BaseModel):
             with ``retain_safe_private``.
         clean_pixel_data: Apply the burned-in text rules (and OCR, see ``ocr``).
         pixel_rules: YAML file of pixel rules; ``None`` uses the packaged default rules.
-        ocr: ``"off"``; ``"auto"`` to also blank text that Tesseract finds when the binary is
-            installed; ``"on"`` to require it. OCR runs only on images a rule cleans or that
-            ``allow_burned_in`` lets through: it never clears an image on its own.
+        ocr: Burned-in text found by Tesseract OCR and blanked. ``"auto"`` (default) uses it when
+            the ``tesseract`` binary is installed; ``"on"`` requires it (a config error without
+            it); ``"off"`` never runs it. With OCR, a text-prone image that no rule matches is
+            read, every text box is blanked, and a second OCR pass over the blanked pixels must
+            find no text, else the file is quarantined (``ResidualTextError``); rule-matched
+            images get their rule regions plus the OCR boxes and the same verification.
+            Without OCR a text-prone image that no rule matches is quarantined
+            (``BurnedInAnnotationError``) unless ``allow_burned_in``.
         text_prone_modalities: Modalities whose pixels are presumed to carry text.
         text_prone_sop_classes: SOP Class UID prefixes presumed to carry text.
         keep: Keywords or tags of attributes outside Table E.1-1 to keep in addition to the
@@ -129,7 +134,9 @@ class DeidConfig(BaseModel):
     safe_private: str | None = Field(None, description="Safe private list YAML (null: the packaged list).")
     clean_pixel_data: bool = Field(True, description="Apply the burned-in text rules (and OCR).")
     pixel_rules: str | None = Field(None, description="Pixel rules YAML (null: the packaged rules).")
-    ocr: Literal["off", "auto", "on"] = Field("off", description="Tesseract OCR: off | auto | on.")
+    ocr: Literal["off", "auto", "on"] = Field(
+        "auto", description="Tesseract OCR redaction of burned-in text: auto | on | off."
+    )
     text_prone_modalities: tuple[str, ...] = Field(
         DEFAULT_TEXT_PRONE_MODALITIES, description="Modalities presumed to carry burned-in text."
     )

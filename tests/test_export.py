@@ -433,8 +433,8 @@ def test_burned_in_text_check_quarantines_unless_allowed() -> None:
         recipe="r",
         slices=[SliceSource("x", header_json(ds), True)],
     )
-    with pytest.raises(BurnedInAnnotationError):
-        FORMATS.get("dicom").write(item, ExportContext(key=KEY))
+    with pytest.raises(BurnedInAnnotationError):  # without OCR: refused
+        FORMATS.get("dicom").write(item, ExportContext(key=KEY, deid_config=DeidConfig(ocr="off")))
     assert FORMATS.get("dicom").write(item, ExportContext(key=KEY, allow_burned_in=True))
 
 
@@ -506,8 +506,8 @@ def test_rgb_secondary_capture_without_frame_of_reference_exports_as_dicom_and_s
     )
     seg = hd.seg.segread(io.BytesIO(FORMATS.get("seg").write(item, ExportContext(key=KEY))[0].data))
     np.testing.assert_array_equal(seg.pixel_array, mask)
-    with pytest.raises(Exception, match="burned-in"):  # Secondary Capture is text-prone: the engine refuses
-        FORMATS.get("dicom").write(item, ExportContext(key=KEY))
+    with pytest.raises(Exception, match="burned-in"):  # Secondary Capture is text-prone: refused without OCR
+        FORMATS.get("dicom").write(item, ExportContext(key=KEY, deid_config=DeidConfig(ocr="off")))
     (written,) = FORMATS.get("dicom").write(item, ExportContext(key=KEY, allow_burned_in=True))
     derived = pydicom.dcmread(io.BytesIO(written.data))
     assert derived.PhotometricInterpretation == "RGB" and "RescaleSlope" not in derived

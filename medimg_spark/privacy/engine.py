@@ -29,7 +29,12 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from medimg_spark.io.dicom import UID_SYNTAX
 from medimg_spark.privacy.allowlist import ALLOWED_TAGS, OVERLAY_STRUCTURE_ELEMENTS
 from medimg_spark.privacy.config import OPTION_CODES, DeidConfig, describe_tag
-from medimg_spark.privacy.errors import BurnedInAnnotationError, OcrUnavailableError
+from medimg_spark.privacy.errors import (
+    BurnedInAnnotationError,
+    OcrFailedError,
+    OcrUnavailableError,
+    ResidualTextError,
+)
 from medimg_spark.privacy.keys import Pseudonymizer
 from medimg_spark.privacy.pixels import (
     blank_overlay_regions,
@@ -142,6 +147,7 @@ class DeidResult:
         series_uid: New Series Instance UID (``""`` when absent).
         sop_uid: New SOP Instance UID (``""`` when absent).
         pixels_cleaned: Whether burned-in text was blanked (Clean Pixel Data applied).
+        ocr_boxes: Text boxes OCR found and blanked (0 when OCR did not run).
     """
 
     dataset: Dataset
@@ -152,6 +158,7 @@ class DeidResult:
     series_uid: str
     sop_uid: str
     pixels_cleaned: bool
+    ocr_boxes: int = 0
 
 
 @dataclass
@@ -165,6 +172,7 @@ class _Run:
     actions: list[AuditEntry] = field(default_factory=list)
     uids: dict[tuple[str, str], str] = field(default_factory=dict)
     identifiers: set[str] | None = None
+    ocr_boxes: int = 0
 
 
 def _values(value: Any) -> list[Any]:
@@ -329,6 +337,7 @@ class Deidentifier:
             series_uid=str(out.get("SeriesInstanceUID", "") or ""),
             sop_uid=str(out.get("SOPInstanceUID", "") or ""),
             pixels_cleaned=pixels_cleaned,
+            ocr_boxes=run.ocr_boxes,
         )
 
     # -- recursion -----------------------------------------------------------------------------
@@ -569,30 +578,71 @@ class Deidentifier:
         sop_class = str(ds.get("SOPClassUID", "") or "")
         return any(sop_class.startswith(p) for p in self.config.text_prone_sop_classes)
 
+    def _describe(self, src: Dataset) -> str:
+        return (
+            f"{src.get('Modality', 'unknown-modality')} image "
+            f"({src.get('Rows', '?')}x{src.get('Columns', '?')}, manufacturer "
+            f"{src.get('Manufacturer', 'unknown')!s}, model {src.get('ManufacturerModelName', 'unknown')!s})"
+        )
+
     def _pixels(self, src: Dataset, out: Dataset, run: _Run) -> bool:
+        """Burned-in text: reviewed rule regions, OCR redaction and its verification.
+
+        Returns:
+            Whether pixels were blanked (the Clean Pixel Data option applies).
+
+        Raises:
+            BurnedInAnnotationError: Text-prone, no rule matches, OCR unavailable or off and
+                ``allow_burned_in`` is off.
+            ResidualTextError: The verification OCR pass still reads text after blanking.
+            OcrFailedError: Tesseract failed or timed out on this image.
+        """
         if TAG_PIXEL_DATA not in out:
             return False
         rule = find_rule(self._rules, src) if self.config.clean_pixel_data else None
-        if rule is None and self._text_prone(src) and not self.allow_burned_in:
+        text_prone = self._text_prone(src)
+        ocr = self._use_ocr and self.config.clean_pixel_data and (rule is not None or text_prone)
+        if rule is None and text_prone and (self.allow_burned_in or not ocr):
+            if self.allow_burned_in:
+                return False  # the caller checked the images: through unchanged
             raise BurnedInAnnotationError(
-                f"the pixels of this {src.get('Modality', 'unknown-modality')} image "
-                f"({src.get('Rows', '?')}x{src.get('Columns', '?')}, manufacturer "
-                f"{src.get('Manufacturer', 'unknown')!s}, model {src.get('ManufacturerModelName', 'unknown')!s}) "
-                "may carry burned-in text and no pixel rule matches; add a rule to a copy of "
-                "medimg_spark/resources/privacy/pixel_rules.yaml and set deid.pixel_rules "
-                "(DeidConfig.pixel_rules) to it, or pass allow_burned_in=True "
+                f"the pixels of this {self._describe(src)} may carry burned-in text, no pixel rule "
+                "matches and OCR redaction is not available (install the Debian package "
+                "tesseract-ocr and keep DeidConfig.ocr 'auto' or 'on', with clean_pixel_data on); "
+                "or add a rule to a copy of medimg_spark/resources/privacy/pixel_rules.yaml and set "
+                "deid.pixel_rules (DeidConfig.pixel_rules) to it, or pass allow_burned_in=True "
                 "after checking the images"
             )
         regions = rule.regions if rule is not None else ()
-        ocr = self._use_ocr and self.config.clean_pixel_data and (rule is not None or self._text_prone(src))
         if not regions and not ocr:
             return False
-        applied = clean_pixel_data(out, regions, ocr=ocr)
-        if not applied:
+        try:
+            cleaning = clean_pixel_data(out, regions, ocr=ocr)
+        except OcrUnavailableError:
+            raise OcrFailedError(
+                "the tesseract binary disappeared while this image was being read; reinstall the "
+                "Debian package tesseract-ocr or set DeidConfig.ocr='off'"
+            ) from None
+        run.ocr_boxes = cleaning.ocr_boxes
+        if cleaning.residual_boxes:
+            if not self.allow_burned_in:
+                raise ResidualTextError(
+                    f"OCR still reads {cleaning.residual_boxes} text box(es) in the pixels of this "
+                    f"{self._describe(src)} after {len(cleaning.regions)} region(s) were blanked; "
+                    "add a reviewed pixel rule covering its text to a copy of "
+                    "medimg_spark/resources/privacy/pixel_rules.yaml (DeidConfig.pixel_rules), or pass "
+                    "allow_burned_in=True after checking the images"
+                )
+            out.BurnedInAnnotation = "YES"  # let through on request, labelled honestly
+        elif cleaning.verified or not ocr:
+            # a clean OCR verification, or (OCR off) a reviewed rule's regions blanked
+            out.BurnedInAnnotation = "NO"
+        if not cleaning.regions:
             return False
-        blank_overlay_regions(out, applied)
-        out.BurnedInAnnotation = "NO"
+        blank_overlay_regions(out, list(cleaning.regions))
         basis = f"pixel:{rule.name}" if rule is not None else "pixel:ocr"
+        if rule is not None and cleaning.ocr_boxes:
+            basis += "+ocr"
         run.actions[:] = [a for a in run.actions if a.tag_path != f"{TAG_PIXEL_DATA:08X}"]
         run.actions.append(AuditEntry(f"{TAG_PIXEL_DATA:08X}", "PixelData", "C", basis))
         return True

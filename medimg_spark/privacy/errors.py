@@ -29,6 +29,14 @@ class BurnedInAnnotationError(DeidFileError):
     """Pixels may carry burned-in text and no pixel rule covers the image."""
 
 
+class ResidualTextError(DeidFileError):
+    """OCR still reads text in the pixels after the burned-in text was blanked."""
+
+
+class OcrFailedError(DeidFileError):
+    """Tesseract failed, timed out or vanished while reading one image (the file is quarantined)."""
+
+
 class MissingIdentifierError(DeidFileError):
     """The dataset lacks an attribute needed to place the output (e.g. SOP Instance UID)."""
 
