@@ -224,7 +224,9 @@ class Deidentifier:
         config: Profile options and pixel handling.
         key: Pseudonymisation key (at least 32 bytes; see :func:`medimg_spark.privacy.load_key`).
         allow_burned_in: Let images that may carry burned-in text and match no pixel rule
-            through unchanged instead of raising :class:`BurnedInAnnotationError`.
+            through unchanged instead of raising :class:`BurnedInAnnotationError` (OCR or not),
+            and write a rule-matched image whose OCR verification still reads text with
+            Burned In Annotation = YES instead of raising :class:`ResidualTextError`.
     """
 
     def __init__(self, config: DeidConfig, key: bytes, *, allow_burned_in: bool = False) -> None:
@@ -306,8 +308,10 @@ class Deidentifier:
         """De-identify ``ds`` (left unchanged) and return the new dataset and its records.
 
         Raises:
-            BurnedInAnnotationError: The pixels may carry text, no pixel rule matches and
-                ``allow_burned_in`` is off.
+            BurnedInAnnotationError: The pixels may carry text, no pixel rule matches, OCR is
+                off or unavailable and ``allow_burned_in`` is off.
+            ResidualTextError: OCR still reads text after the redaction.
+            OcrFailedError: Tesseract failed or timed out on the image.
         """
         with quiet_pydicom():
             return self._deidentify(ds)

@@ -539,6 +539,16 @@ def clean_pixel_data(ds: Dataset, regions: tuple[Region, ...], *, ocr: bool) -> 
     frames = _frames_view(arr, n_frames, samples)
     applied: list[Region] = list(regions)
     shape = (frames.shape[1], frames.shape[2])
+    big_endian = getattr(ds, "file_meta", None) is not None and (
+        str(ds.file_meta.get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.2"
+    )
+    if ocr and big_endian and str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
+        # measured: the lookup table OCR reads and the one a reader of the re-encoded (little
+        # endian) output applies differ, so the verification would not vouch for the output
+        raise OcrFailedError(
+            "this palette-colour image is Explicit VR Big Endian (retired): its lookup table is not "
+            "read reliably for OCR; convert it to little endian (e.g. dcmconv +te) and ingest it again"
+        )
     palette = _palette(ds) if ocr else None
     n_boxes = residual = 0
     seconds = 0.0
