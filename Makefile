@@ -56,7 +56,7 @@ lint: install-dev
 	$(VENV)/bin/mypy medimg_spark
 
 pytest: install-dev
-	$(VENV)/bin/pytest -m "not integration" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not integration" --durations=25 $(PYTEST_ARGS)
 
 # Whole-pipeline runs on a standalone cluster (only the wheel shipped, --out on viewfs://), on a viewfs://
 # lake (each compared with a local run), `medimg run` from the wheel in a fresh venv and the benchmark
