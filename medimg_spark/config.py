@@ -194,14 +194,18 @@ class MedimgConfig(StrictModel):
     )
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+def format_validation_errors(err: ValidationError, source: str, what: str = "configuration") -> str:
+    """One line per pydantic error: where, what is wrong and the fix (shared by configs and policies)."""
+    lines = [f"invalid {what} in {source}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             hint = "remove it or fix its spelling"
         elif e["type"] == "missing":
             hint = "add it"
+        elif e["type"] == "value_error" and what != "configuration":
+            lines.append(f"  - {e['msg'].removeprefix('Value error, ')}")
+            continue
         else:
             hint = "change the value"
         lines.append(f"  - {loc}: {e['msg']} ({hint})")
@@ -223,7 +227,7 @@ def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> Medim
     try:
         return MedimgConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(format_validation_errors(err, source)) from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -258,7 +262,7 @@ def validate_section(model: type[BaseModel], data: Any, source: str) -> Any:
     try:
         return model.model_validate(data or {})
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(format_validation_errors(err, source)) from None
 
 
 def deid_config(cfg: MedimgConfig, source: str, options: Sequence[str] = ()) -> DeidConfig:

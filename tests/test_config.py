@@ -170,6 +170,11 @@ def test_shipped_configs_validate(path: Path) -> None:
         exp = load_experiment(path)
         assert exp.shipped.model and exp.features().extractors
         return
+    if "principals" in data:  # an access policy (conf/access-policy.yaml)
+        from medimg_spark.access import load_policy
+
+        assert load_policy(path).principals
+        return
     cfg = load_config(path)
     validate_recipes(cfg.pipeline, REPO, cfg)
     assert deid_config(cfg, path.name) == cfg.privacy

@@ -40,6 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medimg_spark.access.errors import PolicyError
+from medimg_spark.config import format_validation_errors
 
 __all__ = [
     "AccessPolicy",
@@ -545,23 +546,6 @@ class AccessPolicy(_Model):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _format(err: ValidationError, source: str) -> str:
-    lines = [f"invalid access policy in {source}:"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            hint = "remove it or fix its spelling"
-        elif e["type"] == "missing":
-            hint = "add it"
-        elif e["type"] == "value_error":
-            lines.append(f"  - {e['msg'].removeprefix('Value error, ')}")
-            continue
-        else:
-            hint = "change the value"
-        lines.append(f"  - {loc}: {e['msg']} ({hint})")
-    return "\n".join(lines)
-
-
 def parse_policy(data: Any, source: str = "<policy>") -> AccessPolicy:
     """Validate a policy mapping.
 
@@ -575,7 +559,7 @@ def parse_policy(data: Any, source: str = "<policy>") -> AccessPolicy:
     try:
         return AccessPolicy.model_validate(data)
     except ValidationError as err:
-        raise PolicyError(_format(err, source)) from None
+        raise PolicyError(format_validation_errors(err, source, "access policy")) from None
 
 
 def load_policy(path: str | os.PathLike[str]) -> AccessPolicy:

@@ -126,6 +126,32 @@ def _parse_rules(data: Any, source: str) -> tuple[PixelRule, ...]:
     return tuple(rules)
 
 
+def load_yaml(path: str | None, shipped_name: str, what: str, fix: str = "") -> tuple[Any, str]:
+    """Parse the YAML file ``path``, or the shipped ``shipped_name`` when ``path`` is None.
+
+    Returns:
+        The parsed data and a source label for messages (the path, or ``<packaged NAME>``).
+
+    Raises:
+        DeidConfigError: The file cannot be read or is not YAML (naming ``what``, the file and ``fix``).
+    """
+    if path is None:
+        text, source = shipped_resources.read_shipped(shipped_name), f"<packaged {shipped_name}>"
+    else:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise DeidConfigError(
+                f"cannot read {what} {path}: {exc.strerror}{'; ' + fix if fix else ''}"
+            ) from None
+        source = path
+    try:
+        return yaml.safe_load(text), source
+    except yaml.YAMLError as exc:
+        raise DeidConfigError(f"{what} {source} is not valid YAML: {exc}") from None
+
+
 @lru_cache(maxsize=16)
 def load_pixel_rules(path: str | None = None) -> tuple[PixelRule, ...]:
     """Load pixel rules from ``path`` or from the packaged defaults (cached per process).
@@ -133,20 +159,7 @@ def load_pixel_rules(path: str | None = None) -> tuple[PixelRule, ...]:
     Raises:
         DeidConfigError: When the file is missing or malformed.
     """
-    if path is None:
-        text = shipped_resources.read_shipped(shipped_resources.PIXEL_RULES)
-        source = f"<packaged {shipped_resources.PIXEL_RULES}>"
-    else:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise DeidConfigError(f"cannot read pixel rule file {path}: {exc.strerror}") from None
-        source = path
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DeidConfigError(f"pixel rule file {source} is not valid YAML: {exc}") from None
+    data, source = load_yaml(path, shipped_resources.PIXEL_RULES, "pixel rule file")
     return _parse_rules(data, source)
 
 

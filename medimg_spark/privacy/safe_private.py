@@ -10,10 +10,8 @@ from __future__ import annotations
 import functools
 import re
 
-import yaml
-
-from medimg_spark import resources as shipped_resources
 from medimg_spark.privacy.errors import DeidConfigError
+from medimg_spark.privacy.pixels import load_yaml
 
 SAFE_PRIVATE_FILE = "privacy/safe_private.yaml"
 #: VRs a safe private attribute may have: numbers and numeric strings only (the review's criterion 2).
@@ -66,20 +64,5 @@ def load_safe_private(path: str | None = None) -> SafePrivateList:
     Raises:
         DeidConfigError: The file is missing or malformed (the message names the entry and the fix).
     """
-    if path is None:
-        text = shipped_resources.read_shipped(SAFE_PRIVATE_FILE)
-        source = f"<packaged {SAFE_PRIVATE_FILE}>"
-    else:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise DeidConfigError(
-                f"cannot read the safe private list {path}: {exc.strerror}; fix privacy.safe_private"
-            ) from None
-        source = path
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DeidConfigError(f"safe private list {source} is not valid YAML: {exc}") from None
+    data, source = load_yaml(path, SAFE_PRIVATE_FILE, "safe private list", "fix privacy.safe_private")
     return _parse(data, source)
