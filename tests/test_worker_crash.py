@@ -49,7 +49,9 @@ def _slow_dicom(path: Path) -> None:
     ds.save_as(path)
 
 
+# ~50 s (a worker killed mid-file, the task retried): `make integration`
 @pytest.mark.slow
+@pytest.mark.integration
 def test_worker_killed_mid_file_is_retried_and_the_file_quarantined(tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
