@@ -289,3 +289,24 @@ def test_ingest_recovers_real_us_frames_with_no_residual_text(us_ingest) -> None
             for p, c in probes
         ]
         assert residual == [[], []]
+
+
+def test_pixels_over_the_decode_limit_are_never_decoded_by_deid() -> None:
+    """OCR and pixel rules decode in de-identification: pixels over the ingest limit are hidden from it."""
+    from medimg_spark.errors import ImageTooLargeError
+    from medimg_spark.io.dicom import parse_dicom
+
+    seen: list[bool] = []
+
+    def deidentify(ds: pydicom.Dataset) -> pydicom.Dataset:
+        seen.append("PixelData" in ds)
+        return ds
+
+    data = Path(get_testdata_file("US1_UNCR.dcm")).read_bytes()  # 480x640 RGB: 921,600 bytes decoded
+    parsed = parse_dicom(data, deidentify=deidentify, max_decoded_bytes=100_000)
+    assert seen == [False]  # the header was de-identified, the pixels not handed over
+    with pytest.raises(ImageTooLargeError, match="max_decoded_bytes = 100000"):
+        assert parsed.decode is not None
+        list(parsed.decode())
+    parse_dicom(data, deidentify=deidentify, max_decoded_bytes=10_000_000)
+    assert seen == [False, True]

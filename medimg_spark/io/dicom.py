@@ -708,6 +708,16 @@ def stored_photometric(ds: Any, channels: int) -> str | None:
     return pi
 
 
+def _check_decoded_size(ds: Any, n_frames: int, size: int | None, max_decoded_bytes: int | None) -> None:
+    """Refuse pixels whose decoding would need more than ``max_decoded_bytes`` (ImageTooLargeError)."""
+    if max_decoded_bytes is not None and size is not None and size > max_decoded_bytes:
+        raise ImageTooLargeError(
+            f"decoding needs {size} bytes ({n_frames} frame(s) of {_int(_get(ds, 'Rows'))}x"
+            f"{_int(_get(ds, 'Columns'))}), over ingest.max_decoded_bytes = {max_decoded_bytes}; "
+            "raise the limit (and the worker memory) or split the file"
+        )
+
+
 def parse_dicom(
     data: bytes, deidentify: Callable[[Any], Any] | None = None, max_decoded_bytes: int | None = None
 ) -> ParsedFile:
@@ -732,8 +742,16 @@ def parse_dicom(
     n_frames = number_of_frames(ds) if has_pixels else 0
     size = decoded_size(ds, n_frames) if has_pixels else None
     if deidentify is not None:
+        # de-identification may decode the pixels (pixel rules, OCR): pixels over the decode limit are
+        # hidden from it and put back undecoded, for decode() to refuse (ImageTooLargeError) as without deid
+        oversize = max_decoded_bytes is not None and size is not None and size > max_decoded_bytes
+        held = [ds.data_element(k) for k in _PIXEL_KEYWORDS if k in ds] if oversize else []
+        for elem in held:
+            del ds[elem.tag]
         try:
             ds = deidentify(ds)
+            for elem in held:
+                ds[elem.tag] = elem
         except Exception as exc:
             exc.medimg_stage = "deid"  # type: ignore[attr-defined]
             raise
@@ -769,12 +787,7 @@ def parse_dicom(
     }
 
     def decode() -> Iterator[Frame]:
-        if max_decoded_bytes is not None and size is not None and size > max_decoded_bytes:
-            raise ImageTooLargeError(
-                f"decoding needs {size} bytes ({n_frames} frame(s) of {_int(_get(ds, 'Rows'))}x"
-                f"{_int(_get(ds, 'Columns'))}), over ingest.max_decoded_bytes = {max_decoded_bytes}; "
-                "raise the limit (and the worker memory) or split the file"
-            )
+        _check_decoded_size(ds, n_frames, size, max_decoded_bytes)
         check_pixel_header(ds, n_frames)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
