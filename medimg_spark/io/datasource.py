@@ -365,14 +365,33 @@ def split_files(files: dict[str, int], unread: list[UnreadFile], plan: ReadPlan)
     else:
         slices = task_slices([size for _, size in rows], plan.parallelism)
     readable = [(p, s) for p, s in rows if s <= limit]
-    # contiguous slices of equal count, as SparkContext.parallelize cuts a list
-    bounds = [(i * len(rows)) // slices for i in range(slices + 1)]
-    keep = set(readable)
-    parts = [
-        FilesPartition(i, [r for r in rows[bounds[i] : bounds[i + 1]] if r in keep], unread if i == 0 else [])
-        for i in range(slices)
-    ]
-    return parts
+    if plan.files_per_task:
+        # contiguous slices of equal count, as SparkContext.parallelize cuts a list
+        bounds = [(i * len(readable)) // slices for i in range(slices + 1)]
+        groups = [readable[bounds[i] : bounds[i + 1]] for i in range(slices)]
+    else:
+        groups = balance_slices(readable, slices)
+    return [FilesPartition(i, group, unread if i == 0 else []) for i, group in enumerate(groups)]
+
+
+def balance_slices(rows: list[tuple[str, int]], slices: int) -> list[list[tuple[str, int]]]:
+    """Deal files into ``slices`` tasks of about equal weight (size plus the open cost), largest first.
+
+    Greedy longest-processing-time assignment: a folder of large files (a multi-frame series, a set of
+    ultrasound cines that OCR reads frame by frame) listed together is spread over the tasks instead of
+    landing in one task that every other core then waits for. Deterministic; each task keeps listing order.
+    """
+    from medimg_spark.io.planning import LOCAL_OPEN_COST
+
+    slices = max(1, slices)
+    loads = [0] * slices
+    members: list[list[int]] = [[] for _ in range(slices)]
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i][1], i))
+    for i in order:
+        k = min(range(slices), key=lambda j: (loads[j], j))
+        loads[k] += rows[i][1] + LOCAL_OPEN_COST
+        members[k].append(i)
+    return [[rows[i] for i in sorted(m)] for m in members]
 
 
 def _unread_row(item: UnreadFile, run_id: str, paths: Any = None) -> dict[str, Any]:
