@@ -181,6 +181,11 @@ def tesseract_available() -> bool:
 MAX_OCR_SIDE = 2400
 #: Overlap of neighbouring tiles, in probe pixels (a word cut by one tile edge is whole in the other).
 TILE_OVERLAP = 96
+#: Tesseract processes one OCR read runs at once (each single-threaded, ``OMP_THREAD_LIMIT=1``): the
+#: runs of a read are independent, and a text-prone cine at the tail of a Spark stage otherwise reads
+#: its 4-8 probes one after another while the other cores idle. The results are taken in job order,
+#: so the boxes found do not depend on it.
+OCR_WORKERS = 2
 #: Seconds one tesseract call may take before the file is quarantined (:class:`OcrFailedError`).
 OCR_TIMEOUT_S = 60.0
 
@@ -407,11 +412,14 @@ def ocr_words(
         OcrUnavailableError: ``tesseract`` is not installed.
         OcrFailedError: A tesseract run failed or timed out.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import cv2
 
     exe = _tesseract()
     rows, cols = gray.shape
-    found: list[OcrWord] = []
+    # one job per (variant, tile): (tile pixels, scale, x0, y0, thresholding)
+    jobs: list[tuple[np.ndarray, int, int, int, int]] = []
     for wanted, thresholding, gamma in variants:
         # bounded work: the upscaled probe fits MAX_OCR_SIDE, else a lower scale (large frames,
         # whose text is large too, are read at 1x, tiled beyond MAX_OCR_SIDE)
@@ -423,18 +431,27 @@ def ocr_words(
         for y0 in _tiles(probe.shape[0], MAX_OCR_SIDE, TILE_OVERLAP):
             for x0 in _tiles(probe.shape[1], MAX_OCR_SIDE, TILE_OVERLAP):
                 tile = np.ascontiguousarray(probe[y0 : y0 + MAX_OCR_SIDE, x0 : x0 + MAX_OCR_SIDE])
-                for text, conf, (x, y, w, h) in _parse_tsv(_run_tesseract(exe, tile, psm, thresholding)):
-                    if conf < min_confidence or not any(c.isalnum() for c in text):
-                        continue
-                    bx, by = (x + x0) // scale, (y + y0) // scale
-                    box = (bx, by, -(-(x + x0 + w) // scale) - bx, -(-(y + y0 + h) // scale) - by)
-                    if box[3] < min_height or box[3] > max(24, rows // 20) or box[2] > cols * 0.9:
-                        continue
-                    if not _separable(gray, box, min_contrast):
-                        continue
-                    if chroma is not None and _chroma_spread(gray, chroma, box) > MAX_CHROMA_SPREAD:
-                        continue
-                    found.append(OcrWord(box, conf))
+                jobs.append((tile, scale, x0, y0, thresholding))
+    workers = min(OCR_WORKERS, len(jobs))
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            outputs = list(pool.map(lambda j: _run_tesseract(exe, j[0], psm, j[4]), jobs))
+    else:
+        outputs = [_run_tesseract(exe, j[0], psm, j[4]) for j in jobs]
+    found: list[OcrWord] = []
+    for (_, scale, x0, y0, _), tsv in zip(jobs, outputs, strict=True):
+        for text, conf, (x, y, w, h) in _parse_tsv(tsv):
+            if conf < min_confidence or not any(c.isalnum() for c in text):
+                continue
+            bx, by = (x + x0) // scale, (y + y0) // scale
+            box = (bx, by, -(-(x + x0 + w) // scale) - bx, -(-(y + y0 + h) // scale) - by)
+            if box[3] < min_height or box[3] > max(24, rows // 20) or box[2] > cols * 0.9:
+                continue
+            if not _separable(gray, box, min_contrast):
+                continue
+            if chroma is not None and _chroma_spread(gray, chroma, box) > MAX_CHROMA_SPREAD:
+                continue
+            found.append(OcrWord(box, conf))
     return found
 
 
