@@ -1,0 +1,59 @@
+"""How ingest deals listed files into read tasks (no Spark: the planning is a pure function)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medimg_spark.io.datasource import balance_slices
+from medimg_spark.io.planning import LOCAL_OPEN_COST, task_slices
+
+HOSTILE = Path(__file__).parent / "data" / "hostile"  # copies of ../shared/data/hostile
+
+
+def _listing(root: Path) -> list[tuple[str, int]]:
+    rows = []
+    for folder, _, names in sorted(os.walk(root)):
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            rows.append((path, os.path.getsize(path)))
+    return rows
+
+
+def test_large_files_listed_together_go_to_different_tasks() -> None:
+    # listing order puts the three big files of one folder last, as a directory walk does
+    rows = [(f"a/{i:02d}.dcm", 50_000) for i in range(10)] + [
+        ("cines/1.dcm", 40 << 20),
+        ("cines/2.dcm", 30 << 20),
+        ("cines/3.dcm", 20 << 20),
+    ]
+    groups = balance_slices(rows, 3)
+    assert sorted(r for g in groups for r in g) == sorted(rows)  # every file exactly once
+    cines = [[r[0] for r in g if r[0].startswith("cines/")] for g in groups]
+    assert sorted(len(c) for c in cines) == [1, 1, 1]
+    for g in groups:  # each task reads in listing order
+        assert g == sorted(g, key=rows.index)
+    loads = [sum(s + LOCAL_OPEN_COST for _, s in g) for g in groups]
+    assert max(loads) - min(loads) <= max(s for _, s in rows) + LOCAL_OPEN_COST
+    assert balance_slices(rows, 3) == groups  # deterministic
+
+
+def test_hostile_regression_folder_spreads_its_big_files() -> None:
+    """The three stray-delimiter files (a 65-frame cine among them, OCR'd at ingest) used to share one task."""
+    rows = _listing(HOSTILE)
+    assert len(rows) > 3, f"the hostile regression files are missing from {HOSTILE}"
+    n = task_slices([s for _, s in rows], 2)
+    groups = balance_slices(rows, n)
+    assert sorted(r for g in groups for r in g) == sorted(rows)
+    biggest = max(rows, key=lambda r: r[1])
+    with_biggest = next(g for g in groups if biggest in g)
+    stray = [r for r in rows if "stray-delimiters" in r[0]]
+    assert sum(r in with_biggest for r in stray) == 1, [r[0] for r in with_biggest]
+
+
+def test_fewer_files_than_tasks_and_one_task() -> None:
+    rows = [("x.dcm", 10), ("y.dcm", 5)]
+    assert balance_slices(rows, 1) == [rows]
+    groups = balance_slices(rows, 4)
+    assert [g for g in groups if g] == [[("x.dcm", 10)], [("y.dcm", 5)]]
+    assert balance_slices([], 2) == [[], []]
