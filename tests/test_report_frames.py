@@ -28,6 +28,8 @@ BIG = "MR-SIEMENS-DICOM-WithOverlays.dcm"
 SMALL = ("emri_small.dcm", "MR_small.dcm")
 RECIPE = "name: smooth\nsteps:\n  - op: gaussian\n    sigma: 1.0\n"
 BROKEN_HASH = "b0" * 32
+NOTE = "0:gaussian: σ=0.012 below floor 0.020: skipped"
+REASON = "output is constant (0.5): the recipe lost the image"
 FIGURE = re.compile(r'<figure( class="degenerate")?>(.*?)<figcaption>([^<]*)</figcaption></figure>', re.S)
 
 
@@ -42,15 +44,23 @@ def _figures(html_text: str) -> list[tuple[bool, str, str]]:
 
 
 @pytest.fixture(scope="module")
-def lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Ingest (de-identified, no OCR), one gaussian recipe and the quality stage on three real MR files."""
+def lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One lake and its report (a single build keeps the file fast).
+
+    Ingest (de-identified, no OCR), a gaussian recipe ``smooth`` and the quality stage on three real MR
+    files; ``processed`` is rewritten without a recipe_trace column (an older lake), then a recipe
+    ``smooth_broken`` is appended: the 484×484 frame with constant pixels and a recipe_trace note, plus
+    one frame quarantined as ``DegenerateOutputError`` (preprocess's format: step ``check``).
+    """
     from pydicom.data import get_testdata_file
+    from pyspark.sql import functions as F
 
     from medimg_spark.io.ingest import ingest
     from medimg_spark.preprocess import preprocess
     from medimg_spark.privacy import DeidConfig, Deidentifier, generate_key_file
     from medimg_spark.privacy.hook import IngestDeidentifier
     from medimg_spark.quality_stage import quality_report
+    from medimg_spark.schema import QUARANTINE_SCHEMA
 
     root = tmp_path_factory.mktemp("report_frames")
     inp = root / "in"
@@ -69,126 +79,105 @@ def lake(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     recipe.write_text(RECIPE)
     assert preprocess(spark, str(out), str(recipe))["frames_processed"] == 12
     quality_report(spark, str(out))
-    return out
 
-
-def _copy(lake: Path, dest: Path, spark: Any, *, drop_trace: bool) -> Path:
-    """A copy of the lake; ``drop_trace`` rewrites ``processed`` without a recipe_trace column."""
-    shutil.copytree(lake, dest)
-    if drop_trace:
-        src = spark.read.parquet(str(lake / "processed"))
-        shutil.rmtree(dest / "processed")
-        src.drop(TRACE_COLUMN).write.parquet(str(dest / "processed"))
-    return dest
-
-
-def test_real_size_frame_first_and_labels_without_ids(spark: Any, lake: Path, tmp_path: Path) -> None:
-    from pyspark.sql import functions as F
-
-    out = _copy(lake, tmp_path / "old", spark, drop_trace=True)  # an older lake: no recipe_trace column
-    assert TRACE_COLUMN not in spark.read.parquet(str(out / "processed")).columns
-    frames = spark.read.parquet(str(out / "processed")).select("image_id", "rows").collect()
-    big_id = next(r["image_id"] for r in frames if r["rows"] == 484)
-    assert min(r["image_id"] for r in frames) != big_id  # the old pick (smallest id) was a 64×64 frame
-    source = {
-        r["image_id"]: r["source_path"]
-        for r in spark.read.parquet(str(out / "images")).select("image_id", "source_path").collect()
-    }
-
-    summary = build_report(spark, str(out), ReportConfig(thumbs_per_recipe=2))
-    assert summary["sections"]["thumbnails"] and summary["warnings"] == []
-    text = Path(summary["path"]).read_text(encoding="utf-8")
-    figs = _figures(text)
-    assert len(figs) == 2 and summary["thumbnails"] == 4
-    (_, body0, cap0), (_, body1, cap1) = figs
-    assert "484×484×1" in body0 and "64×64×1" in body1  # the real-size frame first, then another file
-    assert cap0.startswith(f"MR · smooth · {file_label(source[big_id])} · id {big_id[:12]}")
-    assert re.fullmatch(
-        r"MR · smooth · deid-[0-9a-f]{8}…\.dcm( frame \d+/10)? · id [0-9a-f]{12} · label —", cap1
-    )
-    thumbs = _section(text, "thumbnails")
-    assert not re.search(r"[0-9a-f]{64}", thumbs)  # no full image id, not even in alt texts
-    assert "trace:" not in thumbs and 'class="degenerate"' not in thumbs
-    for name in (BIG, *SMALL):  # ingest de-identified the file names: only pseudonyms are shown
-        assert Path(name).stem not in text
-    n_rows = spark.read.parquet(str(out / "processed")).where(F.col("rows") == 64).count()
-    assert n_rows == 11
-
-
-def test_constant_after_frame_is_flagged_and_degenerate_quarantine_listed(
-    spark: Any, lake: Path, tmp_path: Path
-) -> None:
-    """A broken recipe's constant output carries the red flag; its quarantined frame is counted and listed."""
-    from pyspark.sql import functions as F
-
-    from medimg_spark.schema import QUARANTINE_SCHEMA
-
-    out = _copy(lake, tmp_path / "broken", spark, drop_trace=False)
     processed = spark.read.parquet(str(out / "processed"))
-    big = processed.where(F.col("rows") == 484)
-    row = big.select("rows", "cols", "dtype").first()
-    constant = np.full((row["rows"], row["cols"]), 3, dtype=np.dtype(row["dtype"])).tobytes()
-    note = "0:gaussian: σ=0.012 below floor 0.020: skipped"
-    broken = (
-        big.withColumn("recipe_name", F.lit("smooth_broken"))
+    old = processed.drop(TRACE_COLUMN) if TRACE_COLUMN in processed.columns else processed
+    old.write.parquet(str(root / "processed_old"))
+    shutil.rmtree(out / "processed")
+    (root / "processed_old").rename(out / "processed")
+    old = spark.read.parquet(str(out / "processed"))
+    frames = old.select("image_id", "rows", "cols", "dtype").collect()
+    big = next(r for r in frames if r["rows"] == 484)
+    constant = np.full((big["rows"], big["cols"]), 3, dtype=np.dtype(big["dtype"])).tobytes()
+    (
+        old.where(F.col("image_id") == big["image_id"])
+        .withColumn("recipe_name", F.lit("smooth_broken"))
         .withColumn("recipe_hash", F.lit(BROKEN_HASH))
         .withColumn("pixels", F.lit(bytearray(constant)))
         .withColumn("mask", F.lit(None).cast("binary"))
+        .withColumn(TRACE_COLUMN, F.lit(NOTE))
+        .write.mode("append")
+        .parquet(str(out / "processed"))
     )
-    if TRACE_COLUMN in broken.columns:
-        broken = broken.drop(TRACE_COLUMN)
-    broken.withColumn(TRACE_COLUMN, F.lit(note)).write.mode("append").parquet(str(out / "processed"))
-    image = spark.read.parquet(str(out / "images")).where(F.col("rows") == 64).orderBy("image_id").first()
-    reason = "output is constant (0.5): the recipe lost the image"
+    images = spark.read.parquet(str(out / "images")).select(
+        "image_id", "source_path", "file_sha256", "frame_index", "rows"
+    )
+    small = images.where(F.col("rows") == 64).orderBy("image_id").first()
     spark.createDataFrame(
         [
             (
-                image["source_path"],
-                image["file_sha256"],
+                small["source_path"],
+                small["file_sha256"],
                 None,
-                image["frame_index"],
+                small["frame_index"],
                 "preprocess",
                 "check",
                 "DegenerateOutputError",
-                f"recipe smooth_broken recipe_hash={BROKEN_HASH}: step check: {reason}",
+                f"recipe smooth_broken recipe_hash={BROKEN_HASH}: step check: {REASON}",
                 "preprocess-20261130T000000Z-abcdef",
                 None,
             )
         ],
         QUARANTINE_SCHEMA,
     ).write.mode("append").parquet(str(out / "quarantine"))
+    report = build_report(spark, str(out), ReportConfig(thumbs_per_recipe=2))
+    return {
+        "out": out,
+        "summary": report,
+        "html": Path(report["path"]).read_text(encoding="utf-8"),
+        "frames": frames,
+        "big": big,
+        "small": small,
+        "source": {r["image_id"]: r["source_path"] for r in images.collect()},
+        "quality": json.loads((out / "metrics" / "quality.json").read_text()),
+    }
 
-    summary = build_report(spark, str(out), ReportConfig(thumbs_per_recipe=1))
-    assert summary["warnings"] == []
-    text = Path(summary["path"]).read_text(encoding="utf-8")
-    figs = _figures(text)
+
+def test_real_size_frame_first_and_labels_without_ids(lake: dict[str, Any]) -> None:
+    summary, text, big_id = lake["summary"], lake["html"], lake["big"]["image_id"]
+    assert min(r["image_id"] for r in lake["frames"]) != big_id  # the old pick (smallest id): 64×64
+    assert summary["sections"]["thumbnails"] and summary["warnings"] == []
+    smooth = [(d, body, cap) for d, body, cap in _figures(text) if cap.split(" · ")[1] == "smooth"]
+    assert len(smooth) == 2
+    (d0, body0, cap0), (d1, body1, cap1) = smooth
+    assert "484×484×1" in body0 and "64×64×1" in body1  # the real-size frame first, then another file
+    assert cap0.startswith(f"MR · smooth · {file_label(lake['source'][big_id])} · id {big_id[:12]}")
+    assert re.fullmatch(
+        r"MR · smooth · deid-[0-9a-f]{8}…\.dcm( frame \d+/10)? · id [0-9a-f]{12} · label —", cap1
+    )
+    assert not d0 and not d1 and "trace:" not in body0 + body1  # no recipe_trace column: no notes
+    thumbs = _section(text, "thumbnails")
+    assert not re.search(r"[0-9a-f]{64}", thumbs)  # no full image id, not even in alt texts
+    for name in (BIG, *SMALL):  # ingest de-identified the file names: only pseudonyms are shown
+        assert Path(name).stem not in text
+
+
+def test_constant_after_frame_is_flagged_and_degenerate_quarantine_listed(lake: dict[str, Any]) -> None:
+    """The broken recipe's constant output carries the red flag; its quarantined frame is counted and listed."""
+    figs = _figures(lake["html"])
+    assert lake["summary"]["thumbnails"] == 2 * (2 + 1)
     flagged = [(body, cap) for degenerate, body, cap in figs if degenerate]
     assert [cap.split(" · ")[:2] for _, cap in flagged] == [["MR", "smooth_broken"]]
     body = flagged[0][0]
-    assert "degenerate: constant (3)" in body and f"trace: {note}" in body
-    assert all("smooth_broken" not in cap for d, _, cap in figs if not d)  # the real recipe: no flag
-    thumbs = _section(text, "thumbnails")
+    assert "degenerate: constant (3)" in body and f"trace: {NOTE}" in body
+    thumbs = _section(lake["html"], "thumbnails")
     assert "1 frame quarantined as degenerate outputs" in thumbs
     table = re.search(r'<table class="degenerate">(.*?)</table>', thumbs, re.S)
     assert table is not None
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", table.group(1))
-    assert cells == [file_label(image["source_path"]), str(image["frame_index"]), "check", reason]
+    small = lake["small"]
+    assert cells == [file_label(small["source_path"]), str(small["frame_index"]), "check", REASON]
     assert thumbs.index("smooth_broken") < thumbs.index('<table class="degenerate">')
 
 
-def test_quality_summary_reads_noise_and_cnr_medians(spark: Any, lake: Path) -> None:
-    data = json.loads((lake / "metrics" / "quality.json").read_text())
-    (group,) = data["groups"]
-    summary = build_report(spark, str(lake))
-    page = Path(summary["path"]).read_text(encoding="utf-8")
-    harm = re.search(r'<table class="harm">(.*?)</table>', _section(page, "quality"), re.S)
+def test_quality_summary_reads_noise_and_cnr_medians(lake: dict[str, Any]) -> None:
+    (group,) = lake["quality"]["groups"]
+    harm = re.search(r'<table class="harm">(.*?)</table>', _section(lake["html"], "quality"), re.S)
     assert harm is not None
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", harm.group(1))
     noise = group["metrics"]["noise_sigma"]
-    b, a = noise["before"]["median"], noise["after"]["median"]
-    assert cells[:3] == ["smooth", "MR", "12"]
-    assert cells[5] == ("WORSE" if a > b else "no")
-    assert a < b  # a gaussian blur lowers the MAD noise estimate of these frames
+    assert noise["after"]["median"] < noise["before"]["median"]  # a gaussian blur lowers the MAD σ
+    assert cells[:3] == ["smooth", "MR", "12"] and cells[5] == "no"
     cnr = harm_cell(group["metrics"]["cnr"], "higher")
     assert cells[10] == ("WORSE" if cnr.worse else "no")
 
