@@ -153,7 +153,7 @@ def test_report_is_self_contained_and_complete(run: dict[str, Any]) -> None:
     for _, title in SECTIONS:
         assert title in page.headings
     assert "Not run yet" not in text
-    # classify: 4 smallest image ids; chest_xray: both DICOM frames; each before and after
+    # classify: 4 frames of the one npz; chest_xray: both DICOM frames (one per file); each before and after
     assert summary["thumbnails"] == 2 * (4 + 2)
     assert len(page.images) == summary["images"] >= summary["thumbnails"] + 3 + 2 + 4
     for src in page.images:

@@ -7,6 +7,7 @@ bounded sample of quality-metric values reach the driver; whole tables of pixels
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -218,13 +219,185 @@ def _dataset(ctx: _Ctx) -> tuple[bool, str]:
 # ----------------------------------------------------------------------------- 2. thumbnails
 
 
-def _thumbnails(ctx: _Ctx) -> tuple[bool, str]:
-    from pyspark.sql import functions as F
+TRACE_COLUMN = "recipe_trace"
+"""Optional ``processed`` column: the recipe's per-frame branch notes joined by "; " (null in older lakes)."""
+
+DEGENERATE_ERROR = "DegenerateOutputError"
+"""``error_class`` of the frames preprocess quarantined because the recipe's output was degenerate."""
+
+_HASH_IN_MESSAGE = re.compile(r"recipe_hash=([0-9a-f]+)")
+_MESSAGE_PREFIX = re.compile(r"^recipe \S+ recipe_hash=[0-9a-f]+: (?:step )?([^:]*): ")
+_PSEUDONYM = re.compile(r"^(deid-[0-9a-f]{8})[0-9a-f]+$")
+FILE_LABEL_MAX = 28
+"""Longest file label of a thumbnail (characters); longer basenames are cut in the middle."""
+
+
+@dataclass(frozen=True)
+class _Pick:
+    """One frame chosen for the thumbnails of a recipe, with what its label is made of."""
+
+    recipe_hash: str
+    image_id: str
+    modality: str | None
+    source_path: str | None
+    frame_index: int | None
+    n_frames: int | None
+
+
+def file_label(source_path: str | None) -> str:
+    """A short label of a frame's file: the basename of ``source_path``, shortened.
+
+    In a de-identified lake ``source_path`` is already a pseudonym (``deid-<32 hex>.dcm``); it is cut to
+    ``deid-<8 hex>…`` plus the extension. Other long basenames keep their start and extension. Folders are
+    never shown. ``None`` or an empty path gives ``"?"``.
+    """
+    if not source_path:
+        return "?"
+    name = basename(source_path) or "?"
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem or len(ext) > 5 or not ext.isalnum():
+        stem, ext = name, ""
+    suffix = f".{ext}" if ext else ""
+    short = _PSEUDONYM.match(stem)
+    if short:
+        return f"{short.group(1)}…{suffix}"
+    if len(name) <= FILE_LABEL_MAX:
+        return name
+    keep = max(FILE_LABEL_MAX - len(suffix) - 1, 4)
+    return f"{stem[:keep]}…{suffix}"
+
+
+def _processed(ctx: _Ctx) -> DataFrame | None:
+    """``processed`` read with its schema plus :data:`TRACE_COLUMN` (null where the files lack it)."""
+    from pyspark.sql.types import StringType, StructField, StructType
 
     from medimg_spark.preprocess import PROCESSED_SCHEMA
+
+    schema = PROCESSED_SCHEMA
+    if TRACE_COLUMN not in schema.fieldNames():
+        schema = StructType([*schema.fields, StructField(TRACE_COLUMN, StringType(), True)])
+    return ctx.read("processed", schema)
+
+
+def _pick_frames(ctx: _Ctx, processed: DataFrame, images: DataFrame | None, hashes: list[str]) -> list[_Pick]:
+    """Up to ``report.thumbs_per_recipe`` representative frames per recipe, in one job (ids only, no pixels).
+
+    Real-size frames first: each source file's largest frame (rows × cols), the modalities taken in
+    turn by their largest frame, then the files' next frames; ties by image id. A PneumoniaMNIST npz
+    (thousands of 28×28 frames in one file) therefore shows several frames only after every other file.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    cand = processed.where(F.col("recipe_hash").isin(hashes)).select(
+        "recipe_hash", "image_id", "modality", (F.col("rows") * F.col("cols")).alias("_area")
+    )
+    if images is not None:
+        files = images.select("image_id", "source_path", "file_sha256", "frame_index", "n_frames")
+        cand = cand.join(files.dropDuplicates(["image_id"]), "image_id", "left")
+    else:
+        cand = cand.select(
+            "*",
+            *[
+                F.lit(None).cast(t).alias(c)
+                for c, t in (("source_path", "string"), ("file_sha256", "string"))
+            ],
+            *[F.lit(None).cast("int").alias(c) for c in ("frame_index", "n_frames")],
+        )
+    cand = cand.withColumn("_file", F.coalesce("file_sha256", "source_path", "image_id"))
+    size = [F.col("_area").desc(), F.col("image_id")]
+    per_file = Window.partitionBy("recipe_hash", "_file").orderBy(*size)
+    per_modality = Window.partitionBy("recipe_hash", "modality", "_file_rank").orderBy(*size)
+    per_recipe = Window.partitionBy("recipe_hash").orderBy("_file_rank", "_mod_rank", *size)
+    rows = (
+        cand.withColumn("_file_rank", F.row_number().over(per_file))
+        .withColumn("_mod_rank", F.row_number().over(per_modality))
+        .withColumn("_rank", F.row_number().over(per_recipe))
+        .where(F.col("_rank") <= ctx.cfg.thumbs_per_recipe)
+        .select("recipe_hash", "image_id", "modality", "source_path", "frame_index", "n_frames", "_rank")
+        .orderBy("recipe_hash", "_rank")
+        .collect()
+    )
+    return [
+        _Pick(
+            recipe_hash=r["recipe_hash"],
+            image_id=r["image_id"],
+            modality=r["modality"],
+            source_path=r["source_path"],
+            frame_index=r["frame_index"],
+            n_frames=r["n_frames"],
+        )
+        for r in rows
+    ]
+
+
+@dataclass
+class _Degenerate:
+    """Frames preprocess quarantined as degenerate outputs, per recipe_hash: the count and a few rows."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, list[tuple[str, int | None, str, str]]] = field(default_factory=dict)
+
+
+def _degenerate_outputs(ctx: _Ctx) -> _Degenerate:
+    """Quarantined ``DegenerateOutputError`` frames (contract: preprocess, step ``check``), per recipe.
+
+    The recipe is read from the quarantine message (``recipe NAME recipe_hash=H: ...``); only counts and
+    at most ``report.max_table_rows`` rows (file label, frame, step, reason) reach the driver.
+    """
+    from pyspark.sql import functions as F
+
+    from medimg_spark.schema import QUARANTINE_SCHEMA
+
+    found = _Degenerate()
+    q = ctx.read("quarantine", QUARANTINE_SCHEMA)
+    if q is None:
+        return found
+    q = q.where((F.col("stage") == "preprocess") & (F.col("error_class") == DEGENERATE_ERROR)).withColumn(
+        "_hash", F.regexp_extract("error_message", _HASH_IN_MESSAGE.pattern, 1)
+    )
+    for r in q.groupBy("_hash").count().collect():
+        found.counts[str(r["_hash"])] = int(r["count"])
+    if not found.counts:
+        return found
+    for r in (
+        q.select("_hash", "source_path", "frame_index", "step", "error_message")
+        .orderBy("_hash", "source_path", "frame_index")
+        .limit(ctx.cfg.max_table_rows)
+        .collect()
+    ):
+        message = str(r["error_message"])
+        head = _MESSAGE_PREFIX.match(message)
+        reason = message[head.end() :] if head else message
+        step = str(r["step"] or (head.group(1) if head else ""))
+        found.rows.setdefault(str(r["_hash"]), []).append(
+            (file_label(r["source_path"]), r["frame_index"], step, reason)
+        )
+    return found
+
+
+def _degenerate_block(found: _Degenerate, recipe_hash: str) -> str:
+    """The flag and table of one recipe's degenerate outputs (empty when there are none)."""
+    n = found.counts.get(recipe_hash, 0)
+    if not n:
+        return ""
+    rows = found.rows.get(recipe_hash, [])
+    more = f" (first {len(rows)} listed)" if len(rows) < n else ""
+    return (
+        f'<p class="flag">{n} frame{"s" if n != 1 else ""} quarantined as degenerate outputs '
+        f"({DEGENERATE_ERROR}: constant, not finite or most information lost), never written as "
+        f"images{more}:</p>" + H.table(["file", "frame", "step", "reason"], rows, css_class="degenerate")
+    )
+
+
+def _thumbnails(ctx: _Ctx) -> tuple[bool, str]:
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
     from medimg_spark.schema import IMAGES_SCHEMA
 
-    processed = ctx.read("processed", PROCESSED_SCHEMA)
+    processed = _processed(ctx)
     if processed is None:
         return False, H.not_run("DIR/processed", "Run medimg preprocess --out DIR --recipe NAME.")
     images = ctx.read("images", IMAGES_SCHEMA)
@@ -236,61 +409,77 @@ def _thumbnails(ctx: _Ctx) -> tuple[bool, str]:
         .collect()
     )
     parts = [
-        f'<p class="muted">Up to {ctx.cfg.thumbs_per_recipe} frames per recipe (smallest image ids), each scaled '
-        "min-max to 8 bits; the orange outline is the recipe's mask.</p>"
+        f'<p class="muted">Up to {ctx.cfg.thumbs_per_recipe} frames per recipe, real-size first (the largest '
+        "frame of each source file, modalities in turn), each scaled min-max to 8 bits; the orange outline "
+        "is the recipe's mask. Labels: modality · recipe · file (de-identified name, shortened) · image id "
+        "prefix. A red frame marks a constant or near-constant output.</p>"
     ]
     if len(recipes) > ctx.cfg.max_recipes:
         parts.append(f'<p class="muted">Showing the first {ctx.cfg.max_recipes} recipes by name.</p>')
-    from functools import reduce
-
-    from pyspark.sql import Window
-
     shown = recipes[: ctx.cfg.max_recipes]
-    hashes = [r["recipe_hash"] for r in shown]
-    # the report.thumbs_per_recipe smallest image ids of every recipe in one job (ids only, no pixels)
-    rank = F.row_number().over(Window.partitionBy("recipe_hash").orderBy("image_id"))
-    picked: dict[str, list[str]] = {}
-    for r in (
-        processed.where(F.col("recipe_hash").isin(hashes))
-        .select("recipe_hash", "image_id")
-        .withColumn("_rank", rank)
-        .where(F.col("_rank") <= ctx.cfg.thumbs_per_recipe)
-        .orderBy("recipe_hash", "image_id")
-        .collect()
-    ):
-        picked.setdefault(r["recipe_hash"], []).append(r["image_id"])
+    picks = _pick_frames(ctx, processed, images, [r["recipe_hash"] for r in shown])
+    by_recipe: dict[str, list[_Pick]] = {}
+    for p in picks:
+        by_recipe.setdefault(p.recipe_hash, []).append(p)
     cols = ["image_id", "modality", "label", "rows", "cols", "channels", "dtype", "pixels"]
     after: dict[tuple[str, str], Any] = {}
-    if picked:
+    if by_recipe:
         exact = reduce(
             lambda x, y: x | y,
-            [(F.col("recipe_hash") == h) & F.col("image_id").isin(ids) for h, ids in picked.items()],
+            [
+                (F.col("recipe_hash") == h) & F.col("image_id").isin([p.image_id for p in ps])
+                for h, ps in by_recipe.items()
+            ],
         )
-        for r in processed.where(exact).select("recipe_hash", *cols, "mask").collect():
+        for r in processed.where(exact).select("recipe_hash", *cols, "mask", TRACE_COLUMN).collect():
             after[(r["recipe_hash"], r["image_id"])] = r
-    all_ids = sorted({i for ids in picked.values() for i in ids})
+    all_ids = sorted({p.image_id for p in picks})
     before = (
         {}
         if images is None or not all_ids
         else {r["image_id"]: r for r in _ids_in(images, all_ids).select(*cols).collect()}
     )
+    degenerate = _degenerate_outputs(ctx)
     for rec in shown:
         h = rec["recipe_hash"]
         parts.append(
             f'<h3>{H.esc(rec["recipe_name"])} <span class="muted">recipe_hash {H.esc(h[:12])}'
-            f' · {int(rec["count"])} frames</span></h3><div class="grid">'
+            f" · {int(rec['count'])} frames</span></h3>"
         )
-        for image_id in picked.get(h, []):
-            parts.append(_thumb_pair(ctx, image_id, before.get(image_id), after.get((h, image_id))))
+        parts.append(_degenerate_block(degenerate, h))
+        parts.append('<div class="grid">')
+        for p in by_recipe.get(h, []):
+            parts.append(
+                _thumb_pair(
+                    ctx, str(rec["recipe_name"]), p, before.get(p.image_id), after.get((h, p.image_id))
+                )
+            )
         parts.append("</div>")
+    names = {r["recipe_hash"]: r["recipe_name"] for r in shown}
+    for h in sorted(set(degenerate.counts) - set(names)):
+        parts.append(
+            f'<h3>recipe_hash {H.esc(h[:12] or "?")} <span class="muted">no frame processed</span></h3>'
+        )
+        parts.append(_degenerate_block(degenerate, h))
     return True, "".join(parts)
 
 
-def _thumb_pair(ctx: _Ctx, image_id: str, before: Any, after: Any) -> str:
+def thumb_label(modality: Any, recipe: str, pick: _Pick) -> str:
+    """``modality · recipe · file label [frame i/n] · id <12 hex>``: never the 64-character id alone."""
+    parts = [str(modality or "?"), recipe, file_label(pick.source_path)]
+    if pick.n_frames is not None and pick.n_frames > 1 and pick.frame_index is not None:
+        parts[-1] += f" frame {pick.frame_index + 1}/{pick.n_frames}"
+    parts.append(f"id {pick.image_id[:12]}")
+    return " · ".join(parts)
+
+
+def _thumb_pair(ctx: _Ctx, recipe: str, pick: _Pick, before: Any, after: Any) -> str:
     import numpy as np
 
+    ref = after if after is not None else before
+    label = thumb_label(ref["modality"] if ref is not None else pick.modality, recipe, pick)
     cells = []
-    caption = [image_id]
+    flagged: str | None = None
     for name, row in (("before", before), ("after", after)):
         if row is None:
             cells.append(f'<div class="muted">{name}: not found</div>')
@@ -300,20 +489,27 @@ def _thumb_pair(ctx: _Ctx, image_id: str, before: Any, after: Any) -> str:
             mask = None
             if name == "after" and row["mask"] is not None:
                 mask = np.frombuffer(row["mask"], dtype=np.uint8).reshape(int(row["rows"]), int(row["cols"]))
+            reason = I.degenerate_reason(arr) if name == "after" else None
             uri = I.png_uri(I.thumbnail(arr, mask))
         except ValueError as exc:
             cells.append(f'<div class="muted">{name}: {H.esc(exc)}</div>')
-            ctx.warn(f"thumbnail {name} of {image_id}: {exc}")
+            ctx.warn(f"thumbnail {name} of {label}: {exc}")
             continue
         ctx.n_thumbnails += 1
         shape = f"{row['rows']}×{row['cols']}×{row['channels']} {row['dtype']}"
+        flag = ""
+        if reason is not None:
+            flagged = reason
+            flag = f'<br><span class="flag">degenerate: {H.esc(reason)}</span>'
         cells.append(
-            f"<div>{ctx.picture(uri, f'{name} {image_id}', 'thumb')}{H.esc(name)}<br>{H.esc(shape)}</div>"
+            f"<div>{ctx.picture(uri, f'{name} {label}', 'thumb')}{H.esc(name)}<br>{H.esc(shape)}{flag}</div>"
         )
-    ref = after if after is not None else before
-    if ref is not None:
-        caption += [f"modality {H.fmt(ref['modality'])}", f"label {H.fmt(ref['label'])}"]
-    return H.figure(f'<div class="pair">{"".join(cells)}</div>', " · ".join(caption))
+    body = f'<div class="pair">{"".join(cells)}</div>'
+    trace = after[TRACE_COLUMN] if after is not None else None
+    if trace:
+        body += f'<div class="trace">trace: {H.esc(trace)}</div>'
+    caption = label if ref is None else f"{label} · label {H.fmt(ref['label'])}"
+    return H.figure(body, caption, "degenerate" if flagged else "")
 
 
 # ----------------------------------------------------------------------------- 3. quality
@@ -344,6 +540,7 @@ def _quality(ctx: _Ctx) -> tuple[bool, str]:
             ctx.warn(f"metrics/{basename(path)} has no 'groups' list; re-run medimg quality --out DIR")
         return True, ""
     parts = [f'<p class="muted">quality.json generated {H.esc(data.get("generated_at"))}.</p>']
+    parts.append(_harm_table(data["groups"]))
     samples = _metric_samples(ctx, data["groups"])
     for g in data["groups"]:
         metrics = g.get("metrics") or {}
@@ -387,6 +584,87 @@ def _quality(ctx: _Ctx) -> tuple[bool, str]:
             )
         parts.append(H.figure(ctx.picture(uri, f"quality metrics {title}"), caption))
     return True, "".join(parts)
+
+
+HARM_METRICS = (("noise_sigma", "noise σ", "lower"), ("cnr", "CNR", "higher"))
+"""The do-no-harm metrics of the quality section's summary: key in quality.json, label, better direction
+(used when a group's metric has no ``direction``)."""
+
+
+@dataclass(frozen=True)
+class HarmCell:
+    """One metric of one quality.json group: medians before/after, whether the median got worse, shares."""
+
+    before: float | None
+    after: float | None
+    worse: bool | None
+    improved_share: float | None
+    no_worse_share: float | None
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def harm_cell(metric: Any, default_direction: str) -> HarmCell:
+    """Read one metric of a quality.json group defensively (missing keys give None).
+
+    ``worse``: the after median is on the wrong side of the before median for the metric's direction.
+    ``no_worse_share``: the first numeric key naming a "no worse"/"not worse" share, if the file has one.
+    """
+    m = metric if isinstance(metric, Mapping) else {}
+    b = _num((m.get("before") or {}).get("median")) if isinstance(m.get("before"), Mapping) else None
+    a = _num((m.get("after") or {}).get("median")) if isinstance(m.get("after"), Mapping) else None
+    direction = m.get("direction") if m.get("direction") in ("higher", "lower") else default_direction
+    worse = None if a is None or b is None else (a > b if direction == "lower" else a < b)
+    no_worse = next(
+        (_num(v) for k, v in m.items() if "worse" in str(k) and "share" in str(k) and _num(v) is not None),
+        None,
+    )
+    return HarmCell(b, a, worse, _num(m.get("improved_share")), no_worse)
+
+
+def _harm_table(groups: list[Any]) -> str:
+    """Per recipe and modality: median noise σ and CNR before → after and whether they got worse."""
+    headers = ["recipe", "modality", "frames"]
+    for _, label, _direction in HARM_METRICS:
+        headers += [
+            f"{label} before",
+            f"{label} after",
+            f"{label} worse?",
+            f"{label} improved share",
+            f"{label} no-worse share",
+        ]
+    rows: list[list[Any]] = []
+    worse_groups: list[str] = []
+    compared = 0
+    for g in groups:
+        if not isinstance(g, Mapping):
+            continue
+        found = g.get("metrics")
+        metrics: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+        row: list[Any] = [g.get("recipe_name"), g.get("modality"), g.get("frames")]
+        bad = []
+        for key, label, direction in HARM_METRICS:
+            c = harm_cell(metrics.get(key), direction)
+            row += [c.before, c.after, "WORSE" if c.worse else c.worse, c.improved_share, c.no_worse_share]
+            if c.worse:
+                bad.append(label)
+            compared += c.worse is not None
+        if bad:
+            worse_groups.append(f"{g.get('recipe_name')} · {g.get('modality')} ({', '.join(bad)})")
+        rows.append(row)
+    intro = (
+        "<h3>Do no harm: noise σ (lower is better) and CNR (higher is better), medians before → after</h3>"
+    )
+    verdict = (
+        f'<p class="flag">Worse after the recipe (median): {H.esc("; ".join(worse_groups))}</p>'
+        if worse_groups
+        else '<p class="muted">No recipe worsened the median noise σ or CNR of its frames.</p>'
+        if compared
+        else '<p class="muted">quality.json has no noise σ or CNR medians to compare.</p>'
+    )
+    return intro + H.table(headers, rows, css_class="harm") + verdict
 
 
 Sample = tuple[dict[str, list[float]], dict[str, list[float]], int]

@@ -36,6 +36,9 @@ figcaption { font-size: 12px; color: #475467; max-width: 340px; word-break: brea
 .pair { display: flex; gap: 6px; align-items: flex-end; }
 .pair div { text-align: center; font-size: 11px; color: #667085; }
 img.thumb { image-rendering: pixelated; display: block; }
+figure.degenerate { border: 2px solid #d92d20; background: #fdeaea; }
+.flag { color: #b42318; font-weight: 600; }
+.trace { font-size: 11px; color: #475467; max-width: 340px; margin-top: 4px; }
 .kv td:first-child { color: #475467; }
 table.runs td:first-child { white-space: nowrap; }
 """
@@ -100,9 +103,10 @@ def img(data_uri: str, alt: str, css_class: str = "") -> str:
     return f'<img{cls} src="{data_uri}" alt="{esc(alt)}">'
 
 
-def figure(body: str, caption: str) -> str:
+def figure(body: str, caption: str, css_class: str = "") -> str:
     """A ``<figure>`` with an escaped caption (``body`` is trusted HTML built here)."""
-    return f"<figure>{body}<figcaption>{esc(caption)}</figcaption></figure>"
+    cls = f' class="{esc(css_class)}"' if css_class else ""
+    return f"<figure{cls}>{body}<figcaption>{esc(caption)}</figcaption></figure>"
 
 
 def not_run(what: str, how: str) -> str:

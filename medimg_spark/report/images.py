@@ -48,6 +48,40 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(u8, cv2.COLOR_RGB2BGR) if u8.ndim == 3 else u8
 
 
+DEGENERATE_SAMPLES = 65536
+"""Pixels sampled (a regular stride) for the near-constant test of :func:`degenerate_reason`."""
+
+
+def degenerate_reason(image: np.ndarray) -> str | None:
+    """Why a frame is not worth showing as an image, or None: a cheap check of a recipe's output.
+
+    ``"all values non-finite"``; ``"constant (v)"`` (every finite value equal); ``"near-constant"``
+    when the 1st and 99th percentiles of a strided sample of at most :data:`DEGENERATE_SAMPLES` pixels
+    are equal (98 % of the frame is one value, which min-max display would hide by stretching the rest);
+    ``"N % of values non-finite"`` when more than half are NaN or infinite.
+    """
+    a = np.asarray(image)
+    if a.size == 0:
+        return "empty frame"
+    finite = np.isfinite(a) if a.dtype.kind == "f" else None
+    if finite is not None and not finite.any():
+        return "all values non-finite"
+    vals = a[finite] if finite is not None else a
+    lo, hi = vals.min(), vals.max()
+    if lo == hi:
+        return f"constant ({float(lo):g})"
+    if finite is not None and (bad := 1.0 - float(finite.mean())) > 0.5:
+        return f"{bad:.0%} of values non-finite"
+    step = max(1, math.ceil(math.sqrt(a.shape[0] * a.shape[1] / DEGENERATE_SAMPLES)))
+    sample = a[::step, ::step].astype(np.float64).ravel()
+    sample = sample[np.isfinite(sample)]
+    if sample.size:
+        p1, p99 = np.percentile(sample, [1, 99])
+        if p1 == p99:
+            return f"near-constant (98 % of pixels = {p1:g})"
+    return None
+
+
 def _fit(u8: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     """Resize to at most ``max_side``: area-downscale large frames, integer nearest-upscale tiny ones."""
     h, w = u8.shape[:2]
