@@ -163,6 +163,7 @@ def test_mllib_models_driver_spark_and_reload_agree(spark, run_dir: Path, data: 
         "mllib_rf": {"numTrees": 20},
         "mllib_gbt": {"maxIter": 10},
         "mllib_mlp": {"hidden": [8], "maxIter": 100},
+        "mllib_linear_svc": {"maxIter": 25},  # each OWL-QN iteration is a Spark job: 200 took ~60 s
     }
     res = train(spark, run_dir, name, {"params": params.get(name, {})})
     assert res["kind"] == "mllib" and res["classes"] == ["0", "1"]

@@ -31,7 +31,6 @@ from medimg_spark.privacy import (
     read_vault,
     reidentify,
     run_deid,
-    tesseract_available,
 )
 from tests.phi import collect_phi, find_phi
 
@@ -109,7 +108,9 @@ def deid_run(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
 """
     )
     vault_key = generate_key_file(tmp / "secrets" / "vault.key")
-    config = DeidConfig(pixel_rules=str(rules))
+    # OCR off: Tesseract on the 768 x 1024 US frames is most of this module's time (minutes under load);
+    # OCR redaction, its verification and OCR in a Spark ingest are tested in test_privacy_pixels
+    config = DeidConfig(pixel_rules=str(rules), ocr="off")
     out = tmp / "out"
     summary = run_deid(
         spark,
@@ -125,7 +126,7 @@ def deid_run(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
         spark,
         [str(inp / "series"), str(inp / "humans" / "ctbrain1.dcm")],
         str(out2),
-        DeidConfig(pixel_rules=str(rules), retain_longitudinal_modified_dates=True),
+        DeidConfig(pixel_rules=str(rules), retain_longitudinal_modified_dates=True, ocr="off"),
         KEY,
     )
     return {
@@ -164,16 +165,15 @@ def _input_dicoms(inp: Path) -> list[tuple[Path, Dataset]]:
 def test_summary_counts(deid_run) -> None:  # type: ignore[no-untyped-def]
     s = deid_run["summary"]
     assert s["files_in"] == 17
-    # with tesseract (ocr="auto"): the cookie SC and US1_UNCR (US, no rule) are OCR-redacted,
-    # verified and written; without it both are quarantined as possibly carrying burned-in text
-    ocr = tesseract_available()
-    assert s["quarantined"].get("BurnedInAnnotationError", 0) == (0 if ocr else 2)
+    # OCR off: the cookie SC and US1_UNCR (US, no pixel rule) are quarantined as possibly carrying
+    # burned-in text; the two US files a rule matches are cleaned by the rule and written
+    assert s["quarantined"].get("BurnedInAnnotationError", 0) == 2
     assert s["quarantined"].get("ResidualTextError", 0) == 0
     assert s["quarantined"].get("UnsupportedFormatError") == 1
     assert s["quarantined"].get("MissingIdentifierError") == 1  # nested_priv_SQ: no UIDs
     # ctbrain1/2 share one SOP Instance UID: written once, the second is identical or a duplicate
-    assert s["written"] + s["quarantined"].get("DuplicateInstanceError", 0) == (15 if ocr else 13)
-    assert s["written"] >= (14 if ocr else 12) and s["pixels_cleaned"] == (4 if ocr else 2)
+    assert s["written"] + s["quarantined"].get("DuplicateInstanceError", 0) == 13
+    assert s["written"] >= 12 and s["pixels_cleaned"] == 2
     assert json.loads((deid_run["out"] / "deid_summary.json").read_text()) == s
     q = pq.read_table(deid_run["out"] / "quarantine").to_pylist()
     assert {r["stage"] for r in q} == {"deid"} and len(q) == s["quarantined_total"]
@@ -182,11 +182,9 @@ def test_summary_counts(deid_run) -> None:  # type: ignore[no-untyped-def]
 
     names = {Pseudonymizer(KEY).path_pseudonym(str(p.resolve())): p.name for p in deid_run["inp"].rglob("*")}
     by_name = {names[r["source_path"]]: r for r in q}
-    if ocr:
-        assert "US1_UNCR.dcm" not in by_name and "image1.dcm" not in by_name
-    else:
-        assert by_name["US1_UNCR.dcm"]["error_class"] == "BurnedInAnnotationError"
-        assert "pixel rule" in by_name["US1_UNCR.dcm"]["error_message"]
+    for name in ("US1_UNCR.dcm", "image1.dcm"):
+        assert by_name[name]["error_class"] == "BurnedInAnnotationError"
+        assert "pixel rule" in by_name[name]["error_message"]
 
 
 def test_no_phi_in_any_output(deid_run) -> None:  # type: ignore[no-untyped-def]
@@ -263,9 +261,7 @@ def test_ultrasound_banners_blanked(deid_run) -> None:  # type: ignore[no-untype
         out = pydicom.dcmread(outputs[_sha(src_path)])
         a, b = src.pixel_array, out.pixel_array
         assert src.pixel_array[:band].any() and not b[:band].any()  # the reviewed rule's band
-        changed = a[band:700] != b[band:700]
-        assert not b[band:700][changed].any()  # outside it, pixels are only ever blacked out (OCR boxes)
-        assert changed.mean() < (0.2 if tesseract_available() else 1e-12)
+        np.testing.assert_array_equal(b[band:700], a[band:700])  # OCR off: only the rule's band is blanked
         assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
         assert out.BurnedInAnnotation == "NO"
         assert "113101" in {i.CodeValue for i in out.DeidentificationMethodCodeSequence}
