@@ -558,9 +558,15 @@ def score_against(ref: Array, baseline: Array, output: Array) -> FullReferenceSc
 
 
 def full_reference(
-    recipe: Recipe, clean: Array, degraded: Array, meta: Mapping[str, Any] | None = None
+    recipe: Recipe,
+    clean: Array,
+    degraded: Array,
+    meta: Mapping[str, Any] | None = None,
+    trace: list[str] | None = None,
 ) -> FullReferenceScore:
     """Score ``recipe`` on one (clean, degraded) pair by the protocol of the module doc.
+
+    ``trace``, when a list, receives the recipe's branch notes on the degraded frame (see ``apply_recipe``).
 
     Raises:
         RecipeStepError: the recipe (or its reference pipeline) failed on a frame.
@@ -571,5 +577,7 @@ def full_reference(
     unit = reference_recipe(recipe)
     ref, _ = apply_recipe(unit, clean, meta)
     baseline, _ = apply_recipe(unit, degraded, meta)
-    output, _ = apply_recipe(recipe, degraded, meta)
+    output, _ = (
+        apply_recipe(recipe, degraded, meta) if trace is None else apply_recipe(recipe, degraded, meta, trace)
+    )
     return score_against(ref, baseline, output)
