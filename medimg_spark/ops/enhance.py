@@ -291,7 +291,7 @@ class GuardMeasure:
         return out
 
     def summary(self) -> str:
-        """``"noise ×1.08, CNR −3%"``."""
+        """``"noise ×1.08, CNR −3%"`` (notes never contain ``"; "``, the trace's separator)."""
         sign = "−" if self.cnr_loss > 0 else "+"
         return f"noise ×{self.noise_gain:.2f}, CNR {sign}{abs(self.cnr_loss):.0%}"
 
@@ -411,16 +411,17 @@ class _GuardedStep(Step):
         ref = GuardReference(image)
         rejected: list[str] = []
         candidates: list[tuple[str, _GuardedStep]] = [("", self), *self._fallback_steps()]
+        extra = f", {gate}" if gate else ""
         for k, (label, step) in enumerate(candidates):
             out = step.enhance(image)
             m = ref.measure(out, self.keeps_units)
             bad = m.violations(self.guard)
             if not bad:
-                head = "applied" if k == 0 else f"fallback {k} {label}"
-                why = f"; rejected: {', '.join(rejected)}" if rejected else ""
-                return out, f"{head} ({m.summary()}{why}{'; ' + gate if gate else ''})"
-            rejected.append(("params" if k == 0 else f"fallback {k}") + ": " + ", ".join(bad))
-        return image, f"skipped ({'; '.join(rejected)})"
+                if k == 0:
+                    return out, f"applied ({m.summary()}{extra})"
+                return out, f"fallback {k} {label} ({m.summary()}, after {' / '.join(rejected)}{extra})"
+            rejected.append(("params" if k == 0 else f"fallback {k}") + ": " + " & ".join(bad))
+        return image, f"skipped ({' / '.join(rejected)}{extra})"
 
 
 def _fmt(value: Any) -> str:
