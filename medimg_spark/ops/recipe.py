@@ -38,6 +38,7 @@ from medimg_spark.errors import ConfigError
 from medimg_spark.ops import (  # noqa: F401
     clean,
     convert,
+    denoise,
     enhance,
     filters,
     morphology,
