@@ -120,6 +120,7 @@ class Record:
     baseline_ssim: float = math.nan
     not_lowered: bool | None = None
     improved: bool | None = None
+    strictly_not_lowered: bool | None = None
     error: str | None = None
     trace: list[str] = field(default_factory=list)
 
@@ -274,6 +275,7 @@ def _score(
             **common, method=method, scope=scope, psnr=s.output_psnr, ssim=s.output_ssim,
             seconds=secs, pixels=int(ref.size), baseline_psnr=s.baseline_psnr,
             baseline_ssim=s.baseline_ssim, not_lowered=s.not_lowered(), improved=s.improved(),
+            strictly_not_lowered=s.strictly_not_lowered(),
         )
     )  # fmt: skip
 
@@ -344,7 +346,7 @@ def run(
                             **common, method=f"recipe:{rname}", scope="recipe", psnr=s.output_psnr,
                             ssim=s.output_ssim, seconds=secs, pixels=pixels, baseline_psnr=s.baseline_psnr,
                             baseline_ssim=s.baseline_ssim, not_lowered=s.not_lowered(), improved=s.improved(),
-                            trace=trace[:6],
+                            strictly_not_lowered=s.strictly_not_lowered(), trace=trace[:6],
                         )
                     )  # fmt: skip
                 except (RecipeStepError, D.DegradeError, ops.RecipeError) as exc:
@@ -435,6 +437,8 @@ def summarise(records: list[Record]) -> dict[str, Any]:
                     "recipe": rname.removeprefix("recipe:"), "dataset": dataset,
                     "do_no_harm_n": len(harm), "not_lowered_pct": 100.0 * sum(bool(r.not_lowered) for r in harm) / max(len(harm), 1),
                     "improve_n": len(imp), "improved_pct": 100.0 * sum(bool(r.improved) for r in imp) / max(len(imp), 1),
+                    "strict_pct": 100.0 * sum(bool(r.strictly_not_lowered) for r in harm if r.degradation != "none")
+                    / max(sum(r.degradation != "none" for r in harm), 1),
                     "low_contrast_improved_pct": 100.0 * sum(bool(r.improved) for r in lc) / max(len(lc), 1),
                     "mean_psnr_gain_improve": _mean(r.psnr - r.baseline_psnr for r in imp),
                     "errors": sum(r.error is not None for r in rs),
@@ -520,15 +524,15 @@ def to_markdown(summary: dict[str, Any], info: dict[str, Any]) -> str:
         "every low-contrast level (no recipe is asked to invert a contrast curve; their improvement share is "
         "shown apart). *Improve* rows: moderate and high noise. Goal: ≥ 99 % not lowered, ≥ 95 % improved.",
         "",
-        "| recipe | frames | do-no-harm n | not lowered | improve n | improved | mean ΔPSNR (improve rows) | "
-        "low-contrast improved | errors | goal met |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| recipe | frames | do-no-harm n | not lowered | strictly not lowered (excl. none) | improve n | improved | "
+        "mean ΔPSNR (improve rows) | low-contrast improved | errors | goal met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for g in summary["recipe_goals"]:
         met = g["not_lowered_pct"] >= 99.0 and g["improved_pct"] >= 95.0 and g["errors"] == 0
         lines.append(
             f"| {g['recipe']} | {g['dataset']} | {g['do_no_harm_n']} | {g['not_lowered_pct']:.1f} % | "
-            f"{g['improve_n']} | {g['improved_pct']:.1f} % | {g['mean_psnr_gain_improve']:+.2f} dB | "
+            f"{g['strict_pct']:.1f} % | {g['improve_n']} | {g['improved_pct']:.1f} % | {g['mean_psnr_gain_improve']:+.2f} dB | "
             f"{g['low_contrast_improved_pct']:.0f} % | {g['errors']} | {'yes' if met else '**no**'} |"
         )
     fails = [(g["recipe"], g["dataset"], f) for g in summary["recipe_goals"] for f in g["failures"]]

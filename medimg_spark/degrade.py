@@ -39,13 +39,20 @@ image; every other step (filters, ``denoise``, enhancement) is a *quality* step.
 
 PSNR and SSIM (:func:`medimg_spark.quality.reference_metrics`) of ``baseline`` and ``output`` against
 ``ref`` use ``data_range`` = the span of ``ref``'s units (finite max - min of ``ref``), never the
-min-max of the output, so a recipe cannot gain by stretching its output. Real clean frames carry their own
-noise (σ_native, the project's wavelet-MAD estimate on ``ref``), which bounds what a full-reference score
-can tell: a change smaller than σ_native is not measurable harm. :class:`FullReferenceScore` therefore also
-carries the *native tolerance*, the PSNR/SSIM of ``ref`` against ``ref`` plus one seeded realisation of
-Gaussian noise of σ_native; :meth:`FullReferenceScore.not_lowered` accepts an output at least as good as
-the worse of the baseline and that tolerance (at level ``"none"`` the baseline is ``ref`` itself, PSNR
-= inf, so only an exact identity would pass without it).
+min-max of the output, so a recipe cannot gain by stretching its output.
+
+Real clean frames carry their own noise, which bounds what a full-reference score can tell: removing it
+moves the output away from the (noisy) reference, and at level ``"none"`` the baseline *is* the reference
+(PSNR = inf), so only an exact identity would pass a strict comparison. :class:`FullReferenceScore`
+therefore carries the *native tolerance*: the MSE and SSIM of ``ref`` against ``ref`` plus one seeded
+realisation of its own noise (Gaussian, σ_native = the project's estimate on ``ref``,
+:func:`medimg_spark.ops.denoise.estimate_noise`). An output is *not lowered* when the error it adds stays
+within that tolerance::
+
+    MSE(output) <= MSE(baseline) + MSE_tol      and      SSIM(output) >= SSIM(baseline) - (1 - SSIM_tol)
+
+(each up to 0.01 dB / 0.001), and *improved* when its PSNR and SSIM are both strictly above the baseline's.
+:meth:`FullReferenceScore.strictly_not_lowered` is the comparison without tolerance, reported alongside.
 """
 
 from __future__ import annotations
@@ -358,6 +365,8 @@ def degrade(
         DegradeError: unknown name or level, or the degradation refuses the frame.
     """
     arr = _frame(image)
+    if name == "none" and level == "none":
+        return arr.copy()
     deg = DEGRADATIONS.get(name)
     if deg is None:
         raise DegradeError(f"unknown degradation '{name}'; valid: {', '.join(DEGRADATIONS)}")
@@ -477,7 +486,7 @@ class FullReferenceScore:
         output_psnr: PSNR of ``R(degraded)``.
         output_ssim: SSIM of ``R(degraded)``.
         data_range: span of ``ref``'s units used by both metrics.
-        native_sigma: wavelet-MAD noise σ of ``ref`` (its own noise, ``ref``'s units).
+        native_sigma: noise σ of ``ref`` (its own noise, ``ref``'s units; :func:`estimate_native_sigma`).
         tolerance_psnr: PSNR of ``ref`` + N(0, native_sigma²) against ``ref``.
         tolerance_ssim: SSIM of the same.
     """
@@ -493,7 +502,7 @@ class FullReferenceScore:
 
     @property
     def psnr_gain(self) -> float:
-        """``output_psnr - baseline_psnr`` (dB; NaN when both are inf)."""
+        """``output_psnr - baseline_psnr`` (dB; 0 when both are inf)."""
         if math.isinf(self.baseline_psnr) and math.isinf(self.output_psnr):
             return 0.0
         return self.output_psnr - self.baseline_psnr
@@ -503,15 +512,47 @@ class FullReferenceScore:
         """``output_ssim - baseline_ssim``."""
         return self.output_ssim - self.baseline_ssim
 
+    def _mse(self, psnr: float) -> float:
+        return 0.0 if math.isinf(psnr) else self.data_range**2 / 10.0 ** (psnr / 10.0)
+
+    @property
+    def psnr_floor(self) -> float:
+        """The lowest output PSNR that is not lowered: MSE(baseline) + MSE_tol in dB."""
+        mse = self._mse(self.baseline_psnr) + self._mse(self.tolerance_psnr)
+        return math.inf if mse <= 0 else 10.0 * math.log10(self.data_range**2 / mse)
+
+    @property
+    def ssim_floor(self) -> float:
+        """The lowest output SSIM that is not lowered: SSIM(baseline) - (1 - SSIM_tol)."""
+        return self.baseline_ssim - (1.0 - self.tolerance_ssim)
+
     def not_lowered(self, psnr_eps: float = 0.01, ssim_eps: float = 1e-3) -> bool:
-        """Output PSNR and SSIM each at least the worse of the baseline's and the native tolerance (minus eps)."""
-        psnr_floor = min(self.baseline_psnr, self.tolerance_psnr) - psnr_eps
-        ssim_floor = min(self.baseline_ssim, self.tolerance_ssim) - ssim_eps
-        return self.output_psnr >= psnr_floor and self.output_ssim >= ssim_floor
+        """The output adds at most the native tolerance to the baseline's error (module doc)."""
+        return (
+            self.output_psnr >= self.psnr_floor - psnr_eps and self.output_ssim >= self.ssim_floor - ssim_eps
+        )
+
+    def strictly_not_lowered(self, psnr_eps: float = 0.01, ssim_eps: float = 1e-3) -> bool:
+        """Output PSNR and SSIM each at least the baseline's (no tolerance; fails at level none unless identity)."""
+        return (
+            self.output_psnr >= self.baseline_psnr - psnr_eps
+            and self.output_ssim >= self.baseline_ssim - ssim_eps
+        )
 
     def improved(self) -> bool:
         """Output PSNR and SSIM both strictly above the baseline's."""
         return self.output_psnr > self.baseline_psnr and self.output_ssim > self.baseline_ssim
+
+
+def estimate_native_sigma(ref: Array) -> float:
+    """The noise σ of ``ref`` in its units: the project's estimate (``ops.denoise``), else the wavelet MAD."""
+    try:
+        from medimg_spark.ops.denoise import estimate_noise
+    except ImportError:  # pragma: no cover - the denoise op ships with this module
+        return noise_sigma_mad(ref)
+    with np.errstate(all="ignore"):
+        sigma = float(estimate_noise(ref).sigma)
+    return sigma if np.isfinite(sigma) else noise_sigma_mad(ref)
 
 
 def native_tolerance(ref: Array, data_range: float) -> tuple[float, float, float]:
@@ -519,7 +560,7 @@ def native_tolerance(ref: Array, data_range: float) -> tuple[float, float, float
     from medimg_spark.quality import reference_metrics
 
     r = np.asarray(ref, dtype=np.float64)
-    sigma = noise_sigma_mad(r)
+    sigma = estimate_native_sigma(r)
     if not np.isfinite(sigma) or sigma <= 0:
         return 0.0, math.inf, 1.0
     noisy = r + np.random.default_rng(TOLERANCE_SEED).normal(0.0, sigma, r.shape)

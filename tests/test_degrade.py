@@ -183,6 +183,8 @@ def test_full_reference_protocol_splits_unit_and_quality_steps(mr: np.ndarray) -
     clean_score = D.full_reference(recipe, mr, mr.copy())
     assert math.isinf(clean_score.baseline_psnr) and clean_score.baseline_ssim == pytest.approx(1.0)
     assert clean_score.tolerance_psnr < math.inf and clean_score.native_sigma > 0
+    assert not clean_score.strictly_not_lowered()  # any change of a clean frame lowers PSNR from inf
+    assert clean_score.psnr_floor == pytest.approx(clean_score.tolerance_psnr)
     blur_all = parse_recipe({"name": "b", "steps": [{"op": "flag_empty"}, {"op": "gaussian", "sigma": 6.0}]})
     assert not D.full_reference(blur_all, mr, mr.copy()).not_lowered()  # heavy blur of a clean frame is harm
     identity = parse_recipe({"name": "i", "steps": [{"op": "flag_empty"}]})
