@@ -85,7 +85,7 @@ RECIPES_BY_MODALITY: dict[str, tuple[str, ...]] = {
     "MR": ("mri", "denoise"),
     "CR/DX": ("chest_xray", "denoise"),
     "US": ("denoise",),
-    "CXR-28": ("classify", "denoise"),
+    "CXR-28": ("classify",),
 }
 DEGRADATION_MODALITY = {"CT": "CT", "MR": "MR", "CR/DX": "CR", "US": "US", "CXR-28": "CR"}
 
@@ -349,6 +349,13 @@ def run(
                             strictly_not_lowered=s.strictly_not_lowered(), trace=trace[:6],
                         )
                     )  # fmt: skip
+                except D.NotApplicableError as exc:
+                    records.append(
+                        Record(
+                            **common, method=f"recipe:{rname}", scope="n/a", psnr=math.nan, ssim=math.nan,
+                            seconds=time.perf_counter() - t0, pixels=pixels, error=f"n/a: {str(exc)[:200]}",
+                        )
+                    )  # fmt: skip
                 except (RecipeStepError, D.DegradeError, ops.RecipeError) as exc:
                     records.append(
                         Record(
@@ -428,7 +435,8 @@ def summarise(records: list[Record]) -> dict[str, Any]:
     recipe_goals = []
     for rname in sorted({r.method for r in records if r.scope == "recipe"}):
         for dataset in sorted({r.dataset for r in records if r.method == rname}):
-            rs = [r for r in records if r.method == rname and r.dataset == dataset]
+            rs = [r for r in records if r.method == rname and r.dataset == dataset and r.scope == "recipe"]
+            na = [r for r in records if r.method == rname and r.dataset == dataset and r.scope == "n/a"]
             harm = [r for r in rs if goal_class(r.degradation, r.level) == DO_NO_HARM]
             imp = [r for r in rs if goal_class(r.degradation, r.level) == IMPROVE]
             lc = [r for r in rs if r.degradation == "low_contrast"]
@@ -442,6 +450,8 @@ def summarise(records: list[Record]) -> dict[str, Any]:
                     "low_contrast_improved_pct": 100.0 * sum(bool(r.improved) for r in lc) / max(len(lc), 1),
                     "mean_psnr_gain_improve": _mean(r.psnr - r.baseline_psnr for r in imp),
                     "errors": sum(r.error is not None for r in rs),
+                    "not_applicable": len(na),
+                    "not_applicable_rows": sorted({f"{r.frame} {r.degradation}/{r.level}" for r in na})[:8],
                     "failures": [
                         f"{r.frame} {r.degradation}/{r.level} s{r.seed}: ΔPSNR {r.psnr - r.baseline_psnr:+.2f}, "
                         f"ΔSSIM {r.ssim - r.baseline_ssim:+.3f}" + (f" ({r.error})" if r.error else "")
@@ -525,16 +535,25 @@ def to_markdown(summary: dict[str, Any], info: dict[str, Any]) -> str:
         "shown apart). *Improve* rows: moderate and high noise. Goal: ≥ 99 % not lowered, ≥ 95 % improved.",
         "",
         "| recipe | frames | do-no-harm n | not lowered | strictly not lowered (excl. none) | improve n | improved | "
-        "mean ΔPSNR (improve rows) | low-contrast improved | errors | goal met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "mean ΔPSNR (improve rows) | low-contrast improved | errors | n/a | goal met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for g in summary["recipe_goals"]:
         met = g["not_lowered_pct"] >= 99.0 and g["improved_pct"] >= 95.0 and g["errors"] == 0
         lines.append(
             f"| {g['recipe']} | {g['dataset']} | {g['do_no_harm_n']} | {g['not_lowered_pct']:.1f} % | "
             f"{g['strict_pct']:.1f} % | {g['improve_n']} | {g['improved_pct']:.1f} % | {g['mean_psnr_gain_improve']:+.2f} dB | "
-            f"{g['low_contrast_improved_pct']:.0f} % | {g['errors']} | {'yes' if met else '**no**'} |"
+            f"{g['low_contrast_improved_pct']:.0f} % | {g['errors']} | {g['not_applicable']} | {'yes' if met else '**no**'} |"
         )
+    na = [(g["recipe"], g["dataset"], f) for g in summary["recipe_goals"] for f in g["not_applicable_rows"]]
+    if na:
+        lines += [
+            "",
+            "*n/a*: rows where the reference pipeline P alone gives a degenerate frame (the output check quarantines "
+            "it whatever the quality steps do), so the protocol does not apply:",
+            "",
+        ]
+        lines += [f"- {r} on {d}: {f}" for r, d, f in na]
     fails = [(g["recipe"], g["dataset"], f) for g in summary["recipe_goals"] for f in g["failures"]]
     if fails:
         lines += ["", "Frames that miss the recipe goal (first 8 per recipe and dataset):", ""]

@@ -86,6 +86,12 @@ class DegradeError(RecipeError):
     """A degradation cannot be applied to this frame (wrong shape, unknown name or level, bad parameter)."""
 
 
+class NotApplicableError(DegradeError):
+    """The protocol does not apply: the reference pipeline P itself gives a degenerate frame (quarantined by
+    ``apply_recipe``'s output check whatever the recipe's quality steps do), e.g. a lung window on a CT frame
+    whose contrast was compressed into air."""
+
+
 # --- degradations ---------------------------------------------------------------------------------------
 
 
@@ -611,13 +617,19 @@ def full_reference(
 
     Raises:
         RecipeStepError: the recipe (or its reference pipeline) failed on a frame.
+        DegenerateOutputError: the recipe's output is degenerate (while P's is not): a failure of R.
+        NotApplicableError: P's output on the clean or degraded frame is degenerate.
         DegradeError: the recipe has no unit step, or outputs differ in shape.
     """
+    from medimg_spark.ops._common import DegenerateOutputError
     from medimg_spark.ops.recipe import apply_recipe
 
     unit = reference_recipe(recipe)
-    ref, _ = apply_recipe(unit, clean, meta)
-    baseline, _ = apply_recipe(unit, degraded, meta)
+    try:
+        ref, _ = apply_recipe(unit, clean, meta)
+        baseline, _ = apply_recipe(unit, degraded, meta)
+    except DegenerateOutputError as exc:
+        raise NotApplicableError(f"P = {unit.name} alone gives a degenerate frame: {exc}") from exc
     output, _ = (
         apply_recipe(recipe, degraded, meta) if trace is None else apply_recipe(recipe, degraded, meta, trace)
     )

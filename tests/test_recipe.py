@@ -17,6 +17,7 @@ import medimg_spark.ops as ops
 from medimg_spark.errors import ConfigError, RecipeError
 from medimg_spark.ops import Recipe, RecipeFileError, RecipeStepError, apply_recipe, load_recipe, parse_recipe
 from medimg_spark.ops._common import DegenerateOutputError
+from medimg_spark.ops.denoise import denoise
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ["chest_xray", "ct_lung", "mri", "denoise", "classify"]
@@ -148,18 +149,20 @@ def test_ct_lung_equals_manual_op_chain() -> None:
     img, meta = ct_frame()
     out, mask = apply_recipe(load_recipe("ct_lung"), img, meta)
     hu = ops.rescale(img, meta["rescale_slope"], meta["rescale_intercept"])
-    ref = ops.clahe(ops.bilateral_filter(ops.window(hu, -600, 1500), 5, 0.1, 1.5), 2.0, (8, 8))
+    # issue 16: noise-aware denoising in HU before the window; no bilateral filter, no CLAHE
+    ref = ops.window(denoise(hu, floor=0.002)[0], -600, 1500)
     assert mask is None and out.dtype == np.float32
     assert np.array_equal(out, ref)
 
 
-def test_chest_xray_gives_equalised_image_and_lung_mask() -> None:
+def test_chest_xray_gives_denoised_image_and_lung_mask() -> None:
     r = load_recipe("chest_xray")
     assert r.segments
     for i in range(3):
         img = cxr(i)
         out, mask = apply_recipe(r, img, {"photometric": "MONOCHROME2"})
-        assert out.dtype == np.uint8 and np.array_equal(out, ops.equalize(img))
+        # issue 16: the image output is the denoised frame (no global equalisation)
+        assert out.dtype == np.uint8 and np.array_equal(out, denoise(img, strength=0.7)[0])
         assert mask is not None and mask.shape == img.shape and set(np.unique(mask)) <= {0, 1}
         assert 0.05 < mask.mean() < 0.7
         assert img[mask == 1].mean() < img[mask == 0].mean()  # lungs are the dark fields
