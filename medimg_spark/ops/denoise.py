@@ -15,8 +15,9 @@ Three parts, all numpy/OpenCV (no Spark, no BM3D):
   ``method: nlm`` (OpenCV fast non-local means on 16 bits) is the cheaper runner-up.
 
 Do no harm: only the noise above a floor is removed, ``σ_eff = strength · sqrt(max(0, σ² − floor²))`` with
-``floor`` a fraction of the robust range p1..p99; when ``σ_eff`` is negligible the frame is returned
-unchanged (same values and dtype). Output dtype = input dtype (rounded and saturated like the filters).
+``floor`` a fraction of the robust range p1..p99 (default 1.5 %, above the inherent noise of the
+real CT/MR/CR/US frames of the test corpora, 0.02..1.5 %); when ``σ_eff < floor`` (i.e. ``σ < √2 · floor``)
+the frame is returned unchanged (the same array). ``floor: 0`` denoises the whole estimated noise. Output dtype = input dtype (rounded and saturated like the filters).
 Non-finite pixels are kept where they are (the rest is denoised around them). Three-channel frames are
 denoised jointly in an orthonormal opponent colour space (luma + two chroma channels) with the luma's
 noise estimate. Large frames are processed in row strips, so memory stays bounded (~100 MB of work
@@ -47,7 +48,7 @@ HARD_THRESHOLD = 2.7
 DEFAULT_FLOOR = 0.015
 """Default noise floor, a fraction of the robust range p1..p99 (see :func:`denoise`)."""
 
-_STRIP_PATCHES = 1 << 17
+_STRIP_PATCHES = 1 << 16
 """Patches per strip of the DCT core (bounds the work arrays to ~100 MB)."""
 
 
@@ -204,6 +205,8 @@ def _fit(model: NoiseModel, x: Array, v: Array, n: Array) -> tuple[tuple[float, 
     if model == "poisson_gaussian" and a > 0:
         # the constant may be negative (an intensity offset): refit it freely with the slope fixed
         b = float(np.sum(w**2 * (v - a * x)) / np.sum(w**2))
+    if model == "gaussian":
+        b = float(np.median(v))  # the bins hold equal counts: robust to a mismatched model
     pred = b + a * x + c * x * x
     chi2 = float(np.sum(((v - pred) * w) ** 2) / max(len(v), 1))
     return (a, b, c), chi2
@@ -241,7 +244,7 @@ def estimate_noise(image: Array, model: ModelChoice = "auto") -> NoiseEstimate:
         chi_g = fits["gaussian"][1]
         best = min(("poisson_gaussian", "multiplicative"), key=lambda k: fits[k][1])
         a, b, c = fits[best][0]
-        lo_x, hi_x = float(np.percentile(used, 10)), float(np.percentile(used, 90))
+        lo_x, hi_x = float(x.min()), float(x.max())
         s_lo = np.sqrt(max(b + a * lo_x + c * lo_x**2, 1e-300))
         s_hi = np.sqrt(max(b + a * hi_x + c * hi_x**2, 1e-300))
         # a signal-dependent model must explain clearly more and vary σ visibly over the frame
@@ -366,18 +369,30 @@ def _dct_stage(
         coef = _coefficients(sub, n)
         whole = np.zeros(sub.shape, dtype=bool)
         whole[: sub.shape[0] - n + 1, : sub.shape[1] - n + 1] = True
+        total = np.ones(sub.shape, dtype=np.float32)  # the DC coefficient: always kept, gain 1
         if pilot is None:
-            keep = np.abs(coef) > thr
-            keep[0, 0] = True
-            coef *= keep
-            weights = 1.0 / np.count_nonzero(keep, axis=(0, 1)).astype(np.float32)
+            for u in range(n):
+                for v in range(n):
+                    if u or v:
+                        c = coef[u, v]
+                        kept = np.abs(c) > thr
+                        c *= kept
+                        total += kept
         else:
             ref = _coefficients(pilot[r0 : r1 + 2 * pad], n)
-            ref *= ref
-            shrink = ref / (ref + var)
-            shrink[0, 0] = 1.0
-            coef *= shrink
-            weights = 1.0 / np.maximum(np.sum(shrink * shrink, axis=(0, 1)), 1e-3)
+            for u in range(n):
+                for v in range(n):
+                    if u or v:
+                        gain = ref[u, v]
+                        gain *= gain
+                        gain /= gain + var
+                        coef[u, v] *= gain
+                        gain *= gain
+                        total += gain
+            # 1 / (Σ gain²)²: a sharper preference than BM3D's 1 / Σ gain² for blocks off strong
+            # edges (measured on real CT: +0.3..1 dB at step edges, neutral on MR, CR and US)
+            total *= total
+        weights = 1.0 / total
         weights = np.where(whole, weights, 0.0).astype(np.float32)
         num, den = _synthesise(coef, weights, n)
         out[r0:r1] = (num / den)[pad : pad + (r1 - r0), pad:-pad]
@@ -474,8 +489,8 @@ _OPPONENT = np.array(
 )
 """Orthonormal RGB → (luma, chroma 1, chroma 2): i.i.d. channel noise keeps its σ in every channel."""
 
-MIN_FRACTION = 0.5
-"""``σ_eff`` below ``MIN_FRACTION x floor`` leaves the frame unchanged."""
+MIN_FRACTION = 1.0
+"""``σ_eff <= MIN_FRACTION x floor`` leaves the frame unchanged: noise under ``√2 x floor`` is inherent."""
 
 
 def _core(plane: Array, sigma: float, method: Method) -> Array:
@@ -506,7 +521,8 @@ def denoise(
         model: noise model, or ``auto`` to choose it from the frame.
         method: ``dct`` (multi-scale sliding-window DCT, two stages) or ``nlm`` (OpenCV non-local means).
         floor: noise left alone, as a fraction of the robust range p1..p99: ``σ_eff = strength ·
-            sqrt(max(0, σ² − (floor · range)²))``. Inherent noise of real frames sits below it.
+            sqrt(max(0, σ² − (floor · range)²))``; the frame is left unchanged when ``σ_eff <= floor ·
+            range``. Inherent noise of real frames sits below it; 0 removes all the estimated noise.
         strength: multiplies ``σ_eff``.
         max_sigma: cap on ``σ_eff`` as a fraction of the robust range (None: no cap).
         estimate: a precomputed estimate (skips the estimation).
