@@ -158,6 +158,14 @@ def test_undegraded_real_frames_are_left_alone(name: str) -> None:
         assert ssim(out, frame, data_range=rng) >= 0.99, note
 
 
+def test_frame_whose_noise_estimate_is_structure_is_left_alone() -> None:
+    """deid-data's ctbrain1 (an RGB rendering, mostly saturated): the 'noise' is a large part of the range."""
+    frame = np.ascontiguousarray(pydicom.dcmread(DEID_DATA / "humans" / "ctbrain1.dcm").pixel_array)
+    out, note = denoise(frame, floor=0.0)
+    assert out is frame
+    assert note.startswith("skipped: σ=") and "structure rather than noise" in note
+
+
 # --- improvement on each modality ---------------------------------------------------------------------
 
 

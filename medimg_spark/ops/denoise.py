@@ -1,27 +1,30 @@
 """Noise-aware, do-no-harm denoising: estimate the frame's noise, stabilise it, shrink it, invert.
 
-Three parts, all numpy/OpenCV (no Spark, no BM3D):
+Three parts, all numpy/OpenCV (no Spark, no BM3D, whose licence is non-commercial only):
 
 * :func:`estimate_noise` measures the noise of a real frame in its own units: the finest Haar diagonal
   detail of 2x2 blocks, restricted to unclipped, low-gradient blocks, binned by intensity into a
   noise-level function ``σ²(x)`` that is fitted by three models — ``gaussian`` (``σ² = b``),
   ``poisson_gaussian`` (``σ² = a·x + b``: X-ray quanta, low-dose CT) and ``multiplicative``
   (``σ² = c·x² + b``: ultrasound speckle) — and the simplest model that explains it is kept.
+  MR magnitude (Rician) noise is Gaussian at moderate SNR and is treated so (no bias correction).
 * A variance-stabilising transform chosen from the model makes the noise unit Gaussian: identity (scaled),
   the generalised Anscombe transform, or ``asinh`` (the stabiliser of ``σ² = c·x² + b``); each has an exact
   algebraic inverse.
-* The Gaussian core :func:`dct_denoise` is sliding-window 8x8 DCT shrinkage over every block position
-  (BM3D without block matching): a hard-threshold stage gives a pilot, an empirical Wiener stage uses it.
-  ``method: nlm`` (OpenCV fast non-local means on 16 bits) is the cheaper runner-up.
+* The Gaussian core :func:`multiscale_dct_denoise` is sliding-window 8x8 DCT shrinkage over every block
+  position (BM3D without block matching: a hard-threshold stage gives a pilot, an empirical Wiener stage
+  uses it) on a 2x2-mean pyramid whose coarse levels remove the low-frequency noise of flat regions.
+  ``method: nlm`` (OpenCV fast non-local means on 16 bits) is the runner-up (weaker and slower).
 
 Do no harm: only the noise above a floor is removed, ``σ_eff = strength · sqrt(max(0, σ² − floor²))`` with
-``floor`` a fraction of the robust range p1..p99 (default 1.5 %, above the inherent noise of the
-real CT/MR/CR/US frames of the test corpora, 0.02..1.5 %); when ``σ_eff < floor`` (i.e. ``σ < √2 · floor``)
-the frame is returned unchanged (the same array). ``floor: 0`` denoises the whole estimated noise. Output dtype = input dtype (rounded and saturated like the filters).
-Non-finite pixels are kept where they are (the rest is denoised around them). Three-channel frames are
-denoised jointly in an orthonormal opponent colour space (luma + two chroma channels) with the luma's
-noise estimate. Large frames are processed in row strips, so memory stays bounded (~100 MB of work
-arrays) whatever the frame size.
+``floor`` a fraction of the robust range p1..p99 (default 1.5 %, above the inherent noise of the real
+CT/MR/CR/US frames of the test corpora, 0.02..1.5 %); when ``σ_eff <= floor`` (``σ <= √2 · floor``) the
+frame is returned unchanged (the same array), and so is a frame whose "noise" is a quarter of its range or
+more (the estimate is then structure, not noise). ``floor: 0`` removes all the estimated noise.
+Output dtype = input dtype (rounded and saturated like the filters). Non-finite pixels are kept where they
+are (the rest is denoised around them). Three-channel frames are denoised jointly in an orthonormal
+opponent colour space (luma + two chroma channels) with the luma's noise estimate. Large frames are
+processed in row strips, so memory stays bounded (~50 MB of work arrays) whatever the frame size.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from medimg_spark.ops._common import Array, RecipeError, cast_like, check_image, luma
+from medimg_spark.ops._common import Array, cast_like, check_image, luma
 from medimg_spark.ops._step import Meta, Step, register_step
 
 NoiseModel = Literal["gaussian", "poisson_gaussian", "multiplicative"]
@@ -49,11 +52,10 @@ DEFAULT_FLOOR = 0.015
 """Default noise floor, a fraction of the robust range p1..p99 (see :func:`denoise`)."""
 
 _STRIP_PATCHES = 1 << 16
-"""Patches per strip of the DCT core (bounds the work arrays to ~100 MB)."""
+"""Block positions per row strip of the DCT core (64 coefficient maps of this size: ~17 MB each)."""
 
-
-class DenoiseError(RecipeError):
-    """The frame cannot be denoised as asked (e.g. a noise model that does not fit the frame)."""
+MAX_RELATIVE_SIGMA = 0.25
+"""An estimated σ above this fraction of the robust range is structure, not noise: the frame is left alone."""
 
 
 @dataclass(frozen=True)
@@ -559,6 +561,11 @@ def denoise(
     est = estimate if estimate is not None else estimate_noise(values, model)
     if float(np.ptp(values)) == 0.0:
         return arr, "skipped: constant frame"
+    if est.relative_sigma > MAX_RELATIVE_SIGMA:
+        return arr, (
+            f"skipped: σ={_fmt(est.sigma)} is {100 * est.relative_sigma:.0f} % of the range, "
+            "structure rather than noise"
+        )
     floor_abs = floor * est.range
     sigma_eff = strength * float(np.sqrt(max(0.0, est.sigma**2 - floor_abs**2)))
     if max_sigma is not None:
