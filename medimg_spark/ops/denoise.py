@@ -18,8 +18,8 @@ Three parts, all numpy/OpenCV (no Spark, no BM3D, whose licence is non-commercia
 
 Do no harm: only the noise above a floor is removed, ``σ_eff = strength · sqrt(max(0, σ² − floor²))`` with
 ``floor`` a fraction of the robust range p1..p99 (default 1.5 %, above the inherent noise of the real
-CT/MR/CR/US frames of the test corpora, 0.02..1.5 %); when ``σ_eff <= floor`` (``σ <= √2 · floor``) the
-frame is returned unchanged (the same array), and so is a frame whose "noise" is a quarter of its range or
+CT/MR/CR/US frames of the test corpora, 0.02..1.5 %); when ``σ_eff <= floor / 2`` (``σ <= 1.12 floor``)
+the frame is returned unchanged (the same array), and so is a frame whose "noise" is a quarter of its range or
 more (the estimate is then structure, not noise). ``floor: 0`` removes all the estimated noise.
 Output dtype = input dtype (rounded and saturated like the filters). Non-finite pixels are kept where they
 are (the rest is denoised around them). Three-channel frames are denoised jointly in an orthonormal
@@ -499,8 +499,8 @@ _OPPONENT = np.array(
 )
 """Orthonormal RGB → (luma, chroma 1, chroma 2): i.i.d. channel noise keeps its σ in every channel."""
 
-MIN_FRACTION = 1.0
-"""``σ_eff <= MIN_FRACTION x floor`` leaves the frame unchanged: noise under ``√2 x floor`` is inherent."""
+MIN_FRACTION = 0.5
+"""``σ_eff <= MIN_FRACTION x floor`` leaves the frame unchanged: noise under ``1.12 x floor`` is inherent."""
 
 
 def _core(plane: Array, sigma: float, method: Method) -> Array:
@@ -532,7 +532,7 @@ def denoise(
         method: ``dct`` (multi-scale sliding-window DCT, two stages) or ``nlm`` (OpenCV non-local means).
         floor: noise left alone, as a fraction of the robust range p1..p99: ``σ_eff = strength ·
             sqrt(max(0, σ² − (floor · range)²))``; the frame is left unchanged when ``σ_eff <= floor ·
-            range``. Inherent noise of real frames sits below it; 0 removes all the estimated noise.
+            range / 2``. Inherent noise of real frames sits below it; 0 removes all the estimated noise.
         strength: multiplies ``σ_eff``.
         max_sigma: cap on ``σ_eff`` as a fraction of the robust range (None: no cap).
         estimate: a precomputed estimate (skips the estimation).
