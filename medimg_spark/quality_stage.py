@@ -42,12 +42,17 @@ class MetricSummary(TypedDict):
 
 
 class DoNoHarm(TypedDict):
-    """The issue-16 goal per group: frames whose noise σ did not rise and whose CNR did not fall."""
+    """The issue-16 goal per group: frames whose noise σ did not rise and whose CNR did not fall.
+
+    Both measures are scale-free, so they judge a recipe that changes units (window, to_float) like one that
+    does not: noise is ``noise_sigma / dynamic_range`` (σ relative to the frame's 1st-99th percentile span),
+    CNR is a ratio already.
+    """
 
     count: int
-    """Frames where noise_sigma and cnr are defined before and after."""
+    """Frames where both measures are defined before and after (dynamic_range > 0, cnr defined)."""
     noise_not_raised: float | None
-    """Share of those frames with ``noise_sigma`` after <= before."""
+    """Share of those frames with relative noise after <= before (within 1e-5 relative: float32 rounding)."""
     cnr_not_lowered: float | None
     """Share with ``cnr`` after >= before."""
     both: float | None
@@ -73,6 +78,10 @@ class QualityReport(TypedDict):
     generated_at: str
     groups: list[QualityGroup]
 
+
+_SAME = 1e-5
+"""Relative tolerance of the do-no-harm comparisons: an unchanged frame converted to float32 (to_float) moves
+its metrics by ~1e-7."""
 
 _BRANCH_HEAD = r"^(\d+:[^:]+): ([^(:]*)"
 """A trace note ``"<index>:<op>: <note>"``: the step and the note's text before its first ``(`` or ``:``."""
@@ -132,7 +141,7 @@ def quality_report(spark: SparkSession, out_dir: str) -> QualityReport:
     ``improved_share``: the share of frames where the metric moved in its better direction
     (:data:`~medimg_spark.quality.METRIC_DIRECTION`; null for metrics without one: mean, std).
     NaN values (undefined metrics) are left out. Per group also ``do_no_harm`` (the shares of frames whose
-    noise σ did not rise, whose CNR did not fall, and both: :class:`DoNoHarm`) and ``branches`` (frames per
+    noise σ relative to the robust range did not rise, whose CNR did not fall, and both: :class:`DoNoHarm`) and ``branches`` (frames per
     step branch of ``recipe_trace``; empty for recipes without notes and tables written before the column).
     Written to ``out_dir/metrics/quality.json``.
 
@@ -164,13 +173,22 @@ def quality_report(spark: SparkSession, out_dir: str) -> QualityReport:
         if direction:
             better = (a > b) if direction > 0 else (a < b)
             aggs.append(F.avg(F.when(both, better.cast("double"))).alias(f"{k}__improved"))
-    nb, na = clean(F.col("quality_before.noise_sigma")), clean(F.col("quality_after.noise_sigma"))
+
+    # noise relative to the frame's robust range (noise_sigma / dynamic_range): the same in any affine scale,
+    # so a recipe that only changes units (to_float, a window inside the range) neither raises nor lowers it
+    def rel_noise(side: str) -> Any:
+        dr = clean(F.col(f"{side}.dynamic_range"))
+        return F.when(dr > 0, clean(F.col(f"{side}.noise_sigma")) / dr)
+
+    nb, na = rel_noise("quality_before"), rel_noise("quality_after")
     cb, ca = clean(F.col("quality_before.cnr")), clean(F.col("quality_after.cnr"))
     defined = nb.isNotNull() & na.isNotNull() & cb.isNotNull() & ca.isNotNull()
     aggs.append(F.count(F.when(defined, 1)).alias("harm__count"))
-    aggs.append(F.avg(F.when(defined, (na <= nb).cast("double"))).alias("harm__noise"))
-    aggs.append(F.avg(F.when(defined, (ca >= cb).cast("double"))).alias("harm__cnr"))
-    aggs.append(F.avg(F.when(defined, ((na <= nb) & (ca >= cb)).cast("double"))).alias("harm__both"))
+    noise_ok = na <= nb * (1 + _SAME)
+    cnr_ok = ca >= cb * (1 - _SAME)
+    aggs.append(F.avg(F.when(defined, noise_ok.cast("double"))).alias("harm__noise"))
+    aggs.append(F.avg(F.when(defined, cnr_ok.cast("double"))).alias("harm__cnr"))
+    aggs.append(F.avg(F.when(defined, (noise_ok & cnr_ok).cast("double"))).alias("harm__both"))
     rows = df.groupBy("recipe_name", "recipe_hash", "modality").agg(*aggs).collect()
     branches = _branch_counts(df)
 
