@@ -11,8 +11,8 @@ Frames (clean references, their own units and dtype; 3-channel frames → BT.601
   ultrasound-multiframe.dcm frame 0 (600x800, luma).
 * CXR-28: the first 24 PneumoniaMNIST validation frames (28x28 uint8), the ``classify`` recipe's input.
 
-Frames larger than 512 px on a side are **cropped to their central 512²** (MR2_UNCR, the CR/DX frames,
-the US frames): at full size the denoisers, the recipes and the SLIC superpixels of ``chest_xray`` take the
+Frames are **cropped to their central 384²** (every frame but the PneumoniaMNIST ones,
+CT and MR included): at full size the denoisers, the recipes and the SLIC superpixels of ``chest_xray`` take the
 full run far past its ~15 min budget on two shared cores. Every recipe runs on its modality: ``ct_lung`` on
 CT, ``mri`` on MR, ``chest_xray`` on CR/DX, ``classify`` on CXR-28, and the generic ``denoise`` recipe on US
 (the modality with no recipe of its own).
@@ -36,8 +36,8 @@ unbiased inverse), US speckle after a log transform (σ = sqrt(ψ1(L)) / 2, bias
 of each degraded frame of seed 0 (and of the first 8 CXR-28 frames); the project ``denoise`` op and
 NL-means run on the same tiles for the dB-gap and speed ratios.
 
-Run: ``python benchmarks/denoise.py`` (~15 min on two cores) or ``--quick`` (one frame per modality,
-crops, one seed; a smoke run, ~1-2 min). Writes ``benchmarks/results/denoise.md`` and ``.json``
+Run: ``python benchmarks/denoise.py`` (~20 min on two shared cores, ``--jobs 2`` frames in parallel) or
+``--quick`` (one frame per modality, 256² crops, one seed; a smoke run, ~4 min). Writes ``benchmarks/results/denoise.md`` and ``.json``
 (``--out`` for another folder).
 """
 
@@ -73,7 +73,7 @@ NPZ = REPO / "data" / "sample" / "pneumoniamnist" / "pneumoniamnist_trainval.npz
 SEED = 20261130
 N_CXR = 24
 N_CXR_BM3D = 8
-MAX_SIDE = 512
+MAX_SIDE = 384
 
 Array = np.ndarray[Any, Any]
 
@@ -300,82 +300,98 @@ def versions(frame: Frame, seeds: int) -> Iterable[tuple[str, str, int, Array]]:
                 yield name, level, seed, D.degrade(frame.image, name, level, rng, frame.meta)
 
 
+def run_frame(frame: Frame, seeds: int, tile: int, with_bm3d: bool) -> tuple[list[Record], float]:
+    """Every method on every degraded version of one frame; returns the records and the seconds taken."""
+    den = project_denoise()
+    recipes = {n: load_recipe(n) for n in RECIPES_BY_MODALITY[frame.dataset]}
+    records: list[Record] = []
+    t_frame = time.perf_counter()
+    pixels = int(frame.image.size)
+    for degradation, level, seed, noisy in versions(frame, seeds):
+        common = {
+            "dataset": frame.dataset,
+            "frame": frame.name,
+            "degradation": degradation,
+            "level": level,
+            "seed": seed,
+        }
+        noise_row = degradation != "none" and D.DEGRADATIONS[degradation].noise
+
+        _score(records, common, "noisy", "frame", noisy, 0.0, frame.image, noisy)
+        methods = dict(FILTERS)
+        if den is not None:
+            methods["denoise op"] = den
+        for method, fn in methods.items():
+            if method in SLOW and not noise_row and degradation != "none":
+                continue
+            out, secs = _timed(fn, noisy)
+            _score(records, common, method, "frame", out, secs, frame.image, noisy)
+        bm3d_here = seed == 0 and with_bm3d
+        if noise_row and tile > 0 and bm3d_here:
+            ct = _centre(frame.image, tile)
+            nt = _centre(noisy, tile)
+            _score(records, common, "noisy", "tile", nt, 0.0, ct, nt)
+            out, secs = _timed(bm3d_oracle, ct, nt, degradation, level, frame.meta)
+            _score(records, common, "BM3D", "tile", out, secs, ct, nt)
+            tile_methods = {"nl-means": FILTERS["nl-means"]}
+            if den is not None:
+                tile_methods["denoise op"] = den
+            for method, fn in tile_methods.items():
+                out, secs = _timed(fn, nt)
+                _score(records, common, method, "tile", out, secs, ct, nt)
+        for rname in RECIPES_BY_MODALITY[frame.dataset]:
+            trace: list[str] = []
+            t0 = time.perf_counter()
+            try:
+                s = D.full_reference(recipes[rname], frame.image, noisy, frame.meta, trace)
+                secs = time.perf_counter() - t0
+                records.append(
+                    Record(
+                        **common, method=f"recipe:{rname}", scope="recipe", psnr=s.output_psnr,
+                        ssim=s.output_ssim, seconds=secs, pixels=pixels, baseline_psnr=s.baseline_psnr,
+                        baseline_ssim=s.baseline_ssim, not_lowered=s.not_lowered(), improved=s.improved(),
+                        strictly_not_lowered=s.strictly_not_lowered(), trace=trace[:6],
+                    )
+                )  # fmt: skip
+            except D.NotApplicableError as exc:
+                records.append(
+                    Record(
+                        **common, method=f"recipe:{rname}", scope="n/a", psnr=math.nan, ssim=math.nan,
+                        seconds=time.perf_counter() - t0, pixels=pixels, error=f"n/a: {str(exc)[:200]}",
+                    )
+                )  # fmt: skip
+            except (RecipeStepError, D.DegradeError, ops.RecipeError) as exc:
+                records.append(
+                    Record(
+                        **common, method=f"recipe:{rname}", scope="recipe", psnr=math.nan,
+                        ssim=math.nan, seconds=time.perf_counter() - t0, pixels=pixels, not_lowered=False,
+                        improved=False, error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                    )
+                )  # fmt: skip
+    return records, time.perf_counter() - t_frame
+
+
+def _run_frame_star(args: tuple[Frame, int, int, bool]) -> tuple[list[Record], float]:
+    return run_frame(*args)
+
+
 def run(
-    quick: bool, seeds: int, tile: int, log: Callable[[str], None]
+    quick: bool, seeds: int, tile: int, log: Callable[[str], None], jobs: int = 1
 ) -> tuple[list[Record], dict[str, Any]]:
     """Score every method on every degraded frame; returns the records and the run's frame list."""
     frames = load_frames(quick)
     den = project_denoise()
-    recipes = {n: load_recipe(n) for names in RECIPES_BY_MODALITY.values() for n in names}
     records: list[Record] = []
     cxr_names = [f.name for f in frames if f.dataset == "CXR-28"]
     cxr_bm3d = set(cxr_names[:N_CXR_BM3D])
-    for frame in frames:
-        t_frame = time.perf_counter()
-        pixels = int(frame.image.size)
-        for degradation, level, seed, noisy in versions(frame, seeds):
-            common = {
-                "dataset": frame.dataset,
-                "frame": frame.name,
-                "degradation": degradation,
-                "level": level,
-                "seed": seed,
-            }
-            noise_row = degradation != "none" and D.DEGRADATIONS[degradation].noise
+    tasks = [(f, seeds, tile, f.dataset != "CXR-28" or f.name in cxr_bm3d) for f in frames]
+    import multiprocessing as mp
 
-            _score(records, common, "noisy", "frame", noisy, 0.0, frame.image, noisy)
-            methods = dict(FILTERS)
-            if den is not None:
-                methods["denoise op"] = den
-            for method, fn in methods.items():
-                if method in SLOW and not noise_row and degradation != "none":
-                    continue
-                out, secs = _timed(fn, noisy)
-                _score(records, common, method, "frame", out, secs, frame.image, noisy)
-            bm3d_here = seed == 0 and (frame.dataset != "CXR-28" or frame.name in cxr_bm3d)
-            if noise_row and tile > 0 and bm3d_here:
-                ct = _centre(frame.image, tile)
-                nt = _centre(noisy, tile)
-                _score(records, common, "noisy", "tile", nt, 0.0, ct, nt)
-                out, secs = _timed(bm3d_oracle, ct, nt, degradation, level, frame.meta)
-                _score(records, common, "BM3D", "tile", out, secs, ct, nt)
-                tile_methods = {"nl-means": FILTERS["nl-means"]}
-                if den is not None:
-                    tile_methods["denoise op"] = den
-                for method, fn in tile_methods.items():
-                    out, secs = _timed(fn, nt)
-                    _score(records, common, method, "tile", out, secs, ct, nt)
-            for rname in RECIPES_BY_MODALITY[frame.dataset]:
-                trace: list[str] = []
-                t0 = time.perf_counter()
-                try:
-                    s = D.full_reference(recipes[rname], frame.image, noisy, frame.meta, trace)
-                    secs = time.perf_counter() - t0
-                    records.append(
-                        Record(
-                            **common, method=f"recipe:{rname}", scope="recipe", psnr=s.output_psnr,
-                            ssim=s.output_ssim, seconds=secs, pixels=pixels, baseline_psnr=s.baseline_psnr,
-                            baseline_ssim=s.baseline_ssim, not_lowered=s.not_lowered(), improved=s.improved(),
-                            strictly_not_lowered=s.strictly_not_lowered(), trace=trace[:6],
-                        )
-                    )  # fmt: skip
-                except D.NotApplicableError as exc:
-                    records.append(
-                        Record(
-                            **common, method=f"recipe:{rname}", scope="n/a", psnr=math.nan, ssim=math.nan,
-                            seconds=time.perf_counter() - t0, pixels=pixels, error=f"n/a: {str(exc)[:200]}",
-                        )
-                    )  # fmt: skip
-                except (RecipeStepError, D.DegradeError, ops.RecipeError) as exc:
-                    records.append(
-                        Record(
-                            **common, method=f"recipe:{rname}", scope="recipe", psnr=math.nan,
-                            ssim=math.nan, seconds=time.perf_counter() - t0, pixels=pixels, not_lowered=False,
-                            improved=False, error=f"{type(exc).__name__}: {str(exc)[:200]}",
-                        )
-                    )  # fmt: skip
-        if frame.dataset != "CXR-28" or frame.name.endswith("[0]"):
-            log(f"{frame.dataset} {frame.name} {frame.note}: {time.perf_counter() - t_frame:.1f} s")
+    with mp.get_context("spawn").Pool(max(1, jobs)) as pool:
+        for frame, (recs, secs) in zip(frames, pool.imap(_run_frame_star, tasks), strict=True):
+            records.extend(recs)
+            if frame.dataset != "CXR-28" or frame.name.endswith("[0]"):
+                log(f"{frame.dataset} {frame.name} {frame.note}: {secs:.1f} s")
     info = {
         "frames": [
             {"dataset": f.dataset, "frame": f.name, "shape": list(f.image.shape), "dtype": f.image.dtype.name, "note": f.note}
@@ -702,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tile", type=int, default=None, help="BM3D tile side (default 128; quick 96; 0 = no BM3D)"
     )
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes, one frame each (default 2)")
     parser.add_argument(
         "--out", type=Path, default=RESULTS, help="output folder (default benchmarks/results)"
     )
@@ -709,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 2)
     tile = args.tile if args.tile is not None else (96 if args.quick else 128)
     started = time.perf_counter()
-    records, info = run(args.quick, seeds, tile, lambda s: print(s, flush=True))
+    records, info = run(args.quick, seeds, tile, lambda s: print(s, flush=True), args.jobs)
     summary = summarise(records)
     info.update(
         {
