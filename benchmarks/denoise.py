@@ -540,11 +540,13 @@ def to_markdown(summary: dict[str, Any], info: dict[str, Any]) -> str:
         "baseline = P(degraded), output = R(degraded), where P is the recipe restricted to its unit steps "
         "(rescale, window, clip, minmax, to_float, MONOCHROME1 inversion, flag_empty, geometry, segmentation) "
         "and the quality steps (filters, `denoise`, enhancement) are left out; `data_range` = span of ref. "
-        "A recipe *does not lower* a frame when its PSNR and SSIM are each at least the lower of the "
-        "baseline's and the *native tolerance* (ref against ref + one seeded Gaussian realisation of the "
-        "clean frame's own MAD noise σ: a clean real frame is itself noisy, so at level `none` — baseline = "
-        "ref, PSNR ∞ — only a change within the frame's own noise can pass); it *improves* a frame when both "
-        "are strictly above the baseline.",
+        "A clean real frame is itself noisy, so the comparison carries a *native tolerance*: MSE_tol and SSIM_tol "
+        "of ref against ref + one seeded Gaussian realisation of its own noise (σ from the project's "
+        "`estimate_noise` on ref). A recipe *does not lower* a frame when the error it adds stays within it: "
+        "MSE(output) ≤ MSE(baseline) + MSE_tol and SSIM(output) ≥ SSIM(baseline) − (1 − SSIM_tol) (±0.01 dB / "
+        "0.001); at level `none` (baseline = ref, PSNR ∞) only a change within the frame's own noise passes. "
+        "*Strictly not lowered* = PSNR and SSIM ≥ the baseline's without tolerance (shown apart). A recipe "
+        "*improves* a frame when its PSNR and SSIM are both strictly above the baseline's.",
         "",
         "**BM3D anchor.** `bm3d` 4.0.3 (PyPI; Tampere University licence, free for non-commercial use only — "
         "benchmark-only `bench` extra, never a runtime dependency) gets the **true added noise** (oracle): "
