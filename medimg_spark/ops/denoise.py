@@ -15,6 +15,10 @@ Three parts, all numpy/OpenCV (no Spark, no BM3D, whose licence is non-commercia
   position (BM3D without block matching: a hard-threshold stage gives a pilot, an empirical Wiener stage
   uses it) on a 2x2-mean pyramid whose coarse levels remove the low-frequency noise of flat regions.
   ``method: nlm`` (OpenCV fast non-local means on 16 bits) is the runner-up (weaker and slower).
+* Real CT: the padding outside the scan field (solid regions at the frame's exact minimum,
+  :func:`padding_mask`) is filled with the nearest local mean of the scan field before the core and
+  restored bit for bit after it (no step edge to ring, no VST clamp); reconstructed CT noise is spatially
+  correlated, so σ is raised by :func:`noise_colour` when the coarser scales show it (white noise: 1).
 
 Do no harm: only the noise above a floor is removed, ``σ_eff = strength · sqrt(max(0, σ² − floor²))`` with
 ``floor`` a fraction of the robust range p1..p99 (default 1.5 %, above the inherent noise of the real
