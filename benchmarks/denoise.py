@@ -211,8 +211,14 @@ def load_frames(quick: bool) -> list[Frame]:
 # --- BM3D (oracle noise, variance-stabilised) -----------------------------------------------------------
 
 
-def bm3d_oracle(clean: Array, noisy: Array, degradation: str, level: str, meta: dict[str, Any]) -> Array:
-    """BM3D with the true added noise, after the VST that matches ``degradation`` (module doc)."""
+def bm3d_oracle(
+    clean: Array, noisy: Array, degradation: str, level: str, meta: dict[str, Any], whole: Array
+) -> Array:
+    """BM3D with the true added noise, after the VST that matches ``degradation`` (module doc).
+
+    ``clean``/``noisy`` are the tile; ``whole`` is the whole clean frame the degradation scaled its noise by
+    (robust max, minimum), so the oracle parameters are those of the degradation, not of the tile.
+    """
     import bm3d
     from scipy.special import polygamma
 
@@ -221,18 +227,18 @@ def bm3d_oracle(clean: Array, noisy: Array, degradation: str, level: str, meta: 
     c = clean.astype(np.float64)
     if degradation in ("rician", "ct_low_dose"):
         if degradation == "rician":
-            sigma = params["sigma_fraction"] * D.robust_max(c)
+            sigma = params["sigma_fraction"] * D.robust_max(whole)
         else:
             inside = ~D.ct_padding(clean, meta["rescale_slope"], meta["rescale_intercept"])
             sigma = float((x - c)[inside].std())
         lo, span = float(c.min()), max(float(c.max() - c.min()), 1e-9)
         out = bm3d.bm3d((x - lo) / span, sigma / span) * span + lo
     elif degradation == "xray_quantum":
-        blurred = c
+        blurred = whole.astype(np.float64)
         if params["blur_sigma"] > 0:
             from scipy import ndimage
 
-            blurred = ndimage.gaussian_filter(c, params["blur_sigma"], mode="reflect")
+            blurred = ndimage.gaussian_filter(blurred, params["blur_sigma"], mode="reflect")
         lo = float(blurred.min())
         scale = params["counts"] / max(D.robust_max(blurred) - lo, 1e-9)
         a = D.anscombe((x - lo) * scale)
@@ -331,7 +337,7 @@ def run_frame(frame: Frame, seeds: int, tile: int, with_bm3d: bool) -> tuple[lis
             ct = _centre(frame.image, tile)
             nt = _centre(noisy, tile)
             _score(records, common, "noisy", "tile", nt, 0.0, ct, nt)
-            out, secs = _timed(bm3d_oracle, ct, nt, degradation, level, frame.meta)
+            out, secs = _timed(bm3d_oracle, ct, nt, degradation, level, frame.meta, frame.image)
             _score(records, common, "BM3D", "tile", out, secs, ct, nt)
             tile_methods = {"nl-means": FILTERS["nl-means"]}
             if den is not None:
