@@ -4,9 +4,13 @@
 each frame inside the executors (``mapInArrow``; pixel data never reaches the driver) and appends
 
 * ``out/processed`` (:data:`PROCESSED_SCHEMA`): the result pixels, the mask (uint8 0/1 bytes of
-  ``rows x cols``, null when the recipe does not segment) and the quality metrics before/after;
+  ``rows x cols``, null when the recipe does not segment), the recipe trace (the branch each guarded or
+  noise-aware step took on this frame) and the quality metrics before/after in a fixed scale
+  (:func:`medimg_spark.quality.paired_metrics`);
 * ``out/quarantine`` (:data:`~medimg_spark.schema.QUARANTINE_SCHEMA`): one row per frame that failed,
-  ``stage = "preprocess"``, ``step = "<index>:<op>"`` (``-1:input`` for undecodable pixels),
+  ``stage = "preprocess"``, ``step = "<index>:<op>"`` (``-1:input`` for undecodable pixels, ``check``
+  with ``error_class = "DegenerateOutputError"`` for an output that is constant, non-finite or lost most of
+  the input's information: :func:`medimg_spark.ops._common.check_output`; never written as an image),
   ``error_class`` = the original exception's class, ``ingest_run_id`` = this preprocess run's id and an
   ``error_message`` that starts with ``recipe <name> recipe_hash=<sha256>``.
 
@@ -64,6 +68,7 @@ PROCESSED_SCHEMA = StructType(
         StructField("dtype", StringType(), False),
         StructField("pixels", BinaryType(), False),
         StructField("mask", BinaryType(), True),
+        StructField("recipe_trace", StringType(), True),
         StructField("quality_before", QUALITY_STRUCT, False),
         StructField("quality_after", QUALITY_STRUCT, False),
         StructField("preprocess_run_id", StringType(), False),
@@ -71,7 +76,10 @@ PROCESSED_SCHEMA = StructType(
     ]
 )
 """Schema of ``out/processed``. ``pixels`` decodes with :func:`medimg_spark.io.pixels.to_array`;
-``mask`` is ``rows * cols`` uint8 bytes (C order) or null."""
+``mask`` is ``rows * cols`` uint8 bytes (C order) or null. ``recipe_trace`` holds the notes of the steps
+that said which branch they took, ``"<index>:<op>: <note>"`` joined by ``"; "`` (e.g.
+``"4:clahe: skipped (noise x1.31 > 1.15)"``); null when no step had a note, and in tables written before
+the column existed (read with this schema)."""
 
 #: The ``images`` columns a recipe reads (pixels plus the header values ops may use) and passes on.
 RECIPE_INPUT_COLUMNS: tuple[str, ...] = (
@@ -141,18 +149,20 @@ def process_row(row: dict[str, Any], recipe: Any, run_id: str) -> dict[str, Any]
 
     from medimg_spark.io.pixels import encode, to_array
     from medimg_spark.ops import RecipeStepError, apply_recipe
-    from medimg_spark.quality import quality_metrics
+    from medimg_spark.ops._common import DegenerateOutputError
+    from medimg_spark.quality import paired_metrics
 
     out: dict[str, Any] = {k: row.get(k) for k in ("image_id", "modality", "label", "split", *_PASS_THROUGH)}
     out.update(recipe_name=recipe.name, recipe_hash=recipe.hash, preprocess_run_id=run_id)
     prefix = f"recipe {recipe.name} recipe_hash={recipe.hash}"
     step = "-1:input"
+    trace: list[str] = []
     try:
         image = to_array(row)
-        before = quality_metrics(image)
-        result, mask = apply_recipe(recipe, image, row)
+        step = "recipe"
+        result, mask = apply_recipe(recipe, image, row, trace)
         step = "quality"
-        after = quality_metrics(result)
+        before, after = paired_metrics(image, result, recipe.keeps_units)
         step = "encode"
         pixels, rows, cols, channels, dtype = encode(result)
         if mask is not None and mask.shape != result.shape[:2]:
@@ -164,6 +174,15 @@ def process_row(row: dict[str, Any], recipe: Any, run_id: str) -> dict[str, Any]
             step=exc.step,
             error_class=type(cause).__name__,
             error_message=f"{prefix}: step {exc.step}: {cause}",
+        )
+        return out
+    except DegenerateOutputError as exc:
+        notes = f" (trace: {'; '.join(trace)})" if trace else ""
+        out.update(
+            ok=False,
+            step="check",
+            error_class=type(exc).__name__,
+            error_message=f"{prefix}: check: {exc}{notes}",
         )
         return out
     except Exception as exc:
@@ -179,6 +198,7 @@ def process_row(row: dict[str, Any], recipe: Any, run_id: str) -> dict[str, Any]
         dtype=dtype,
         pixels=pixels,
         mask=None if mask is None else np.ascontiguousarray(mask, dtype=np.uint8).tobytes(),
+        recipe_trace="; ".join(trace) if trace else None,
         quality_before=before,
         quality_after=after,
     )

@@ -1,9 +1,22 @@
 """No-reference and full-reference image quality metrics of one frame.
 
-Scale rule (what makes the numbers comparable across dtypes and before/after a recipe that changes the
-dtype): every no-reference metric is computed on ``u``, the frame's luma (BT.601 for 3 channels) min-max
-scaled to [0, 1] over its finite values (non-finite pixels → 0; a constant frame → all 0). Metrics are
-therefore invariant to affine intensity changes such as rescale slope/intercept or a dtype cast.
+Scale rule: every no-reference metric is computed on ``u = (L - lo) / (hi - lo)``, the frame's luma ``L``
+(BT.601 for 3 channels; non-finite pixels → 0) in a scale ``[lo, hi]``:
+
+* alone (:func:`quality_metrics` without ``scale``): the frame's own finite min-max, so ``u`` is in [0, 1]
+  and the metrics are invariant to affine intensity changes such as rescale slope/intercept or a dtype cast;
+* before/after a recipe (:func:`paired_metrics`, what ``preprocess`` writes), a **fixed scale**:
+
+  - the recipe keeps the input's units (filters, denoising, sharpening, gamma, clipping, geometry): both
+    frames on the *input's* finite min-max, so a sharpening overshoot shows as a wider range and more
+    contrast (``u`` outside [0, 1]) instead of shrinking the rest of the frame, and a denoised frame's
+    σ is in the same units as the noisy one's;
+  - the recipe changes units (rescale, window, minmax, zscore, percentile_scale, contrast_stretch,
+    equalize, clahe, to_float with a scale): the input on its own finite min-max, the output on its
+    *nominal* range: [0, 1] for a float output whose 1st-99th percentiles lie in [-0.05, 1.05], the
+    dtype's display range for integers (uint8 [0, 255], uint16 [0, 65535], int16 [0, 32767]), else its
+    own finite min-max. A window that saturates most of the frame then scores a low dynamic range
+    instead of being stretched back to [0, 1].
 
 ==================  ===================================================================  ==========
 key                 definition (on ``u``)                                                 better
@@ -12,7 +25,9 @@ key                 definition (on ``u``)                                       
 ``std``             standard deviation of ``u``                                          neutral
 ``dynamic_range``   robust used range: 99th minus 1st percentile of ``u``                higher
 ``entropy``         Shannon entropy (bits) of the 256-bin histogram of ``u`` on [0, 1]   higher
-``rms_contrast``    relative RMS contrast ``std / mean`` (0 for a constant frame)        higher
+                    (values outside [0, 1] counted in the end bins)
+``rms_contrast``    relative RMS contrast ``std / mean`` (0 for a constant frame or      higher
+                    a mean <= 0)
 ``sharpness``       variance of the Laplacian (:func:`cv2.Laplacian`, 3x3 4-neighbour)   higher
 ``noise_sigma``     wavelet MAD noise σ, finest Haar diagonal band (Donoho)              lower
 ``snr``             ``mean_fg / std_bg`` with fg/bg split by Otsu's threshold            higher
@@ -34,7 +49,10 @@ from typing import Any
 
 import numpy as np
 
-from medimg_spark.ops._common import Array, luma, noise_sigma_mad, to_unit
+from medimg_spark.ops._common import Array, display_range, finite_min_max, luma, noise_sigma_mad, to_unit
+
+Scale = tuple[float, float]
+"""``(lo, hi)``: the intensity mapped to 0 and 1 before the no-reference metrics."""
 
 QUALITY_KEYS: tuple[str, ...] = (
     "mean",
@@ -67,14 +85,59 @@ METRIC_DIRECTION: dict[str, int] = {
 REFERENCE_KEYS: tuple[str, ...] = ("psnr", "ssim")
 
 
-def unit_luma(image: Array) -> Array:
-    """The [0, 1]-scaled luma every no-reference metric is computed on (float64)."""
-    return to_unit(luma(np.asarray(image)))
+def unit_luma(image: Array, scale: Scale | None = None) -> Array:
+    """The luma every no-reference metric is computed on (float64): min-max scaled to [0, 1], or
+    ``(L - lo) / (hi - lo)`` in the fixed ``scale`` (not clipped; non-finite → 0; ``hi <= lo`` → all 0)."""
+    g = luma(np.asarray(image))
+    if scale is None:
+        return to_unit(g)
+    lo, hi = float(scale[0]), float(scale[1])
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return np.zeros(g.shape, dtype=np.float64)
+    u = (g - lo) / (hi - lo)
+    return np.where(np.isfinite(u), u, 0.0)
+
+
+def own_scale(image: Array) -> Scale:
+    """The frame's finite luma min-max (what :func:`quality_metrics` uses without a scale)."""
+    return finite_min_max(luma(np.asarray(image)))
+
+
+def nominal_scale(image: Array) -> Scale:
+    """The nominal range of a recipe output in new units (see the module doc): [0, 1] for a float frame whose
+    1st-99th luma percentiles lie in [-0.05, 1.05], the display range of an integer dtype, else its min-max."""
+    arr = np.asarray(image)
+    if arr.dtype.kind in "ui":
+        return display_range(arr.dtype)
+    g = luma(arr)
+    finite = g[np.isfinite(g)]
+    if finite.size:
+        p1, p99 = np.percentile(finite, [1.0, 99.0])
+        if p1 >= -0.05 and p99 <= 1.05:
+            return 0.0, 1.0
+    return own_scale(arr)
+
+
+def paired_scales(before: Array, after: Array, keeps_units: bool) -> tuple[Scale, Scale]:
+    """The fixed scales of the before and after frames of a recipe (module doc)."""
+    scale_before = own_scale(before)
+    return scale_before, (scale_before if keeps_units else nominal_scale(after))
+
+
+def paired_metrics(
+    before: Array, after: Array, keeps_units: bool
+) -> tuple[dict[str, float], dict[str, float]]:
+    """No-reference metrics of a recipe's input and output in fixed scales (:func:`paired_scales`).
+
+    ``before`` equals :func:`quality_metrics` of the input alone (its own min-max).
+    """
+    scale_before, scale_after = paired_scales(before, after, keeps_units)
+    return quality_metrics(before, scale_before), quality_metrics(after, scale_after)
 
 
 def shannon_entropy(u: Array, bins: int = 256) -> float:
     """Shannon entropy in bits of the ``bins``-bin histogram of ``u`` over [0, 1]."""
-    hist = np.histogram(u, bins=bins, range=(0.0, 1.0))[0].astype(np.float64)
+    hist = np.histogram(np.clip(u, 0.0, 1.0), bins=bins, range=(0.0, 1.0))[0].astype(np.float64)
     p = hist[hist > 0] / hist.sum()
     return float(-(p * np.log2(p)).sum()) + 0.0
 
@@ -92,11 +155,17 @@ def otsu_regions(u: Array) -> tuple[Array, Array] | None:
     return u[fg], u[~fg]
 
 
-def quality_metrics(image: Array) -> dict[str, float]:
-    """No-reference metrics of one frame as a flat ``{key: float}`` dict in :data:`QUALITY_KEYS` order."""
+def quality_metrics(image: Array, scale: Scale | None = None) -> dict[str, float]:
+    """No-reference metrics of one frame as a flat ``{key: float}`` dict in :data:`QUALITY_KEYS` order.
+
+    Args:
+        image: the frame.
+        scale: ``(lo, hi)`` mapped to 0 and 1 (a fixed scale, e.g. the input's range for a recipe's output);
+            None: the frame's own finite min-max.
+    """
     import cv2
 
-    u = unit_luma(image)
+    u = unit_luma(image, scale)
     mean = float(u.mean())
     std = float(u.std())
     p1, p99 = np.percentile(u, [1.0, 99.0])

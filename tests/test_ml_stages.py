@@ -107,11 +107,22 @@ def test_saved_pipeline_reproduces_the_cli_stages(spark, run: dict[str, Path]) -
         processed = spark.read.parquet(str(out / "processed"))
         keep = [c for c in processed.columns if c not in RUN_COLUMNS]
         assertDataFrameEqual(result.select(*keep), processed.where(F.col("split") == "val").select(*keep))
-        # QualityScorer on processed frames equals the quality_after preprocess stored
-        assertDataFrameEqual(
-            result.select("image_id", F.col("quality").alias("q")),
-            processed.where(F.col("split") == "val").select("image_id", F.col("quality_after").alias("q")),
-        )
+        # QualityScorer scores a processed frame alone (its own min-max scale); preprocess stores quality_after
+        # in the fixed before/after scale of the recipe (issue 16: for classify, the output's nominal [0, 1])
+        from medimg_spark.io.pixels import to_array
+        from medimg_spark.quality import QUALITY_KEYS, nominal_scale, quality_metrics
+
+        val_rows = processed.where(F.col("split") == "val").collect()
+        scored = {
+            r["image_id"]: r["q"] for r in result.select("image_id", F.col("quality").alias("q")).collect()
+        }
+        assert set(scored) == {r["image_id"] for r in val_rows}
+        for r in val_rows:
+            frame = to_array(r.asDict())
+            alone, fixed = quality_metrics(frame), quality_metrics(frame, nominal_scale(frame))
+            for k in QUALITY_KEYS:
+                assert scored[r["image_id"]][k] == pytest.approx(alone[k], nan_ok=True), k
+                assert r["quality_after"][k] == pytest.approx(fixed[k], nan_ok=True), k
         # FeatureExtractor: the features table's vectors and their ml_attr metadata
         features = spark.read.parquet(str(out / "features"))
         assertDataFrameEqual(

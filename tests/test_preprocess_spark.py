@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 from medimg_spark.io.pixels import decode, encode
 from medimg_spark.ops import apply_recipe, load_recipe
 from medimg_spark.preprocess import PROCESSED_SCHEMA, format_quality_table, preprocess, quality_report
-from medimg_spark.quality import QUALITY_KEYS, quality_metrics
+from medimg_spark.quality import QUALITY_KEYS, paired_metrics, quality_metrics
 from medimg_spark.schema import IMAGES_SCHEMA, QUARANTINE_SCHEMA
 
 RECIPES = Path(__file__).resolve().parents[1] / "medimg_spark" / "resources" / "recipes"
@@ -126,7 +126,10 @@ def test_spark_equals_plain_python_and_rerun_is_idempotent(
         assert mask is not None
         assert np.array_equal(np.frombuffer(r["mask"], np.uint8).reshape(r["rows"], r["cols"]), mask)
         assert _same_metrics(r["quality_before"], quality_metrics(original))
-        assert _same_metrics(r["quality_after"], quality_metrics(image))
+        assert _same_metrics(r["quality_after"], paired_metrics(original, image, recipe.keeps_units)[1])
+        trace: list[str] = []
+        apply_recipe(recipe, original, next(f for f in frames if f["image_id"] == image_id), trace)
+        assert r["recipe_trace"] == ("; ".join(trace) if trace else None)
         assert r["recipe_name"] == "denoise" and r["recipe_hash"] == recipe.hash
         assert r["preprocess_run_id"] == summary["run_id"]
     assert rows["cxr-1"]["label"] == frames[6]["label"] and rows["cxr-1"]["split"] == "val"

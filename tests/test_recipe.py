@@ -16,6 +16,8 @@ from pydicom.data import get_testdata_file
 import medimg_spark.ops as ops
 from medimg_spark.errors import ConfigError, RecipeError
 from medimg_spark.ops import Recipe, RecipeFileError, RecipeStepError, apply_recipe, load_recipe, parse_recipe
+from medimg_spark.ops._common import DegenerateOutputError
+from medimg_spark.ops.denoise import denoise
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ["chest_xray", "ct_lung", "mri", "denoise", "classify"]
@@ -147,18 +149,20 @@ def test_ct_lung_equals_manual_op_chain() -> None:
     img, meta = ct_frame()
     out, mask = apply_recipe(load_recipe("ct_lung"), img, meta)
     hu = ops.rescale(img, meta["rescale_slope"], meta["rescale_intercept"])
-    ref = ops.clahe(ops.bilateral_filter(ops.window(hu, -600, 1500), 5, 0.1, 1.5), 2.0, (8, 8))
+    # issue 16: noise-aware denoising in HU before the window; no bilateral filter, no CLAHE
+    ref = ops.window(denoise(hu, floor=0.002)[0], -600, 1500)
     assert mask is None and out.dtype == np.float32
     assert np.array_equal(out, ref)
 
 
-def test_chest_xray_gives_equalised_image_and_lung_mask() -> None:
+def test_chest_xray_gives_denoised_image_and_lung_mask() -> None:
     r = load_recipe("chest_xray")
     assert r.segments
     for i in range(3):
         img = cxr(i)
         out, mask = apply_recipe(r, img, {"photometric": "MONOCHROME2"})
-        assert out.dtype == np.uint8 and np.array_equal(out, ops.equalize(img))
+        # issue 16: the image output is the denoised frame (no global equalisation)
+        assert out.dtype == np.uint8 and np.array_equal(out, denoise(img, strength=0.7)[0])
         assert mask is not None and mask.shape == img.shape and set(np.unique(mask)) <= {0, 1}
         assert 0.05 < mask.mean() < 0.7
         assert img[mask == 1].mean() < img[mask == 0].mean()  # lungs are the dark fields
@@ -170,7 +174,13 @@ def test_chest_xray_gives_equalised_image_and_lung_mask() -> None:
 def test_every_shipped_recipe_runs_on_real_frames(name: str) -> None:
     r = load_recipe(name)
     rgb = pydicom.dcmread(get_testdata_file("SC_rgb.dcm")).pixel_array
-    for img, meta in [ct_frame(), mr_frame(), (cxr(0), {}), (rgb, {})]:
+    frames = {"ct": ct_frame(), "mr": mr_frame(), "cxr": (cxr(0), {}), "rgb": (rgb, {})}
+    for kind, (img, meta) in frames.items():
+        if name == "ct_lung" and kind == "mr":
+            # an MR frame is not in HU: the lung window saturates it, and the output check refuses it
+            with pytest.raises(DegenerateOutputError, match="saturated at its maximum"):
+                apply_recipe(r, img, meta)
+            continue
         out, mask = apply_recipe(r, img, meta)
         assert out.dtype.name in ops.SUPPORTED_DTYPES and out.shape[:2] == img.shape[:2]
         assert np.isfinite(out).all()
@@ -209,7 +219,12 @@ def test_missing_header_value_fails_the_step() -> None:
     fallback = parse_recipe(
         {"name": "w", "steps": [{"op": "window", "from_header": True, "fallback_preset": "brain"}]}
     )
-    assert np.array_equal(apply_recipe(fallback, mr_frame()[0], {})[0], ops.window(mr_frame()[0], 40, 80))
+    step_out, _ = fallback.steps[0].run(mr_frame()[0], None, {})
+    assert np.array_equal(step_out, ops.window(mr_frame()[0], 40, 80))
+    with pytest.raises(
+        DegenerateOutputError, match=r"constant|saturated"
+    ):  # a brain CT window on an MR frame
+        apply_recipe(fallback, mr_frame()[0], {})
 
 
 def test_geometry_steps_move_the_mask() -> None:

@@ -220,3 +220,114 @@ def noise_sigma_mad(image: Array) -> float:
     if hh.size == 0:
         return float("nan")
     return float(np.median(np.abs(hh)) / 0.6745)
+
+
+class DegenerateOutputError(RecipeError):
+    """A recipe turned a frame with content into a degenerate output: quarantined, never written as an image.
+
+    Attributes:
+        reason: ``"constant"``, ``"nonfinite"``, ``"saturated"`` or ``"entropy"`` (see :func:`check_output`).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+#: :func:`check_output` bounds. An output is degenerate when its non-finite share exceeds
+#: ``MAX_NONFINITE_SHARE`` (and the input's), when more than ``MAX_SATURATED_SHARE`` of its pixels sit at
+#: one end of its finite range where the input had less than ``MAX_INPUT_END_SHARE`` at that end, or when
+#: its entropy falls below ``MIN_ENTROPY_RATIO`` of the input's (inputs of at least ``MIN_INPUT_ENTROPY`` bits).
+MAX_NONFINITE_SHARE = 0.5
+MAX_SATURATED_SHARE = 0.95
+MAX_INPUT_END_SHARE = 0.5
+MIN_ENTROPY_RATIO = 0.1
+MIN_INPUT_ENTROPY = 1.0
+_CHECK_SAMPLE = 1 << 20
+
+
+def _sample(values: Array) -> Array:
+    """At most about :data:`_CHECK_SAMPLE` values of a flat array (a regular stride: cheap, deterministic)."""
+    step = max(1, values.size // _CHECK_SAMPLE)
+    return values[::step]
+
+
+def _end_shares(values: Array) -> tuple[float, float, float, float]:
+    """``(lo, hi, share at lo, share at hi)`` of finite ``values`` (non-empty)."""
+    lo, hi = float(values.min()), float(values.max())
+    return lo, hi, float(np.mean(values == lo)), float(np.mean(values == hi))
+
+
+def _entropy_bits(values: Array, lo: float, hi: float, bins: int = 256) -> float:
+    """Shannon entropy (bits) of the ``bins``-bin histogram of ``values`` over their own ``[lo, hi]``."""
+    if hi <= lo:
+        return 0.0
+    idx = np.clip(((values - lo) * (bins / (hi - lo))).astype(np.int64), 0, bins - 1)
+    p = np.bincount(idx, minlength=bins).astype(np.float64)
+    p = p[p > 0] / values.size
+    return float(-(p * np.log2(p)).sum()) + 0.0
+
+
+def check_output(before: Array, after: Array) -> None:
+    """Raise :class:`DegenerateOutputError` when ``after`` (a recipe's output) lost the content of ``before``.
+
+    Checked on the luma of both frames (3 channels: BT.601), in this order:
+
+    * ``nonfinite``: the output has no finite pixel, or more than :data:`MAX_NONFINITE_SHARE` of its pixels
+      are non-finite and more than the input's share;
+    * ``constant``: the output's finite max equals its finite min while the input's do not;
+    * ``saturated``: more than :data:`MAX_SATURATED_SHARE` (95 %) of the output's finite pixels are at one end
+      (min or max) of its finite range, where the input had less than :data:`MAX_INPUT_END_SHARE` (50 %)
+      at the same end of its own range (e.g. a CT frame without its rescale driven through a lung window);
+    * ``entropy``: the entropy of the output's 256-bin histogram over its finite range is below
+      :data:`MIN_ENTROPY_RATIO` (10 %) of the input's in the same binning (inputs of at least
+      :data:`MIN_INPUT_ENTROPY` bit).
+
+    A constant or all-non-finite input is not checked (``flag_empty`` is the step that refuses those).
+    Saturation and entropy use a regular subsample of at most about 2**20 pixels.
+    """
+    b = luma(np.asarray(before)).ravel()
+    a = luma(np.asarray(after)).ravel()
+    b_fin = b[np.isfinite(b)]
+    if b_fin.size == 0 or b_fin.min() == b_fin.max():
+        return
+    finite = np.isfinite(a)
+    n_fin = int(finite.sum())
+    share_bad = 1.0 - n_fin / max(a.size, 1)
+    share_bad_in = 1.0 - b_fin.size / b.size
+    if n_fin == 0:
+        raise DegenerateOutputError("nonfinite", "the recipe output has no finite pixel (all NaN/inf)")
+    if share_bad > MAX_NONFINITE_SHARE and share_bad > share_bad_in:
+        raise DegenerateOutputError(
+            "nonfinite",
+            f"{share_bad:.0%} of the recipe output's pixels are NaN/inf (input: {share_bad_in:.0%}; "
+            f"bound {MAX_NONFINITE_SHARE:.0%})",
+        )
+    a_fin = a[finite] if n_fin < a.size else a
+    lo, hi, at_lo, at_hi = _end_shares(_sample(a_fin))
+    if float(a_fin.min()) == float(a_fin.max()):
+        raise DegenerateOutputError(
+            "constant",
+            f"the recipe output is constant ({float(a_fin.min()):.6g}) but the input was not "
+            f"(range {float(b_fin.min()):.6g}..{float(b_fin.max()):.6g}); check the rescale and window "
+            "the frame went through",
+        )
+    bs = _sample(b_fin)
+    b_lo, b_hi, in_lo, in_hi = _end_shares(bs)
+    for end, share, share_in in (("minimum", at_lo, in_lo), ("maximum", at_hi, in_hi)):
+        if share > MAX_SATURATED_SHARE and share_in < MAX_INPUT_END_SHARE:
+            raise DegenerateOutputError(
+                "saturated",
+                f"{share:.1%} of the recipe output's pixels are saturated at its {end} "
+                f"(input: {share_in:.1%}; bound {MAX_SATURATED_SHARE:.0%}): most of the input's information "
+                "is lost; check the rescale and window the frame went through",
+            )
+    h_in = _entropy_bits(bs, b_lo, b_hi)
+    h_out = _entropy_bits(_sample(a_fin), lo, hi)
+    if h_in >= MIN_INPUT_ENTROPY and h_out < MIN_ENTROPY_RATIO * h_in:
+        raise DegenerateOutputError(
+            "entropy",
+            f"the recipe output's entropy is {h_out:.2f} bits, under {MIN_ENTROPY_RATIO:.0%} of the "
+            f"input's {h_in:.2f} bits (256 bins over each frame's finite range): most of the input's "
+            "information is lost",
+        )

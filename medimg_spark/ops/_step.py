@@ -60,7 +60,18 @@ class Step(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: ClassVar[StepKind] = "image"
+    omit_when_none: ClassVar[frozenset[str]] = frozenset()
+    """Optional parameters left out of :meth:`canonical_params` while None (added after recipes were
+    hashed: a recipe that does not set them keeps its hash)."""
     op: str
+
+    def canonical_params(self) -> dict[str, Any]:
+        """Every parameter (defaults included) as JSON values, but :attr:`omit_when_none` fields that are None."""
+        body = self.model_dump(mode="json")
+        for key in self.omit_when_none:
+            if body.get(key) is None:
+                body.pop(key, None)
+        return body
 
     def image_op(self, image: Array, meta: Meta | None) -> Array:
         """Transform the image (``kind == "image"``)."""
@@ -70,6 +81,46 @@ class Step(BaseModel):
         """Apply this step to the ``(image, mask)`` state."""
         return self.image_op(image, meta), mask
 
+    def explain(
+        self, image: Array, mask: Array | None, meta: Meta | None
+    ) -> tuple[Array, Array | None, str | None]:
+        """Apply this step and say which branch it took on this frame.
+
+        Returns:
+            ``(image, mask, note)``: the :meth:`run` result and a short, PHI-free note such as
+            ``"skipped (noise x1.31 > 1.15)"``, or None when there is nothing to say (this base
+            implementation). :func:`~medimg_spark.ops.recipe.apply_recipe` records the notes in its trace.
+        """
+        image, mask = self.run(image, mask, meta)
+        return image, mask, None
+
+    def changes_units(self) -> bool:
+        """Whether this step maps values to other units (HU, [0, 1], a display range) rather than keeping them.
+
+        Decides the fixed scale of the before/after quality metrics (:func:`medimg_spark.quality.paired_metrics`):
+        the ops in :data:`UNIT_CHANGING_OPS`, and ``to_float`` unless ``scale: none``.
+        """
+        if self.op == "to_float":
+            return getattr(self, "scale", "none") != "none"
+        return self.op in UNIT_CHANGING_OPS
+
+
+UNIT_CHANGING_OPS: frozenset[str] = frozenset(
+    {
+        "rescale",
+        "window",
+        "minmax",
+        "zscore",
+        "percentile_scale",
+        "contrast_stretch",
+        "equalize",
+        "clahe",
+    }
+)
+"""Ops whose output is in other units than their input (physical units, [0, 1] or the dtype's display range).
+
+Filters, denoising, sharpening, gamma (on the image's own range), clipping, geometry and mask ops keep units.
+"""
 
 S = TypeVar("S", bound=type[Step])
 

@@ -38,13 +38,20 @@ from medimg_spark.errors import ConfigError
 from medimg_spark.ops import (  # noqa: F401
     clean,
     convert,
+    denoise,
     enhance,
     filters,
     morphology,
     normalize,
     segment,
 )
-from medimg_spark.ops._common import Array, RecipeConfigError, RecipeStepError, as_supported
+from medimg_spark.ops._common import (
+    Array,
+    RecipeConfigError,
+    RecipeStepError,
+    as_supported,
+    check_output,
+)
 from medimg_spark.ops._step import STEPS, Meta, Step
 
 RECIPES_DIR = shipped_resources.root().joinpath("recipes")
@@ -94,12 +101,18 @@ class Recipe(BaseModel):
         """Whether the recipe produces a mask."""
         return any(s.kind == "segment" for s in self.steps)
 
+    @property
+    def keeps_units(self) -> bool:
+        """Whether the output is in the input's units: no step changes them (:meth:`Step.changes_units`)."""
+        return not any(s.changes_units() for s in self.steps)
+
     def canonical_json(self) -> str:
         """Canonical JSON of ``name`` and the steps with every parameter (defaults included), sorted keys.
 
-        The description is documentation and not part of it.
+        The description is documentation and not part of it; optional parameters added later (such as an
+        enhancement's ``guard``) are left out while unset (:meth:`Step.canonical_params`).
         """
-        body = {"name": self.name, "steps": [s.model_dump(mode="json") for s in self.steps]}
+        body = {"name": self.name, "steps": [s.canonical_params() for s in self.steps]}
         return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
     @property
@@ -107,8 +120,10 @@ class Recipe(BaseModel):
         """sha256 hex digest of :meth:`canonical_json`: equal for recipes that process frames identically."""
         return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
 
-    def __call__(self, image: Array, meta: Meta | None = None) -> tuple[Array, Array | None]:
-        return apply_recipe(self, image, meta)
+    def __call__(
+        self, image: Array, meta: Meta | None = None, trace: list[str] | None = None
+    ) -> tuple[Array, Array | None]:
+        return apply_recipe(self, image, meta, trace)
 
 
 def _describe(err: Mapping[str, Any], data: Any) -> str:
@@ -199,29 +214,39 @@ def resolve_recipe(name: str) -> str:
     return found.name if found.origin == "shipped" else found.location
 
 
-def apply_recipe(recipe: Recipe, image: Array, meta: Meta | None = None) -> tuple[Array, Array | None]:
-    """Run ``recipe`` on one frame in plain Python.
+def apply_recipe(
+    recipe: Recipe, image: Array, meta: Meta | None = None, trace: list[str] | None = None
+) -> tuple[Array, Array | None]:
+    """Run ``recipe`` on one frame in plain Python, then check the output is not degenerate.
 
     Args:
         recipe: a validated recipe.
         image: (rows, cols) or (rows, cols, 3) array; converted by :func:`as_supported` first.
         meta: header values keyed like the ``images`` columns (``rescale_slope``, ``rescale_intercept``,
             ``window_center``, ``window_width``, ``photometric``, ``pixel_spacing``, ...); may be None.
+        trace: when a list, ``"<index>:<op>: <note>"`` is appended for every step whose
+            :meth:`~medimg_spark.ops._step.Step.explain` has a note (the branch it took on this frame).
 
     Returns:
         ``(image, mask)``; ``mask`` is a uint8 0/1 (rows, cols) array, or None if no step segments.
 
     Raises:
         RecipeStepError: a step failed; ``step_index``/``op``/``cause`` say which and why.
+        DegenerateOutputError: the output is constant, (mostly) non-finite or lost most of the input's
+            information (:func:`~medimg_spark.ops._common.check_output`); the trace holds every step's note.
     """
     try:
         img = as_supported(image)
     except Exception as exc:
         raise RecipeStepError(-1, "input", exc) from exc
+    source = img
     mask: Array | None = None
     for i, step in enumerate(recipe.steps):
         try:
-            img, mask = step.run(img, mask, meta)
+            img, mask, note = step.explain(img, mask, meta)
         except Exception as exc:
             raise RecipeStepError(i, step.op, exc) from exc
+        if note is not None and trace is not None:
+            trace.append(f"{i}:{step.op}: {note}")
+    check_output(source, img)
     return img, mask
