@@ -78,8 +78,10 @@ browser: ci-packages
 test: lint ci-packages pytest
 
 bench: install-dev
+	$(PIP) install --quiet -e '.[bench]'
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/transport.py --n 2000
+	$(PY) benchmarks/denoise.py --jobs 2
 
 # Fuzz `medimg ingest` with N seeded mutations of real files; report in $(FUZZ_WORK)/fuzz_report.json.
 fuzz: install-dev

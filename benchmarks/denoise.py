@@ -253,13 +253,13 @@ def bm3d_oracle(
     return cast_like(out, noisy.dtype)
 
 
-def project_denoise() -> Callable[[Array], Array] | None:
-    """The project's ``denoise`` op (blind), or None when it is not importable yet."""
+def project_denoise(**params: float) -> Callable[[Array], Array] | None:
+    """The project's ``denoise`` op (blind; ``params`` as the recipe step's), or None when not importable."""
     try:
         from medimg_spark.ops.denoise import denoise
     except ImportError:
         return None
-    return lambda x: denoise(x)[0]
+    return lambda x: denoise(x, **params)[0]  # type: ignore[arg-type]
 
 
 # --- run ------------------------------------------------------------------------------------------------
@@ -342,6 +342,9 @@ def run_frame(frame: Frame, seeds: int, tile: int, with_bm3d: bool) -> tuple[lis
             tile_methods = {"nl-means": FILTERS["nl-means"]}
             if den is not None:
                 tile_methods["denoise op"] = den
+                # the same op with its do-no-harm floor off (recipe step ``{op: denoise, floor: 0}``): it
+                # also removes noise below the floor, which the default leaves alone by design
+                tile_methods["denoise op, floor 0"] = project_denoise(floor=0.0) or den
             for method, fn in tile_methods.items():
                 out, secs = _timed(fn, nt)
                 _score(records, common, method, "tile", out, secs, ct, nt)

@@ -54,12 +54,21 @@ def test_registry_registers_once_lists_in_order_and_names_the_fix() -> None:
 
 def test_every_op_registers_its_step_next_to_its_function() -> None:
     assert list(STEP_MODELS) == list(STEPS.names())
-    assert len(STEPS) == 34
+    assert len(STEPS) == 35
     for name in STEPS:
         model = STEPS.get(name)
         assert issubclass(model, Step) and model.model_fields["op"].annotation is not str
         module = model.__module__.rsplit(".", 1)[-1]
-        assert module in {"clean", "convert", "enhance", "filters", "morphology", "normalize", "segment"}
+        assert module in {
+            "clean",
+            "convert",
+            "denoise",
+            "enhance",
+            "filters",
+            "morphology",
+            "normalize",
+            "segment",
+        }
         assert STEPS.entry(name).help  # the class docstring's first line
     assert STEPS.names(kind="segment") == (
         "threshold",

@@ -13,8 +13,8 @@ MLlib pipeline::
 
 The outputs equal the CLI stages' tables for the same inputs: :class:`RecipeTransformer` gives the
 ``medimg preprocess`` ``processed`` rows (all but the run-specific ``preprocess_run_id`` and
-``processed_at``), :class:`QualityScorer` the values ``preprocess`` stores (``quality_after`` on
-processed rows, ``quality_before`` on images rows), :class:`FeatureExtractor` the ``medimg features``
+``processed_at``), :class:`QualityScorer` the ``quality_before`` values ``preprocess`` stores for images rows (each frame in its
+own scale; ``quality_after`` is in the recipe's fixed before/after scale), :class:`FeatureExtractor` the ``medimg features``
 vectors and :class:`SklearnClassificationModel` the ``medimg predict`` columns of a model that
 ``medimg train`` fits with the same model, params, seed and rows.
 
@@ -332,8 +332,10 @@ class QualityScorer(Transformer, HasOutputCol, DefaultParamsReadable["QualitySco
 
     Reads the frame columns (pixels, rows, cols, channels, dtype) and adds ``outputCol``, a struct
     of :data:`medimg_spark.preprocess.QUALITY_STRUCT` (NaN where a metric is undefined, null for a
-    row without pixels). On ``processed`` rows it equals the stored ``quality_after``, on ``images``
-    rows the ``quality_before`` that ``medimg preprocess`` stores. Reference metrics (PSNR/SSIM) need
+    row without pixels). It scores each frame alone, in its own min-max scale: on ``images`` rows it
+    equals the ``quality_before`` that ``medimg preprocess`` stores; ``quality_after`` is in the recipe's
+    fixed before/after scale (:func:`medimg_spark.quality.paired_metrics`), so on ``processed`` rows the
+    two agree only for recipes whose output scale is the frame's own min-max. Reference metrics (PSNR/SSIM) need
     a second frame per row and are not computed here (:func:`medimg_spark.quality.reference_metrics`).
     """
 

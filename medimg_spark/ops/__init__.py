@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from medimg_spark.ops._common import (
     SUPPORTED_DTYPES,
+    DegenerateOutputError,
     EmptyFrameError,
     MissingMetadataError,
     RecipeConfigError,
     RecipeStepError,
     UnsupportedImageError,
     as_supported,
+    check_output,
     display_range,
     noise_sigma_mad,
 )
@@ -33,6 +35,7 @@ from medimg_spark.ops.convert import (
     to_float,
     window,
 )
+from medimg_spark.ops.denoise import NoiseEstimate, denoise, estimate_noise
 from medimg_spark.ops.enhance import clahe, contrast_stretch, equalize, equalize_lut, gamma, unsharp_mask
 from medimg_spark.ops.filters import (
     bilateral_filter,
@@ -71,8 +74,10 @@ __all__ = [
     "STEP_MODELS",
     "SUPPORTED_DTYPES",
     "WINDOW_PRESETS",
+    "DegenerateOutputError",
     "EmptyFrameError",
     "MissingMetadataError",
+    "NoiseEstimate",
     "Recipe",
     "RecipeConfigError",
     "RecipeFileError",
@@ -85,14 +90,17 @@ __all__ = [
     "as_supported",
     "bilateral_filter",
     "canny_fill",
+    "check_output",
     "clahe",
     "clip",
     "contrast_stretch",
     "crop",
     "crop_foreground",
+    "denoise",
     "display_range",
     "equalize",
     "equalize_lut",
+    "estimate_noise",
     "fill_holes",
     "flag_empty",
     "foreground_bbox",
