@@ -372,32 +372,15 @@ def test_psnr_ssim_unchanged(ct: tuple[np.ndarray, dict[str, Any]]) -> None:
 
 
 def test_preprocess_writes_trace_and_quarantines_degenerate_outputs(spark: Any, tmp_path: Path) -> None:
-    from medimg_spark.io.pixels import decode, encode
+    from medimg_spark.io.pixels import decode
     from medimg_spark.preprocess import PROCESSED_SCHEMA, format_quality_table, preprocess, quality_report
     from medimg_spark.schema import IMAGES_SCHEMA, QUARANTINE_SCHEMA
+    from tests.test_preprocess_spark import _row as images_row
 
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
 
     def row(image_id: str, **meta: Any) -> dict[str, Any]:
-        pixels, rows, cols, channels, dtype = encode(ds.pixel_array)
-        r: dict[str, Any] = {f.name: None for f in IMAGES_SCHEMA.fields}
-        r.update(
-            image_id=image_id,
-            file_sha256=f"sha-{image_id}",
-            source_path=f"/data/{image_id}",
-            source_format="dicom",
-            frame_index=0,
-            n_frames=1,
-            modality="CT",
-            rows=rows,
-            cols=cols,
-            channels=channels,
-            dtype=dtype,
-            pixels=pixels,
-            ingest_run_id="ingest-test",
-            **meta,
-        )
-        return r
+        return images_row(image_id, ds.pixel_array, "CT", **meta)
 
     hu = {"rescale_slope": float(ds.RescaleSlope), "rescale_intercept": float(ds.RescaleIntercept)}
     frames = [row("ct-ok", **hu), row("ct-norescale")]
