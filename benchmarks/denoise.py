@@ -13,7 +13,7 @@ Frames (clean references, their own units and dtype; 3-channel frames → BT.601
 
 Frames are **cropped to their central 384²** (every frame but the PneumoniaMNIST ones,
 CT and MR included): at full size the denoisers, the recipes and the SLIC superpixels of ``chest_xray`` take the
-full run far past its ~15 min budget on two shared cores. Every recipe runs on its modality: ``ct_lung`` on
+full run far past its ~15 min budget on two shared cores; ``--max-side 0`` runs the full frames. Every recipe runs on its modality: ``ct_lung`` on
 CT, ``mri`` on MR, ``chest_xray`` on CR/DX, ``classify`` on CXR-28, and the generic ``denoise`` recipe on US
 (the modality with no recipe of its own).
 
@@ -145,8 +145,11 @@ def _grey(a: Array) -> Array:
     return a if a.ndim == 2 else cast_like(luma(a), a.dtype)
 
 
-def load_frames(quick: bool) -> list[Frame]:
-    """The clean frames (see the module doc); ``quick``: one per modality, cropped to 256²."""
+def load_frames(quick: bool, max_side: int = MAX_SIDE) -> list[Frame]:
+    """The clean frames (see the module doc); ``quick``: one per modality, cropped to 256².
+
+    ``max_side``: frames larger than this are cropped to their central ``max_side``²; 0 keeps full frames.
+    """
     import deid_data
     import pydicom
     from pydicom.data import get_testdata_file
@@ -187,7 +190,7 @@ def load_frames(quick: bool) -> list[Frame]:
         seen.add(dataset)
         img, ds = dcm(path, index)
         shape = "x".join(map(str, img.shape))
-        side = 256 if quick else MAX_SIDE
+        side = 256 if quick else max_side
         note = ""
         if side and max(img.shape) > side:
             img = _centre(img, side)
@@ -385,10 +388,10 @@ def _run_frame_star(args: tuple[Frame, int, int, bool]) -> tuple[list[Record], f
 
 
 def run(
-    quick: bool, seeds: int, tile: int, log: Callable[[str], None], jobs: int = 1
+    quick: bool, seeds: int, tile: int, log: Callable[[str], None], jobs: int = 1, max_side: int = MAX_SIDE
 ) -> tuple[list[Record], dict[str, Any]]:
     """Score every method on every degraded frame; returns the records and the run's frame list."""
-    frames = load_frames(quick)
+    frames = load_frames(quick, max_side)
     den = project_denoise()
     records: list[Record] = []
     cxr_names = [f.name for f in frames if f.dataset == "CXR-28"]
@@ -731,13 +734,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=2, help="worker processes, one frame each (default 2)")
     parser.add_argument(
+        "--max-side",
+        type=int,
+        default=MAX_SIDE,
+        help=f"crop larger frames to their central N² (default {MAX_SIDE}; 0 = full-size frames, a long run)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=RESULTS, help="output folder (default benchmarks/results)"
     )
     args = parser.parse_args(argv)
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 2)
     tile = args.tile if args.tile is not None else (96 if args.quick else 128)
     started = time.perf_counter()
-    records, info = run(args.quick, seeds, tile, lambda s: print(s, flush=True), args.jobs)
+    records, info = run(args.quick, seeds, tile, lambda s: print(s, flush=True), args.jobs, args.max_side)
     summary = summarise(records)
     info.update(
         {
