@@ -566,8 +566,9 @@ def _fill_padding(values: Array, mask: Array) -> Array:
     return np.asarray(np.where(mask, filled, values))
 
 
-MIN_COLOUR = 1.12
-"""Correlated-noise factors below this are left at 1 (white noise plus a little texture reads 1.0..1.09)."""
+MIN_COLOUR = 1.26
+"""Correlated-noise factors below this are left at 1 (white noise plus a little texture reads 1.0..1.24 on
+128² tiles of real MR/CR; reconstructed CT noise 1.4..1.6)."""
 
 MAX_COLOUR = 2.0
 """Cap of the correlated-noise factor of :func:`noise_colour`."""
@@ -583,7 +584,7 @@ def noise_colour(plane: Array) -> float:
     mean; reconstructed CT noise (filtered back-projection of Poisson line integrals, including the
     project's ``ct_low_dose``) has relatively more power at lower frequencies, so the σ of the 2x2 means is
     more than half. With ``r1 = 2 σ(level 2) / σ(level 1)`` and ``r2 = 4 σ(level 3) / σ(level 1)`` the
-    factor is ``r1`` (at most 2) when ``r1 >= 1.12`` and ``r2 <= 1.25 r1`` — noise that is white below the finest band
+    factor is ``r1`` (at most 2) when ``r1 >= 1.26`` and ``r2 <= 1.25 r1`` — noise that is white below the finest band
     — and 1 otherwise: texture leaking into the coarse estimates grows from scale to scale (MR) and must not
     be read as noise. Measured on real CT with ``ct_low_dose``: 1.4..1.6 (pixel σ / Haar σ ≈ 1.7), white
     Gaussian/Poisson on CT/MR/CR/US: 1.0.
