@@ -449,6 +449,9 @@ def _up(img: Array, shape: tuple[int, ...]) -> Array:
     return np.asarray(cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR))
 
 
+SMALL_SIDE = 64
+"""Frames with a side below this average the 8x8 and 4x4 DCT estimates (see :func:`multiscale_dct_denoise`)."""
+
 _GATE = 0.5
 """Width of the multi-scale correction gate, in units of the level's σ."""
 
@@ -463,6 +466,10 @@ def multiscale_dct_denoise(image: Array, sigma: float, levels: int = 2) -> Array
     """
     arr = np.asarray(image, dtype=np.float32)
     fine = dct_denoise(arr, sigma)
+    if min(arr.shape) < SMALL_SIDE:
+        # tiny frames (28x28 thumbnails): most 8x8 blocks touch the mirrored border; averaging with the
+        # 4x4 estimate measured +0.1..0.3 dB on PneumoniaMNIST (it loses 0.1..0.4 dB on 128² MR/CR tiles)
+        fine = (fine + dct_denoise(arr, sigma, n=4)) * np.float32(0.5)
     if levels <= 0 or min(arr.shape) < 128:
         return fine
     small = _down(arr)
