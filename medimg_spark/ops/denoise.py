@@ -631,6 +631,9 @@ MIN_FRACTION = 0.5
 """``σ_eff <= MIN_FRACTION x floor`` leaves the frame unchanged: noise under ``1.12 x floor`` is inherent."""
 
 
+MULTIPLICATIVE_GAIN = 1.1
+"""σ factor of the multiplicative model (the asinh/log of speckle is skewed, heavier-tailed than Gaussian)."""
+
 MEAN_CORRECTION = True
 """Restore the input mean after a signal-dependent VST inverse (see :func:`_restore_mean`)."""
 
@@ -723,6 +726,8 @@ def denoise(
     if est.sigma <= 0 or sigma_eff <= MIN_FRACTION * floor_abs or sigma_eff <= 0:
         return arr, f"skipped: σ={_fmt(est.sigma)} below floor {_fmt(floor_abs)}"
     ratio = sigma_eff / est.sigma
+    if est.model == "multiplicative":
+        ratio *= MULTIPLICATIVE_GAIN
     padding = padding_mask(values) if values.ndim == 2 else None
     if padding is not None:
         values = _fill_padding(values, padding)
