@@ -16,9 +16,9 @@ Three parts, all numpy/OpenCV (no Spark, no BM3D, whose licence is non-commercia
   uses it) on a 2x2-mean pyramid whose coarse levels remove the low-frequency noise of flat regions.
   ``method: nlm`` (OpenCV fast non-local means on 16 bits) is the runner-up (weaker and slower).
   Frames under 64 px a side (28x28 thumbnails) average 8x8 and 4x4 estimates and add two Wiener passes.
-* The algebraic inverse of a signal-dependent VST is biased (the core estimates the mean of the stabilised
-  values); the input's mean is restored afterwards (:func:`_restore_mean`). Speckle is shrunk with 1.1x
-  the stabilised σ (its log is skewed and heavy-tailed).
+* The algebraic inverse of the speckle VST (asinh ~ log) is biased low (the core estimates the mean of the
+  stabilised values); the input's mean is restored afterwards (:func:`_restore_mean`). Speckle is shrunk
+  with 1.1x the stabilised σ (its log is skewed and heavy-tailed).
 * Real CT: the padding outside the scan field (solid regions at the frame's exact minimum,
   :func:`padding_mask`) is filled with the nearest local mean of the scan field before the core and
   restored bit for bit after it (no step edge to ring, no VST clamp); reconstructed CT noise is spatially
