@@ -331,3 +331,38 @@ def test_recipe_step_validates_runs_and_explains() -> None:
 def test_recipe_step_rejects_bad_parameters(params: dict[str, object], message: str) -> None:
     with pytest.raises(RecipeConfigError, match=message):
         parse_recipe({"name": "dn", "steps": [{"op": "denoise", **params}]})
+
+
+def test_heavy_speckle_keeps_the_mean(monkeypatch: pytest.MonkeyPatch) -> None:
+    """2-look speckle: the asinh/log inverse alone is biased low (~8 %); the restored mean removes it."""
+    import importlib
+
+    dn = importlib.import_module("medimg_spark.ops.denoise")  # the package re-exports the function
+    clean = unit(crop(real("us"))) + 0.05
+    noisy = (clean * np.random.default_rng(7).gamma(2.0, 0.5, clean.shape)).astype(np.float32)
+    out, note = denoise(noisy, floor=0.0)
+    assert note.startswith("multiplicative"), note
+    assert abs(float(out.mean()) / float(noisy.mean()) - 1) < 0.01
+    monkeypatch.setattr(dn, "MEAN_CORRECTION", False)
+    biased, _ = denoise(noisy, floor=0.0)
+    assert float(biased.mean()) < 0.97 * float(noisy.mean())
+    assert psnr(out, clean) > psnr(biased, clean) + 0.5 > psnr(noisy, clean) + 3
+
+
+def test_28x28_frames_use_the_small_frame_core() -> None:
+    """PneumoniaMNIST thumbnails: the 8x8 + 4x4 core with extra Wiener passes beats the plain 8x8 core."""
+    root = Path(__file__).resolve().parents[1]
+    frames = np.load(root / "data" / "sample" / "pneumoniamnist" / "pneumoniamnist_trainval.npz")[
+        "val_images"
+    ][:6]
+    rng = np.random.default_rng(28)
+    gains = []
+    for f in frames:
+        clean = f.astype(np.float64) / 255.0
+        noisy = (rng.poisson(clean * 300) / 300).astype(np.float32)
+        out, note = denoise(noisy, floor=0.0)
+        est = estimate_noise(noisy)
+        plain = dct_denoise(noisy, est.sigma)
+        assert psnr(out, clean) > psnr(noisy, clean) + 1.5, note
+        gains.append(psnr(out, clean) - psnr(plain, clean))
+    assert float(np.mean(gains)) > 0.1, gains  # measured +0.15 dB on these frames
