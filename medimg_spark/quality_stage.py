@@ -138,8 +138,9 @@ def quality_report(spark: SparkSession, out_dir: str) -> QualityReport:
 
     For each metric: ``count`` (frames where both values are defined), ``before``/``after``
     ``{p10, median, p90}`` (``percentile_approx``), ``delta_median`` (median of after - before) and
-    ``improved_share``: the share of frames where the metric moved in its better direction
-    (:data:`~medimg_spark.quality.METRIC_DIRECTION`; null for metrics without one: mean, std).
+    ``improved_share``: the share of frames where the metric moved in its better direction by more than
+    1e-5 relative (float32 rounding; :data:`~medimg_spark.quality.METRIC_DIRECTION`; null for metrics
+    without one: mean, std).
     NaN values (undefined metrics) are left out. Per group also ``do_no_harm`` (the shares of frames whose
     noise σ relative to the robust range did not rise, whose CNR did not fall, and both: :class:`DoNoHarm`) and ``branches`` (frames per
     step branch of ``recipe_trace``; empty for recipes without notes and tables written before the column).
@@ -171,7 +172,9 @@ def quality_report(spark: SparkSession, out_dir: str) -> QualityReport:
         aggs.append(F.percentile_approx(F.when(both, a - b), 0.5, 10000).alias(f"{k}__delta"))
         direction = METRIC_DIRECTION[k]
         if direction:
-            better = (a > b) if direction > 0 else (a < b)
+            # moved beyond float32 rounding (an unchanged frame written as float32 moves by ~1e-7)
+            margin = F.abs(b) * _SAME
+            better = (a > b + margin) if direction > 0 else (a < b - margin)
             aggs.append(F.avg(F.when(both, better.cast("double"))).alias(f"{k}__improved"))
 
     # noise relative to the frame's robust range (noise_sigma / dynamic_range): the same in any affine scale,
