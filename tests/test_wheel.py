@@ -227,7 +227,9 @@ from pydicom.data import get_testdata_file
 from medimg_spark.ops import apply_recipe, load_recipe
 from medimg_spark.quality import quality_metrics
 ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-out, _ = apply_recipe(load_recipe("ct_lung"), ds.pixel_array, {"modality": "CT"})
+# the header's rescale: without it the lung window saturates CT_small (a DegenerateOutputError)
+meta = {"modality": "CT", "rescale_slope": float(ds.RescaleSlope), "rescale_intercept": float(ds.RescaleIntercept)}
+out, _ = apply_recipe(load_recipe("ct_lung"), ds.pixel_array, meta)
 print(json.dumps({
     "pyspark_installed": importlib.util.find_spec("pyspark") is not None,
     "pyspark_loaded": sorted(m for m in sys.modules if m.startswith(("pyspark", "py4j"))),
