@@ -32,6 +32,7 @@ recipe trace. Without ``guard`` and ``when`` a step behaves exactly as the plain
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar, Literal
@@ -353,9 +354,9 @@ class _GuardedStep(Step):
     guard: EnhanceGuard | None = None
     when: EnhanceWhen | None = None
 
+    @abstractmethod
     def enhance(self, image: Array) -> Array:
-        """The plain op with this step's parameters."""
-        raise NotImplementedError
+        """The plain op with this step's parameters (each guarded op defines it)."""
 
     def _params(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"op", "guard", "when"})
