@@ -186,7 +186,8 @@ def luma(image: Array) -> Array:
     arr = np.asarray(image)
     if arr.ndim == 2:
         return arr.astype(np.float64)
-    return arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
+    rgb = arr.astype(np.float64, copy=False)  # float32 channels would otherwise give a float32 luma
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
 
 def gray(image: Array) -> Array:
@@ -210,13 +211,15 @@ def noise_sigma_mad(image: Array) -> float:
     ``sigma = median(|HH|) / 0.6745`` with ``HH = (a - b - c + d) / 2`` over disjoint 2x2 blocks, in the
     units of ``image`` (luma for 3 channels; non-finite pixels ignored). NaN for images under 2x2.
     """
-    g = luma(np.asarray(image))
+    arr = np.asarray(image)
+    g = arr if arr.ndim == 2 and arr.dtype == np.float64 else luma(arr)  # luma of that is a copy of it
     rows, cols = (g.shape[0] // 2) * 2, (g.shape[1] // 2) * 2
     if rows == 0 or cols == 0:
         return float("nan")
     g = g[:rows, :cols]
     hh = (g[0::2, 0::2] - g[0::2, 1::2] - g[1::2, 0::2] + g[1::2, 1::2]) / 2.0
-    hh = hh[np.isfinite(hh)]
+    if not np.isfinite(hh).all():
+        hh = hh[np.isfinite(hh)]
     if hh.size == 0:
         return float("nan")
     return float(np.median(np.abs(hh)) / 0.6745)
