@@ -39,6 +39,30 @@ Undefined values are NaN, never an exception: ``snr``/``cnr`` when Otsu finds no
 is constant, ``noise_sigma`` below 2x2 pixels, ``blur_effect`` below 3x3.
 
 With a reference: :func:`reference_metrics` gives PSNR and SSIM exactly as :mod:`skimage.metrics`.
+
+Implementation (one shared pass per frame): :class:`FrameLuma` computes a frame's luma once for its scale and
+its metrics; one 256-bin histogram of ``u`` serves the entropy, locates the order statistics of the
+percentiles and, when ``u`` spans exactly [0, 1] (a frame in its own scale), is the histogram Otsu's
+threshold is computed from. Each metric against the implementation it replaced (checked on real CT, MR, CR,
+US and PneumoniaMNIST frames in ``tests/test_fast_metrics.py``):
+
+==================  ==========================================================  =============================
+key                 reference                                                   tolerance
+==================  ==========================================================  =============================
+``mean``, ``std``   ``u.mean()``, ``u.std()``                                   bit-equal
+``dynamic_range``   ``np.percentile(u, [1, 99])`` (exact order statistics        bit-equal
+                    selected via the histogram, numpy's interpolation)
+``entropy``         ``np.histogram(clip(u, 0, 1), 256, range=(0, 1))``           bit-equal
+``rms_contrast``    ``std / mean``                                              bit-equal
+``sharpness``       ``cv2.Laplacian(u, CV_64F, ksize=1).var()`` (unchanged)      bit-equal
+``noise_sigma``     :func:`~medimg_spark.ops._common.noise_sigma_mad`            bit-equal
+``snr``, ``cnr``    ``skimage.filters.threshold_otsu(u)``, ``u[u > t]``          bit-equal (skimage's
+                                                                                threshold from the same
+                                                                                histogram)
+``blur_effect``     ``skimage.measure.blur_effect(u, h_size)``                   absolute 1e-6 (float32
+                                                                                OpenCV kernels; under 5e-8
+                                                                                measured)
+==================  ==========================================================  =============================
 """
 
 from __future__ import annotations
@@ -105,7 +129,8 @@ class FrameLuma:
     def __init__(self, image: Array) -> None:
         arr = np.asarray(image)
         self.dtype: np.dtype[Any] = arr.dtype
-        self.g: Array = luma(arr)
+        # an integer frame is its own luma: its min/max and ``g - lo`` (float64) equal those of the float64 copy
+        self.g: Array = arr if arr.ndim == 2 and arr.dtype.kind in "ui" else luma(arr)
         all_finite = arr.dtype.kind in "uib" or bool(np.isfinite(self.g).all())
         self.finite: Array | None = None if all_finite else np.isfinite(self.g)
         """The finite-pixel mask, or None when every pixel is finite."""
@@ -311,10 +336,13 @@ def unit_metrics(u: Array) -> dict[str, float]:
     exactly [0, 1]) Otsu's threshold."""
     import cv2
 
-    mean = float(u.mean())
-    std = float(u.std())
+    mean_ = u.mean()
+    centred = u - mean_
+    centred *= centred
+    mean, std = float(mean_), float(np.sqrt(centred.mean()))  # bit-equal to u.std(), without its second mean
+    del centred
     idx, counts = _unit_histogram(u)
-    p1, p99 = exact_percentiles(u, [1.0, 99.0], binned=(idx, counts))
+    p1, p99 = exact_percentiles(u, [1.0, 99.0], binned=(idx, counts), finite=True)
     sharpness = float(cv2.Laplacian(u, cv2.CV_64F, ksize=1).var())
     snr = cnr = math.nan
     regions = otsu_regions(u, counts)

@@ -135,9 +135,8 @@ def intensity_features(
         return np.zeros(len(names)), names
     mean, std, skew, kurt = _moments(x)
     lo, hi = x.min(), x.max()
-    vals = np.r_[
-        mean, std, skew, kurt, lo, hi, exact_percentiles(x, pct), _unit_hist(x, bins, lo, hi) / x.size
-    ]
+    hist, fine = _unit_hist(x, bins, lo, hi)
+    vals = np.r_[mean, std, skew, kurt, lo, hi, exact_percentiles(x, pct, binned=fine), hist / x.size]
     return vals.astype(np.float64), names
 
 
@@ -161,14 +160,30 @@ def _moments(x: np.ndarray) -> tuple[float, float, float, float]:
     return float(mean), std, skew, kurt
 
 
-def _unit_hist(x: np.ndarray, bins: int, lo: float, hi: float) -> np.ndarray:
-    """``np.histogram(x, bins, range=(0, 1))[0]``: for a power-of-two ``bins`` and ``x`` in [0, 1] the edges
-    ``k / bins`` and ``x * bins`` are exact, so the bin is ``floor(x * bins)`` (1.0 in the last) by bincount."""
-    if bins & (bins - 1) or not (lo >= 0.0 and hi <= 1.0):
-        return np.histogram(x, bins=bins, range=(0.0, 1.0))[0]
-    idx = (x * bins).astype(np.intp)
-    np.minimum(idx, bins - 1, out=idx)
-    return np.bincount(idx, minlength=bins)
+_FINE_BINS = 4096
+
+
+def _unit_hist(
+    x: np.ndarray, bins: int, lo: float, hi: float
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """``np.histogram(x, bins, range=(0, 1))[0]`` and, when it comes for free, a finer monotone binning of
+    ``x`` (``(uint16 index, counts)`` for :func:`exact_percentiles`).
+
+    For ``x`` in [0, 1] and a power-of-two ``bins`` <= 4096: the edges ``k / 4096`` and ``x * 4096`` are exact,
+    so the 4096-bin index is ``floor(x * 4096)`` (1.0 in the last bin) and the ``bins``-bin histogram is its
+    counts summed in groups of ``4096 / bins`` (``floor(x * bins) = floor(x * 4096) // (4096 / bins)``).
+    """
+    if bins & (bins - 1) or bins > _FINE_BINS or not (lo >= 0.0 and hi <= 1.0):
+        return np.histogram(x, bins=bins, range=(0.0, 1.0))[0], None
+    scaled = x * _FINE_BINS
+    np.minimum(scaled, _FINE_BINS - 1, out=scaled)
+    idx = scaled.astype(np.uint16)
+    if idx.size < 1 << 24:
+        counts = cv2.calcHist([idx.reshape(1, -1)], [0], None, [_FINE_BINS], [0, _FINE_BINS])
+        counts = counts.ravel().astype(np.int64)
+    else:
+        counts = np.bincount(idx, minlength=_FINE_BINS)
+    return counts.reshape(bins, -1).sum(axis=1), (idx, counts)
 
 
 def glcm_features(

@@ -53,6 +53,7 @@ from medimg_spark.ops._common import (
     to_unit,
 )
 from medimg_spark.ops._step import Meta, Step, register_step
+from medimg_spark.order_stats import exact_percentiles
 
 
 def _from_uint16(u16: Array, dtype: np.dtype[Any]) -> Array:
@@ -212,7 +213,7 @@ def robust_dynamic_range(image: Array) -> float:
         lo, hi = 0.0, 1.0
     if hi <= lo:
         return 0.0
-    p1, p99 = np.percentile(finite, [1.0, 99.0])
+    p1, p99 = exact_percentiles(finite, [1.0, 99.0])
     return float((p99 - p1) / (hi - lo))
 
 
@@ -223,10 +224,10 @@ def _sample(values: Array, limit: int = 1 << 20) -> Array:
 
 def _robust_span(g: Array) -> float:
     """The 1st-99th percentile span of the finite values of ``g`` (its min-max when that is 0)."""
-    finite = _sample(g[np.isfinite(g)])
+    finite = _sample(g.ravel() if np.isfinite(g).all() else g[np.isfinite(g)])
     if finite.size == 0:
         return 0.0
-    p1, p99 = np.percentile(finite, [1.0, 99.0])
+    p1, p99 = exact_percentiles(finite, [1.0, 99.0])
     span = float(p99 - p1)
     return span if span > 0 else float(finite.max() - finite.min())
 
@@ -235,7 +236,7 @@ _TRIMMED_HALF_NORMAL = 0.6574
 """Mean of ``|x|`` below its 90th percentile for ``x ~ N(0, 1)``: makes :func:`guard_noise` a σ."""
 
 
-def guard_noise(image: Array) -> float:
+def guard_noise(image: Array, g: Array | None = None) -> float:
     """The guard's noise σ, from the finest Haar diagonal band over the 2x2 blocks that are not flat.
 
     ``HH = (a - b - c + d) / 2`` per disjoint 2x2 block (luma for 3 channels). Unlike the MAD rule of
@@ -244,10 +245,11 @@ def guard_noise(image: Array) -> float:
     percentile (edges trimmed) divided by its Gaussian expectation (0.6574 σ): continuous, so a ratio of two
     frames is meaningful. Flat blocks (four equal pixels: padding outside the field of view, saturated areas)
     carry no noise information and are left out (all blocks are used when fewer than 5 % are not flat).
-    Floored at the quantisation noise of one level, 1/√12, for integer dtypes.
+    Floored at the quantisation noise of one level, 1/√12, for integer dtypes. ``g``: the frame's
+    :func:`~medimg_spark.ops._common.luma` when the caller has it (not recomputed).
     """
     arr = np.asarray(image)
-    g = luma(arr)
+    g = luma(arr) if g is None else g
     rows, cols = (g.shape[0] // 2) * 2, (g.shape[1] // 2) * 2
     floor = 1.0 / math.sqrt(12.0) if arr.dtype.kind in "ui" else 0.0
     if rows == 0 or cols == 0:
@@ -303,7 +305,7 @@ class GuardReference:
     def __init__(self, image: Array) -> None:
         g = luma(np.asarray(image))
         self.span = _robust_span(g)
-        self.rel_noise = guard_noise(image) / self.span if self.span > 0 else math.nan
+        self.rel_noise = guard_noise(image, g) / self.span if self.span > 0 else math.nan
         self.fg: Array | None = None
         self.bg: Array | None = None
         finite = np.isfinite(g)
@@ -333,7 +335,7 @@ class GuardReference:
         span = self.span if keeps_units else _robust_span(g)
         gain = 1.0
         if span > 0 and math.isfinite(self.rel_noise) and self.rel_noise > 0:
-            gain = (guard_noise(out) / span) / self.rel_noise
+            gain = (guard_noise(out, g) / span) / self.rel_noise
         ratio = 1.0
         cnr_out = self._cnr(g) if g.shape == self.fg_shape else math.nan
         if math.isfinite(self.cnr) and self.cnr > 0 and math.isfinite(cnr_out):
