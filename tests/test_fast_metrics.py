@@ -323,3 +323,26 @@ def test_every_feature_set_equals_its_reference(frames: dict[str, Array], set_na
                 else:
                     parts.append(EXTRACTORS[ex.kind](image, mask, **params)[0])
             np.testing.assert_array_equal(values, np.concatenate(parts), err_msg=f"{set_name} {name}")
+
+
+# ----------------------------------------------------------------------------- header_json
+
+
+def test_header_json_is_built_once_per_file_and_stable() -> None:
+    """A multi-frame file gives one instance row with the header and frame rows without it; the header is
+    the same string on every call."""
+    from pathlib import Path
+
+    from medimg_spark.io.dicom import header_json, read_dataset_bytes
+    from medimg_spark.io.files import IMAGE, INSTANCE, FileContext, process_file
+
+    path = get_testdata_file("emri_small.dcm")
+    content = Path(path).read_bytes()
+    rows = list(process_file("file:" + path, content, FileContext(run_id="fast")))
+    instances = [r for r in rows if r["_kind"] == INSTANCE]
+    images = [r for r in rows if r["_kind"] == IMAGE]
+    assert len(instances) == 1 and len(images) == 10
+    assert all("header_json" not in r for r in images)
+    ds = read_dataset_bytes(content)[0]
+    first = header_json(ds)
+    assert first == header_json(ds) == instances[0]["header_json"]
