@@ -354,19 +354,21 @@ _BLOCK_ROW_UINT: dict[int, type[np.unsignedinteger]] = {4: np.uint32, 8: np.uint
 """Unsigned type as wide as a block row of a boolean mask (n bytes; 16 = two 8-byte words)."""
 
 
-def _polyphase(src: Array, t: int, qn: int, n: int, pm: int, dst: Array) -> None:
-    """``dst[k, p, :] = src[n p + k, t : t + qn]`` for ``k < 2n − 1``; rows past the end are zero.
+def _row_blocks(src: Array, n: int, pm: int) -> Array:
+    """``src`` zero-padded to ``(pm + 1) n`` rows, as ``(pm + 1, n, cols)`` (row ``n p + k`` at ``[p, k]``)."""
+    out = np.zeros(((pm + 1) * n, src.shape[1]), dtype=np.float32)
+    out[: src.shape[0]] = src
+    return out.reshape(pm + 1, n, -1)
+
+
+def _polyphase(src4: Array, t: int, qn: int, n: int, pm: int, dst: Array) -> None:
+    """``dst[k, p, :] = src[n p + k, t : t + qn]`` for ``k < 2n − 1`` (``src4`` from :func:`_row_blocks`).
 
     Row ``k`` of this layout holds row ``a = k − s`` of the blocks at vertical shift ``s`` (top-left rows
     ``s, s + n, …``), so the n rows ``s .. s + n − 1`` are one strided (n, pm·qn) matrix per shift.
     """
-    rows = src.shape[0]
-    for k in range(2 * n - 1):
-        avail = min(pm, (rows - k + n - 1) // n)
-        if avail > 0:
-            dst[k, :avail] = src[k : k + n * (avail - 1) + 1 : n, t : t + qn]
-        if avail < pm:
-            dst[k, max(avail, 0) :] = 0.0
+    np.copyto(dst[:n], src4[:pm, :, t : t + qn].transpose(1, 0, 2))
+    np.copyto(dst[n:], src4[1 : pm + 1, : n - 1, t : t + qn].transpose(1, 0, 2))
 
 
 def _dct_strip(noisy: Array, pilot: Array | None, sigma: float, n: int) -> tuple[Array, Array]:
@@ -385,8 +387,10 @@ def _dct_strip(noisy: Array, pilot: Array | None, sigma: float, n: int) -> tuple
     nb_r, nb_c = rows - n + 1, cols - n + 1  # whole block positions
     pm, qmax = (nb_r - 1) // n + 1, (nb_c - 1) // n + 1
     kk = 2 * n - 1
-    num = np.zeros((rows, cols), dtype=np.float32)
+    num = np.zeros((pm + 1, n, cols), dtype=np.float32)  # row n p + k at [p, k]
     wimg = np.zeros((rows, cols), dtype=np.float32)
+    src_n = _row_blocks(noisy, n, pm)
+    src_p = None if pilot is None else _row_blocks(pilot, n, pm)
     plane = pm * qmax * n
     seg = np.empty(kk * plane, dtype=np.float32)
     rn = np.empty(kk * plane, dtype=np.float32)
@@ -405,11 +409,11 @@ def _dct_strip(noisy: Array, pilot: Array | None, sigma: float, n: int) -> tuple
         seg_t = seg[:size].reshape(kk, pm, qn)
         rn_t = rn[:size].reshape(kk, pm, qn)
         acc_t = acc[:size].reshape(kk, pm, qn)
-        _polyphase(noisy, t, qn, n, pm, seg_t)
+        _polyphase(src_n, t, qn, n, pm, seg_t)
         np.matmul(seg_t.reshape(-1, n), dt, out=rn_t.reshape(-1, n))  # row DCT of every block row
         rp_t = rp[:size].reshape(kk, pm, qn)
-        if pilot is not None:
-            _polyphase(pilot, t, qn, n, pm, seg_t)
+        if src_p is not None:
+            _polyphase(src_p, t, qn, n, pm, seg_t)
             np.matmul(seg_t.reshape(-1, n), dt, out=rp_t.reshape(-1, n))
         acc_t[...] = 0.0
         for s in range(n):
@@ -447,17 +451,16 @@ def _dct_strip(noisy: Array, pilot: Array | None, sigma: float, n: int) -> tuple
             np.add(dst, g.reshape(n, p, qn), out=dst)
             wimg[s : s + n * p : n, t : t + qn : n] = w
         np.matmul(acc_t.reshape(-1, n), d, out=seg_t.reshape(-1, n))  # inverse row DCT
-        for k in range(kk):
-            avail = min(pm, (rows - k + n - 1) // n)
-            if avail > 0:
-                view = num[k : k + n * (avail - 1) + 1 : n, t : t + qn]
-                np.add(view, seg_t[k, :avail], out=view)
+        view = num[:pm, :, t : t + qn]  # num[n p + k] += seg_t[k, p], k < n
+        np.add(view, seg_t[:n].transpose(1, 0, 2), out=view)
+        view = num[1:, : n - 1, t : t + qn]  # rows n (p + 1) + (k − n), k >= n
+        np.add(view, seg_t[n:].transpose(1, 0, 2), out=view)
     import cv2
 
     den = cv2.boxFilter(
         wimg, cv2.CV_32F, (n, n), anchor=(n - 1, n - 1), normalize=False, borderType=cv2.BORDER_CONSTANT
     )
-    return num, np.asarray(den)
+    return num.reshape(-1, cols)[:rows], np.asarray(den)
 
 
 def _dct_stage(
