@@ -3,6 +3,9 @@
     python benchmarks/run.py                          # N = 500, 2000, 8000 → benchmarks/results/bench_*.{json,md}
     python benchmarks/run.py --n 2000 --out DIR       # one size → DIR/results.json and DIR/results.md
     python benchmarks/run.py --quick --out DIR        # smoke run (tiny corpus, every mode once)
+    python benchmarks/run.py --against f73b140 --profile   # what ``make bench`` runs (hours on 2 cores)
+    python benchmarks/run.py --n 500 --repeats 1 --modes loop pool spark ray daft --against f73b140 \
+        --profile --out DIR                           # the same comparisons at one size (about an hour)
 
 Corpus (deterministic, cached under ``benchmarks/.cache/``): ``N`` CT-like 512x512 int16 DICOM files made
 from pydicom's real ``CT_small.dcm`` frame (resized, flipped/shifted, per-file noise; 3 in 4 uncompressed
@@ -21,7 +24,26 @@ The same work runs in every mode, each in its own subprocess (fresh interpreter,
   (once per recipe, ``where`` on modality), ``compute_features(source="processed")``;
 * ``spark_local1``: the same in ``local[1]`` (scaling with cores);
 * ``spark_row_udf``: the same three stages with row-at-a-time Python UDFs (no Arrow) around the same
-  per-image functions.
+  per-image functions;
+* ``ray``: Ray Data, ``ray.init(num_cpus=cores)``, ``read_binary_files`` + ``map_batches`` (one CPU per task,
+  ``cores`` tasks at a time, batches of 32 files) calling the loop's per-image chain (:func:`run_chain`),
+  each batch writing the four tables with pyarrow;
+* ``daft``: Daft's native runner, the bytes read by ``daft.functions.download``, then a ``daft.cls``
+  (``use_process=True``, ``max_concurrency=cores``: processes, not threads) batch method calling the same
+  chain and writing the same tables. Both need the ``bench`` extra; without it they are skipped (reported).
+
+``--against REF`` (``make bench``: ``BENCH_AGAINST``, f73b140) measures a speed-up side by side on this
+noisy machine: a detached git worktree of REF under ``benchmarks/.cache/against/<sha>`` (reused when present,
+else created and removed afterwards; ``--keep-against`` keeps it), and the ``--against-modes`` (default
+``loop``) run again as ``MODE@<short sha>``, each right after its current twin: this script's harness with
+``MEDIMG_BENCH_CODE``/``PYTHONPATH`` pointing at REF's package (the recipes' YAML and feature sets come from
+the package that runs). The two outputs are compared per image: feature vectors (identical count, largest
+relative difference, images beyond :data:`FEATURE_RTOL`) and the quality metrics of ``processed``
+(:data:`QUALITY_RTOL`); ``loop_cpu_per_image_vs_<sha>`` is REF's CPU per image over the current one.
+
+``--profile [M]``: cProfile (CPU time) of the loop's per-image work (:func:`process_chunk`) on about M
+images (default 60: 40 CT + 20 PNG), the top 20 functions by cumulative time written into the results
+(also for REF's code with ``--against``).
 
 Recipes: CT frames get the shipped ``ct_lung`` recipe; PNG X-rays (no rescale header, 8-bit display values)
 get the same filters without HU rescale and lung window (:data:`XRAY_RECIPE`); the rule is the same in
