@@ -98,15 +98,18 @@ DEFAULT_SIZES = (500, 2000, 8000)
 QUICK_N = 8
 #: The peers a user would pick instead of Spark (the ``bench`` extra; skipped with a reason when missing).
 PEER_MODES = ("ray", "daft")
-ALL_MODES = ("loop", "pool", "spark", "spark_local1", "spark_row_udf", *PEER_MODES)
+#: ``spark_fused``: the stages with the fused recipe + features pass, where the package has it (else skipped).
+ALL_MODES = ("loop", "pool", "spark", "spark_fused", "spark_local1", "spark_row_udf", *PEER_MODES)
 QUICK_MODES = ("loop", "pool", "spark", "spark_row_udf")
 # ``make bench`` (no --n): every mode at N=500; the modes the targets need at the larger sizes, so the run
 # stays within hours, not a day, on a 2-core machine (an explicit --n runs every mode).
 DEFAULT_PLAN: dict[int, tuple[str, ...]] = {
     500: ALL_MODES,
-    2000: ("loop", "pool", "spark", "spark_row_udf", *PEER_MODES),
-    8000: ("pool", "spark"),
+    2000: ("loop", "pool", "spark", "spark_fused", "spark_row_udf", *PEER_MODES),
+    8000: ("pool", "spark", "spark_fused"),
 }
+#: The Spark modes the issue's targets are evaluated for.
+SPARK_TARGET_MODES = ("spark", "spark_fused")
 #: ``--against REF`` runs these modes with REF's package too (``--against-modes``).
 AGAINST_MODES = ("loop",)
 PROFILE_IMAGES = 60  # ``--profile``: images of the loop's cProfile (40 CT + 20 PNG)
@@ -488,7 +491,21 @@ def _session(master: str, conf: dict[str, str]) -> Any:
     )
 
 
-def run_spark(corpus_dir: Path, out: str, fs_name: str, master: str, conf: dict[str, str]) -> dict[str, Any]:
+def has_fused_preprocess() -> bool:
+    """Whether the running package's ``preprocess`` takes ``features=`` (the fused recipe + features pass)."""
+    import inspect
+
+    from medimg_spark.preprocess import preprocess
+
+    return "features" in inspect.signature(preprocess).parameters
+
+
+def run_spark(
+    corpus_dir: Path, out: str, fs_name: str, master: str, conf: dict[str, str], fused: bool = False
+) -> dict[str, Any]:
+    """The project's stages in ``master``; ``fused`` (mode ``spark_fused``, or a ``--variant`` with
+    ``_fused=true``): the features computed in the recipe's pass (``preprocess(..., features=...)``) instead
+    of a separate ``compute_features`` stage reading the processed pixels back."""
     from medimg_spark.config import IngestConfig
     from medimg_spark.features import compute_features
     from medimg_spark.io.ingest import ingest
@@ -496,23 +513,30 @@ def run_spark(corpus_dir: Path, out: str, fs_name: str, master: str, conf: dict[
 
     conf = dict(conf)
     fpp = conf.pop("_files_per_partition", None)
+    fused = fused or conf.pop("_fused", "false").lower() in ("1", "true", "yes")
+    if fused and not has_fused_preprocess():
+        raise SystemExit("spark_fused: this medimg_spark's preprocess() has no features= (no fused pass)")
     t0 = time.perf_counter()
     spark = _session(master, conf)
     t1 = time.perf_counter()
     cfg = IngestConfig(files_per_partition=int(fpp)) if fpp else None
     s_ingest = ingest(spark, [str(corpus_dir)], out, config=cfg, deidentify=None)
     t2 = time.perf_counter()
-    s_ct = preprocess(spark, out, str(CT_RECIPE), where="modality = 'CT'")
-    s_x = preprocess(spark, out, str(_xray_recipe_path()), where="modality <> 'CT'")
+    extra: dict[str, Any] = {"features": fs_name} if fused else {}
+    s_ct = preprocess(spark, out, str(CT_RECIPE), where="modality = 'CT'", **extra)
+    s_x = preprocess(spark, out, str(_xray_recipe_path()), where="modality <> 'CT'", **extra)
     t3 = time.perf_counter()
-    s_feat = compute_features(spark, out, source="processed", feature_set=fs_name)
+    if fused:  # counted from the table's Parquet footers: no pixels read
+        n_images = spark.read.parquet(f"{out}/features").count()
+    else:
+        n_images = compute_features(spark, out, source="processed", feature_set=fs_name)["n_images"]
     t4 = time.perf_counter()
     spark.stop()
     return {
         "wall_s": t4 - t1,
         "startup_s": t1 - t0,
         "stage_s": {"ingest": t2 - t1, "preprocess": t3 - t2, "features": t4 - t3},
-        "images": s_feat["n_images"],
+        "images": n_images,
         "failed": s_ingest["quarantined"] + s_ct["frames_quarantined"] + s_x["frames_quarantined"],
     }
 
@@ -873,6 +897,8 @@ def worker_main(args: argparse.Namespace) -> None:
         res = run_loop_or_pool(files, args.out, args.feature_set, args.cores)
     elif args._worker == "spark":
         res = run_spark(Path(args._corpus), args.out, args.feature_set, f"local[{args.cores}]", conf)
+    elif args._worker == "spark_fused":
+        res = run_spark(Path(args._corpus), args.out, args.feature_set, f"local[{args.cores}]", conf, True)
     elif args._worker == "spark_local1":
         res = run_spark(Path(args._corpus), args.out, args.feature_set, "local[1]", conf)
     elif args._worker == "spark_row_udf":
@@ -1202,22 +1228,26 @@ def targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
     # the loop's CPU per image does not depend on N: a size run without the loop uses the largest with it
     loops = {n: m["loop"]["cpu_s_per_image"] for n, m in by_n.items() if "loop" in m}
     for n, m in sorted(by_n.items()):
+        for sm in SPARK_TARGET_MODES:  # the stages as they are, and with the fused pass
+            if sm not in m:
+                continue
+            spark = m[sm]
+            if "pool" in m:
+                t[f"{sm}_vs_pool_throughput_n{n}"] = _target(
+                    spark["images_per_s"] / m["pool"]["images_per_s"], ">= 0.95" if n >= 8000 else ">= 0.9"
+                )
+            if loops:
+                ref = n if n in loops else max(loops)
+                key = f"{sm}_vs_loop_cpu_per_image_n{n}" + ("" if ref == n else f"_loop_n{ref}")
+                t[key] = _target(spark["cpu_s_per_image"] / loops[ref], "<= 1.15")
+            for peer in PEER_MODES:
+                if peer in m:
+                    t[f"{sm}_vs_{peer}_throughput_n{n}"] = _target(
+                        spark["images_per_s"] / m[peer]["images_per_s"], ">= 1"
+                    )
         if "spark" not in m:
             continue
         spark = m["spark"]
-        if "pool" in m:
-            t[f"spark_vs_pool_throughput_n{n}"] = _target(
-                spark["images_per_s"] / m["pool"]["images_per_s"], ">= 0.95" if n >= 8000 else ">= 0.9"
-            )
-        if loops:
-            ref = n if n in loops else max(loops)
-            key = f"spark_vs_loop_cpu_per_image_n{n}" + ("" if ref == n else f"_loop_n{ref}")
-            t[key] = _target(spark["cpu_s_per_image"] / loops[ref], "<= 1.15")
-        for peer in PEER_MODES:
-            if peer in m:
-                t[f"spark_vs_{peer}_throughput_n{n}"] = _target(
-                    spark["images_per_s"] / m[peer]["images_per_s"], ">= 1"
-                )
         if "spark_row_udf" in m:
             t[f"arrow_vs_row_udf_throughput_n{n}"] = _target(
                 spark["images_per_s"] / m["spark_row_udf"]["images_per_s"], ">= 5"
@@ -1225,9 +1255,12 @@ def targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if "spark_local1" in m:
             ratio = spark["images_per_s"] / m["spark_local1"]["images_per_s"]
             t[f"spark_local2_vs_local1_n{n}"] = {"ratio": round(ratio, 3), "target": "> 1 (grows with cores)"}
-    if "spark" in by_n.get(2000, {}) and "spark" in by_n.get(8000, {}):
-        a, b = by_n[2000]["spark"]["driver_peak_rss_mb"], by_n[8000]["spark"]["driver_peak_rss_mb"]
-        t["driver_rss_n8000_vs_n2000"] = _target(b / a, "<= 1.1")
+    for sm in SPARK_TARGET_MODES:
+        if sm in by_n.get(2000, {}) and sm in by_n.get(8000, {}):
+            a, b = by_n[2000][sm]["driver_peak_rss_mb"], by_n[8000][sm]["driver_peak_rss_mb"]
+            t["driver_rss_n8000_vs_n2000" if sm == "spark" else f"{sm}_driver_rss_n8000_vs_n2000"] = _target(
+                b / a, "<= 1.1"
+            )
     for run in runs:  # --against: CPU per image of REF's code over the current code's, and the outputs
         n = run["n"]
         for old_mode, cmp in (run.get("against") or {}).items():
@@ -1348,6 +1381,8 @@ def _mode_unavailable(mode: str) -> str | None:
     base = base_mode(mode)
     if base in PEER_MODES and importlib.util.find_spec(base) is None:
         return f"{base} is not installed (pip install -e '.[bench]')"
+    if base == "spark_fused" and "@" not in mode and not has_fused_preprocess():
+        return "this medimg_spark's preprocess() has no features= (the fused pass)"
     return None
 
 
