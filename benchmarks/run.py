@@ -446,9 +446,9 @@ def run_ray(files: list[Path], out: str, fs_name: str, cores: int) -> dict[str, 
 
 
 def run_daft(files: list[Path], out: str, fs_name: str, cores: int) -> dict[str, Any]:
-    """Daft (native runner): the files' bytes read with ``url.download``, then a ``daft.cls`` batch method
-    running the same per-image chain in ``cores`` processes (``use_process=True``), each batch writing its
-    Parquet files with pyarrow."""
+    """Daft (native runner): the files' bytes read with ``daft.functions.download``, then a ``daft.cls``
+    batch method running the same per-image chain in ``cores`` processes (``use_process=True``), each batch
+    writing its Parquet files with pyarrow."""
     import daft
     from daft.functions import download
 
