@@ -417,7 +417,15 @@ def run_ray(files: list[Path], out: str, fs_name: str, cores: int) -> dict[str, 
 
     run_id = "bench-ray"
     t0 = time.perf_counter()
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=True, logging_level="ERROR")
+    for attempt in range(1, 4):  # Ray gives its raylet 30 s to register: too short on a loaded 2-core machine
+        try:
+            ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=True, logging_level="ERROR")
+            break
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == 3:
+                raise
+            print(f"ray.init attempt {attempt} timed out (machine load {os.getloadavg()[0]:.1f}); retrying")
+            ray.shutdown()
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     t1 = time.perf_counter()
@@ -1296,8 +1304,8 @@ def markdown(report: dict[str, Any]) -> str:
         + (f" + {report['spark_conf']}" if report.get("spark_conf") else "")
         + ".",
     ]
-    if report.get("against"):
-        a = report["against"]
+    if report.get("against_ref"):
+        a = report["against_ref"]
         lines.append(
             f"`mode@{a['short']}`: this script's harness running the package of {a['ref']} ({a['sha']}, a git "
             "worktree) in the same invocation, alternated with the current code's modes."
@@ -1433,7 +1441,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         against = stack.enter_context(AgainstTree(args.against, args.keep_against)) if args.against else None
         if against is not None:
-            report["against"] = {"ref": args.against, "sha": against.sha, "short": against.short}
+            report["against_ref"] = {"ref": args.against, "sha": against.sha, "short": against.short}
         for n in sizes:
             report["runs"].append(bench_size(args, n, conf, work, against))
             write_reports(report, out_root, args.out == str(REPO / "benchmarks" / "results"), stamp)

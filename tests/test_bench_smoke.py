@@ -107,6 +107,7 @@ def test_against_head_and_profile(tmp_path: Path) -> None:
     assert set(res["modes"]) == {"loop", old}
     assert res["modes"][old]["package"] == str(tree / "medimg_spark")
     assert res["modes"]["loop"]["package"] == str(REPO / "medimg_spark")
+    assert res["against_ref"] == {"ref": "HEAD", "sha": _git("rev-parse", "HEAD"), "short": short}
     cmp = res["against"][old]
     assert cmp["same_images"] and cmp["images"] == res["images_expected"] == 6
     clean = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "medimg_spark"], cwd=REPO).returncode == 0
