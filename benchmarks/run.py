@@ -1322,9 +1322,9 @@ def markdown(report: dict[str, Any]) -> str:
             equal = "yes" if mism == 0 else f"{mism} differ"
             if "@" in mode and mode in (run.get("against") or {}):
                 cmp = run["against"][mode]
-                equal = (
-                    f"{cmp['features_identical']}/{cmp['images']} identical, max rel diff "
-                    f"{cmp['features_max_rel_diff']:.2g}"
+                fmax = cmp["features_max_rel_diff"]
+                equal = f"{cmp['features_identical']}/{cmp['images']} identical, max rel diff " + (
+                    "-" if fmax is None else f"{fmax:.2g}"
                 )
             lines.append(
                 f"| {run['n']} | {mode} | {r['images']} | {r['images_per_s']:.2f} | {r['cpu_s_per_image']:.3f} "
@@ -1499,7 +1499,12 @@ def bench_size(
                 flush=True,
             )
             if mode in compared and not results[mode]:  # what --against compares, kept past the rerun
-                snapshot(out, work / f"n{n}" / "_compare" / mode)
+                try:
+                    snapshot(out, work / f"n{n}" / "_compare" / mode)
+                except (OSError, ValueError, KeyError) as exc:  # pyarrow's errors derive from these
+                    print(f"  FAILED to keep its outputs for --against: {exc}", flush=True)
+                    failures[mode] = f"snapshot for --against: {exc}"
+                    continue
             results[mode].append(r)
     results = {m: rs for m, rs in results.items() if rs}
     digests = {m: rs[0]["feature_digests"] for m, rs in results.items()}
@@ -1516,7 +1521,7 @@ def bench_size(
     against_cmp: dict[str, Any] = {}
     for old in (m for m in results if "@" in m):
         cur = old.split("@")[0]
-        if cur in results:
+        if cur in results and (cmp_dir / cur).is_dir() and (cmp_dir / old).is_dir():
             names = results[cur][0].get("feature_names") or []
             against_cmp[old] = compare_against(cmp_dir / cur, cmp_dir / old, names)
     if against_cmp:
