@@ -92,14 +92,15 @@ def _git(*args: str) -> str:
 
 
 def test_against_head_and_profile(tmp_path: Path) -> None:
-    """``--against HEAD``: the loop runs again on a worktree of HEAD, beside the current code, and the two
+    """``--against HEAD``: the loop runs again on a worktree of HEAD (its sha, fixed before the run), beside the current code, and the two
     outputs compare equal (to the tolerance when the package has uncommitted edits); ``--profile`` writes
     the loop's top functions. The worktree is removed afterwards."""
-    short = _git("rev-parse", "--short=7", "HEAD")
-    tree = REPO / "benchmarks" / ".cache" / "against" / _git("rev-parse", "HEAD")
+    sha = _git("rev-parse", "HEAD")
+    short = _git("rev-parse", "--short=7", sha)
+    tree = REPO / "benchmarks" / ".cache" / "against" / sha
     created = not tree.exists()
     run_benchmark(
-        "run.py", "--n", "4", "--modes", "loop", "--against", "HEAD", "--profile", "6",
+        "run.py", "--n", "4", "--modes", "loop", "--against", sha, "--profile", "6",
         "--out", str(tmp_path), "--work", str(tmp_path / "work"),
     )  # fmt: skip
     res = json.loads((tmp_path / "results.json").read_text())
@@ -107,7 +108,7 @@ def test_against_head_and_profile(tmp_path: Path) -> None:
     assert set(res["modes"]) == {"loop", old}
     assert res["modes"][old]["package"] == str(tree / "medimg_spark")
     assert res["modes"]["loop"]["package"] == str(REPO / "medimg_spark")
-    assert res["against_ref"] == {"ref": "HEAD", "sha": _git("rev-parse", "HEAD"), "short": short}
+    assert res["against_ref"] == {"ref": sha, "sha": sha, "short": short}
     cmp = res["against"][old]
     assert cmp["same_images"] and cmp["images"] == res["images_expected"] == 6
     clean = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "medimg_spark"], cwd=REPO).returncode == 0
