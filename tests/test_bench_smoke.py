@@ -92,9 +92,9 @@ def _git(*args: str) -> str:
 
 
 def test_against_head_and_profile(tmp_path: Path) -> None:
-    """``--against HEAD``: the loop runs again on a worktree of HEAD (its sha, fixed before the run), beside the current code, and the two
-    outputs compare equal (to the tolerance when the package has uncommitted edits); ``--profile`` writes
-    the loop's top functions. The worktree is removed afterwards."""
+    """``--against HEAD`` (its sha, taken before the run): the loop runs again on a worktree of HEAD, beside
+    the current code, and the two outputs compare equal (to the tolerance when the package has uncommitted
+    edits); ``--profile`` writes the loop's top functions. The worktree is removed afterwards."""
     sha = _git("rev-parse", "HEAD")
     short = _git("rev-parse", "--short=7", sha)
     tree = REPO / "benchmarks" / ".cache" / "against" / sha
