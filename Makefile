@@ -9,6 +9,8 @@ PYTEST_ARGS ?=
 N ?= 10000
 FUZZ_SEED ?= 1
 FUZZ_WORK ?= benchmarks/.cache/fuzz
+# make bench: the commit benchmarks/run.py compares the current code with (--against), side by side
+BENCH_AGAINST ?= f73b140
 
 .PHONY: help java venv install install-dev demo test lint pytest integration browser ci-packages bench fuzz dist docker clean
 
@@ -16,7 +18,8 @@ help:
 	@echo "make demo   - create $(VENV), install, run the pipeline on the bundled sample data"
 	@echo "make test   - install dev dependencies, run lint (ruff, mypy) and the test suite"
 	@echo "make integration - cluster (wheel only), spark-submit, viewfs:// whole-pipeline, benchmark scripts and seeded fuzz-run tests (~22 min)"
-	@echo "make bench  - run the performance benchmark (benchmarks/run.py)"
+	@echo "make bench  - run the performance benchmark (benchmarks/run.py --against \$$BENCH_AGAINST, with Ray Data and Daft; hours on 2 cores)"
+	@echo "              shorter (~1 h): python benchmarks/run.py --n 500 --repeats 1 --modes loop pool spark ray daft --against f73b140 --profile --out /tmp/bench"
 	@echo "make fuzz   - fuzz medimg ingest with N (default 10000) mutated files (benchmarks/fuzz.py)"
 	@echo "make dist   - build the wheel shipped to Spark executors (dist/)"
 
@@ -79,7 +82,7 @@ test: lint ci-packages pytest
 
 bench: install-dev
 	$(PIP) install --quiet -e '.[bench]'
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py --against $(BENCH_AGAINST) --profile
 	$(PY) benchmarks/transport.py --n 2000
 	$(PY) benchmarks/denoise.py --jobs 2
 

@@ -3,6 +3,9 @@
     python benchmarks/run.py                          # N = 500, 2000, 8000 → benchmarks/results/bench_*.{json,md}
     python benchmarks/run.py --n 2000 --out DIR       # one size → DIR/results.json and DIR/results.md
     python benchmarks/run.py --quick --out DIR        # smoke run (tiny corpus, every mode once)
+    python benchmarks/run.py --against f73b140 --profile   # what ``make bench`` runs (hours on 2 cores)
+    python benchmarks/run.py --n 500 --repeats 1 --modes loop pool spark ray daft --against f73b140 \
+        --profile --out DIR                           # the same comparisons at one size (about an hour)
 
 Corpus (deterministic, cached under ``benchmarks/.cache/``): ``N`` CT-like 512x512 int16 DICOM files made
 from pydicom's real ``CT_small.dcm`` frame (resized, flipped/shifted, per-file noise; 3 in 4 uncompressed
@@ -21,7 +24,26 @@ The same work runs in every mode, each in its own subprocess (fresh interpreter,
   (once per recipe, ``where`` on modality), ``compute_features(source="processed")``;
 * ``spark_local1``: the same in ``local[1]`` (scaling with cores);
 * ``spark_row_udf``: the same three stages with row-at-a-time Python UDFs (no Arrow) around the same
-  per-image functions.
+  per-image functions;
+* ``ray``: Ray Data, ``ray.init(num_cpus=cores)``, ``read_binary_files`` + ``map_batches`` (one CPU per task,
+  ``cores`` tasks at a time, batches of 32 files) calling the loop's per-image chain (:func:`run_chain`),
+  each batch writing the four tables with pyarrow;
+* ``daft``: Daft's native runner, the bytes read by ``daft.functions.download``, then a ``daft.cls``
+  (``use_process=True``, ``max_concurrency=cores``: processes, not threads) batch method calling the same
+  chain and writing the same tables. Both need the ``bench`` extra; without it they are skipped (reported).
+
+``--against REF`` (``make bench``: ``BENCH_AGAINST``, f73b140) measures a speed-up side by side on this
+noisy machine: a detached git worktree of REF under ``benchmarks/.cache/against/<sha>`` (reused when present,
+else created and removed afterwards; ``--keep-against`` keeps it), and the ``--against-modes`` (default
+``loop``) run again as ``MODE@<short sha>``, each right after its current twin: this script's harness with
+``MEDIMG_BENCH_CODE``/``PYTHONPATH`` pointing at REF's package (the recipes' YAML and feature sets come from
+the package that runs). The two outputs are compared per image: feature vectors (identical count, largest
+relative difference, images beyond :data:`FEATURE_RTOL`) and the quality metrics of ``processed``
+(:data:`QUALITY_RTOL`); ``loop_cpu_per_image_vs_<sha>`` is REF's CPU per image over the current one.
+
+``--profile [M]``: cProfile (CPU time) of the loop's per-image work (:func:`process_chunk`) on about M
+images (default 60: 40 CT + 20 PNG), the top 20 functions by cumulative time written into the results
+(also for REF's code with ``--against``).
 
 Recipes: CT frames get the shipped ``ct_lung`` recipe; PNG X-rays (no rescale header, 8-bit display values)
 get the same filters without HU rescale and lung window (:data:`XRAY_RECIPE`); the rule is the same in
@@ -44,6 +66,7 @@ import ctypes
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import platform
 import resource
@@ -53,12 +76,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+#: The checkout whose ``medimg_spark`` the benchmark imports: this repository, or (``--against REF``) a git
+#: worktree of REF. Read before anything imports the package, so this script's harness runs the old code.
+CODE_ENV = "MEDIMG_BENCH_CODE"
+CODE = Path(os.environ.get(CODE_ENV) or REPO).resolve()
+if str(CODE) not in sys.path:
+    sys.path.insert(0, str(CODE))
 
 CACHE = REPO / "benchmarks" / ".cache"
 CT_SIZE = 512
@@ -68,15 +96,27 @@ CHUNK_FILES = 32  # files per loop/pool task (and Parquet file)
 SEED = 20240607
 DEFAULT_SIZES = (500, 2000, 8000)
 QUICK_N = 8
-ALL_MODES = ("loop", "pool", "spark", "spark_local1", "spark_row_udf")
+#: The peers a user would pick instead of Spark (the ``bench`` extra; skipped with a reason when missing).
+PEER_MODES = ("ray", "daft")
+#: ``spark_fused``: the stages with the fused recipe + features pass, where the package has it (else skipped).
+#: Not in DEFAULT_PLAN yet: ``preprocess(..., features=)`` writes the features table as
+#: ``compute_features(recipe=<its recipe>)`` would, so the benchmark's second recipe (X-rays) replaces the
+#: CT frames' features (4 of 12 images at --quick); add it once a per-recipe call keeps the other recipes'.
+ALL_MODES = ("loop", "pool", "spark", "spark_fused", "spark_local1", "spark_row_udf", *PEER_MODES)
 QUICK_MODES = ("loop", "pool", "spark", "spark_row_udf")
 # ``make bench`` (no --n): every mode at N=500; the modes the targets need at the larger sizes, so the run
 # stays within hours, not a day, on a 2-core machine (an explicit --n runs every mode).
 DEFAULT_PLAN: dict[int, tuple[str, ...]] = {
-    500: ALL_MODES,
-    2000: ("loop", "pool", "spark", "spark_row_udf"),
+    500: tuple(m for m in ALL_MODES if m != "spark_fused"),
+    2000: ("loop", "pool", "spark", "spark_row_udf", *PEER_MODES),
     8000: ("pool", "spark"),
 }
+#: The Spark modes the issue's targets are evaluated for.
+SPARK_TARGET_MODES = ("spark", "spark_fused")
+#: ``--against REF`` runs these modes with REF's package too (``--against-modes``).
+AGAINST_MODES = ("loop",)
+PROFILE_IMAGES = 60  # ``--profile``: images of the loop's cProfile (40 CT + 20 PNG)
+PROFILE_TOP = 20
 XRAY_RECIPE = """\
 name: xray_filters
 description: ct_lung's filters for 8-bit X-rays (no HU rescale, no lung window).
@@ -90,7 +130,7 @@ steps:
     clip_limit: 2.0
     tile_grid: [8, 8]
 """
-CT_RECIPE = REPO / "medimg_spark" / "resources" / "recipes" / "ct_lung.yaml"
+CT_RECIPE = CODE / "medimg_spark" / "resources" / "recipes" / "ct_lung.yaml"  # the running package's
 TABLES = ("images", "instances", "processed", "features")
 _THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -232,49 +272,61 @@ def _write(table: Any, path: Path) -> None:
     pq.write_table(table, path, compression="zstd")
 
 
-def process_chunk(chunk_id: int, paths: list[str], out: str, fs_name: str, run_id: str) -> dict[str, Any]:
-    """Ingest → recipe + quality → features for ``paths``; writes one Parquet file per table."""
+class ChainOutput:
+    """The rows of the four tables that :func:`run_chain` made from a batch of files."""
+
+    def __init__(self) -> None:
+        self.images: list[dict[str, Any]] = []
+        self.instances: list[dict[str, Any]] = []
+        self.processed: list[dict[str, Any]] = []
+        self.features: list[dict[str, Any]] = []
+        self.failed = 0
+        self.feature_names: list[str] = []
+        self.per_file: list[int] = []  # feature rows (images through the whole chain) of each input file
+
+
+def run_chain(files: Iterable[tuple[str, bytes]], fs_name: str, run_id: str) -> ChainOutput:
+    """Ingest → recipe + quality → features for ``(path, content)`` pairs: the per-image work of every mode
+    but Spark's (loop, pool, Ray Data, Daft), with the functions the Spark stages call.
+
+    ``path`` is a ``file:`` URI; the image ids derive from the content alone.
+    """
     import datetime as _dt
 
     import cv2
-    import pyarrow as pa
 
     from medimg_spark.features import decode_row, load_feature_set
     from medimg_spark.io.files import IMAGE, INSTANCE, FileContext, process_file
     from medimg_spark.ops import load_recipe
-    from medimg_spark.preprocess import PROCESSED_SCHEMA, process_row
-    from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA
+    from medimg_spark.preprocess import process_row
 
     cv2.setNumThreads(1)
     ct_recipe, xray_recipe = load_recipe(str(CT_RECIPE)), load_recipe(str(_xray_recipe_path()))
     fs = load_feature_set(fs_name)
     ctx = FileContext(run_id=run_id)
-    images: list[dict[str, Any]] = []
-    instances: list[dict[str, Any]] = []
-    processed: list[dict[str, Any]] = []
-    features: list[dict[str, Any]] = []
-    failed = 0
+    res_out = ChainOutput()
     now = _dt.datetime.now(_dt.UTC)
-    for path in paths:
-        content = Path(path).read_bytes()
-        for row in process_file("file:" + path, content, ctx):
+    for path, content in files:
+        before = len(res_out.features)
+        for row in process_file(path, content, ctx):
             if row["_kind"] == INSTANCE:
-                instances.append(row)
+                res_out.instances.append(row)
             elif row["_kind"] != IMAGE:
-                failed += 1
+                res_out.failed += 1
                 continue
             else:
-                images.append(row)
+                res_out.images.append(row)
                 recipe = ct_recipe if row.get("modality") == "CT" else xray_recipe
                 res = process_row(row, recipe, run_id)
                 if not res["ok"]:
-                    failed += 1
+                    res_out.failed += 1
                     continue
                 res["processed_at"] = now
-                processed.append(res)
+                res_out.processed.append(res)
                 img, msk = decode_row(res, True)
-                values, _ = fs.extract(img, msk)
-                features.append(
+                values, names = fs.extract(img, msk)
+                res_out.feature_names = list(names)
+                res_out.features.append(
                     {
                         "image_id": res["image_id"],
                         "label": res["label"],
@@ -282,23 +334,39 @@ def process_chunk(chunk_id: int, paths: list[str], out: str, fs_name: str, run_i
                         "values": values,
                     }
                 )
-    name = f"part-{chunk_id:05d}.zstd.parquet"
+        res_out.per_file.append(len(res_out.features) - before)
+    return res_out
+
+
+def write_chain_output(res: ChainOutput, out: str, name: str) -> None:
+    """One Parquet file (zstd) ``name`` per table (``images`` partitioned by modality) under ``out``."""
+    import pyarrow as pa
+
+    from medimg_spark.preprocess import PROCESSED_SCHEMA
+    from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA
+
     img_schema = _arrow_schema(IMAGES_SCHEMA)
-    for modality in sorted({str(r["modality"]) for r in images}):
-        sub = [r for r in images if r["modality"] == modality]
+    for modality in sorted({str(r["modality"]) for r in res.images}):
+        sub = [r for r in res.images if r["modality"] == modality]
         _write(_table(sub, img_schema), Path(out) / "images" / f"modality={modality}" / name)
-    _write(_table(instances, _arrow_schema(INSTANCES_SCHEMA)), Path(out) / "instances" / name)
-    _write(_table(processed, _arrow_schema(PROCESSED_SCHEMA)), Path(out) / "processed" / name)
+    _write(_table(res.instances, _arrow_schema(INSTANCES_SCHEMA)), Path(out) / "instances" / name)
+    _write(_table(res.processed, _arrow_schema(PROCESSED_SCHEMA)), Path(out) / "processed" / name)
     feat = pa.table(
         {
-            "image_id": pa.array([f["image_id"] for f in features], pa.string()),
-            "label": pa.array([f["label"] for f in features], pa.string()),
-            "split": pa.array([f["split"] for f in features], pa.string()),
-            "features": pa.array([f["values"].tolist() for f in features], pa.list_(pa.float64())),
+            "image_id": pa.array([f["image_id"] for f in res.features], pa.string()),
+            "label": pa.array([f["label"] for f in res.features], pa.string()),
+            "split": pa.array([f["split"] for f in res.features], pa.string()),
+            "features": pa.array([f["values"].tolist() for f in res.features], pa.list_(pa.float64())),
         }
     )
     _write(feat, Path(out) / "features" / name)
-    return {"images": len(features), "failed": failed}
+
+
+def process_chunk(chunk_id: int, paths: list[str], out: str, fs_name: str, run_id: str) -> dict[str, Any]:
+    """Ingest → recipe + quality → features for ``paths``; writes one Parquet file per table."""
+    res = run_chain((("file:" + p, Path(p).read_bytes()) for p in paths), fs_name, run_id)
+    write_chain_output(res, out, f"part-{chunk_id:05d}.zstd.parquet")
+    return {"images": len(res.features), "failed": res.failed, "feature_names": res.feature_names}
 
 
 def _chunks(files: list[Path]) -> list[list[str]]:
@@ -326,6 +394,100 @@ def run_loop_or_pool(files: list[Path], out: str, fs_name: str, procs: int) -> d
         "wall_s": wall,
         "images": sum(r["images"] for r in results),
         "failed": sum(r["failed"] for r in results),
+        "feature_names": next((r["feature_names"] for r in results if r["feature_names"]), []),
+    }
+
+
+# ------------------------------------------------------------------------------- Ray Data / Daft
+
+
+def _chain_batch(paths: list[str], contents: list[bytes], out: str, fs_name: str, run_id: str) -> list[int]:
+    """:func:`run_chain` on one batch of files, written as one Parquet file per table; images per file.
+
+    The part name derives from the batch's first path (batches are disjoint), so reruns overwrite.
+    """
+    uris = [p if p.startswith("file:") else "file:" + p for p in paths]
+    res = run_chain(zip(uris, (bytes(c) for c in contents), strict=True), fs_name, run_id)
+    write_chain_output(res, out, "part-" + hashlib.sha1(uris[0].encode()).hexdigest()[:16] + ".zstd.parquet")
+    return res.per_file
+
+
+def run_ray(files: list[Path], out: str, fs_name: str, cores: int) -> dict[str, Any]:
+    """Ray Data: ``read_binary_files`` + ``map_batches`` (one CPU per task, ``cores`` tasks at a time) over
+    the same per-image chain as the loop, each batch writing its Parquet files with pyarrow."""
+    import numpy as np
+    import ray
+
+    run_id = "bench-ray"
+    t0 = time.perf_counter()
+    for attempt in range(1, 4):  # Ray gives its raylet 30 s to register: too short on a loaded 2-core machine
+        try:
+            ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=True, logging_level="ERROR")
+            break
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == 3:
+                raise
+            print(f"ray.init attempt {attempt} timed out (machine load {os.getloadavg()[0]:.1f}); retrying")
+            ray.shutdown()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    t1 = time.perf_counter()
+
+    def chain(batch: dict[str, Any]) -> dict[str, Any]:
+        n = _chain_batch(list(batch["path"]), list(batch["bytes"]), out, fs_name, run_id)
+        return {"images": np.asarray(n, dtype=np.int64)}
+
+    ds = ray.data.read_binary_files([str(f) for f in files], include_paths=True)
+    counts = ds.map_batches(
+        chain,
+        batch_size=CHUNK_FILES,
+        batch_format="numpy",
+        num_cpus=1,
+        compute=ray.data.TaskPoolStrategy(size=cores),
+    ).take_all()
+    t2 = time.perf_counter()
+    ray.shutdown()
+    return {
+        "wall_s": t2 - t1,
+        "startup_s": t1 - t0,
+        "images": int(sum(r["images"] for r in counts)),
+        "failed": None,
+        "files": len(counts),
+    }
+
+
+def run_daft(files: list[Path], out: str, fs_name: str, cores: int) -> dict[str, Any]:
+    """Daft (native runner): the files' bytes read with ``daft.functions.download``, then a ``daft.cls``
+    batch method running the same per-image chain in ``cores`` processes (``use_process=True``), each batch
+    writing its Parquet files with pyarrow."""
+    import daft
+    from daft.functions import download
+
+    run_id = "bench-daft"
+    t0 = time.perf_counter()
+    daft.set_runner_native(num_threads=cores)
+    t1 = time.perf_counter()
+
+    @daft.cls(cpus=1, use_process=True, max_concurrency=cores)
+    class Chain:
+        def __init__(self, out: str, fs_name: str) -> None:
+            self.out, self.fs_name = out, fs_name
+
+        @daft.method.batch(return_dtype=daft.DataType.int64(), batch_size=CHUNK_FILES)
+        def __call__(self, path: Any, content: Any) -> list[int]:
+            return _chain_batch(path.to_pylist(), content.to_pylist(), self.out, self.fs_name, run_id)
+
+    df = daft.from_pydict({"path": [str(f) for f in files]})
+    df = df.with_column("content", download(df["path"]))
+    chain = Chain(out, fs_name)
+    counts = df.select(chain(df["path"], df["content"]).alias("images")).to_pydict()["images"]
+    t2 = time.perf_counter()
+    return {
+        "wall_s": t2 - t1,
+        "startup_s": t1 - t0,
+        "images": int(sum(counts)),
+        "failed": None,
+        "files": len(counts),
     }
 
 
@@ -340,7 +502,21 @@ def _session(master: str, conf: dict[str, str]) -> Any:
     )
 
 
-def run_spark(corpus_dir: Path, out: str, fs_name: str, master: str, conf: dict[str, str]) -> dict[str, Any]:
+def has_fused_preprocess() -> bool:
+    """Whether the running package's ``preprocess`` takes ``features=`` (the fused recipe + features pass)."""
+    import inspect
+
+    from medimg_spark.preprocess import preprocess
+
+    return "features" in inspect.signature(preprocess).parameters
+
+
+def run_spark(
+    corpus_dir: Path, out: str, fs_name: str, master: str, conf: dict[str, str], fused: bool = False
+) -> dict[str, Any]:
+    """The project's stages in ``master``; ``fused`` (mode ``spark_fused``, or a ``--variant`` with
+    ``_fused=true``): the features computed in the recipe's pass (``preprocess(..., features=...)``) instead
+    of a separate ``compute_features`` stage reading the processed pixels back."""
     from medimg_spark.config import IngestConfig
     from medimg_spark.features import compute_features
     from medimg_spark.io.ingest import ingest
@@ -348,23 +524,30 @@ def run_spark(corpus_dir: Path, out: str, fs_name: str, master: str, conf: dict[
 
     conf = dict(conf)
     fpp = conf.pop("_files_per_partition", None)
+    fused = fused or conf.pop("_fused", "false").lower() in ("1", "true", "yes")
+    if fused and not has_fused_preprocess():
+        raise SystemExit("spark_fused: this medimg_spark's preprocess() has no features= (no fused pass)")
     t0 = time.perf_counter()
     spark = _session(master, conf)
     t1 = time.perf_counter()
     cfg = IngestConfig(files_per_partition=int(fpp)) if fpp else None
     s_ingest = ingest(spark, [str(corpus_dir)], out, config=cfg, deidentify=None)
     t2 = time.perf_counter()
-    s_ct = preprocess(spark, out, str(CT_RECIPE), where="modality = 'CT'")
-    s_x = preprocess(spark, out, str(_xray_recipe_path()), where="modality <> 'CT'")
+    extra: dict[str, Any] = {"features": fs_name} if fused else {}
+    s_ct = preprocess(spark, out, str(CT_RECIPE), where="modality = 'CT'", **extra)
+    s_x = preprocess(spark, out, str(_xray_recipe_path()), where="modality <> 'CT'", **extra)
     t3 = time.perf_counter()
-    s_feat = compute_features(spark, out, source="processed", feature_set=fs_name)
+    if fused:  # counted from the table's Parquet footers: no pixels read
+        n_images = spark.read.parquet(f"{out}/features").count()
+    else:
+        n_images = compute_features(spark, out, source="processed", feature_set=fs_name)["n_images"]
     t4 = time.perf_counter()
     spark.stop()
     return {
         "wall_s": t4 - t1,
         "startup_s": t1 - t0,
         "stage_s": {"ingest": t2 - t1, "preprocess": t3 - t2, "features": t4 - t3},
-        "images": s_feat["n_images"],
+        "images": n_images,
         "failed": s_ingest["quarantined"] + s_ct["frames_quarantined"] + s_x["frames_quarantined"],
     }
 
@@ -603,10 +786,23 @@ def feature_digests(out: Path) -> dict[str, str]:
     return digests
 
 
+def base_mode(mode: str) -> str:
+    """``spark+tuned`` → ``spark``, ``loop@f73b140`` → ``loop``: the worker a mode runs."""
+    return mode.split("+", 1)[0].split("@", 1)[0]
+
+
 def run_mode(
-    mode: str, corpus_dir: Path, out: Path, fs_name: str, cores: int, conf: dict[str, str]
+    mode: str,
+    corpus_dir: Path,
+    out: Path,
+    fs_name: str,
+    cores: int,
+    conf: dict[str, str],
+    code: Path | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Run one mode in a subprocess and measure it from here."""
+    """Run one mode in a subprocess and measure it from here; ``code``: the checkout whose package it runs
+    (default: this one)."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -615,7 +811,7 @@ def run_mode(
         sys.executable,
         str(Path(__file__).resolve()),
         "--_worker",
-        mode.split("+", 1)[0],
+        base_mode(mode),
         "--_corpus",
         str(corpus_dir),
         "--out",
@@ -629,7 +825,12 @@ def run_mode(
     ]
     for k, v in conf.items():
         cmd += ["--conf", f"{k}={v}"]
+    cmd += list(extra_args)
     env = {**os.environ, **_THREAD_ENV, "MEDIMG_SPARK_LOG_LEVEL": "ERROR"}
+    env.pop(CODE_ENV, None)
+    if code is not None and code.resolve() != CODE:
+        env[CODE_ENV] = str(code.resolve())
+        env["PYTHONPATH"] = os.pathsep.join([str(code.resolve()), *filter(None, [env.get("PYTHONPATH")])])
     import psutil
 
     keep = {p.pid for p in psutil.Process().children()}
@@ -684,26 +885,262 @@ def run_mode(
         "features_digest": hashlib.sha256(joined.encode()).hexdigest()[:16],
         "feature_digests": digests,
         "conf": conf,
+        "package": res.get("package"),
+        **{k: res[k] for k in ("feature_names", "profile") if k in res},
     }
 
 
 def worker_main(args: argparse.Namespace) -> None:
+    import medimg_spark
+
     conf = dict(kv.split("=", 1) for kv in args.conf)
+    # every process this one starts (Pool, Spark's Python workers, Ray and Daft workers) imports CODE's package
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(CODE), *filter(None, [os.environ.get("PYTHONPATH")])])
+    package = Path(medimg_spark.__file__).resolve().parent
+    if package.parent != CODE:
+        raise SystemExit(f"the benchmark imported {package}, not the package of {CODE}; unset PYTHONPATH")
     files = corpus_files(Path(args._corpus))
-    if args._worker == "loop":
+    if args._worker == "profile":
+        res = run_profile(files, args.out, args.feature_set, args.profile_top)
+    elif args._worker == "loop":
         res = run_loop_or_pool(files, args.out, args.feature_set, 1)
     elif args._worker == "pool":
         res = run_loop_or_pool(files, args.out, args.feature_set, args.cores)
     elif args._worker == "spark":
         res = run_spark(Path(args._corpus), args.out, args.feature_set, f"local[{args.cores}]", conf)
+    elif args._worker == "spark_fused":
+        res = run_spark(Path(args._corpus), args.out, args.feature_set, f"local[{args.cores}]", conf, True)
     elif args._worker == "spark_local1":
         res = run_spark(Path(args._corpus), args.out, args.feature_set, "local[1]", conf)
     elif args._worker == "spark_row_udf":
         res = run_spark_row_udf(Path(args._corpus), args.out, args.feature_set, f"local[{args.cores}]", conf)
+    elif args._worker == "ray":
+        res = run_ray(files, args.out, args.feature_set, args.cores)
+    elif args._worker == "daft":
+        res = run_daft(files, args.out, args.feature_set, args.cores)
     else:
         raise SystemExit(f"unknown mode {args._worker}")
     res["self_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    res["package"] = str(package)
     Path(args._result).write_text(json.dumps(res))
+
+
+# ------------------------------------------------------------------------------------- profile
+
+
+def _short_source(filename: str) -> str:
+    for marker in ("site-packages/", "/medimg_spark/", "/benchmarks/"):
+        if marker in filename:
+            head = "medimg_spark/" if marker == "/medimg_spark/" else ""
+            return head + filename.split(marker, 1)[1]
+    return filename
+
+
+def run_profile(files: list[Path], out: str, fs_name: str, top: int) -> dict[str, Any]:
+    """cProfile of the loop's per-image work (:func:`process_chunk` over ``files``) after a warm-up chunk.
+
+    CPU per image is measured twice: once plain (``time.process_time``), once under the profiler.
+    """
+    import cProfile
+    import pstats
+
+    chunks = _chunks(files)
+    run_id = "bench-profile"
+    process_chunk(0, chunks[0][:4], out, fs_name, run_id)  # imports, first-call caches
+    cpu0 = time.process_time()
+    n = 0
+    for i, c in enumerate(chunks):
+        n += process_chunk(i, c, out, fs_name, run_id)["images"]
+    plain = time.process_time() - cpu0
+    prof = cProfile.Profile(time.process_time)  # CPU time: wall time means nothing on a shared machine
+    started = time.perf_counter()
+    cpu0 = time.process_time()
+    prof.enable()
+    for i, c in enumerate(chunks):
+        process_chunk(i, c, out, fs_name, run_id)
+    prof.disable()
+    profiled = time.process_time() - cpu0
+    stats = pstats.Stats(prof)
+    stats.sort_stats("cumulative")
+    entries = sorted(stats.stats.items(), key=lambda kv: kv[1][3], reverse=True)  # type: ignore[attr-defined]
+    rows = []
+    for (filename, line, func), (_cc, calls, tottime, cumtime, _callers) in entries[:top]:
+        where = "~" if filename == "~" else f"{_short_source(filename)}:{line}"
+        rows.append(
+            {
+                "function": f"{where}({func})",
+                "calls": calls,
+                "tottime_s": round(tottime, 3),
+                "cumtime_s": round(cumtime, 3),
+                "cum_s_per_image": round(cumtime / n, 4) if n else None,
+                "cum_share": round(cumtime / profiled, 3) if profiled else None,
+            }
+        )
+    return {
+        "wall_s": time.perf_counter() - started,
+        "images": n,
+        "failed": None,
+        "profile": {
+            "images": n,
+            "cpu_s_per_image": round(plain / n, 4) if n else None,
+            "profiled_cpu_s_per_image": round(profiled / n, 4) if n else None,
+            "top": rows,
+        },
+    }
+
+
+def profile_corpus_n(images: int) -> int:
+    """The corpus size N whose N CT + N/2 PNG files hold about ``images`` images."""
+    return max(2, round(images * 2 / 3))
+
+
+# ------------------------------------------------------------------------------------- --against
+
+
+class AgainstTree:
+    """A detached git worktree of ``ref`` under ``benchmarks/.cache/against/<sha>``: reused when present,
+    otherwise created and removed again on exit (unless ``keep``)."""
+
+    def __init__(self, ref: str, keep: bool = False) -> None:
+        self.ref = ref
+        self.keep = keep
+        self.sha = self._git("rev-parse", "--verify", f"{ref}^{{commit}}")
+        self.short = self._git("rev-parse", "--short=7", self.sha)
+        self.path = CACHE / "against" / self.sha
+        self.created = False
+
+    @staticmethod
+    def _git(*args: str, cwd: Path = REPO) -> str:
+        proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"--against: git {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc.stdout.strip()
+
+    def __enter__(self) -> AgainstTree:
+        head = self.path / ".git"
+        if head.exists() and self._git("rev-parse", "HEAD", cwd=self.path) == self.sha:
+            print(f"--against {self.ref}: reusing the worktree {self.path}", flush=True)
+            return self
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self._git("worktree", "prune")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._git("worktree", "add", "--detach", str(self.path), self.sha)
+        self.created = True
+        print(f"--against {self.ref}: worktree of {self.short} at {self.path}", flush=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.created and not self.keep:
+            self._git("worktree", "remove", "--force", str(self.path))
+            self._git("worktree", "prune")
+
+
+#: Features of the current code and of ``--against REF`` agree when ``|a - b| <= FEATURE_RTOL * max(|a|, |b|)``
+#: (values below ``REL_FLOOR`` times the column's largest magnitude are compared against that floor instead):
+#: the denoise and metric rewrites may move the float32 frames by rounding, which moves histogram bin edges
+#: and percentiles by about that much.
+FEATURE_RTOL = 1e-3
+#: The same for the ``quality_before``/``quality_after`` metrics of ``processed`` (the per-metric checks of
+#: the rewritten kernels against the old functions are in the tests of medimg_spark.quality).
+QUALITY_RTOL = 1e-2
+REL_FLOOR = 1e-6
+
+
+def snapshot(out: Path, dest: Path) -> None:
+    """Keep what ``--against`` compares (features and quality metrics per image, no pixels) of one run."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    def read(table: str, columns: list[str]) -> Any:
+        ds = pads.dataset(out / table, format="parquet", partitioning="hive", exclude_invalid_files=True)
+        return ds.to_table(columns=columns)
+
+    feats = read("features", ["image_id", "features"])
+    col = feats.column("features").combine_chunks()
+    if pa.types.is_struct(col.type):  # a Spark ML vector
+        col = col.field("values")
+    feats = pa.table({"image_id": feats.column("image_id"), "features": col.cast(pa.list_(pa.float64()))})
+    quality = read("processed", ["image_id", "quality_before", "quality_after"])
+    dest.mkdir(parents=True, exist_ok=True)
+    pq.write_table(feats, dest / "features.parquet")
+    pq.write_table(quality, dest / "quality.parquet")
+
+
+def _rel_diff(a: Any, b: Any) -> Any:
+    """Element-wise ``|a - b| / max(|a|, |b|, floor)`` over rows (axis 0) of two float arrays; NaN on both
+    sides counts as equal, NaN on one side as infinitely different."""
+    import numpy as np
+
+    finite = np.concatenate([np.abs(a[np.isfinite(a)]), np.abs(b[np.isfinite(b)])])
+    floor = max(float(finite.max()) * REL_FLOOR if finite.size else 0.0, 1e-12)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.abs(a - b) / np.maximum(np.maximum(np.abs(a), np.abs(b)), floor)
+    d[np.isnan(a) & np.isnan(b)] = 0.0
+    d[np.isnan(d)] = np.inf
+    return d
+
+
+def compare_against(current: Path, old: Path, feature_names: list[str]) -> dict[str, Any]:
+    """Features and quality metrics of the same images from two snapshots (current vs ``--against``)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    by_cur: dict[str, dict[str, Any]] = {}
+    by_ref: dict[str, dict[str, Any]] = {}
+    for snap, rows in ((current, by_cur), (old, by_ref)):
+        for r in pq.read_table(snap / "features.parquet").to_pylist():
+            rows[r["image_id"]] = {"features": r["features"], "quality_before": None, "quality_after": None}
+        for r in pq.read_table(snap / "quality.parquet").to_pylist():
+            rows.setdefault(r["image_id"], {"features": None}).update(r)
+    common = sorted(set(by_cur) & set(by_ref))
+    out: dict[str, Any] = {
+        "images": len(by_cur),
+        "images_against": len(by_ref),
+        "same_images": set(by_cur) == set(by_ref),
+        "feature_rtol": FEATURE_RTOL,
+        "quality_rtol": QUALITY_RTOL,
+    }
+    fc = [by_cur[i]["features"] for i in common]
+    fr = [by_ref[i]["features"] for i in common]
+    out["features_identical"] = sum(1 for a, b in zip(fc, fr, strict=True) if a == b)
+    if common and all(
+        a is not None and b is not None and len(a) == len(b) for a, b in zip(fc, fr, strict=True)
+    ):
+        a, b = np.asarray(fc, dtype=np.float64), np.asarray(fr, dtype=np.float64)
+        d = np.column_stack([_rel_diff(a[:, j], b[:, j]) for j in range(a.shape[1])]) if a.size else a
+        i, j = np.unravel_index(int(np.argmax(d)), d.shape) if d.size else (0, 0)
+        names = feature_names if len(feature_names) == a.shape[1] else [f"#{k}" for k in range(a.shape[1])]
+        out["features_max_rel_diff"] = float(d.max()) if d.size else 0.0
+        out["features_max_abs_diff"] = float(np.nanmax(np.abs(a - b))) if a.size else 0.0
+        out["features_images_beyond_rtol"] = int((d > FEATURE_RTOL).any(axis=1).sum())
+        if d.size and d.max() > 0:
+            out["features_worst"] = {
+                "feature": names[j],
+                "image_id": common[i],
+                "current": float(a[i, j]),
+                "against": float(b[i, j]),
+            }
+    else:
+        out["features_max_rel_diff"] = float("inf") if common else None
+        out["features_images_beyond_rtol"] = len(common)
+    per_metric: dict[str, float] = {}
+    beyond: set[str] = set()
+    for side in ("quality_before", "quality_after"):
+        rows_c = [by_cur[i][side] or {} for i in common]
+        rows_r = [by_ref[i][side] or {} for i in common]
+        keys = sorted({k for r in rows_c for k in r} & {k for r in rows_r for k in r})
+        for k in keys:
+            a = np.asarray([np.nan if r.get(k) is None else r[k] for r in rows_c], dtype=np.float64)
+            b = np.asarray([np.nan if r.get(k) is None else r[k] for r in rows_r], dtype=np.float64)
+            d = _rel_diff(a, b)
+            per_metric[f"{side.split('_')[1]}.{k}"] = float(d.max()) if d.size else 0.0
+            beyond |= {common[x] for x in np.flatnonzero(d > QUALITY_RTOL)}
+    out["quality_max_rel_diff"] = max(per_metric.values(), default=0.0)
+    out["quality_max_rel_diff_by_metric"] = {k: float(f"{v:.3g}") for k, v in per_metric.items()}
+    out["quality_images_beyond_rtol"] = len(beyond)
+    return out
 
 
 # -------------------------------------------------------------------------------------- reporting
@@ -761,7 +1198,7 @@ SUMMARY_KEYS = (
 
 def summarise(repeats: list[dict[str, Any]]) -> dict[str, Any]:
     """Median of the repeats for the numbers; the rest from the first repeat."""
-    out = {k: v for k, v in repeats[0].items() if k != "feature_digests"}
+    out = {k: v for k, v in repeats[0].items() if k not in ("feature_digests", "feature_names", "profile")}
     for k in SUMMARY_KEYS:
         vals = [r[k] for r in repeats if r.get(k) is not None]
         if vals:
@@ -773,6 +1210,8 @@ def summarise(repeats: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def compare_outputs(modes: dict[str, dict[str, Any]], digests: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Per-image feature digests of every mode against the loop's (``mode@REF`` modes are reported but do
+    not count in ``all_equal``: their code differs; :func:`compare_against` measures by how much)."""
     ref_mode = "loop" if "loop" in digests else next(iter(digests))
     ref = digests[ref_mode]
     out: dict[str, Any] = {"reference": ref_mode}
@@ -780,7 +1219,9 @@ def compare_outputs(modes: dict[str, dict[str, Any]], digests: dict[str, dict[st
         diff = sum(1 for k in set(ref) | set(d) if ref.get(k) != d.get(k))
         out[m] = {"images": len(d), "mismatches_vs_reference": diff}
         modes[m]["feature_mismatches_vs_" + ref_mode] = diff
-    out["all_equal"] = all(v["mismatches_vs_reference"] == 0 for k, v in out.items() if isinstance(v, dict))
+    out["all_equal"] = all(
+        v["mismatches_vs_reference"] == 0 for k, v in out.items() if isinstance(v, dict) and "@" not in k
+    )
     return out
 
 
@@ -788,7 +1229,7 @@ def _target(ratio: float, wanted: str) -> dict[str, Any]:
     """``{"ratio", "target", "met"}`` for a target written as ``">= x"`` or ``"<= x"``."""
     op, bound = wanted.split()
     met = ratio >= float(bound) if op == ">=" else ratio <= float(bound)
-    return {"ratio": round(ratio, 3), "target": wanted, "met": met}
+    return {"ratio": float(f"{ratio:.4g}"), "target": wanted, "met": met}
 
 
 def targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -798,17 +1239,26 @@ def targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
     # the loop's CPU per image does not depend on N: a size run without the loop uses the largest with it
     loops = {n: m["loop"]["cpu_s_per_image"] for n, m in by_n.items() if "loop" in m}
     for n, m in sorted(by_n.items()):
+        for sm in SPARK_TARGET_MODES:  # the stages as they are, and with the fused pass
+            if sm not in m:
+                continue
+            spark = m[sm]
+            if "pool" in m:
+                t[f"{sm}_vs_pool_throughput_n{n}"] = _target(
+                    spark["images_per_s"] / m["pool"]["images_per_s"], ">= 0.95" if n >= 8000 else ">= 0.9"
+                )
+            if loops:
+                ref = n if n in loops else max(loops)
+                key = f"{sm}_vs_loop_cpu_per_image_n{n}" + ("" if ref == n else f"_loop_n{ref}")
+                t[key] = _target(spark["cpu_s_per_image"] / loops[ref], "<= 1.15")
+            for peer in PEER_MODES:
+                if peer in m:
+                    t[f"{sm}_vs_{peer}_throughput_n{n}"] = _target(
+                        spark["images_per_s"] / m[peer]["images_per_s"], ">= 1"
+                    )
         if "spark" not in m:
             continue
         spark = m["spark"]
-        if "pool" in m:
-            t[f"spark_vs_pool_throughput_n{n}"] = _target(
-                spark["images_per_s"] / m["pool"]["images_per_s"], ">= 0.9"
-            )
-        if loops:
-            ref = n if n in loops else max(loops)
-            key = f"spark_vs_loop_cpu_per_image_n{n}" + ("" if ref == n else f"_loop_n{ref}")
-            t[key] = _target(spark["cpu_s_per_image"] / loops[ref], "<= 1.2")
         if "spark_row_udf" in m:
             t[f"arrow_vs_row_udf_throughput_n{n}"] = _target(
                 spark["images_per_s"] / m["spark_row_udf"]["images_per_s"], ">= 5"
@@ -816,9 +1266,30 @@ def targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if "spark_local1" in m:
             ratio = spark["images_per_s"] / m["spark_local1"]["images_per_s"]
             t[f"spark_local2_vs_local1_n{n}"] = {"ratio": round(ratio, 3), "target": "> 1 (grows with cores)"}
-    if "spark" in by_n.get(2000, {}) and "spark" in by_n.get(8000, {}):
-        a, b = by_n[2000]["spark"]["driver_peak_rss_mb"], by_n[8000]["spark"]["driver_peak_rss_mb"]
-        t["driver_rss_n8000_vs_n2000"] = _target(b / a, "<= 1.1")
+    for sm in SPARK_TARGET_MODES:
+        if sm in by_n.get(2000, {}) and sm in by_n.get(8000, {}):
+            a, b = by_n[2000][sm]["driver_peak_rss_mb"], by_n[8000][sm]["driver_peak_rss_mb"]
+            t["driver_rss_n8000_vs_n2000" if sm == "spark" else f"{sm}_driver_rss_n8000_vs_n2000"] = _target(
+                b / a, "<= 1.1"
+            )
+    for run in runs:  # --against: CPU per image of REF's code over the current code's, and the outputs
+        n = run["n"]
+        for old_mode, cmp in (run.get("against") or {}).items():
+            mode, _, short = old_mode.partition("@")
+            m = run["modes"]
+            if mode in m and old_mode in m and m[mode]["cpu_s_per_image"]:
+                ratio = m[old_mode]["cpu_s_per_image"] / m[mode]["cpu_s_per_image"]
+                key = f"{mode}_cpu_per_image_vs_{short}_n{n}"
+                t[key] = (
+                    _target(ratio, ">= 2.5") if mode == "loop" else {"ratio": round(ratio, 3), "target": "-"}
+                )
+            if cmp.get("features_max_rel_diff") is not None:
+                t[f"{mode}_features_max_rel_diff_vs_{short}_n{n}"] = _target(
+                    cmp["features_max_rel_diff"], f"<= {FEATURE_RTOL:g}"
+                )
+                t[f"{mode}_quality_max_rel_diff_vs_{short}_n{n}"] = _target(
+                    cmp["quality_max_rel_diff"], f"<= {QUALITY_RTOL:g}"
+                )
     return t
 
 
@@ -835,6 +1306,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"(1 in {J2K_EVERY} JPEG 2000) + N/2 PNG 1024²; images = 1.5 N. Spark settings: medimg_spark/resources/spark-defaults.conf"
         + (f" + {report['spark_conf']}" if report.get("spark_conf") else "")
         + ".",
+    ]
+    if report.get("against_ref"):
+        a = report["against_ref"]
+        lines.append(
+            f"`mode@{a['short']}`: this script's harness running the package of {a['ref']} ({a['sha']}, a git "
+            "worktree) in the same invocation, alternated with the current code's modes."
+        )
+    lines += [
         "",
         "| N | mode | images | images/s | CPU s/image | driver peak RSS MB | JVM peak RSS MB "
         "| worker peak RSS MB (max / sum) | output MB | wall s | cores used | load 1m | repeats | equal outputs |",
@@ -843,31 +1322,112 @@ def markdown(report: dict[str, Any]) -> str:
     for run in report["runs"]:
         for mode, r in run["modes"].items():
             mism = next((v for k, v in r.items() if k.startswith("feature_mismatches_vs_")), None)
+            equal = "yes" if mism == 0 else f"{mism} differ"
+            if "@" in mode and mode in (run.get("against") or {}):
+                cmp = run["against"][mode]
+                fmax = cmp["features_max_rel_diff"]
+                equal = f"{cmp['features_identical']}/{cmp['images']} identical, max rel diff " + (
+                    "-" if fmax is None else f"{fmax:.2g}"
+                )
             lines.append(
                 f"| {run['n']} | {mode} | {r['images']} | {r['images_per_s']:.2f} | {r['cpu_s_per_image']:.3f} "
                 f"| {r['driver_peak_rss_mb']:.0f} | {r['jvm_peak_rss_mb'] or 0:.0f} "
                 f"| {r['workers_peak_rss_mb']:.0f} / {r['workers_total_peak_rss_mb']:.0f} "
                 f"| {r['output_bytes'] / 2**20:.0f} | {r['wall_s']:.1f} | {r.get('cores_used', '-')} "
                 f"| {'-'.join(str(x) for x in r.get('load_avg_1m', [])) or '-'} | {r['repeats']} "
-                f"| {'yes' if mism == 0 else f'{mism} differ'} |"
+                f"| {equal} |"
             )
     for run in report["runs"]:
         for mode, err in (run.get("failed_modes") or {}).items():
             lines.append(f"| {run['n']} | {mode} | FAILED: {err[-300:]} |" + " |" * 11)
+        for mode, why in (run.get("skipped_modes") or {}).items():
+            lines.append(f"| {run['n']} | {mode} | skipped: {why} |" + " |" * 11)
+    cmps = [(run["n"], mode, c) for run in report["runs"] for mode, c in (run.get("against") or {}).items()]
+    if cmps:
+        lines += [
+            "",
+            f"Outputs vs `--against` (relative difference |a - b| / max(|a|, |b|); tolerances: features "
+            f"{FEATURE_RTOL:g}, quality metrics {QUALITY_RTOL:g}):",
+            "",
+            "| N | modes | images (current / against) | features identical | features max rel diff "
+            "| images beyond tol. (features / metrics) | metrics max rel diff | worst metrics |",
+            "| ---: | --- | --- | ---: | ---: | --- | ---: | --- |",
+        ]
+        for n, mode, c in cmps:
+            worst = sorted(c["quality_max_rel_diff_by_metric"].items(), key=lambda kv: -kv[1])[:3]
+            fmax = c["features_max_rel_diff"]
+            lines.append(
+                f"| {n} | {mode.split('@')[0]} vs {mode} | {c['images']} / {c['images_against']} "
+                f"| {c['features_identical']} | {'-' if fmax is None else f'{fmax:.3g}'} "
+                f"| {c['features_images_beyond_rtol']} / {c['quality_images_beyond_rtol']} "
+                f"| {c['quality_max_rel_diff']:.3g} | {', '.join(f'{k} {v:.2g}' for k, v in worst) or '-'} |"
+            )
     if report.get("targets"):
         lines += ["", "| target | ratio | wanted | met |", "| --- | ---: | --- | --- |"]
         for k, v in report["targets"].items():
             lines.append(f"| {k} | {v['ratio']} | {v['target']} | {v.get('met', '-')} |")
+    for label, prof in (report.get("profiles") or {}).items():
+        lines += [
+            "",
+            f"Profile of the loop's per-image work ({label}: cProfile over `process_chunk`, {prof['images']} "
+            f"images; CPU s/image {prof['cpu_s_per_image']} plain, {prof['profiled_cpu_s_per_image']} under "
+            f"the profiler), top {len(prof['top'])} by cumulative time:",
+            "",
+            "| function | calls | tottime s | cumtime s | cum s/image | share |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in prof["top"]:
+            lines.append(
+                f"| `{r['function']}` | {r['calls']} | {r['tottime_s']} | {r['cumtime_s']} "
+                f"| {r['cum_s_per_image']} | {r['cum_share']} |"
+            )
     lines.append("")
     return "\n".join(lines)
+
+
+def _mode_unavailable(mode: str) -> str | None:
+    """Why ``mode`` cannot run in this interpreter (a peer's package missing), else None."""
+    import importlib.util
+
+    base = base_mode(mode)
+    if base in PEER_MODES and importlib.util.find_spec(base) is None:
+        return f"{base} is not installed (pip install -e '.[bench]')"
+    if base == "spark_fused" and "@" not in mode and not has_fused_preprocess():
+        return "this medimg_spark's preprocess() has no features= (the fused pass)"
+    return None
+
+
+def run_profiles(args: argparse.Namespace, against: AgainstTree | None, work: Path) -> dict[str, Any]:
+    """``--profile``: the loop's cProfile on about ``args.profile`` images, for the current code (and REF's)."""
+    root = corpus(profile_corpus_n(args.profile), args.cores)
+    codes: list[tuple[str, Path | None]] = [("current", None)]
+    if against is not None:
+        codes.append((against.short, against.path))
+    profiles: dict[str, Any] = {}
+    for label, code in codes:
+        print(f"profile ({label}) on {root.name} ...", flush=True)
+        r = run_mode(
+            "profile",
+            root,
+            work / "profile" / label,
+            args.feature_set,
+            1,
+            {},
+            code,
+            ("--profile-top", str(args.profile_top)),
+        )
+        profiles[label] = r["profile"]
+    shutil.rmtree(work / "profile", ignore_errors=True)
+    return profiles
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     import psutil  # noqa: F401  (fail early when missing)
 
     _become_subreaper()
-    cores = args.cores
     sizes = [QUICK_N] if args.quick else (args.n or list(DEFAULT_SIZES))
+    if args.profile_only:
+        sizes = []
     out_root = Path(args.out).resolve()
     out_root.mkdir(parents=True, exist_ok=True)
     work = Path(args.work).resolve() if args.work else CACHE / "runs"
@@ -881,56 +1441,97 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "runs": [],
     }
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    for n in sizes:
-        root = corpus(n, cores)
-        if args.modes:
-            modes = list(args.modes)
-        elif args.quick:
-            modes = list(QUICK_MODES)
-        else:
-            modes = list(DEFAULT_PLAN.get(n, ALL_MODES) if args.n is None else ALL_MODES)
-        variants = {}
-        for spec in args.variant:
-            name, _, settings = spec.partition(":")
-            variants[f"spark+{name}"] = dict(kv.split("=", 1) for kv in settings.split(",") if kv)
-        modes += [v for v in variants if v not in modes]
-        reps = args.repeats if args.repeats else (2 if 100 < n <= 500 else 1)
-        results: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
-        failures: dict[str, str] = {}
-        for rep in range(reps):
-            order = modes if rep % 2 == 0 else list(reversed(modes))  # alternate to spread load drift
-            for mode in order:
-                print(f"N={n} repeat {rep + 1}/{reps}: {mode} ...", flush=True)
-                mode_conf = {**conf, **variants.get(mode, {})}
-                try:
-                    r = run_mode(mode, root, work / f"n{n}" / mode, args.feature_set, cores, mode_conf)
-                except RuntimeError as exc:  # recorded, and the other modes still run
-                    print(f"  FAILED: {exc}", flush=True)
-                    failures[mode] = str(exc)
-                    continue
-                print(
-                    f"  {r['images']} images, {r['images_per_s']:.2f} images/s, "
-                    f"{r['cpu_s_per_image']} CPU s/image, wall {r['wall_s']:.1f} s",
-                    flush=True,
-                )
-                results[mode].append(r)
-        results = {m: rs for m, rs in results.items() if rs}
-        digests = {m: rs[0]["feature_digests"] for m, rs in results.items()}
-        summary = {m: summarise(rs) for m, rs in results.items()}
-        run = {
-            "n": n,
-            "images_expected": n + n // 2,
-            "modes": summary,
-            "outputs": compare_outputs(summary, digests),
-            "failed_modes": failures,
-        }
-        report["runs"].append(run)
-        if not args.keep_outputs:
-            shutil.rmtree(work / f"n{n}", ignore_errors=True)
-        write_reports(report, out_root, args.out == str(REPO / "benchmarks" / "results"), stamp)
+    with contextlib.ExitStack() as stack:
+        against = stack.enter_context(AgainstTree(args.against, args.keep_against)) if args.against else None
+        if against is not None:
+            report["against_ref"] = {"ref": args.against, "sha": against.sha, "short": against.short}
+        for n in sizes:
+            report["runs"].append(bench_size(args, n, conf, work, against))
+            write_reports(report, out_root, args.out == str(REPO / "benchmarks" / "results"), stamp)
+        if args.profile:
+            report["profiles"] = run_profiles(args, against, work)
     write_reports(report, out_root, args.out == str(REPO / "benchmarks" / "results"), stamp)
     print(markdown(report))
     return report
+
+
+def bench_size(
+    args: argparse.Namespace, n: int, conf: dict[str, str], work: Path, against: AgainstTree | None
+) -> dict[str, Any]:
+    """Every mode of one corpus size, alternated over the repeats; the summary of the size."""
+    root = corpus(n, args.cores)
+    if args.modes:
+        modes = list(args.modes)
+    elif args.quick:
+        modes = list(QUICK_MODES)
+    else:
+        modes = list(DEFAULT_PLAN.get(n, ALL_MODES) if args.n is None else ALL_MODES)
+    variants = {}
+    for spec in args.variant:
+        name, _, settings = spec.partition(":")
+        variants[f"spark+{name}"] = dict(kv.split("=", 1) for kv in settings.split(",") if kv)
+    modes += [v for v in variants if v not in modes]
+    if against is not None:  # each REF mode right after its current twin: measured side by side
+        for m in args.against_modes:
+            old = f"{m}@{against.short}"
+            modes.insert(modes.index(m) + 1 if m in modes else len(modes), old)
+    skipped = {m: why for m in modes if (why := _mode_unavailable(m))}
+    modes = [m for m in modes if m not in skipped]
+    for m, why in skipped.items():
+        print(f"N={n}: {m} skipped: {why}", flush=True)
+    compared = {m for m in modes if "@" in m} | {m.split("@")[0] for m in modes if "@" in m}
+    reps = args.repeats if args.repeats else (2 if 100 < n <= 500 else 1)
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    failures: dict[str, str] = {}
+    for rep in range(reps):
+        order = modes if rep % 2 == 0 else list(reversed(modes))  # alternate to spread load drift
+        for mode in order:
+            print(f"N={n} repeat {rep + 1}/{reps}: {mode} ...", flush=True)
+            mode_conf = {**conf, **variants.get(mode, {})}
+            code = against.path if against is not None and "@" in mode else None
+            out = work / f"n{n}" / mode
+            try:
+                r = run_mode(mode, root, out, args.feature_set, args.cores, mode_conf, code)
+            except RuntimeError as exc:  # recorded, and the other modes still run
+                print(f"  FAILED: {exc}", flush=True)
+                failures[mode] = str(exc)
+                continue
+            print(
+                f"  {r['images']} images, {r['images_per_s']:.2f} images/s, "
+                f"{r['cpu_s_per_image']} CPU s/image, wall {r['wall_s']:.1f} s",
+                flush=True,
+            )
+            if mode in compared and not results[mode]:  # what --against compares, kept past the rerun
+                try:
+                    snapshot(out, work / f"n{n}" / "_compare" / mode)
+                except (OSError, ValueError, KeyError) as exc:  # pyarrow's errors derive from these
+                    print(f"  FAILED to keep its outputs for --against: {exc}", flush=True)
+                    failures[mode] = f"snapshot for --against: {exc}"
+                    continue
+            results[mode].append(r)
+    results = {m: rs for m, rs in results.items() if rs}
+    digests = {m: rs[0]["feature_digests"] for m, rs in results.items()}
+    summary = {m: summarise(rs) for m, rs in results.items()}
+    run: dict[str, Any] = {
+        "n": n,
+        "images_expected": n + n // 2,
+        "modes": summary,
+        "outputs": compare_outputs(summary, digests) if summary else {"all_equal": False},
+        "failed_modes": failures,
+        "skipped_modes": skipped,
+    }
+    cmp_dir = work / f"n{n}" / "_compare"
+    against_cmp: dict[str, Any] = {}
+    for old in (m for m in results if "@" in m):
+        cur = old.split("@")[0]
+        if cur in results and (cmp_dir / cur).is_dir() and (cmp_dir / old).is_dir():
+            names = results[cur][0].get("feature_names") or []
+            against_cmp[old] = compare_against(cmp_dir / cur, cmp_dir / old, names)
+    if against_cmp:
+        run["against"] = against_cmp
+    if not args.keep_outputs:
+        shutil.rmtree(work / f"n{n}", ignore_errors=True)
+    return run
 
 
 def write_reports(report: dict[str, Any], out_root: Path, default_out: bool, stamp: str) -> None:
@@ -1004,6 +1605,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="extra Spark mode NAME:key=value,... run as spark+NAME alternated with the others (tuning)",
     )
+    p.add_argument(
+        "--against",
+        metavar="REF",
+        help="also run --against-modes with the package of git REF (a worktree under benchmarks/.cache/"
+        "against/), alternated with the current code's; reported as MODE@<short sha>",
+    )
+    p.add_argument(
+        "--against-modes",
+        nargs="+",
+        default=list(AGAINST_MODES),
+        choices=ALL_MODES,
+        help=f"modes run with REF's package (default: {' '.join(AGAINST_MODES)})",
+    )
+    p.add_argument(
+        "--keep-against", action="store_true", help="keep the --against worktree for the next run (reused)"
+    )
+    p.add_argument(
+        "--profile",
+        type=int,
+        nargs="?",
+        const=PROFILE_IMAGES,
+        metavar="M",
+        help=f"cProfile the loop's per-image work on about M images (default {PROFILE_IMAGES}; with "
+        "--against also REF's); top --profile-top functions by cumulative time go into the results",
+    )
+    p.add_argument("--profile-top", type=int, default=PROFILE_TOP, help=argparse.SUPPRESS)
+    p.add_argument("--profile-only", action="store_true", help="only the --profile run, no benchmark modes")
     p.add_argument("--work", help="scratch folder for the outputs (default benchmarks/.cache/runs)")
     p.add_argument("--keep-outputs", action="store_true", help="keep the Parquet outputs of each mode")
     p.add_argument(
@@ -1023,8 +1651,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.combine:
         combine(args.combine, Path(args.out))
         return 0
+    if args.profile_only and not args.profile:
+        args.profile = PROFILE_IMAGES
     report = bench(args)
-    ok = all(r["outputs"]["all_equal"] and not r["failed_modes"] for r in report["runs"])
+    ok = all(
+        r["outputs"]["all_equal"]
+        and not r["failed_modes"]
+        and all(c["same_images"] for c in (r.get("against") or {}).values())
+        for r in report["runs"]
+    )
     return 0 if ok else 1
 
 

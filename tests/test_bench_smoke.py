@@ -6,6 +6,7 @@ Checks the shape of ``results.json`` and that every mode processed the same imag
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -84,3 +85,73 @@ def test_transport_benchmark_smoke(tmp_path: Path) -> None:
         assert stats["images_per_s"] > 0 and stats["cpu_ms_per_image"] > 0, (mode, stats)
     assert set(report["vs_row_udf"]) == {"map_in_arrow", "map_in_pandas", "arrow_udf"}
     assert "| row_udf |" in (tmp_path / "transport.md").read_text()
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_against_head_and_profile(tmp_path: Path) -> None:
+    """``--against HEAD`` (its sha, taken before the run): the loop runs again on a worktree of HEAD, beside
+    the current code, and the two outputs compare equal (to the tolerance when the package has uncommitted
+    edits); ``--profile`` writes the loop's top functions. The worktree is removed afterwards."""
+    sha = _git("rev-parse", "HEAD")
+    short = _git("rev-parse", "--short=7", sha)
+    tree = REPO / "benchmarks" / ".cache" / "against" / sha
+    created = not tree.exists()
+    run_benchmark(
+        "run.py", "--n", "4", "--modes", "loop", "--against", sha, "--profile", "6",
+        "--out", str(tmp_path), "--work", str(tmp_path / "work"),
+    )  # fmt: skip
+    res = json.loads((tmp_path / "results.json").read_text())
+    old = f"loop@{short}"
+    assert set(res["modes"]) == {"loop", old}
+    assert res["modes"][old]["package"] == str(tree / "medimg_spark")
+    assert res["modes"]["loop"]["package"] == str(REPO / "medimg_spark")
+    assert res["against_ref"] == {"ref": sha, "sha": sha, "short": short}
+    cmp = res["against"][old]
+    assert cmp["same_images"] and cmp["images"] == res["images_expected"] == 6
+    clean = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "medimg_spark"], cwd=REPO).returncode == 0
+    if clean:  # the same code: bit-identical outputs
+        assert cmp["features_identical"] == 6 and cmp["features_max_rel_diff"] == 0
+        assert cmp["quality_max_rel_diff"] == 0
+    assert cmp["features_images_beyond_rtol"] == 0
+    target = res["targets"][f"loop_cpu_per_image_vs_{short}_n4"]
+    assert target["target"] == ">= 2.5" and target["ratio"] > 0
+    assert res["targets"][f"loop_features_max_rel_diff_vs_{short}_n4"]["met"]
+    profiles = res["profiles"]
+    assert set(profiles) == {"current", short}
+    for prof in profiles.values():
+        assert prof["images"] == 6 and prof["cpu_s_per_image"] > 0
+        assert len(prof["top"]) == 20
+        assert "process_chunk" in prof["top"][0]["function"] and prof["top"][0]["cum_share"] > 0.9
+        assert any("process_row" in r["function"] for r in prof["top"])
+    md = (tmp_path / "results.md").read_text()
+    assert f"| 4 | {old} |" in md and "Profile of the loop's per-image work (current" in md
+    if created:
+        assert not tree.exists() and str(tree) not in _git("worktree", "list", "--porcelain")
+
+
+@pytest.fixture(scope="module")
+def peer_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The loop and whichever of Ray Data and Daft is installed (the ``bench`` extra) on a tiny corpus."""
+    peers = [m for m in ("ray", "daft") if importlib.util.find_spec(m) is not None]
+    if not peers:
+        pytest.skip("neither ray nor daft is installed (pip install -e '.[bench]')")
+    out = tmp_path_factory.mktemp("bench_peers")
+    run_benchmark(
+        "run.py", "--n", "4", "--modes", "loop", *peers, "--out", str(out), "--work", str(out / "w")
+    )
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.parametrize("peer", ["ray", "daft"])
+def test_peer_mode_same_outputs(peer: str, peer_results: dict) -> None:
+    if importlib.util.find_spec(peer) is None:
+        pytest.skip(f"{peer} is not installed (pip install -e '.[bench]')")
+    stats = peer_results["modes"][peer]
+    assert stats["images"] == peer_results["images_expected"] == 6
+    assert stats["features_digest"] == peer_results["modes"]["loop"]["features_digest"]
+    assert peer_results["outputs"][peer] == {"images": 6, "mismatches_vs_reference": 0}
+    assert stats["cpu_s_per_image"] > 0 and stats["output_bytes"] > 0
+    assert set(stats["output_bytes_by_table"]) == {"images", "instances", "processed", "features"}
