@@ -537,10 +537,15 @@ def run_spark(
     s_ct = preprocess(spark, out, str(CT_RECIPE), where="modality = 'CT'", **extra)
     s_x = preprocess(spark, out, str(_xray_recipe_path()), where="modality <> 'CT'", **extra)
     t3 = time.perf_counter()
-    if fused:  # counted from the table's Parquet footers: no pixels read
-        n_images = spark.read.parquet(f"{out}/features").count()
+    if fused:  # counted from the tables' Parquet footers: no pixels read
+        n_images = sum(spark.read.parquet(p).count() for p in feature_tables(Path(out)))
     else:
-        n_images = compute_features(spark, out, source="processed", feature_set=fs_name)["n_images"]
+        # Features are per (image, recipe): one table per recipe (the second call moves the first set to
+        # feature_sets/<set id>/, see compute_features), as the loop computes each frame under its recipe.
+        n_images = sum(
+            compute_features(spark, out, source="processed", feature_set=fs_name, recipe=name)["n_images"]
+            for name in ("ct_lung", "xray_filters")
+        )
     t4 = time.perf_counter()
     spark.stop()
     return {
@@ -766,6 +771,13 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def feature_tables(out: Path) -> list[str]:
+    """``features/`` and the per-recipe sets ``compute_features`` moved to ``feature_sets/<set id>/``."""
+    sets = out / "feature_sets"
+    extra = sorted(str(p) for p in sets.iterdir() if p.is_dir()) if sets.is_dir() else []
+    return [str(out / "features"), *extra]
+
+
 def feature_digests(out: Path) -> dict[str, str]:
     """``{image_id: sha256 of the float64 feature vector}`` read with pyarrow (never through Spark)."""
     import numpy as np
@@ -773,7 +785,7 @@ def feature_digests(out: Path) -> dict[str, str]:
     import pyarrow.parquet as pq
 
     digests: dict[str, str] = {}
-    for f in sorted((out / "features").rglob("*.parquet")):
+    for f in (f for table in feature_tables(out) for f in sorted(Path(table).rglob("*.parquet"))):
         t = pq.read_table(f, columns=["image_id", "features"])
         ids = t.column("image_id").to_pylist()
         col = t.column("features")
@@ -1053,15 +1065,20 @@ def snapshot(out: Path, dest: Path) -> None:
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
-    def read(table: str, columns: list[str]) -> Any:
+    def read(table: str | Path, columns: list[str]) -> Any:
         ds = pads.dataset(out / table, format="parquet", partitioning="hive", exclude_invalid_files=True)
         return ds.to_table(columns=columns)
 
-    feats = read("features", ["image_id", "features"])
-    col = feats.column("features").combine_chunks()
-    if pa.types.is_struct(col.type):  # a Spark ML vector
-        col = col.field("values")
-    feats = pa.table({"image_id": feats.column("image_id"), "features": col.cast(pa.list_(pa.float64()))})
+    parts = []
+    for table in feature_tables(out):  # one per recipe in the Spark modes
+        part = read(table, ["image_id", "features"])
+        col = part.column("features").combine_chunks()
+        if pa.types.is_struct(col.type):  # a Spark ML vector
+            col = col.field("values")
+        parts.append(
+            pa.table({"image_id": part.column("image_id"), "features": col.cast(pa.list_(pa.float64()))})
+        )
+    feats = pa.concat_tables(parts)
     quality = read("processed", ["image_id", "quality_before", "quality_after"])
     dest.mkdir(parents=True, exist_ok=True)
     pq.write_table(feats, dest / "features.parquet")
