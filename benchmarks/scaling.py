@@ -41,6 +41,7 @@ import math
 import os
 import pickle
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -199,8 +200,14 @@ def _jvm_heap_mb(spark: Any) -> float:
 
 
 def _dir_bytes(path: Path) -> tuple[int, int]:
-    files = [p for p in path.rglob("*") if p.is_file()]
-    return len(files), sum(p.stat().st_size for p in files)
+    """Files and bytes under ``path`` (a file Spark renames or deletes meanwhile is not counted)."""
+    count = size = 0
+    for p in path.rglob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            if p.is_file():
+                size += p.stat().st_size
+                count += 1
+    return count, size
 
 
 # ------------------------------------------------------------------------------------------ listing
@@ -687,7 +694,7 @@ def projections(report: dict[str, Any]) -> dict[str, Any]:
         ]
         ns = [r["n"] for r in loc]
         if len(ns) >= 2:
-            out["list_local_wall_s"] = fit_growth(ns, [r["list_local"]["wall_s"] for r in loc], at)
+            out["list_local_cpu_s"] = fit_growth(ns, [r["list_local"]["cpu_s"] for r in loc], at)
             out["list_local_rss_mb"] = fit_growth(ns, [r["rss_growth_mb"] for r in loc], at)
             out["partitions_pickled_bytes"] = fit_growth(ns, [r["partitions_pickled_bytes"] for r in loc], at)
             out["read_command_bytes"] = fit_growth(ns, [r["read_command_bytes"] for r in loc], at)
@@ -699,22 +706,25 @@ def projections(report: dict[str, Any]) -> dict[str, Any]:
         had = listing["hadoop"]
         if len(had) >= 2:
             ns = [r["n"] for r in had]
-            out["hadoop_listing_wall_s"] = fit_growth(ns, [r["binaryfile_load"]["wall_s"] for r in had], at)
-            out["listing_dataframe_wall_s"] = fit_growth(
-                ns, [r["listing_dataframe"]["wall_s"] for r in had], at
+            out["hadoop_listing_jvm_cpu_s"] = fit_growth(
+                ns, [r["binaryfile_load"]["jvm_cpu_s"] for r in had], at
+            )
+            out["hadoop_listing_jvm_heap_mb"] = fit_growth(ns, [r["jvm_heap_growth_mb"] for r in had], at)
+            out["input_files_to_python_cpu_s"] = fit_growth(
+                ns, [r["input_files_to_python"]["cpu_s"] for r in had], at
             )
     ck = report.get("checkpoint")
     if ck and len(ck) >= 2:
         ns = [r["done_ids"] for r in ck]
-        out["recovery_noop_wall_s"] = fit_growth(ns, [r["recovery_noop_run"]["wall_s"] for r in ck], at)
-        out["one_new_batch_wall_s"] = fit_growth(ns, [r["one_new_batch_run"]["wall_s"] for r in ck], at)
+        out["recovery_noop_jvm_cpu_s"] = fit_growth(ns, [r["recovery_noop_run"]["jvm_cpu_s"] for r in ck], at)
+        out["one_new_batch_jvm_cpu_s"] = fit_growth(ns, [r["one_new_batch_run"]["jvm_cpu_s"] for r in ck], at)
         out["source_log_bytes"] = fit_growth(ns, [r["source_log_bytes"] for r in ck], at)
         out["batch_files_s_max"] = fit_growth(ns, [r["batch_files_s_max"] for r in ck], at)
     bc = report.get("broadcast")
     if bc and len(bc) >= 2:
         ns = [r["done_ids"] for r in bc]
         out["broadcast_bytes"] = fit_growth(ns, [r["broadcast_bytes"] for r in bc], at)
-        out["broadcast_join_wall_s"] = fit_growth(ns, [r["join"]["wall_s"] for r in bc], at)
+        out["broadcast_join_jvm_cpu_s"] = fit_growth(ns, [r["join"]["jvm_cpu_s"] for r in bc], at)
     return out
 
 
@@ -731,7 +741,7 @@ def markdown(report: dict[str, Any]) -> str:
         "# Scaling measurements (benchmarks/scaling.py)",
         "",
         f"Generated {report['generated']}{' (--quick)' if report.get('quick') else ''}; machine: "
-        f"{report['machine']['cpus']} CPUs, load average at start {report['machine']['load_avg']}, "
+        f"{report['machine']['cpus']} CPUs, load average when written {report['machine']['load_avg']}, "
         f"Python {report['machine']['python']}, pyspark {report['machine']['pyspark']}. Wall times are on a "
         "shared machine; CPU times are the process's own.",
         "",
@@ -881,6 +891,24 @@ def machine() -> dict[str, Any]:
     }
 
 
+def write_report(report: dict[str, Any], out: Path, merge: bool, quick: bool) -> None:
+    """Write ``out/scaling.{json,md}``; with ``merge`` the sections of an existing scaling.json not run now are kept.
+
+    Read when writing (not at start), so that two ``--only`` runs into the same folder keep both.
+    """
+    path = out / "scaling.json"
+    full = dict(report)
+    if merge and path.exists():
+        full = {**json.loads(path.read_text()), **report}
+        full.setdefault("section_s", {}).update(report.get("section_s", {}))
+    full["generated"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    full["quick"] = quick
+    full["machine"] = machine()
+    full["projection"] = projections(full)
+    path.write_text(json.dumps(full, indent=1) + "\n")
+    (out / "scaling.md").write_text(markdown(full))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes, no cluster (< 1 min)")
@@ -888,6 +916,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--cluster-n", type=int, default=CLUSTER_N, help="benchmarks/run.py corpus size N")
     p.add_argument("--repeats", type=int, default=2, help="alternations local/cluster")
+    p.add_argument(
+        "--sizes",
+        action="append",
+        default=[],
+        metavar="SECTION=N,N",
+        help="override a section's sizes, e.g. checkpoint=1000,10000 (listing, checkpoint, broadcast)",
+    )
     p.add_argument("--_probe_listing", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--_parallelism", type=int, default=2, help=argparse.SUPPRESS)
     p.add_argument("--_pipeline", help=argparse.SUPPRESS)
@@ -904,14 +939,23 @@ def main(argv: list[str] | None = None) -> int:
     if args._pipeline:
         args._result.write_text(json.dumps(pipeline_run(args._pipeline, args._corpus, args.out)))
         return 0
+    # SIGTERM (a timeout, a scheduler) unwinds like Ctrl-C, so the cluster and the session are stopped in finally.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     out = args.out or RESULTS
     out.mkdir(parents=True, exist_ok=True)
     sections = tuple(args.only or (s for s in SECTIONS if not (args.quick and s == "cluster")))
     if args.quick and "cluster" in sections:
         print("--quick runs no cluster; drop --only cluster", file=sys.stderr)
         return 2
-    sizes = QUICK if args.quick else FULL
-    path = out / "scaling.json"
+    sizes = dict(QUICK if args.quick else FULL)
+    for item in args.sizes:
+        name, _, values = item.partition("=")
+        if name not in sizes or not values:
+            print(
+                f"--sizes {item}: expected SECTION=N,N with SECTION one of {sorted(sizes)}", file=sys.stderr
+            )
+            return 2
+        sizes[name] = tuple(int(v) for v in values.split(","))
     report: dict[str, Any] = {}
     CACHE.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="work-", dir=CACHE))  # checkpoints, lakes, the cluster's logs
@@ -940,19 +984,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 report["cluster"] = section_cluster(args.cluster_n, args.repeats, work)
             report.setdefault("section_s", {})[section] = round(time.perf_counter() - t0, 1)
+            write_report(report, out, merge=bool(args.only), quick=args.quick)  # a later crash keeps it
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if spark is not None and own:
             spark.stop()
-    if args.only and path.exists():  # keep the other sections (read now: another --only run may have written)
-        report = {**json.loads(path.read_text()), **report}
-    report["generated"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    report["quick"] = bool(args.quick)
-    report["machine"] = machine()
-    report["projection"] = projections(report)
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    (out / "scaling.md").write_text(markdown(report))
-    print(f"done in {time.perf_counter() - started:.0f} s: {path} and {out / 'scaling.md'}")
+    write_report(report, out, merge=bool(args.only), quick=args.quick)
+    print(f"done in {time.perf_counter() - started:.0f} s: {out / 'scaling.json'} and {out / 'scaling.md'}")
     return 0
 
 

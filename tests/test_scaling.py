@@ -66,7 +66,7 @@ def test_quick_mode_measures_every_driver_quantity(spark, scaling: ModuleType, t
     assert models["resnet"]["pickled_bytes"] > models["cnn"]["pickled_bytes"] > 100_000
 
     proj = report["projection"]
-    assert {"list_local_wall_s", "source_log_bytes", "broadcast_bytes"} <= set(proj)
+    assert {"list_local_cpu_s", "source_log_bytes", "broadcast_bytes"} <= set(proj)
     assert all(f["at_n"] in (scaling.PROJECT_FILES, scaling.PROJECT_FILES * 100_000) for f in proj.values())
     md = (tmp_path / "scaling.md").read_text()
     for title in ("## Listing", "## Incremental checkpoint", "## Done-id broadcast", "## Model broadcast"):
