@@ -202,7 +202,7 @@ def _jvm_heap_mb(spark: Any) -> float:
 def _dir_bytes(path: Path) -> tuple[int, int]:
     """Files and bytes under ``path`` (a file Spark renames or deletes meanwhile is not counted)."""
     count = size = 0
-    for p in path.rglob("*"):
+    for p in [path, *path.rglob("*")] if path.is_file() else path.rglob("*"):
         with contextlib.suppress(FileNotFoundError):
             if p.is_file():
                 size += p.stat().st_size
@@ -366,8 +366,11 @@ def checkpoint_row(spark: Any, n: int, batches: int, work: Path) -> dict[str, An
     with timed(pid) as t_new:
         ck.run(None)
     assert ck.logged[-1] == 10, ck.logged
+    time.sleep(2)  # the stopped query's log writer may still be replacing the latest .compact
     sources = out / CHECKPOINT_DIR / "sources" / "0"
-    compacts = sorted(sources.glob("*.compact"), key=lambda p: int(p.name.split(".")[0]))
+    compacts = [
+        _dir_bytes(p)[1] for p in sorted(sources.glob("*.compact"), key=lambda p: int(p.name.split(".")[0]))
+    ]
     n_log, b_log = _dir_bytes(sources)
     n_commit, b_commit = _dir_bytes(out / COMMITS_DIR)
     shutil.rmtree(src)
@@ -384,7 +387,7 @@ def checkpoint_row(spark: Any, n: int, batches: int, work: Path) -> dict[str, An
         "one_new_batch_commit_s": round(ck.per_batch_s[-1], 4),
         "source_log_files": n_log,
         "source_log_bytes": b_log,
-        "last_compact_bytes": compacts[-1].stat().st_size if compacts else 0,
+        "last_compact_bytes": max(compacts, default=0),
         "commit_records": n_commit,
         "commit_records_bytes": b_commit,
     }
@@ -662,6 +665,11 @@ def section_cluster(n: int, repeats: int, work: Path) -> dict[str, Any]:
                 res = _one_run(master, corpus_dir, work / f"out-{mode.strip('[]2')}-{r}")
                 runs[mode].append(res)
                 print(f"  cluster section, {mode} run {r}: {json.dumps(res)}", flush=True)
+    return summarise_cluster(n, runs)
+
+
+def summarise_cluster(n: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Medians of each mode's runs, the cluster/local throughput ratio and whether every run's features agree."""
     med = {
         m: {k: statistics.median(x[k] for x in rs) for k in ("wall_s", "images_per_s")}
         for m, rs in runs.items()
@@ -670,7 +678,7 @@ def section_cluster(n: int, repeats: int, work: Path) -> dict[str, Any]:
     return {
         "n": n,
         "images": runs["local[2]"][0]["images"],
-        "repeats": repeats,
+        "repeats": min(len(rs) for rs in runs.values()),
         "workers": "2 workers × 1 core, 1g executors (spark.executor.cores=1, spark.cores.max=2)",
         "runs": runs,
         "median": med,
@@ -845,13 +853,17 @@ def markdown(report: dict[str, Any]) -> str:
             "features digest |",
             "|---:|---|---:|---:|---:|---:|---:|---|---|",
         ]
-        for i in range(cl["repeats"]):
-            for mode in ("local[2]", "cluster"):
+        order = [
+            (i, m) for i in range(max(len(v) for v in cl["runs"].values())) for m in ("local[2]", "cluster")
+        ]
+        for i, mode in order:
+            if i < len(cl["runs"][mode]):
                 r = cl["runs"][mode][i]
                 s = r["stage_s"]
                 lines.append(
                     f"| {i} | {mode} | {r['wall_s']:.1f} | {r['images_per_s']:.2f} | {s['ingest']:.1f} "
-                    f"| {s['preprocess']:.1f} | {s['features']:.1f} | {r['load_avg_1m']} | {r['features_digest']} |"
+                    f"| {s['preprocess']:.1f} | {s['features']:.1f} | {r['load_avg_1m']} "
+                    f"| {r['features_digest']} |"
                 )
         med = cl["median"]
         lines += [
