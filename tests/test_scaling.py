@@ -1,0 +1,73 @@
+"""benchmarks/scaling.py: its quick mode end to end (on the tests' session), and its growth fits."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def scaling() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("medimg_scaling", REPO / "benchmarks" / "scaling.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fit_growth_tells_linear_from_n_log_n(scaling: ModuleType) -> None:
+    ns = [1_000, 10_000, 100_000]
+    linear = scaling.fit_growth(ns, [0.5 + 2e-6 * n for n in ns], 10_000_000)
+    assert linear["model"] == "linear" and linear["r2"] == pytest.approx(1.0)
+    assert linear["projected"] == pytest.approx(0.5 + 20.0)
+    nlogn = scaling.fit_growth(ns, [1e-7 * n * math.log2(n) for n in ns], 10_000_000)
+    assert nlogn["model"] == "n log n"
+    assert nlogn["projected"] == pytest.approx(1e-7 * 1e7 * math.log2(1e7), rel=1e-6)
+    with pytest.raises(ValueError, match="two sizes"):
+        scaling.fit_growth([5], [1.0], 10)
+
+
+def test_quick_mode_measures_every_driver_quantity(spark, scaling: ModuleType, tmp_path: Path) -> None:
+    assert scaling.main(["--quick", "--out", str(tmp_path)]) == 0
+    assert not spark.sparkContext._jsc.sc().isStopped()  # the caller's session is left running
+    report = json.loads((tmp_path / "scaling.json").read_text())
+    assert report["quick"] is True and "cluster" not in report
+
+    local = report["listing"]["local"]
+    assert [r["n"] for r in local] == list(scaling.QUICK["listing"])
+    for r in local:
+        assert r["files"] == r["n"] and r["tasks"] >= 2
+        assert r["list_local"]["cpu_s"] > 0 and r["rss_growth_mb"] >= 0
+    assert local[1]["partitions_pickled_bytes"] > 3 * local[0]["partitions_pickled_bytes"]
+    assert [r["files"] for r in report["listing"]["hadoop"]] == list(scaling.QUICK["listing"])
+
+    for r in report["checkpoint"]:
+        assert r["batches"] == scaling.QUICK_CHECKPOINT_BATCHES
+        assert r["commit_records"] == r["batches"] + 1  # the run with 10 new files committed one batch
+        assert r["recovery_noop_run"]["wall_s"] > 0
+    small, large = report["checkpoint"]
+    assert large["source_log_bytes"] > 2 * small["source_log_bytes"]  # every done file is logged
+
+    small, large = report["broadcast"]
+    assert large["done_ids"] == 10 * small["done_ids"]
+    assert large["broadcast_bytes"] >= small["broadcast_bytes"] > 0
+
+    models = {r["model"].split()[0]: r for r in report["model"]}
+    assert set(models) == {"sk_rf", "cnn", "resnet"}
+    assert models["resnet"]["pickled_bytes"] > models["cnn"]["pickled_bytes"] > 100_000
+
+    proj = report["projection"]
+    assert {"list_local_cpu_s", "source_log_bytes", "broadcast_bytes"} <= set(proj)
+    assert all(f["at_n"] in (scaling.PROJECT_FILES, scaling.PROJECT_FILES * 100_000) for f in proj.values())
+    md = (tmp_path / "scaling.md").read_text()
+    for title in ("## Listing", "## Incremental checkpoint", "## Done-id broadcast", "## Model broadcast"):
+        assert title in md
