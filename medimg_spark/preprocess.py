@@ -137,6 +137,9 @@ FUSED_WORK_SCHEMA = StructType(
 
 #: Each core gets about this many tasks of a stage's frames (the last tasks finish close together).
 TASKS_PER_CORE = 4
+#: ``spark.sql.files.openCostInBytes`` of the frame scans (Spark's 4 MB would make a split of at least
+#: 4 MB: 8 CT frames, so a table of 60 CT frames would still leave a core idle for most of a task).
+SPLIT_OPEN_COST = 1 << 20
 
 
 class PreprocessRunSummary(PreprocessSummary, total=False):
@@ -482,11 +485,12 @@ def frame_splits(spark: SparkSession, tasks_per_core: int = TASKS_PER_CORE) -> I
     Spark sizes a scan's splits as ``min(maxPartitionBytes, max(openCostInBytes, bytes / minPartitionNum))``
     with ``minPartitionNum`` = the default parallelism: one split per core, so a core whose split holds
     the slower frames keeps the others idle at the stage's tail. Here ``minPartitionNum`` is the
-    parallelism times ``tasks_per_core``, and ingest writes ``images`` in row groups of
+    parallelism times ``tasks_per_core`` (``openCostInBytes`` :data:`SPLIT_OPEN_COST`), and ingest writes ``images`` in row groups of
     :data:`~medimg_spark.io.ingest.IMAGE_ROW_GROUP_BYTES` (a split cannot cut a row group).
     """
     keys = {
         "spark.sql.files.minPartitionNum": str(spark.sparkContext.defaultParallelism * tasks_per_core),
+        "spark.sql.files.openCostInBytes": str(SPLIT_OPEN_COST),
     }
     old = {k: spark.conf.get(k, None) for k in keys}
     for k, v in keys.items():

@@ -394,22 +394,25 @@ def compute_features(
     if not first_rows:
         raise FeatureError(f"{src} holds no frames; nothing to compute")
     names = feature_names(fs, first_rows[0].asDict(), use_mask, src)
+    from medimg_spark.preprocess import frame_splits
+
     fn = _feature_partitions(fs.model_dump_json(), use_mask)
     computed = df.mapInPandas(fn, COMPUTED_SCHEMA).cache()
     try:
-        return write_features(
-            spark,
-            out_dir,
-            computed,
-            fs,
-            names,
-            source=source,
-            recipe_name=recipe_name,
-            recipe_hash=recipe_hash,
-            use_mask=use_mask,
-            src=src,
-            started=t0,
-        )
+        with frame_splits(spark):  # every core gets several tasks of frames (the cache is made here)
+            return write_features(
+                spark,
+                out_dir,
+                computed,
+                fs,
+                names,
+                source=source,
+                recipe_name=recipe_name,
+                recipe_hash=recipe_hash,
+                use_mask=use_mask,
+                src=src,
+                started=t0,
+            )
     finally:
         computed.unpersist()
 
