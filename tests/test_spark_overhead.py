@@ -63,12 +63,12 @@ def test_ingest_tables_hold_exactly_their_schema(spark: Any, corpus: Path, tmp_p
     register(spark)
     images = spark.read.schema(IMAGES_SCHEMA).parquet(str(out / "images"))
     direct = spark.read.format("medimg").options(keep_phi="true").load(str(corpus))
-    assertDataFrameEqual(_no_run_ids(images), _no_run_ids(direct))
+    assertDataFrameEqual(_no_run_ids(images), _no_run_ids(direct), ignoreColumnOrder=True)
     instances = spark.read.parquet(str(out / "instances"))
     direct_instances = (
         spark.read.format("medimg").options(table="instances", keep_phi="true").load(str(corpus))
     )
-    assertDataFrameEqual(_no_run_ids(instances), _no_run_ids(direct_instances))
+    assertDataFrameEqual(_no_run_ids(instances), _no_run_ids(direct_instances), ignoreColumnOrder=True)
     quarantine = spark.read.parquet(str(out / "quarantine")).collect()
     assert [(r.stage, r.source_path.endswith("notes.txt")) for r in quarantine] == [("parse", True)]
 
