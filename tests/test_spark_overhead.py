@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from medimg_spark.features import compute_features
-from medimg_spark.io.ingest import ingest
+from medimg_spark.io.ingest import IMAGE_ROW_GROUPS, ingest
 from medimg_spark.preprocess import TASKS_PER_CORE, frame_splits, preprocess
 from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA
 
@@ -43,10 +43,6 @@ def _file_columns(table: Path) -> set[tuple[str, ...]]:
     return {tuple(pq.read_schema(f).names) for f in sorted(table.rglob("*.parquet"))}
 
 
-def _no_run_ids(df: Any) -> Any:
-    return df.drop("ingest_run_id", "quarantined_at")
-
-
 def test_ingest_tables_hold_exactly_their_schema(spark: Any, corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "lake"
     summary = ingest(spark, [str(corpus)], str(out), deidentify=None)
@@ -63,12 +59,14 @@ def test_ingest_tables_hold_exactly_their_schema(spark: Any, corpus: Path, tmp_p
     register(spark)
     images = spark.read.schema(IMAGES_SCHEMA).parquet(str(out / "images"))
     direct = spark.read.format("medimg").options(keep_phi="true").load(str(corpus))
-    assertDataFrameEqual(_no_run_ids(images), _no_run_ids(direct), ignoreColumnOrder=True)
+    cols = [c for c in IMAGES_SCHEMA.names if c != "ingest_run_id"]
+    assertDataFrameEqual(images.select(*cols).collect(), direct.select(*cols).collect())
     instances = spark.read.parquet(str(out / "instances"))
     direct_instances = (
         spark.read.format("medimg").options(table="instances", keep_phi="true").load(str(corpus))
     )
-    assertDataFrameEqual(_no_run_ids(instances), _no_run_ids(direct_instances), ignoreColumnOrder=True)
+    cols = [c for c in INSTANCES_SCHEMA.names if c != "ingest_run_id"]
+    assertDataFrameEqual(instances.select(*cols).collect(), direct_instances.select(*cols).collect())
     quarantine = spark.read.parquet(str(out / "quarantine")).collect()
     assert [(r.stage, r.source_path.endswith("notes.txt")) for r in quarantine] == [("parse", True)]
 
@@ -117,7 +115,7 @@ def test_fused_features_equal_separate_stages(spark: Any, lake: Path, tmp_path: 
     f_feat = f_pre.pop("features")  # type: ignore[typeddict-item]
     assert f_pre["frames_processed"] == s_pre["frames_processed"] > 0
 
-    keep = ("seconds", "archived")
+    keep = ("seconds", "archived", "path")  # path: the two lakes' own features folders
     assert {k: v for k, v in f_feat.items() if k not in keep} == {
         k: v for k, v in s_feat.items() if k not in keep
     }
@@ -146,7 +144,7 @@ def test_fused_features_equal_separate_stages(spark: Any, lake: Path, tmp_path: 
 
 def test_fused_pipeline_run_equals_stage_by_stage(spark: Any, corpus: Path, tmp_path: Path) -> None:
     from medimg_spark.config import MedimgConfig
-    from medimg_spark.pipeline import fused_recipe, run_pipeline
+    from medimg_spark.pipeline import fused_recipe, resolve_recipe_path, run_pipeline
 
     cfg = MedimgConfig.model_validate(
         {
@@ -158,7 +156,7 @@ def test_fused_pipeline_run_equals_stage_by_stage(spark: Any, corpus: Path, tmp_
             }
         }
     )
-    assert fused_recipe(cfg, cfg.pipeline, tmp_path) == str(RECIPES / "chest_xray.yaml")
+    assert fused_recipe(cfg, cfg.pipeline, tmp_path) == resolve_recipe_path("chest_xray", tmp_path)
     results = run_pipeline(spark, cfg, cfg.pipeline, str(tmp_path / "run"), tmp_path)
     sep = tmp_path / "sep"
     ingest(spark, [str(corpus)], str(sep), deidentify=None)
@@ -189,7 +187,7 @@ def test_frame_splits_give_every_core_several_even_tasks(spark: Any, tmp_path: P
     (
         spark.createDataFrame(rows, "image_id string, pixels binary")
         .coalesce(1)
-        .write.option("parquet.block.size", 2 << 20)  # row groups of 4 frames, as ingest writes images
+        .write.options(**IMAGE_ROW_GROUPS, **{"parquet.block.size": 2 << 20})  # row groups of 4 frames
         .parquet(table)
     )
 

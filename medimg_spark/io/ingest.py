@@ -89,6 +89,13 @@ class NotALakeError(ConfigError):
 #: features give every core several evenly sized tasks (:func:`medimg_spark.preprocess.frame_splits`)
 #: instead of one task per ingest task's file.
 IMAGE_ROW_GROUP_BYTES = 4 << 20
+#: Parquet writer options of the ``images`` files: row groups of :data:`IMAGE_ROW_GROUP_BYTES`, their
+#: size checked every 2 to 16 rows (Parquet checks first after 100 rows: 100 frames in one row group).
+IMAGE_ROW_GROUPS = {
+    "parquet.block.size": str(IMAGE_ROW_GROUP_BYTES),
+    "parquet.page.size.row.check.min": "2",
+    "parquet.page.size.row.check.max": "16",
+}
 #: Quarantine stages at which ingest gave up on a whole file (a rerun does not try it again).
 FILE_STAGES = ("read", "parse", "deid", "decode")
 #: Marker file written into an output directory that holds identified (not de-identified) data.
@@ -493,7 +500,7 @@ def _ingest_files(
         for extra in parts[1:]:
             decoded_rows = decoded_rows.unionByName(extra)
         writer = decoded_rows.write.mode("overwrite").partitionBy("_kind", "modality")
-        writer.option("parquet.block.size", IMAGE_ROW_GROUP_BYTES).parquet(decoded_dir)
+        writer.options(**IMAGE_ROW_GROUPS).parquet(decoded_dir)
 
     # The decoded pixels are written once: the decoding pass writes its rows partitioned by ``_kind`` and
     # ``modality`` in the images table's columns and compression (STAGED_SCHEMA), so its image files are
@@ -617,9 +624,7 @@ def _write_images(
         rows = kept(images).select(
             *[F.col(f.name).cast(f.dataType).alias(f.name) for f in IMAGES_SCHEMA.fields]
         )
-        rows.write.mode("append").partitionBy("modality").option(
-            "parquet.block.size", IMAGE_ROW_GROUP_BYTES
-        ).parquet(dest)
+        rows.write.mode("append").partitionBy("modality").options(**IMAGE_ROW_GROUPS).parquet(dest)
         return int(kept(images.select("file_sha256", "source_path")).count())
     n = int(images.count())
     staged = join(decoded_dir, f"_kind={IMAGE}")
