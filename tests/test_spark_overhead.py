@@ -187,7 +187,7 @@ def test_frame_splits_give_every_core_several_even_tasks(spark: Any, tmp_path: P
     (
         spark.createDataFrame(rows, "image_id string, pixels binary")
         .coalesce(1)
-        .write.options(**IMAGE_ROW_GROUPS, **{"parquet.block.size": 2 << 20})  # row groups of 4 frames
+        .write.options(**{**IMAGE_ROW_GROUPS, "parquet.block.size": str(2 << 20)})  # row groups of 4 frames
         .parquet(table)
     )
 
