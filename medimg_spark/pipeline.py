@@ -28,6 +28,7 @@ from medimg_spark.config_models import (
 from medimg_spark.errors import ConfigError
 from medimg_spark.runlog import RunLog
 from medimg_spark.storage import is_local, join
+from medimg_spark.summaries import FeaturesSummary
 
 __all__ = [
     "STAGES",
@@ -286,15 +287,24 @@ def _run_stages(
                 spark, inputs, out, cfg.ingest, labels_csv=labels, deidentify=deidentify, run_id=run_id
             )
             rec.update(_counts(results["ingest"]), path=out)
+    fused: FeaturesSummary | None = None
     if "preprocess" in pc.stages:
         from medimg_spark.preprocess import preprocess
 
+        fuse = fused_recipe(cfg, pc, base)
+        fcfg = run_features(cfg, pc, base)
         results["preprocess"] = []
         for r in recipe_runs(cfg, pc):
+            path = resolve_recipe_path(r.recipe, base)
             with log.stage("preprocess", recipe=r.recipe) as rec:
-                results["preprocess"].append(
-                    preprocess(spark, out, resolve_recipe_path(r.recipe, base), where=r.where)
-                )
+                if fuse is not None and path == fuse:
+                    summary = preprocess(
+                        spark, out, path, where=r.where, features=fcfg.set, use_mask=fcfg.use_mask
+                    )
+                    fused = summary.pop("features", None)
+                else:
+                    summary = preprocess(spark, out, path, where=r.where)
+                results["preprocess"].append(summary)
                 rec.update(_counts(results["preprocess"][-1]), path=join(out, "processed"))
     if "volumes" in pc.stages:
         from medimg_spark.volumes.stage import run_volumes
@@ -317,7 +327,8 @@ def _run_stages(
 
         fcfg = run_features(cfg, pc, base)
         with log.stage("features", set=fcfg.set, recipe=fcfg.recipe) as rec:
-            results["features"] = compute_features(
+            # computed in the preprocess stage's pass over the frames (fused_recipe), else here
+            results["features"] = fused or compute_features(
                 spark,
                 out,
                 source=fcfg.source,
@@ -374,6 +385,30 @@ def _run_stages(
             results["report"] = build_report(spark, out, cfg.report)
             rec["path"] = results["report"].get("path")
     return results
+
+
+def fused_recipe(cfg: MedimgConfig, pc: PipelineConfig, base: Path) -> str | None:
+    """The recipe path whose preprocess run also computes the features stage's table, or None.
+
+    ``medimg run`` fuses the two stages (one pass over the frames: no write and re-read of the
+    processed pixels) when both run, the features come from ``processed`` and their recipe is one of
+    the preprocess stage's recipes named by its ``recipe_hash`` (as :func:`run_features` names the
+    pipeline's only recipe). A recipe named by name is left to the features stage, which checks that
+    ``processed`` holds one version of it.
+    """
+    if not {"preprocess", "features"} <= set(pc.stages):
+        return None
+    fcfg = run_features(cfg, pc, base)
+    if fcfg.source != "processed" or fcfg.recipe is None or len(fcfg.recipe) < 8:
+        return None
+    from medimg_spark.ops import load_recipe
+
+    found = []
+    for r in recipe_runs(cfg, pc):
+        path = resolve_recipe_path(r.recipe, base)
+        if load_recipe(path).hash.startswith(fcfg.recipe):
+            found.append(path)
+    return found[0] if len(set(found)) == 1 and len(found) == 1 else None
 
 
 def _counts(summary: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ into ``out/metrics/quality.json``; :func:`format_quality_table` renders it as te
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
 import time
@@ -30,6 +31,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql.types import (
+    ArrayType,
     BinaryType,
     BooleanType,
     DoubleType,
@@ -43,12 +45,13 @@ from pyspark.sql.types import (
 from medimg_spark.quality import QUALITY_KEYS
 from medimg_spark.schema import IMAGES_SCHEMA, QUARANTINE_SCHEMA
 from medimg_spark.storage import get_storage, join, parent, spark_path
-from medimg_spark.summaries import PreprocessSummary
+from medimg_spark.summaries import FeaturesSummary, PreprocessSummary
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
+    from medimg_spark.features.spec import FeatureSet
     from medimg_spark.quality_stage import QUALITY_FILE, format_quality_table, quality_report  # noqa: F401
 
 QUALITY_STRUCT = StructType([StructField(k, DoubleType(), True) for k in QUALITY_KEYS])
@@ -120,6 +123,29 @@ WORK_SCHEMA = StructType(
         StructField("error_message", StringType(), True),
     ]
 )
+
+
+#: What a fused recipe + features task writes per frame: :data:`WORK_SCHEMA` plus the frame's feature
+#: values (``_features``) or the extractor's error (``_feature_error``), computed on the processed pixels.
+FUSED_WORK_SCHEMA = StructType(
+    [
+        *WORK_SCHEMA.fields,
+        StructField("_features", ArrayType(DoubleType()), True),
+        StructField("_feature_error", StringType(), True),
+    ]
+)
+
+#: Each core gets about this many tasks of a stage's frames (the last tasks finish close together).
+TASKS_PER_CORE = 4
+#: ``spark.sql.files.openCostInBytes`` of the frame scans (Spark's 4 MB would make a split of at least
+#: 4 MB: 8 CT frames, so a table of 60 CT frames would still leave a core idle for most of a task).
+SPLIT_OPEN_COST = 1 << 20
+
+
+class PreprocessRunSummary(PreprocessSummary, total=False):
+    """:class:`PreprocessSummary`, and with ``features=`` the summary of the features table written."""
+
+    features: FeaturesSummary
 
 
 # Up to this many already-done image ids are broadcast to skip them (about 100 bytes each: ~20 MB); a larger
@@ -206,9 +232,19 @@ def process_row(row: dict[str, Any], recipe: Any, run_id: str) -> dict[str, Any]
 
 
 def _process_partition(
-    batches: Iterator[pa.RecordBatch], recipe_json: str, run_id: str
+    batches: Iterator[pa.RecordBatch],
+    recipe_json: str,
+    run_id: str,
+    features_json: str | None = None,
+    use_mask: bool = True,
 ) -> Iterator[pa.RecordBatch]:
-    """``mapInArrow`` body: the recipe is parsed once per partition, OpenCV objects are cached per worker."""
+    """``mapInArrow`` body: the recipe is parsed once per partition, OpenCV objects are cached per worker.
+
+    With ``features_json`` (a :class:`~medimg_spark.features.FeatureSet` as JSON) the feature set runs
+    on every processed frame as :func:`~medimg_spark.features.compute_features` runs it on the
+    ``processed`` row (the encoded pixels decoded again, the mask unless ``use_mask`` is false), and
+    the rows follow :data:`FUSED_WORK_SCHEMA`.
+    """
     import cv2
     import pyarrow as pa
 
@@ -216,9 +252,19 @@ def _process_partition(
 
     cv2.setNumThreads(1)  # one task per core; OpenCV's own threads would oversubscribe
     recipe = Recipe.model_validate_json(recipe_json)
-    schema = _arrow_schema(WORK_SCHEMA)
+    fs = None
+    if features_json is not None:
+        from medimg_spark.features.spec import FeatureSet
+        from medimg_spark.features.stage import frame_features
+
+        fs = FeatureSet.model_validate_json(features_json)
+    schema = _arrow_schema(WORK_SCHEMA if fs is None else FUSED_WORK_SCHEMA)
     for batch in batches:
         rows = [process_row(r, recipe, run_id) for r in batch.to_pylist()]
+        if fs is not None:
+            for r in rows:
+                if r["ok"]:
+                    r["_features"], r["_feature_error"] = frame_features(fs, r, use_mask)
         columns = [
             pa.array([r.get(name) for r in rows], type=schema.field(name).type) for name in schema.names
         ]
@@ -237,8 +283,14 @@ def _delete(spark: SparkSession, path: str) -> None:
 
 
 def preprocess(
-    spark: SparkSession, out_dir: str, recipe_path: str, where: str | None = None
-) -> PreprocessSummary:
+    spark: SparkSession,
+    out_dir: str,
+    recipe_path: str,
+    where: str | None = None,
+    *,
+    features: str | FeatureSet | None = None,
+    use_mask: bool = True,
+) -> PreprocessRunSummary:
     """Apply a recipe to ``out_dir/images`` and append ``out_dir/processed`` and ``out_dir/quarantine``.
 
     Args:
@@ -246,14 +298,24 @@ def preprocess(
         out_dir: the output directory written by ingest (local path or URI).
         recipe_path: a recipe YAML path or the name of a shipped recipe; validated before any Spark work.
         where: optional Spark SQL filter on ``images`` columns, e.g. ``"modality = 'CT'"``.
+        features: a feature set (name, YAML path or :class:`~medimg_spark.features.FeatureSet`): also
+            write ``out_dir/features`` as ``compute_features(spark, out_dir, source="processed",
+            feature_set=features, use_mask=use_mask, recipe=<this recipe>)`` would, the same table, but
+            computed in the recipe's pass on the frames it just processed (no write and re-read of their
+            pixels). When ``processed`` held frames of this recipe before the run, the features of all
+            of them are computed by :func:`~medimg_spark.features.compute_features` after the run.
+        use_mask: with ``features``: pass the recipe's masks to the extractors.
 
     Returns:
         Run summary: run id, recipe name and hash, frames selected, skipped (already done), processed,
-        quarantined (total and by error class), seconds.
+        quarantined (total and by error class), seconds; with ``features``, ``features`` holds the
+        features stage's summary.
 
     Raises:
         RecipeFileError: the recipe is invalid (a ConfigError).
         ConfigError: ``out_dir/images`` does not exist.
+        FeatureSetError: ``features`` is not a valid feature set (before any Spark work).
+        FeatureError: with ``features``, every frame failed the feature set.
     """
     from pyspark.sql import functions as F
 
@@ -261,6 +323,11 @@ def preprocess(
     from medimg_spark.ops import load_recipe
 
     recipe = load_recipe(recipe_path)
+    fset: FeatureSet | None = None
+    if features is not None:
+        from medimg_spark.features.spec import load_feature_set
+
+        fset = load_feature_set(features)
     started = time.perf_counter()
     run_id = new_run_id()
     out = spark_path(out_dir)
@@ -272,9 +339,13 @@ def preprocess(
     images = images.select(*RECIPE_INPUT_COLUMNS)
 
     done_parts = []
+    earlier_frames = False  # processed holds frames of this recipe from earlier runs
     if _exists(spark, join(out, "processed")):
         prev = spark.read.schema(PROCESSED_SCHEMA).parquet(join(out, "processed"))
-        done_parts.append(prev.where(F.col("recipe_hash") == recipe.hash).select("image_id"))
+        same = prev.where(F.col("recipe_hash") == recipe.hash)
+        done_parts.append(same.select("image_id"))
+        if fset is not None:
+            earlier_frames = bool(same.select("recipe_hash").limit(1).count())
     if _exists(spark, join(out, "quarantine")):
         q = spark.read.schema(QUARANTINE_SCHEMA).parquet(join(out, "quarantine"))
         failed = q.where(
@@ -301,19 +372,24 @@ def preprocess(
     if int(old_batch) > 256:
         spark.conf.set(conf_key, "64")
     recipe_json = recipe.model_dump_json()
+    fused = fset is not None and not earlier_frames
+    fs_json = fset.model_dump_json() if fused and fset is not None else None
+    work_schema = FUSED_WORK_SCHEMA if fused else WORK_SCHEMA
     # The results go to a staging table first: computing them exactly once matters because appending
     # to ``processed`` refreshes every cached plan that reads it (a persisted DataFrame would be redone).
     staging = join(out, "_staging", run_id)
     try:
-        todo.mapInArrow(lambda it: _process_partition(it, recipe_json, run_id), WORK_SCHEMA).write.parquet(
-            staging
-        )
+        with frame_splits(spark):
+            todo.mapInArrow(
+                lambda it: _process_partition(it, recipe_json, run_id, fs_json, use_mask), work_schema
+            ).write.parquet(staging)
     finally:
         spark.conf.set(conf_key, old_batch)
         if done is not None:
             done.unpersist()
+    features_summary: FeaturesSummary | None = None
     try:
-        work = spark.read.schema(WORK_SCHEMA).parquet(staging)
+        work = spark.read.schema(work_schema).parquet(staging)
         now = F.current_timestamp()
         processed = work.where(F.col("ok")).select(
             *[
@@ -333,11 +409,19 @@ def preprocess(
         counts = work.groupBy("ok", "error_class").count().collect()
         processed.write.mode("append").parquet(join(out, "processed"))
         quarantine.write.mode("append").parquet(join(out, "quarantine"))
+        if fused and fset is not None and any(r["ok"] for r in counts):
+            features_summary = _fused_features(spark, out_dir, work, fset, recipe, use_mask)
     finally:
         _delete(spark, staging)
+    if fset is not None and features_summary is None:
+        from medimg_spark.features.stage import compute_features
+
+        features_summary = compute_features(
+            spark, out_dir, source="processed", feature_set=fset, use_mask=use_mask, recipe=recipe.hash
+        )
     n_ok = sum(int(r["count"]) for r in counts if r["ok"])
     by_class = {str(r["error_class"]): int(r["count"]) for r in counts if not r["ok"]}
-    return {
+    summary: PreprocessRunSummary = {
         "run_id": run_id,
         "recipe_name": recipe.name,
         "recipe_hash": recipe.hash,
@@ -348,6 +432,77 @@ def preprocess(
         "quarantined_by_error_class": dict(sorted(by_class.items())),
         "seconds": round(time.perf_counter() - started, 3),
     }
+    if features_summary is not None:
+        summary["features"] = features_summary
+    return summary
+
+
+def _fused_features(
+    spark: SparkSession, out_dir: str, work: DataFrame, fs: FeatureSet, recipe: Any, use_mask: bool
+) -> FeaturesSummary:
+    """Write ``out_dir/features`` from the feature columns of a fused run's staged rows.
+
+    Only the small columns are read (ids, label, split, the values), plus the pixels of one frame for
+    the feature names, as :func:`~medimg_spark.features.compute_features` reads them.
+    """
+    from pyspark.sql import functions as F
+
+    from medimg_spark.features.stage import feature_names, write_features
+
+    started = time.time()
+    ok = work.where(F.col("ok"))
+    cols = ["image_id", "pixels", "rows", "cols", "channels", "dtype", "mask"]
+    first = ok.select(*cols).limit(1).collect()[0].asDict()
+    src = join(out_dir, "processed")
+    names = feature_names(fs, first, use_mask, src)
+    computed = ok.select(
+        "image_id",
+        F.col("recipe_name").alias("recipe"),
+        "label",
+        "split",
+        F.col("_features").alias("values"),
+        F.col("_feature_error").alias("error"),
+    )
+    return write_features(
+        spark,
+        out_dir,
+        computed,
+        fs,
+        names,
+        source="processed",
+        recipe_name=recipe.name,
+        recipe_hash=recipe.hash,
+        use_mask=use_mask,
+        src=src,
+        started=started,
+    )
+
+
+@contextlib.contextmanager
+def frame_splits(spark: SparkSession, tasks_per_core: int = TASKS_PER_CORE) -> Iterator[None]:
+    """File scans planned in this block give every core about ``tasks_per_core`` tasks.
+
+    Spark sizes a scan's splits as ``min(maxPartitionBytes, max(openCostInBytes, bytes / minPartitionNum))``
+    with ``minPartitionNum`` = the default parallelism: one split per core, so a core whose split holds
+    the slower frames keeps the others idle at the stage's tail. Here ``minPartitionNum`` is the
+    parallelism times ``tasks_per_core`` (``openCostInBytes`` :data:`SPLIT_OPEN_COST`), and ingest writes ``images`` in row groups of
+    :data:`~medimg_spark.io.ingest.IMAGE_ROW_GROUP_BYTES` (a split cannot cut a row group).
+    """
+    keys = {
+        "spark.sql.files.minPartitionNum": str(spark.sparkContext.defaultParallelism * tasks_per_core),
+        "spark.sql.files.openCostInBytes": str(SPLIT_OPEN_COST),
+    }
+    old = {k: spark.conf.get(k, None) for k in keys}
+    for k, v in keys.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, before in old.items():
+            if before is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, before)
 
 
 _QUALITY_NAMES = ("QUALITY_FILE", "format_quality_table", "quality_report")

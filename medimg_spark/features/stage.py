@@ -35,6 +35,7 @@ from medimg_spark.summaries import FeaturesSummary
 if TYPE_CHECKING:
     import pandas as pd
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
 #: The feature set a features table was computed with, recorded next to its Parquet files.
 FEATURE_SET_FILE = "_feature_set.json"
@@ -167,6 +168,37 @@ def feature_names_of(df: DataFrame, column: str = "features") -> list[str]:
     return [n for _, n in slots]
 
 
+def _computed_schema() -> StructType:
+    from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
+
+    return StructType(
+        [
+            StructField("image_id", StringType(), False),
+            StructField("recipe", StringType(), True),
+            StructField("label", StringType(), True),
+            StructField("split", StringType(), True),
+            StructField("values", ArrayType(DoubleType()), True),
+            StructField("error", StringType(), True),
+        ]
+    )
+
+
+#: Per-frame rows of a feature computation: the values, or the error (``"<class>: <message>"``).
+COMPUTED_SCHEMA = _computed_schema()
+
+
+def frame_features(
+    fs: FeatureSet, row: Mapping[Any, Any], use_mask: bool
+) -> tuple[list[float] | None, str | None]:
+    """``(values, None)`` of one ``images``/``processed`` row, or ``(None, "<class>: <message>")``."""
+    try:
+        img, msk = decode_row(row, use_mask)
+        v, _ = fs.extract(img, msk)
+        return v.tolist(), None
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
 def _decode_mask(mask: Any, rows: int, cols: int) -> np.ndarray | None:
     if mask is None or (isinstance(mask, float) and np.isnan(mask)):
         return None
@@ -195,14 +227,9 @@ def _feature_partitions(
             feats: list[list[float] | None] = []
             errors: list[str | None] = []
             for row in pdf.to_dict("records"):
-                try:
-                    img, msk = decode_row(row, use_mask)
-                    v, _ = fs.extract(img, msk)
-                    feats.append(v.tolist())
-                    errors.append(None)
-                except Exception as exc:
-                    feats.append(None)
-                    errors.append(f"{type(exc).__name__}: {exc}")
+                values, error = frame_features(fs, row, use_mask)
+                feats.append(values)
+                errors.append(error)
             yield pd.DataFrame(
                 {
                     "image_id": pdf["image_id"].to_numpy(),
@@ -230,6 +257,20 @@ def decode_row(row: Mapping[Any, Any], use_mask: bool = True) -> tuple[np.ndarra
 def _names_for(fs: FeatureSet, first: Mapping[Any, Any], use_mask: bool) -> list[str]:
     img, msk = decode_row(first, use_mask)
     return fs.extract(img, msk)[1]
+
+
+def feature_names(fs: FeatureSet, first: Mapping[Any, Any], use_mask: bool, src: str) -> list[str]:
+    """The feature names of ``fs``, from one frame of the source table ``src``.
+
+    Raises:
+        FeatureError: the feature set fails on that frame.
+    """
+    try:
+        return _names_for(fs, first, use_mask)
+    except MedimgError:
+        raise
+    except Exception as exc:
+        raise FeatureError(f"feature set {fs.name!r} failed on frame {first['image_id']}: {exc}") from exc
 
 
 def select_recipe(df: DataFrame, recipe: str | None, src: str = "processed") -> tuple[str, str]:
@@ -323,9 +364,7 @@ def compute_features(
         FeatureError: the source table is missing, empty, or every frame failed.
         FeatureRecipeError: several recipes in ``processed`` and none (or an absent one) named.
     """
-    from pyspark.ml.functions import array_to_vector
     from pyspark.sql import functions as F
-    from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
 
     t0 = time.time()
     if source not in ("images", "processed"):
@@ -354,52 +393,83 @@ def compute_features(
     first_rows = df.limit(1).collect()
     if not first_rows:
         raise FeatureError(f"{src} holds no frames; nothing to compute")
-    try:
-        names = _names_for(fs, first_rows[0].asDict(), use_mask)
-    except MedimgError:
-        raise
-    except Exception as exc:
-        raise FeatureError(
-            f"feature set {fs.name!r} failed on frame {first_rows[0]['image_id']}: {exc}"
-        ) from exc
-    set_id, sha = feature_set_identity(fs, source, recipe_hash, use_mask)
-    schema = StructType(
-        [
-            StructField("image_id", StringType(), False),
-            StructField("recipe", StringType(), True),
-            StructField("label", StringType(), True),
-            StructField("split", StringType(), True),
-            StructField("values", ArrayType(DoubleType()), True),
-            StructField("error", StringType(), True),
-        ]
-    )
+    names = feature_names(fs, first_rows[0].asDict(), use_mask, src)
+    from medimg_spark.preprocess import frame_splits
+
     fn = _feature_partitions(fs.model_dump_json(), use_mask)
-    computed = df.mapInPandas(fn, schema).cache()
-    dest = join(out_dir, "features")
+    computed = df.mapInPandas(fn, COMPUTED_SCHEMA).cache()
     try:
-        n_images = computed.count()
-        fails = computed.where(F.col("error").isNotNull() | (F.size("values") != len(names)))
-        n_failed = fails.count()
-        failures = [
-            {"image_id": r["image_id"], "error": r["error"] or f"feature count differs from {len(names)}"}
-            for r in fails.limit(20).collect()
-        ]
-        if n_failed == n_images:
-            raise FeatureError(
-                f"every frame of {src} failed feature set {fs.name!r}; first error: {failures[0]['error']}"
+        with frame_splits(spark):  # every core gets several tasks of frames (the cache is made here)
+            return write_features(
+                spark,
+                out_dir,
+                computed,
+                fs,
+                names,
+                source=source,
+                recipe_name=recipe_name,
+                recipe_hash=recipe_hash,
+                use_mask=use_mask,
+                src=src,
+                started=t0,
             )
-        ok = computed.where(F.col("error").isNull() & (F.size("values") == len(names)))
-        out = ok.select(
-            "image_id",
-            "recipe",
-            "label",
-            "split",
-            array_to_vector(F.col("values")).alias("features", metadata=vector_metadata(names)),
-        )
-        archived = _archive_previous(store, out_dir, dest, set_id, sha)
-        out.write.mode("overwrite").parquet(dest)
     finally:
         computed.unpersist()
+
+
+def write_features(
+    spark: SparkSession,
+    out_dir: str | Path,
+    computed: DataFrame,
+    fs: FeatureSet,
+    names: list[str],
+    *,
+    source: str,
+    recipe_name: str | None,
+    recipe_hash: str | None,
+    use_mask: bool,
+    src: str,
+    started: float,
+) -> FeaturesSummary:
+    """Write ``out_dir/features/`` from per-frame feature rows and record the set; returns the summary.
+
+    Args:
+        computed: rows of :data:`COMPUTED_SCHEMA` (one per frame: its values, or the error), read
+            several times (counts, failures, the write): cached or small.
+        names: the feature names (the vector metadata); a row whose values differ in length failed.
+        src: the source table's path (messages).
+        started: ``time.time()`` when the stage started (the summary's seconds).
+
+    Raises:
+        FeatureError: every frame failed.
+    """
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    store = get_storage(spark)
+    set_id, sha = feature_set_identity(fs, source, recipe_hash, use_mask)
+    dest = join(out_dir, "features")
+    n_images = computed.count()
+    fails = computed.where(F.col("error").isNotNull() | (F.size("values") != len(names)))
+    n_failed = fails.count()
+    failures = [
+        {"image_id": r["image_id"], "error": r["error"] or f"feature count differs from {len(names)}"}
+        for r in fails.limit(20).collect()
+    ]
+    if n_failed == n_images:
+        raise FeatureError(
+            f"every frame of {src} failed feature set {fs.name!r}; first error: {failures[0]['error']}"
+        )
+    ok = computed.where(F.col("error").isNull() & (F.size("values") == len(names)))
+    out = ok.select(
+        "image_id",
+        "recipe",
+        "label",
+        "split",
+        array_to_vector(F.col("values")).alias("features", metadata=vector_metadata(names)),
+    )
+    archived = _archive_previous(store, out_dir, dest, set_id, sha)
+    out.write.mode("overwrite").parquet(dest)
     summary: FeaturesSummary = {
         "path": dest,
         "feature_set": fs.name,
@@ -414,7 +484,7 @@ def compute_features(
         "n_failed": int(n_failed),
         "failures": failures,
         "archived": archived,
-        "seconds": round(time.time() - t0, 3),
+        "seconds": round(time.time() - started, 3),
     }
     record = {
         "feature_set": json.loads(fs.model_dump_json()),

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pyspark.sql.datasource import DataSource, DataSourceReader, DataSourceStreamReader, InputPartition
+from pyspark.sql.types import StringType, StructField, StructType
 
 from medimg_spark.config import IngestConfig
 from medimg_spark.errors import ConfigError, EmptyFileError, FileTooLargeError, IngestFileError
@@ -73,7 +75,6 @@ from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHE
 if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import SparkSession
-    from pyspark.sql.types import StructType
 
 __all__ = [
     "DataSourceOptionError",
@@ -102,12 +103,28 @@ class NotDicomError(IngestFileError):
 
 TableName = Literal["images", "instances", "quarantine", "all"]
 
-#: The schema of each ``table`` option value.
+#: ``ReadPlan.table`` of ingest's decoding pass (not a read option): rows of :data:`STAGED_SCHEMA`.
+STAGED = "staged"
+#: Rows of ingest's decoding pass: ``_kind`` and the ``images`` table's columns. Image rows are the rows
+#: of ``images`` as they are written (ingest writes them partitioned by ``_kind`` and ``modality``, so
+#: the image files hold exactly the ``images`` table's columns and are moved into it, not rewritten).
+#: Instance and quarantine rows (small, no pixels) set ``file_sha256`` and ``source_path`` (the
+#: deduplication keys) and carry their whole row as UTF-8 JSON in ``pixels``
+#: (:func:`staged_row`; read back with ``from_json`` and :data:`SIDE_SCHEMA`); their other columns are null.
+STAGED_SCHEMA = StructType(
+    [StructField("_kind", StringType(), False)]
+    + [StructField(f.name, f.dataType, True) for f in IMAGES_SCHEMA.fields]
+)
+#: The JSON in ``pixels`` of a staged instance or quarantine row: the union row without ``_kind``/``pixels``.
+SIDE_SCHEMA = StructType([f for f in UNION_SCHEMA.fields if f.name not in ("_kind", "pixels")])
+
+#: The schema of each ``table`` option value (and of ingest's :data:`STAGED` rows).
 SCHEMAS: dict[str, StructType] = {
     "images": IMAGES_SCHEMA,
     "instances": INSTANCES_SCHEMA,
     "quarantine": QUARANTINE_SCHEMA,
     "all": UNION_SCHEMA,
+    STAGED: STAGED_SCHEMA,
 }
 _KIND_OF_TABLE = {"images": IMAGE, "instances": INSTANCE, "quarantine": QUARANTINE}
 #: Options whose values are secrets: never echoed in an error message.
@@ -479,7 +496,7 @@ def read_partition(partition: FilesPartition, plan: ReadPlan) -> Iterator[pa.Rec
                 continue
             if kind == QUARANTINE:
                 row["quarantined_at"] = stamp
-            yield row
+            yield staged_row(row) if plan.table == STAGED else row
 
     unread = (_unread_row(u, ctx.run_id, path_hook(ctx)) for u in partition.unread)
     pending: list[dict[str, Any]] = []
@@ -498,6 +515,19 @@ def read_partition(partition: FilesPartition, plan: ReadPlan) -> Iterator[pa.Rec
     if ctx.crash_dir:
         with contextlib.suppress(OSError):  # empty once every task of the read cleared its mark
             os.rmdir(ctx.crash_dir)
+
+
+def staged_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A decoded union row as a :data:`STAGED_SCHEMA` row (image rows as they are, others as JSON)."""
+    if row["_kind"] == IMAGE:
+        return row
+    side = {f.name: row.get(f.name) for f in SIDE_SCHEMA.fields}
+    return {
+        "_kind": row["_kind"],
+        "file_sha256": row.get("file_sha256"),
+        "source_path": row.get("source_path"),
+        "pixels": json.dumps(side, ensure_ascii=False).encode("utf-8"),
+    }
 
 
 def _chain(*parts: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -49,7 +49,7 @@ from medimg_spark.io.files import (
 from medimg_spark.io.listing import Listing, hadoop_path, list_local
 from medimg_spark.io.planning import (
     EMPTY_MESSAGE,
-    UNION_SCHEMA,
+    UNION_SCHEMA,  # noqa: F401  (re-exported: benchmarks/run.py imports it from here)
     FileNameEncodingError,
     LabelsCSV,
     UnreadablePathError,
@@ -84,6 +84,18 @@ class NotALakeError(ConfigError):
     """``--out`` is a non-empty directory that medimg ingest did not create, or holds foreign files."""
 
 
+#: Parquet row-group size of the ``images`` table's files. A scan's split cannot cut a row group, so
+#: row groups of a few frames (8 CT frames of 512x512 int16, 4 X-rays of 1024x1024) let preprocess and
+#: features give every core several evenly sized tasks (:func:`medimg_spark.preprocess.frame_splits`)
+#: instead of one task per ingest task's file.
+IMAGE_ROW_GROUP_BYTES = 4 << 20
+#: Parquet writer options of the ``images`` files: row groups of :data:`IMAGE_ROW_GROUP_BYTES`, their
+#: size checked every 2 to 16 rows (Parquet checks first after 100 rows: 100 frames in one row group).
+IMAGE_ROW_GROUPS = {
+    "parquet.block.size": str(IMAGE_ROW_GROUP_BYTES),
+    "parquet.page.size.row.check.min": "2",
+    "parquet.page.size.row.check.max": "16",
+}
 #: Quarantine stages at which ingest gave up on a whole file (a rerun does not try it again).
 FILE_STAGES = ("read", "parse", "deid", "decode")
 #: Marker file written into an output directory that holds identified (not de-identified) data.
@@ -93,9 +105,15 @@ IDENTIFIED_MARKER = "IDENTIFIED"
 def decode_partition(
     batches: Iterator[pa.RecordBatch], ctx: FileContext, flush_bytes: int
 ) -> Iterator[pa.RecordBatch]:
-    """``mapInArrow`` body: binaryFile rows (path, content) → union rows of the three tables."""
+    """``mapInArrow`` body: binaryFile rows (path, content) → staged rows of the three tables.
+
+    The rows follow :data:`~medimg_spark.io.datasource.STAGED_SCHEMA` (image rows in the ``images``
+    table's columns, instance and quarantine rows as JSON), as the ``medimg`` data source's ingest reads.
+    """
     import pyarrow as pa
     from pyspark.sql.pandas.types import to_arrow_schema
+
+    from medimg_spark.io.datasource import STAGED_SCHEMA, staged_row
 
     try:
         import cv2
@@ -105,7 +123,7 @@ def decode_partition(
         pass
     from pyspark import TaskContext
 
-    arrow_schema = to_arrow_schema(UNION_SCHEMA)
+    arrow_schema = to_arrow_schema(STAGED_SCHEMA)
     tc = TaskContext.get()
     guard = None
     if ctx.crash_dir and tc is not None:
@@ -121,6 +139,7 @@ def decode_partition(
     pending: list[dict[str, Any]] = []
     size = 0
     for row in process_files(files(), ctx, guard):
+        row = staged_row(row)
         pending.append(row)
         size += len(row.get("pixels") or b"") + 512
         if size >= flush_bytes:
@@ -316,17 +335,18 @@ def _context(
 
 
 def _read_local(spark: SparkSession, files: dict[str, int], ctx: FileContext, cfg: IngestConfig) -> DataFrame:
-    """The union rows (``table=all``) of local ``files``, read through the ``medimg`` data source.
+    """The staged rows (:data:`~medimg_spark.io.datasource.STAGED_SCHEMA`) of local ``files``, read through
+    the ``medimg`` data source.
 
     The data source is registered for this read with ingest's own per-file context (limits, labels,
     crash guard folder, the de-identification hook built by the caller): the key travels pickled
     with the data source, as with a UDF, and never as an option of the query plan.
     """
-    from medimg_spark.io.datasource import ReadPlan, register_files_source
+    from medimg_spark.io.datasource import STAGED, ReadPlan, register_files_source
 
     plan = ReadPlan(
         paths=[],
-        table="all",
+        table=STAGED,
         frames="all",
         dicom_only=False,
         ctx=ctx,
@@ -455,6 +475,8 @@ def _ingest_files(
         F.current_timestamp().alias("quarantined_at"),
     ).persist(StorageLevel.MEMORY_AND_DISK)
 
+    from medimg_spark.io.datasource import SIDE_SCHEMA, STAGED_SCHEMA
+
     flush = cfg.output_batch_bytes
     small = {p: n for p, n in (local or {}).items() if n <= cfg.max_file_bytes}
     store = get_storage(spark)
@@ -470,22 +492,25 @@ def _ingest_files(
                 n_parts = max(1, -(-files_seen // cfg.files_per_partition))
                 readable = readable.repartition(n_parts)
             parts.append(
-                readable.mapInArrow(lambda batches: decode_partition(batches, ctx, flush), UNION_SCHEMA)
+                readable.mapInArrow(lambda batches: decode_partition(batches, ctx, flush), STAGED_SCHEMA)
             )
         if not parts:
-            parts.append(spark.createDataFrame([], UNION_SCHEMA))
+            parts.append(spark.createDataFrame([], STAGED_SCHEMA))
         decoded_rows = parts[0]
         for extra in parts[1:]:
             decoded_rows = decoded_rows.unionByName(extra)
-        decoded_rows.write.mode("overwrite").option("compression", "none").parquet(decoded_dir)
+        writer = decoded_rows.write.mode("overwrite").partitionBy("_kind", "modality")
+        writer.options(**IMAGE_ROW_GROUPS).parquet(decoded_dir)
 
-    # Decode once into an uncompressed Parquet staging table next to the output, then split it into the
-    # three tables. Measured against persist(DISK_ONLY) (benchmarks/run.py, N=500, 750 files): the cached
-    # blocks are Java-serialised and LZ4-compressed, and every pass over them (dedupe keys, three table
-    # writes, counts) deserialises the pixels again; from Parquet those passes read only their columns.
+    # The decoded pixels are written once: the decoding pass writes its rows partitioned by ``_kind`` and
+    # ``modality`` in the images table's columns and compression (STAGED_SCHEMA), so its image files are
+    # already files of the images table and are moved (renamed) into it when deduplication drops nothing
+    # (the common case); instance and quarantine rows (small, their fields as JSON) are written to their
+    # tables from the staged rows. Measured with benchmarks/run.py (spark mode, N=100, JVM CPU) against
+    # the earlier uncompressed staging of every column and a second write of the pixels into images/.
     try:
         _retry_worker_start(spark, decode)
-        decoded = spark.read.schema(UNION_SCHEMA).parquet(decoded_dir)
+        decoded = spark.read.schema(STAGED_SCHEMA).parquet(decoded_dir)
         # Deduplicate by content: one canonical path per sha256, minus what earlier runs ingested.
         keys = decoded.select("file_sha256", "source_path").distinct()
         canonical = keys.groupBy("file_sha256").agg(F.min("source_path").alias("source_path"))
@@ -495,12 +520,27 @@ def _ingest_files(
         n_paths = keys.count()
         n_unique = canonical.count()
         n_fresh = fresh.count()
-        kept = decoded
-        if n_fresh != n_paths:
-            kept = decoded.join(F.broadcast(fresh), ["file_sha256", "source_path"], "left_semi")
+        dropping = n_fresh != n_paths
+
+        def kept(df: DataFrame) -> DataFrame:
+            return (
+                df.join(F.broadcast(fresh), ["file_sha256", "source_path"], "left_semi") if dropping else df
+            )
+
+        side = kept(
+            decoded.where(F.col("_kind") != IMAGE).select(
+                "_kind",
+                "file_sha256",
+                "source_path",
+                F.from_json(F.col("pixels").cast("string"), SIDE_SCHEMA).alias("r"),
+            )
+        ).select("_kind", *[F.col(f"r.{f.name}").alias(f.name) for f in SIDE_SCHEMA.fields])
+        side = side.persist(StorageLevel.MEMORY_AND_DISK)
+        side.count()  # read before the image files move away (the staged table's listing would miss them)
+        matched = _matched_labels(spark, labels, listing, keys, unread_known)
 
         def table(kind: str, schema: StructType) -> DataFrame:
-            return kept.where(F.col("_kind") == kind).select(
+            return side.where(F.col("_kind") == kind).select(
                 *[
                     (F.current_timestamp() if f.name == "quarantined_at" else F.col(f.name))
                     .cast(f.dataType)
@@ -509,15 +549,16 @@ def _ingest_files(
                 ]
             )
 
-        images = table(IMAGE, IMAGES_SCHEMA)
+        frames_written = _write_images(
+            spark, store, decoded, decoded_dir, join(dest, "images"), kept, dropping
+        )
         instances = table(INSTANCE, INSTANCES_SCHEMA)
         quarantine = table(QUARANTINE, QUARANTINE_SCHEMA).unionByName(unread_rows)
-        images.write.mode("append").partitionBy("modality").parquet(join(dest, "images"))
         instances.write.mode("append").parquet(join(dest, "instances"))
         quarantine.write.mode("append").parquet(join(dest, "quarantine"))
 
         stats = (
-            kept.groupBy("_kind", "has_pixels", "stage", "error_class")
+            side.groupBy("_kind", "has_pixels", "stage", "error_class")
             .agg(
                 F.count(F.lit(1)).alias("n"),
                 F.sum("_path_phi").alias("path_phi"),
@@ -528,8 +569,7 @@ def _ingest_files(
         unread_by_class = {
             r.error_class: r["count"] for r in unread_rows.groupBy("error_class").count().collect()
         }
-        matched = _matched_labels(spark, labels, listing, keys, unread_known)
-        for df in (fresh, listing, unread_rows):
+        for df in (fresh, listing, unread_rows, side):
             df.unpersist()
     finally:
         store.delete(decoded_dir)
@@ -549,7 +589,7 @@ def _ingest_files(
     return IngestCounts(
         files_seen=files_seen,
         files_ingested=sum(r["n"] for r in stats if r["_kind"] == INSTANCE),
-        frames_written=sum(r["n"] for r in stats if r["_kind"] == IMAGE),
+        frames_written=frames_written,
         metadata_only_objects=sum(
             r["n"] for r in stats if r["_kind"] == INSTANCE and r["has_pixels"] is False
         ),
@@ -561,6 +601,39 @@ def _ingest_files(
         path_phi_files=sum(r["path_phi_files"] for r in stats if r["_kind"] == INSTANCE),
         path_phi_components=sum(r["path_phi"] or 0 for r in stats if r["_kind"] == INSTANCE),
     )
+
+
+def _write_images(
+    spark: SparkSession,
+    store: Storage,
+    decoded: DataFrame,
+    decoded_dir: str,
+    dest: str,
+    kept: Callable[[DataFrame], DataFrame],
+    dropping: bool,
+) -> int:
+    """Append the staged image rows to the ``images`` table at ``dest``; returns how many.
+
+    When deduplication drops nothing, the staged image files (``_kind=image/modality=*/``, the table's
+    columns and compression) are moved into the table as they are; otherwise the kept rows are written.
+    """
+    from pyspark.sql import functions as F
+
+    images = decoded.where(F.col("_kind") == IMAGE)
+    if dropping:
+        rows = kept(images).select(
+            *[F.col(f.name).cast(f.dataType).alias(f.name) for f in IMAGES_SCHEMA.fields]
+        )
+        rows.write.mode("append").partitionBy("modality").options(**IMAGE_ROW_GROUPS).parquet(dest)
+        return int(kept(images.select("file_sha256", "source_path")).count())
+    n = int(images.count())
+    staged = join(decoded_dir, f"_kind={IMAGE}")
+    moved = store.data_files(staged)
+    for rel in moved:
+        store.move(join(staged, rel), join(dest, rel))
+    if not moved and not store.exists(dest):
+        store.mkdirs(dest)  # an empty table, as Spark's write of no rows leaves it
+    return n
 
 
 def _matched_labels(

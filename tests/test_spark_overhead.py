@@ -1,0 +1,205 @@
+"""JVM-side overhead (issue 17): ingest writes the pixels once, preprocess fuses the features stage,
+frame scans give every core several tasks. Real frames (pydicom's test files, PneumoniaMNIST)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from medimg_spark.features import compute_features
+from medimg_spark.io.ingest import IMAGE_ROW_GROUPS, ingest
+from medimg_spark.preprocess import TASKS_PER_CORE, frame_splits, preprocess
+from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA
+
+RECIPES = Path(__file__).resolve().parents[1] / "medimg_spark" / "resources" / "recipes"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory, sample_npz: Path) -> Path:
+    """CT_small, MR_small, six PNG chest X-rays (PneumoniaMNIST frames, 128x128) and a non-image file."""
+    root = tmp_path_factory.mktemp("overhead-in")
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copy(get_testdata_file(name), root / name)
+    cxr = np.load(sample_npz)["val_images"]
+    for i in range(6):
+        cv2.imwrite(str(root / f"cxr_{i}.png"), cv2.resize(cxr[i], (128, 128), interpolation=cv2.INTER_CUBIC))
+    (root / "notes.txt").write_text("not an image\n")
+    return root
+
+
+def _file_columns(table: Path) -> set[tuple[str, ...]]:
+    """The column names of every Parquet file of ``table`` (read with pyarrow, not Spark)."""
+    return {tuple(pq.read_schema(f).names) for f in sorted(table.rglob("*.parquet"))}
+
+
+def test_ingest_tables_hold_exactly_their_schema(spark: Any, corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lake"
+    summary = ingest(spark, [str(corpus)], str(out), deidentify=None)
+    assert summary["frames_written"] == 8 and summary["files_ingested"] == 8
+    assert summary["quarantined"] == 1 and summary["duplicates_skipped"] == 0
+    image_cols = tuple(f.name for f in IMAGES_SCHEMA.fields if f.name != "modality")  # the partition column
+    assert _file_columns(out / "images") == {image_cols}
+    assert _file_columns(out / "instances") == {tuple(INSTANCES_SCHEMA.names)}
+    assert _file_columns(out / "quarantine") == {tuple(QUARANTINE_SCHEMA.names)}
+    assert not (out / "_staging").exists()
+    # the images table holds the rows the per-file reader decodes (the same decoder), moved as written
+    from medimg_spark.io.datasource import register
+
+    register(spark)
+    images = spark.read.schema(IMAGES_SCHEMA).parquet(str(out / "images"))
+    direct = spark.read.format("medimg").options(keep_phi="true").load(str(corpus))
+    cols = [c for c in IMAGES_SCHEMA.names if c != "ingest_run_id"]
+    assertDataFrameEqual(images.select(*cols).collect(), direct.select(*cols).collect())
+    instances = spark.read.parquet(str(out / "instances"))
+    direct_instances = (
+        spark.read.format("medimg").options(table="instances", keep_phi="true").load(str(corpus))
+    )
+    cols = [c for c in INSTANCES_SCHEMA.names if c != "ingest_run_id"]
+    assertDataFrameEqual(instances.select(*cols).collect(), direct_instances.select(*cols).collect())
+    quarantine = spark.read.parquet(str(out / "quarantine")).collect()
+    assert [(r.stage, r.source_path.endswith("notes.txt")) for r in quarantine] == [("parse", True)]
+
+    # a rerun finds every file ingested: nothing written, the images table unchanged
+    again = ingest(spark, [str(corpus)], str(out), deidentify=None)
+    assert again["frames_written"] == 0 and again["already_ingested"] == 9
+    assert spark.read.parquet(str(out / "images")).count() == 8
+    assert _file_columns(out / "images") == {image_cols}
+
+
+def test_ingest_with_duplicates_rewrites_only_kept_rows(spark: Any, corpus: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    shutil.copytree(corpus, src)
+    shutil.copy(src / "CT_small.dcm", src / "zz_copy_of_ct.dcm")  # same content: deduplicated
+    out = tmp_path / "lake"
+    summary = ingest(spark, [str(src)], str(out), deidentify=None)
+    assert summary["duplicates_skipped"] == 1 and summary["frames_written"] == 8
+    image_cols = tuple(f.name for f in IMAGES_SCHEMA.fields if f.name != "modality")
+    assert _file_columns(out / "images") == {image_cols}
+    paths = [r.source_path for r in spark.read.parquet(str(out / "images")).select("source_path").collect()]
+    assert len(paths) == 8 and not any("zz_copy" in p for p in paths)
+    assert spark.read.parquet(str(out / "instances")).count() == 8
+
+
+@pytest.fixture(scope="module")
+def lake(spark: Any, corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("overhead-lake") / "lake"
+    ingest(spark, [str(corpus)], str(out), deidentify=None)
+    return out
+
+
+def _copy(lake: Path, dest: Path) -> Path:
+    shutil.copytree(lake, dest)
+    return dest
+
+
+@pytest.mark.parametrize("recipe", ["chest_xray", "ct_lung"])
+def test_fused_features_equal_separate_stages(spark: Any, lake: Path, tmp_path: Path, recipe: str) -> None:
+    where = "modality = 'CT'" if recipe == "ct_lung" else "modality <> 'CT'"
+    path = str(RECIPES / f"{recipe}.yaml")
+    sep, fused = _copy(lake, tmp_path / "sep"), _copy(lake, tmp_path / "fused")
+
+    s_pre = preprocess(spark, str(sep), path, where=where)
+    s_feat = compute_features(spark, str(sep), source="processed", feature_set="shape")
+    f_pre = preprocess(spark, str(fused), path, where=where, features="shape")
+    f_feat = f_pre.pop("features")  # type: ignore[typeddict-item]
+    assert f_pre["frames_processed"] == s_pre["frames_processed"] > 0
+
+    keep = ("seconds", "archived", "path")  # path: the two lakes' own features folders
+    assert {k: v for k, v in f_feat.items() if k not in keep} == {
+        k: v for k, v in s_feat.items() if k not in keep
+    }
+    read = spark.read.parquet
+    assertDataFrameEqual(read(str(fused / "features")), read(str(sep / "features")))
+    assert read(str(fused / "features")).schema == read(str(sep / "features")).schema  # vector metadata
+    sep_rec, fused_rec = (
+        {
+            k: v
+            for k, v in json.loads((d / "features" / "_feature_set.json").read_text()).items()
+            if k != "created_at"
+        }
+        for d in (sep, fused)
+    )
+    assert fused_rec == sep_rec
+    runs = ("preprocess_run_id", "processed_at")
+    assertDataFrameEqual(read(str(fused / "processed")).drop(*runs), read(str(sep / "processed")).drop(*runs))
+    # the staged feature columns never reach the processed table
+    assert read(str(fused / "processed")).columns == read(str(sep / "processed")).columns
+
+    # a rerun skips every frame; the features of the frames of earlier runs come from compute_features
+    again = preprocess(spark, str(fused), path, where=where, features="shape")
+    assert again["frames_processed"] == 0 and again["features"]["n_images"] == s_feat["n_images"]  # type: ignore[typeddict-item]
+    assertDataFrameEqual(read(str(fused / "features")), read(str(sep / "features")))
+
+
+def test_fused_pipeline_run_equals_stage_by_stage(spark: Any, corpus: Path, tmp_path: Path) -> None:
+    from medimg_spark.config import MedimgConfig
+    from medimg_spark.pipeline import fused_recipe, resolve_recipe_path, run_pipeline
+
+    cfg = MedimgConfig.model_validate(
+        {
+            "pipeline": {
+                "stages": ["ingest", "preprocess", "features"],
+                "inputs": [str(corpus)],
+                "recipes": [{"recipe": "chest_xray", "where": "modality <> 'CT'"}],
+                "features": {"source": "processed", "set": "shape"},
+            }
+        }
+    )
+    assert fused_recipe(cfg, cfg.pipeline, tmp_path) == resolve_recipe_path("chest_xray", tmp_path)
+    results = run_pipeline(spark, cfg, cfg.pipeline, str(tmp_path / "run"), tmp_path)
+    sep = tmp_path / "sep"
+    ingest(spark, [str(corpus)], str(sep), deidentify=None)
+    preprocess(spark, str(sep), str(RECIPES / "chest_xray.yaml"), where="modality <> 'CT'")
+    expected = compute_features(spark, str(sep), source="processed", feature_set="shape")
+    assert results["features"]["n_images"] == expected["n_images"] > 0
+    assert "features" not in results["preprocess"][0]
+    read = spark.read.parquet
+    assertDataFrameEqual(read(str(tmp_path / "run" / "features")), read(str(sep / "features")))
+    # two recipes and features named by name: the stages run one after the other (no fusion)
+    two = cfg.pipeline.model_copy(
+        update={
+            "recipes": [
+                *cfg.pipeline.recipes,
+                cfg.pipeline.recipes[0].model_copy(update={"recipe": "ct_lung"}),
+            ],
+            "features": cfg.pipeline.features.model_copy(update={"recipe": "ct_lung"}),
+        }
+    )
+    assert fused_recipe(cfg, two, tmp_path) is None
+
+
+def test_frame_splits_give_every_core_several_even_tasks(spark: Any, tmp_path: Path) -> None:
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm")).pixel_array
+    frames = [np.roll(cv2.resize(ct, (512, 512)), i, axis=0) for i in range(48)]  # 512 KB each
+    rows = [(f"ct-{i}", f.tobytes()) for i, f in enumerate(frames)]
+    table = str(tmp_path / "frames")
+    (
+        spark.createDataFrame(rows, "image_id string, pixels binary")
+        .coalesce(1)
+        .write.options(**{**IMAGE_ROW_GROUPS, "parquet.block.size": str(2 << 20)})  # row groups of 4 frames
+        .parquet(table)
+    )
+
+    def per_task() -> list[int]:
+        df = spark.read.parquet(table).select(F.spark_partition_id().alias("p"))
+        return [r["count"] for r in df.groupBy("p").count().collect()]
+
+    cores = spark.sparkContext.defaultParallelism
+    assert len(per_task()) <= cores  # Spark's own splits: at most one per core
+    with frame_splits(spark):
+        counts = per_task()
+    assert sum(counts) == 48
+    assert len(counts) >= cores * (TASKS_PER_CORE - 1)  # several tasks per core ...
+    assert max(counts) <= 48 // cores // 2  # ... none holding more than half a core's share of frames
+    assert spark.conf.get("spark.sql.files.minPartitionNum", None) is None  # restored
