@@ -32,7 +32,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-dn = importlib.import_module("medimg_spark.ops.denoise")  # the module (medimg_spark.ops.denoise is also a function)
+dn = importlib.import_module(
+    "medimg_spark.ops.denoise"
+)  # the module (medimg_spark.ops.denoise is also a function)
 
 LEVELS = {"gaussian": (0.01, 0.03, 0.06), "poisson": (1000.0, 200.0, 50.0), "speckle": (0.05, 0.1, 0.2)}
 CT_LOW_DOSE_I0 = (5.0e6, 9.0e5, 2.2e5)
