@@ -148,8 +148,9 @@ class PreprocessRunSummary(PreprocessSummary, total=False):
     features: FeaturesSummary
 
 
-# Up to this many already-done image ids are broadcast to skip them (about 100 bytes each: ~20 MB); a larger
-# done-set is joined by Spark's choice (a shuffle of the pixel rows, only on very large incremental reruns).
+# Up to this many already-done image ids are broadcast to skip them (measured: 15.6 MB + ~200 bytes per id, ~56 MB at
+# the limit, docs/scaling.md); a larger done-set is joined by Spark's choice (a shuffle of the pixel rows, only on very
+# large incremental reruns).
 _BROADCAST_DONE_IDS = 200_000
 #: Where :func:`quality_report` writes its JSON, relative to the output directory.
 

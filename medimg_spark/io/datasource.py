@@ -398,15 +398,19 @@ def balance_slices(rows: list[tuple[str, int]], slices: int) -> list[list[tuple[
     ultrasound cines that OCR reads frame by frame) listed together is spread over the tasks instead of
     landing in one task that every other core then waits for. Deterministic; each task keeps listing order.
     """
+    import heapq
+
     from medimg_spark.io.planning import LOCAL_OPEN_COST
 
     slices = max(1, slices)
-    loads = [0] * slices
     members: list[list[int]] = [[] for _ in range(slices)]
+    # (load, task): the least-loaded task, ties to the lowest index, in O(log slices) per file (a scan of
+    # every task per file made planning quadratic: 65 CPU-s at 100k files, docs/scaling.md).
+    heap = [(0, k) for k in range(slices)]
     order = sorted(range(len(rows)), key=lambda i: (-rows[i][1], i))
     for i in order:
-        k = min(range(slices), key=lambda j: (loads[j], j))
-        loads[k] += rows[i][1] + LOCAL_OPEN_COST
+        load, k = heap[0]
+        heapq.heapreplace(heap, (load + rows[i][1] + LOCAL_OPEN_COST, k))
         members[k].append(i)
     return [[rows[i] for i in sorted(m)] for m in members]
 
