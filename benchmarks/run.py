@@ -99,17 +99,16 @@ QUICK_N = 8
 #: The peers a user would pick instead of Spark (the ``bench`` extra; skipped with a reason when missing).
 PEER_MODES = ("ray", "daft")
 #: ``spark_fused``: the stages with the fused recipe + features pass, where the package has it (else skipped).
-#: Not in DEFAULT_PLAN yet: ``preprocess(..., features=)`` writes the features table as
-#: ``compute_features(recipe=<its recipe>)`` would, so the benchmark's second recipe (X-rays) replaces the
-#: CT frames' features (4 of 12 images at --quick); add it once a per-recipe call keeps the other recipes'.
+#: Its features are one table per recipe (the second recipe's call moves the first's set to
+#: ``feature_sets/``), read back by :func:`feature_tables` like the spark mode's.
 ALL_MODES = ("loop", "pool", "spark", "spark_fused", "spark_local1", "spark_row_udf", *PEER_MODES)
 QUICK_MODES = ("loop", "pool", "spark", "spark_row_udf")
 # ``make bench`` (no --n): every mode at N=500; the modes the targets need at the larger sizes, so the run
 # stays within hours, not a day, on a 2-core machine (an explicit --n runs every mode).
 DEFAULT_PLAN: dict[int, tuple[str, ...]] = {
-    500: tuple(m for m in ALL_MODES if m != "spark_fused"),
-    2000: ("loop", "pool", "spark", "spark_row_udf", *PEER_MODES),
-    8000: ("pool", "spark"),
+    500: ALL_MODES,
+    2000: ("loop", "pool", "spark", "spark_fused", "spark_row_udf", *PEER_MODES),
+    8000: ("pool", "spark", "spark_fused"),
 }
 #: The Spark modes the issue's targets are evaluated for.
 SPARK_TARGET_MODES = ("spark", "spark_fused")
