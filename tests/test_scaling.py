@@ -36,6 +36,7 @@ def test_fit_growth_tells_linear_from_n_log_n(scaling: ModuleType) -> None:
         scaling.fit_growth([5], [1.0], 10)
 
 
+@pytest.mark.integration  # benchmark scripts run in make integration (~35 s here), like tests/test_bench_smoke.py
 def test_quick_mode_measures_every_driver_quantity(spark, scaling: ModuleType, tmp_path: Path) -> None:
     assert scaling.main(["--quick", "--out", str(tmp_path)]) == 0
     assert not spark.sparkContext._jsc.sc().isStopped()  # the caller's session is left running
