@@ -848,7 +848,11 @@ def run_mode(
     load_before = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    with subprocess.Popen(cmd, env=env, cwd=REPO) as proc, TreeSampler(proc.pid) as sampler:
+    # The working directory is the package's checkout: pyspark's daemon starts its workers with
+    # ``python -m pyspark.daemon``, whose sys.path[0] is the working directory, so with cwd=REPO the Spark
+    # workers of a ``MODE@REF`` run imported this checkout's package ahead of PYTHONPATH.
+    workdir = code.resolve() if code is not None else REPO
+    with subprocess.Popen(cmd, env=env, cwd=workdir) as proc, TreeSampler(proc.pid) as sampler:
         rc = proc.wait()
     _reap_orphans(keep)
     elapsed = time.perf_counter() - started
