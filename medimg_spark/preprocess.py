@@ -140,6 +140,20 @@ TASKS_PER_CORE = 4
 #: ``spark.sql.files.openCostInBytes`` of the frame scans (Spark's 4 MB would make a split of at least
 #: 4 MB: 8 CT frames, so a table of 60 CT frames would still leave a core idle for most of a task).
 SPLIT_OPEN_COST = 1 << 20
+#: Largest split of a frame scan (``spark.sql.files.maxPartitionBytes`` if the session's is larger). With
+#: Spark's 128 MB, N = 2,000 CT frames (1 GB) are 8 tasks of about 85 s, and the last one of a stage keeps
+#: a core idle for about half a task; 32 MB is about 60 CT frames (about 20 s) per task.
+SPLIT_MAX_BYTES = 32 << 20
+
+
+def _conf_bytes(spark: SparkSession, key: str) -> int:
+    """A byte-size setting of the session (``128m``, ``134217728b``, ``1g`` ...) in bytes."""
+    value = str(spark.conf.get(key, "128m")).strip().lower()
+    units = {"b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
+    for suffix in sorted(units, key=len, reverse=True):
+        if value.endswith(suffix) and value[: -len(suffix)].strip().isdigit():
+            return int(value[: -len(suffix)]) * units[suffix]
+    return int(value) if value.isdigit() else 128 << 20
 
 
 class PreprocessRunSummary(PreprocessSummary, total=False):
@@ -492,6 +506,9 @@ def frame_splits(spark: SparkSession, tasks_per_core: int = TASKS_PER_CORE) -> I
     keys = {
         "spark.sql.files.minPartitionNum": str(spark.sparkContext.defaultParallelism * tasks_per_core),
         "spark.sql.files.openCostInBytes": str(SPLIT_OPEN_COST),
+        "spark.sql.files.maxPartitionBytes": str(
+            min(_conf_bytes(spark, "spark.sql.files.maxPartitionBytes"), SPLIT_MAX_BYTES)
+        ),
     }
     old = {k: spark.conf.get(k, None) for k in keys}
     for k, v in keys.items():

@@ -19,7 +19,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from medimg_spark.features import compute_features
 from medimg_spark.io.ingest import IMAGE_ROW_GROUPS, ingest
-from medimg_spark.preprocess import TASKS_PER_CORE, frame_splits, preprocess
+from medimg_spark.preprocess import SPLIT_MAX_BYTES, TASKS_PER_CORE, _conf_bytes, frame_splits, preprocess
 from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA
 
 RECIPES = Path(__file__).resolve().parents[1] / "medimg_spark" / "resources" / "recipes"
@@ -203,3 +203,18 @@ def test_frame_splits_give_every_core_several_even_tasks(spark: Any, tmp_path: P
     assert len(counts) >= cores * (TASKS_PER_CORE - 1)  # several tasks per core ...
     assert max(counts) <= 48 // cores // 2  # ... none holding more than half a core's share of frames
     assert spark.conf.get("spark.sql.files.minPartitionNum", None) is None  # restored
+
+
+def test_frame_splits_cap_the_split_size_and_keep_a_smaller_one(spark: Any) -> None:
+    key = "spark.sql.files.maxPartitionBytes"
+    before = spark.conf.get(key)
+    assert _conf_bytes(spark, key) == 128 << 20  # Spark's default, spelled "134217728b"
+    with frame_splits(spark):
+        assert _conf_bytes(spark, key) == SPLIT_MAX_BYTES  # large tables: tasks of about 60 CT frames
+    assert spark.conf.get(key) == before
+    spark.conf.set(key, "8m")
+    try:
+        with frame_splits(spark):
+            assert _conf_bytes(spark, key) == 8 << 20  # a smaller setting of the session is kept
+    finally:
+        spark.conf.set(key, before)

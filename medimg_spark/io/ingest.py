@@ -422,7 +422,8 @@ def _ingest_files(
             files.select("path", "length").unionByName(listing) if local else files.select("path", "length")
         )
     listing = listing.persist(StorageLevel.MEMORY_AND_DISK)
-    files_seen = listing.count() + len(unread_known)
+    # Listed local files only: their number is known on the driver (no job).
+    files_seen = (listing.count() if files is not None else len(local or {})) + len(unread_known)
 
     # Files over the limit are quarantined unread (the length filter is pushed into the scan, so
     # their content is never loaded); so are empty files, which the scan would silently skip.
@@ -517,9 +518,14 @@ def _ingest_files(
         seen = _seen_keys(spark, seen_in)
         fresh = canonical if seen is None else canonical.join(seen, "file_sha256", "left_anti")
         fresh = fresh.persist(StorageLevel.MEMORY_AND_DISK)
-        n_paths = keys.count()
-        n_unique = canonical.count()
-        n_fresh = fresh.count()
+        counted = keys.agg(  # one job for both counts (a null sha256 is a group of its own, as in groupBy)
+            F.count(F.lit(1)).alias("paths"),
+            F.countDistinct("file_sha256").alias("unique"),
+            F.max(F.col("file_sha256").isNull().cast("int")).alias("null_sha"),
+        ).first()
+        n_paths = int(counted["paths"]) if counted else 0
+        n_unique = int(counted["unique"]) + int(counted["null_sha"] or 0) if counted else 0
+        n_fresh = n_unique if seen is None else fresh.count()
         dropping = n_fresh != n_paths
 
         def kept(df: DataFrame) -> DataFrame:
