@@ -125,15 +125,72 @@ WORK_SCHEMA = StructType(
 )
 
 
-#: What a fused recipe + features task writes per frame: :data:`WORK_SCHEMA` plus the frame's feature
-#: values (``_features``) or the extractor's error (``_feature_error``), computed on the processed pixels.
-FUSED_WORK_SCHEMA = StructType(
+#: What a recipe task writes to its staging table, partitioned by ``_part``: ``_part=frame`` rows are
+#: ``processed`` rows (these files are moved into the table as they are: the processed pixels are written
+#: once), ``_part=side`` rows carry a failed frame's quarantine fields or a fused run's feature values as
+#: JSON in ``pixels`` (:data:`SIDE_JSON_SCHEMA`), with ``image_id`` set and the other columns null.
+STAGED_SCHEMA = StructType(
+    [StructField(f.name, f.dataType, True) for f in PROCESSED_SCHEMA.fields]
+    + [StructField("_part", StringType(), True)]
+)
+FRAME_PART, SIDE_PART = "frame", "side"
+SIDE_JSON_SCHEMA = StructType(
     [
-        *WORK_SCHEMA.fields,
-        StructField("_features", ArrayType(DoubleType()), True),
-        StructField("_feature_error", StringType(), True),
+        StructField("kind", StringType(), True),  # "quarantine" or "features"
+        StructField("source_path", StringType(), True),
+        StructField("file_sha256", StringType(), True),
+        StructField("frame_index", IntegerType(), True),
+        StructField("step", StringType(), True),
+        StructField("error_class", StringType(), True),
+        StructField("error_message", StringType(), True),
+        StructField("label", StringType(), True),
+        StructField("split", StringType(), True),
+        StructField("values", ArrayType(DoubleType()), True),
+        StructField("error", StringType(), True),
     ]
 )
+"""The JSON of a side row's ``pixels``: quarantine fields (``kind = "quarantine"``) or the feature values and
+extractor error of a processed frame (``kind = "features"``)."""
+
+_PROCESSED_NAMES = tuple(f.name for f in PROCESSED_SCHEMA.fields)
+_QUARANTINE_JSON = ("source_path", "file_sha256", "frame_index", "step", "error_class", "error_message")
+
+
+def staged_rows(work: list[dict[str, Any]], fused: bool, now: Any) -> list[dict[str, Any]]:
+    """The :data:`STAGED_SCHEMA` rows of a batch of work rows (see :func:`process_row`).
+
+    A processed frame gives its ``processed`` row (``processed_at = now``) and, when ``fused``, a side row
+    with its feature values; a failed frame gives a side row with its quarantine fields.
+    """
+    import json
+
+    out: list[dict[str, Any]] = []
+    for r in work:
+        if r["ok"]:
+            row = {name: r.get(name) for name in _PROCESSED_NAMES}
+            row["processed_at"] = now
+            row["_part"] = FRAME_PART
+            out.append(row)
+            if not fused:
+                continue
+            side: dict[str, Any] = {
+                "kind": "features",
+                "label": r.get("label"),
+                "split": r.get("split"),
+                "values": r.get("_features"),
+                "error": r.get("_feature_error"),
+            }
+        else:
+            side = {"kind": "quarantine", **{k: r.get(k) for k in _QUARANTINE_JSON}}
+        out.append(
+            {
+                "image_id": r.get("image_id"),
+                "pixels": json.dumps(side, allow_nan=True).encode(),
+                "_part": SIDE_PART,
+            }
+        )
+    return out
+
 
 #: Each core gets about this many tasks of a stage's frames (the last tasks finish close together).
 TASKS_PER_CORE = 4
@@ -178,7 +235,7 @@ def new_run_id() -> str:
 def _arrow_schema(schema: StructType) -> pa.Schema:
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    return to_arrow_schema(schema)
+    return to_arrow_schema(schema, timezone="UTC")
 
 
 def process_row(row: dict[str, Any], recipe: Any, run_id: str) -> dict[str, Any]:
@@ -258,7 +315,7 @@ def _process_partition(
     With ``features_json`` (a :class:`~medimg_spark.features.FeatureSet` as JSON) the feature set runs
     on every processed frame as :func:`~medimg_spark.features.compute_features` runs it on the
     ``processed`` row (the encoded pixels decoded again, the mask unless ``use_mask`` is false), and
-    the rows follow :data:`FUSED_WORK_SCHEMA`.
+    the feature values go to side rows. Rows follow :data:`STAGED_SCHEMA` (:func:`staged_rows`).
     """
     import cv2
     import pyarrow as pa
@@ -273,13 +330,14 @@ def _process_partition(
         from medimg_spark.features.stage import frame_features
 
         fs = FeatureSet.model_validate_json(features_json)
-    schema = _arrow_schema(WORK_SCHEMA if fs is None else FUSED_WORK_SCHEMA)
+    schema = _arrow_schema(STAGED_SCHEMA)
     for batch in batches:
-        rows = [process_row(r, recipe, run_id) for r in batch.to_pylist()]
+        work = [process_row(r, recipe, run_id) for r in batch.to_pylist()]
         if fs is not None:
-            for r in rows:
+            for r in work:
                 if r["ok"]:
                     r["_features"], r["_feature_error"] = frame_features(fs, r, use_mask)
+        rows = staged_rows(work, fs is not None, dt.datetime.now(dt.UTC))
         columns = [
             pa.array([r.get(name) for r in rows], type=schema.field(name).type) for name in schema.names
         ]
@@ -389,43 +447,58 @@ def preprocess(
     recipe_json = recipe.model_dump_json()
     fused = fset is not None and not earlier_frames
     fs_json = fset.model_dump_json() if fused and fset is not None else None
-    work_schema = FUSED_WORK_SCHEMA if fused else WORK_SCHEMA
-    # The results go to a staging table first: computing them exactly once matters because appending
-    # to ``processed`` refreshes every cached plan that reads it (a persisted DataFrame would be redone).
+    # The results go to a staging table first, computed exactly once: appending to ``processed`` refreshes
+    # every cached plan that reads it (a persisted DataFrame would be redone). Its frame files are then
+    # moved into ``processed`` as they are, so the processed pixels are written once (before: written to
+    # the staging table, read back and written again).
     staging = join(out, "_staging", run_id)
+    store = get_storage(spark)
     try:
         with frame_splits(spark):
             todo.mapInArrow(
-                lambda it: _process_partition(it, recipe_json, run_id, fs_json, use_mask), work_schema
-            ).write.parquet(staging)
+                lambda it: _process_partition(it, recipe_json, run_id, fs_json, use_mask), STAGED_SCHEMA
+            ).write.partitionBy("_part").parquet(staging)
     finally:
         spark.conf.set(conf_key, old_batch)
         if done is not None:
             done.unpersist()
     features_summary: FeaturesSummary | None = None
     try:
-        work = spark.read.schema(work_schema).parquet(staging)
-        now = F.current_timestamp()
-        processed = work.where(F.col("ok")).select(
-            *[
-                (now if f.name == "processed_at" else F.col(f.name)).cast(f.dataType).alias(f.name)
-                for f in PROCESSED_SCHEMA
-            ]
+        staged = spark.read.schema(STAGED_SCHEMA).parquet(staging)
+        side = (
+            staged.where(F.col("_part") == SIDE_PART)
+            .select("image_id", F.from_json(F.col("pixels").cast("string"), SIDE_JSON_SCHEMA).alias("j"))
+            .select("image_id", "j.*")
         )
+        failed = side.where(F.col("kind") == "quarantine")
+        now = F.current_timestamp()
         defaults = {
             "size_bytes": F.lit(None),
             "stage": F.lit("preprocess"),
-            "ingest_run_id": F.col("preprocess_run_id"),
+            "ingest_run_id": F.lit(run_id),
             "quarantined_at": now,
         }
-        quarantine = work.where(~F.col("ok")).select(
+        quarantine = failed.select(
             *[defaults.get(f.name, F.col(f.name)).cast(f.dataType).alias(f.name) for f in QUARANTINE_SCHEMA]
         )
-        counts = work.groupBy("ok", "error_class").count().collect()
-        processed.write.mode("append").parquet(join(out, "processed"))
+        n_ok = staged.where(F.col("_part") == FRAME_PART).count()  # Parquet footers only
+        by_class = {
+            str(r["error_class"]): int(r["count"]) for r in failed.groupBy("error_class").count().collect()
+        }
+        first = None  # a processed frame, for the feature names: read before the frame files move
+        if fused and fset is not None and n_ok:
+            cols = ["image_id", "pixels", "rows", "cols", "channels", "dtype", "mask"]
+            first = staged.where(F.col("_part") == FRAME_PART).select(*cols).limit(1).collect()[0].asDict()
         quarantine.write.mode("append").parquet(join(out, "quarantine"))
-        if fused and fset is not None and any(r["ok"] for r in counts):
-            features_summary = _fused_features(spark, out_dir, work, fset, recipe, use_mask)
+        frames_dir = join(staging, f"_part={FRAME_PART}")
+        dest = join(out, "processed")
+        moved = store.data_files(frames_dir)
+        for rel in moved:
+            store.move(join(frames_dir, rel), join(dest, rel))
+        if not moved and not store.exists(dest):
+            store.mkdirs(dest)  # an empty table, as Spark's append of no rows leaves it
+        if first is not None and fset is not None:  # the side rows stay in the staging table
+            features_summary = _fused_features(spark, out_dir, first, side, fset, recipe, use_mask)
     finally:
         _delete(spark, staging)
     if fset is not None and features_summary is None:
@@ -434,8 +507,6 @@ def preprocess(
         features_summary = compute_features(
             spark, out_dir, source="processed", feature_set=fset, use_mask=use_mask, recipe=recipe.hash
         )
-    n_ok = sum(int(r["count"]) for r in counts if r["ok"])
-    by_class = {str(r["error_class"]): int(r["count"]) for r in counts if not r["ok"]}
     summary: PreprocessRunSummary = {
         "run_id": run_id,
         "recipe_name": recipe.name,
@@ -453,30 +524,33 @@ def preprocess(
 
 
 def _fused_features(
-    spark: SparkSession, out_dir: str, work: DataFrame, fs: FeatureSet, recipe: Any, use_mask: bool
+    spark: SparkSession,
+    out_dir: str,
+    first: dict[str, Any],
+    side: DataFrame,
+    fs: FeatureSet,
+    recipe: Any,
+    use_mask: bool,
 ) -> FeaturesSummary:
-    """Write ``out_dir/features`` from the feature columns of a fused run's staged rows.
+    """Write ``out_dir/features`` from the feature side rows of a fused run's staging table.
 
-    Only the small columns are read (ids, label, split, the values), plus the pixels of one frame for
-    the feature names, as :func:`~medimg_spark.features.compute_features` reads them.
+    Only the side rows are read (ids, label, split, the values); ``first`` (one processed frame's pixels)
+    gives the feature names, as :func:`~medimg_spark.features.compute_features` gets them.
     """
     from pyspark.sql import functions as F
 
     from medimg_spark.features.stage import feature_names, write_features
 
     started = time.time()
-    ok = work.where(F.col("ok"))
-    cols = ["image_id", "pixels", "rows", "cols", "channels", "dtype", "mask"]
-    first = ok.select(*cols).limit(1).collect()[0].asDict()
     src = join(out_dir, "processed")
     names = feature_names(fs, first, use_mask, src)
-    computed = ok.select(
+    computed = side.where(F.col("kind") == "features").select(
         "image_id",
-        F.col("recipe_name").alias("recipe"),
+        F.lit(recipe.name).alias("recipe"),
         "label",
         "split",
-        F.col("_features").alias("values"),
-        F.col("_feature_error").alias("error"),
+        "values",
+        "error",
     )
     return write_features(
         spark,
@@ -494,8 +568,14 @@ def _fused_features(
 
 
 @contextlib.contextmanager
-def frame_splits(spark: SparkSession, tasks_per_core: int = TASKS_PER_CORE) -> Iterator[None]:
+def frame_splits(
+    spark: SparkSession, tasks_per_core: int = TASKS_PER_CORE, max_split_bytes: int | None = SPLIT_MAX_BYTES
+) -> Iterator[None]:
     """File scans planned in this block give every core about ``tasks_per_core`` tasks.
+
+    ``max_split_bytes`` caps the split size (for work that is slow per byte, the recipes); None keeps
+    the session's ``spark.sql.files.maxPartitionBytes`` (the features stage: cheap per byte, where more
+    tasks would mostly add per-task overhead).
 
     Spark sizes a scan's splits as ``min(maxPartitionBytes, max(openCostInBytes, bytes / minPartitionNum))``
     with ``minPartitionNum`` = the default parallelism: one split per core, so a core whose split holds
@@ -506,10 +586,10 @@ def frame_splits(spark: SparkSession, tasks_per_core: int = TASKS_PER_CORE) -> I
     keys = {
         "spark.sql.files.minPartitionNum": str(spark.sparkContext.defaultParallelism * tasks_per_core),
         "spark.sql.files.openCostInBytes": str(SPLIT_OPEN_COST),
-        "spark.sql.files.maxPartitionBytes": str(
-            min(_conf_bytes(spark, "spark.sql.files.maxPartitionBytes"), SPLIT_MAX_BYTES)
-        ),
     }
+    if max_split_bytes is not None:
+        limit = min(_conf_bytes(spark, "spark.sql.files.maxPartitionBytes"), max_split_bytes)
+        keys["spark.sql.files.maxPartitionBytes"] = str(limit)
     old = {k: spark.conf.get(k, None) for k in keys}
     for k, v in keys.items():
         spark.conf.set(k, v)

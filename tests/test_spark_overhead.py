@@ -19,7 +19,18 @@ from pyspark.testing import assertDataFrameEqual
 
 from medimg_spark.features import compute_features
 from medimg_spark.io.ingest import IMAGE_ROW_GROUPS, ingest
-from medimg_spark.preprocess import SPLIT_MAX_BYTES, TASKS_PER_CORE, _conf_bytes, frame_splits, preprocess
+from medimg_spark.preprocess import (
+    PROCESSED_SCHEMA,
+    SIDE_JSON_SCHEMA,
+    SIDE_PART,
+    SPLIT_MAX_BYTES,
+    STAGED_SCHEMA,
+    TASKS_PER_CORE,
+    _conf_bytes,
+    frame_splits,
+    preprocess,
+    staged_rows,
+)
 from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA
 
 RECIPES = Path(__file__).resolve().parents[1] / "medimg_spark" / "resources" / "recipes"
@@ -133,8 +144,11 @@ def test_fused_features_equal_separate_stages(spark: Any, lake: Path, tmp_path: 
     assert fused_rec == sep_rec
     runs = ("preprocess_run_id", "processed_at")
     assertDataFrameEqual(read(str(fused / "processed")).drop(*runs), read(str(sep / "processed")).drop(*runs))
-    # the staged feature columns never reach the processed table
+    # the staged feature columns never reach the processed table; its files are the staged frame files
     assert read(str(fused / "processed")).columns == read(str(sep / "processed")).columns
+    for lake_dir in (sep, fused):
+        assert _file_columns(lake_dir / "processed") == {tuple(PROCESSED_SCHEMA.names)}
+        assert not (lake_dir / "_staging").exists()
 
     # a rerun skips every frame; the features of the frames of earlier runs come from compute_features
     again = preprocess(spark, str(fused), path, where=where, features="shape")
@@ -212,9 +226,50 @@ def test_frame_splits_cap_the_split_size_and_keep_a_smaller_one(spark: Any) -> N
     with frame_splits(spark):
         assert _conf_bytes(spark, key) == SPLIT_MAX_BYTES  # large tables: tasks of about 60 CT frames
     assert spark.conf.get(key) == before
+    with frame_splits(spark, max_split_bytes=None):  # the features stage: the session's split size
+        assert _conf_bytes(spark, key) == 128 << 20
     spark.conf.set(key, "8m")
     try:
         with frame_splits(spark):
             assert _conf_bytes(spark, key) == 8 << 20  # a smaller setting of the session is kept
     finally:
         spark.conf.set(key, before)
+
+
+def test_side_rows_carry_quarantine_fields_and_feature_values_exactly(spark: Any) -> None:
+    """The JSON of a side row reaches Spark with every double bit for bit (NaN and infinities included)."""
+    import datetime as dt
+
+    values = [0.1, 1 / 3, -0.0, 1e-310, 1.7976931348623157e308, float("nan"), float("inf"), -float("inf")]
+    ok = {name: None for name in PROCESSED_SCHEMA.names} | {"image_id": "a", "ok": True, "label": "1"}
+    ok |= {"split": "val", "_features": values, "_feature_error": None}
+    bad = {"image_id": "b", "ok": False, "source_path": "/x/b.dcm", "file_sha256": "f" * 64}
+    bad |= {"frame_index": 2, "step": "0:flag_empty", "error_class": "EmptyFrameError"}
+    bad |= {"error_message": 'constant frame "7"; recipe_hash=abc'}
+    now = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
+    rows = staged_rows([ok, bad], True, now)
+    assert [r["_part"] for r in rows] == ["frame", SIDE_PART, SIDE_PART]
+    assert rows[0]["processed_at"] == now and set(rows[0]) == set(STAGED_SCHEMA.names)
+    assert staged_rows([ok], False, now)[1:] == []  # no feature side row without a fused run
+
+    df = spark.createDataFrame(
+        [(r["image_id"], r["pixels"]) for r in rows[1:]], "image_id string, pixels binary"
+    )
+    side = df.select("image_id", F.from_json(F.col("pixels").cast("string"), SIDE_JSON_SCHEMA).alias("j"))
+    got = {r["image_id"]: r["j"] for r in side.collect()}
+    feats = got["a"]
+    assert feats["kind"] == "features" and feats["label"] == "1" and feats["split"] == "val"
+    assert np.array_equal(np.array(feats["values"]), np.array(values), equal_nan=True)
+    assert np.array(feats["values"]).tobytes()[:40] == np.array(values).tobytes()[:40]  # -0.0 and subnormal
+    q = got["b"]
+    assert q["kind"] == "quarantine" and q["values"] is None
+    assert (q["source_path"], q["file_sha256"], q["frame_index"], q["step"]) == (
+        "/x/b.dcm",
+        "f" * 64,
+        2,
+        "0:flag_empty",
+    )
+    assert (q["error_class"], q["error_message"]) == (
+        "EmptyFrameError",
+        'constant frame "7"; recipe_hash=abc',
+    )

@@ -399,7 +399,8 @@ def compute_features(
     fn = _feature_partitions(fs.model_dump_json(), use_mask)
     computed = df.mapInPandas(fn, COMPUTED_SCHEMA).cache()
     try:
-        with frame_splits(spark):  # every core gets several tasks of frames (the cache is made here)
+        # every core gets several tasks of frames (the cache is made here); splits up to the session's size
+        with frame_splits(spark, max_split_bytes=None):
             return write_features(
                 spark,
                 out_dir,

@@ -224,7 +224,7 @@ class _Inputs:
     Attributes:
         listing: the driver's listing of the local inputs.
         local: its non-empty files (Hadoop path string → size, in listing order), decoded through the
-            ``medimg`` data source (:func:`medimg_spark.io.datasource.register_files_source`).
+            ``medimg`` data source's per-task code (:func:`medimg_spark.io.datasource.read_files`).
         remote: the binaryFile scan of the URI inputs (None without).
     """
 
@@ -335,14 +335,14 @@ def _context(
 
 
 def _read_local(spark: SparkSession, files: dict[str, int], ctx: FileContext, cfg: IngestConfig) -> DataFrame:
-    """The staged rows (:data:`~medimg_spark.io.datasource.STAGED_SCHEMA`) of local ``files``, read through
-    the ``medimg`` data source.
+    """The staged rows (:data:`~medimg_spark.io.datasource.STAGED_SCHEMA`) of local ``files``, read by the
+    ``medimg`` data source's per-task code (:func:`~medimg_spark.io.datasource.read_files`).
 
-    The data source is registered for this read with ingest's own per-file context (limits, labels,
-    crash guard folder, the de-identification hook built by the caller): the key travels pickled
-    with the data source, as with a UDF, and never as an option of the query plan.
+    Ingest's own per-file context (limits, labels, crash guard folder, the de-identification hook built
+    by the caller) travels pickled with the tasks' function, as a UDF's closure does, and never as an
+    option of the query plan.
     """
-    from medimg_spark.io.datasource import STAGED, ReadPlan, register_files_source
+    from medimg_spark.io.datasource import STAGED, ReadPlan, read_files
 
     plan = ReadPlan(
         paths=[],
@@ -354,7 +354,7 @@ def _read_local(spark: SparkSession, files: dict[str, int], ctx: FileContext, cf
         parallelism=spark.sparkContext.defaultParallelism,
         files_per_task=cfg.files_per_partition,
     )
-    return spark.read.format(register_files_source(spark, plan, files)).load()
+    return read_files(spark, plan, files)
 
 
 #: Part of Spark's error when a Python worker it launched without its daemon did not connect back in
@@ -406,7 +406,7 @@ def _ingest_files(
         dest: directory the tables are appended to (``seen_in``, or a staging directory).
         labels: the ``--labels`` CSV, to report which of its rows matched a file.
         local: listed non-empty local files (Hadoop path string → size), read and decoded by the
-            ``medimg`` data source's tasks (:func:`medimg_spark.io.datasource.register_files_source`).
+            ``medimg`` data source's per-task code (:func:`medimg_spark.io.datasource.read_files`).
 
     Returns:
         Counts for the run summary (``labels_matched``: indices of the label rows that matched).
