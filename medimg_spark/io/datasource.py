@@ -749,8 +749,8 @@ def read_files(spark: SparkSession, plan: ReadPlan, files: dict[str, int]) -> Da
     UDF's do: the de-identification key never appears in the query plan), and no Python worker runs
     at planning time. A Python data source's read starts three planning workers on the driver, one
     after the other (``lookup_data_sources``, ``create_data_source``, ``plan_data_source_read``, each
-    a fresh interpreter unpickling the source: about 10 s of an ingest's fixed time on 2 cores, measured
-    with benchmarks/run.py).
+    a fresh interpreter unpickling the source; in benchmarks/run.py's N = 2,000 spark run the first of
+    them started about 13 s before the first read task, on 2 cores).
     """
     parts = split_files(files, [], plan)
     schema = SCHEMAS[plan.table]
