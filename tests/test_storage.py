@@ -308,6 +308,7 @@ def test_uris_need_spark_and_a_connector(spark: Any, tmp_path: Path) -> None:
 DEMO_STAGES = [
     "ingest",
     "preprocess",
+    "volumes",
     "quality",
     "features",
     "train",
