@@ -465,7 +465,7 @@ def test_demo_pipeline_on_viewfs_matches_a_local_run(spark: Any, demo_inputs: Pa
         assert stored["roc_auc"] == pytest.approx(r["roc_auc"]) and stored["path"] == r["path"]
     regions = {x["method"]: x for x in remote["localize"]}
     local_regions = {x["method"]: x for x in local["localize"]}
-    assert regions["kmeans"]["n_regions"] == local_regions["kmeans"]["n_regions"]
+    assert regions["lungs"]["n_regions"] == local_regions["lungs"]["n_regions"]
     assert regions["mllib_kmeans"]["n_rows"] == local_regions["mllib_kmeans"]["n_rows"]
     assert remote["report"]["sections"] == local["report"]["sections"]
     assert all(remote["report"]["sections"].values())
