@@ -492,9 +492,7 @@ def preprocess(
         quarantine.write.mode("append").parquet(join(out, "quarantine"))
         frames_dir = join(staging, f"_part={FRAME_PART}")
         dest = join(out, "processed")
-        moved = store.data_files(frames_dir)
-        for rel in moved:
-            store.move(join(frames_dir, rel), join(dest, rel))
+        moved = store.move_tree(frames_dir, dest)
         if not moved and not store.exists(dest):
             store.mkdirs(dest)  # an empty table, as Spark's append of no rows leaves it
         if first is not None and fset is not None:  # the side rows stay in the staging table

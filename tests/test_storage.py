@@ -229,6 +229,29 @@ def test_delete_rename_move(store: Store) -> None:
     assert s.delete(join(root, "d1")) and not (store.real / "d1").exists()
 
 
+def test_move_tree(store: Store) -> None:
+    """Staged table files moved into a table: whole when it is new, per partition, then per file."""
+    s, root = store.storage, store.root
+    staged, table = join(root, "_staging", "run1"), join(root, "table")
+    for rel in ("m=CT/part-1.parquet", "m=CT/.part-1.parquet.crc", "m=MR/part-2.parquet"):
+        s.write_text(join(staged, rel), rel)
+    assert not s.move_tree(join(root, "_staging", "none"), table)
+    assert s.move_tree(staged, table)
+    assert sorted(s.data_files(table)) == ["m=CT/part-1.parquet", "m=MR/part-2.parquet"]
+    assert not s.exists(staged)  # a new table: the staged folder itself, hidden checksum included
+    assert (store.real / "table" / "m=CT" / ".part-1.parquet.crc").is_file()
+    # an existing table: a new partition folder moves whole, an existing one file by file
+    second = join(root, "_staging", "run2")
+    for rel in ("m=CT/part-3.parquet", "m=CT/part-1.parquet", "m=US/part-4.parquet", "_SUCCESS"):
+        s.write_text(join(second, rel), "new " + rel)
+    assert s.move_tree(second, table)
+    assert names_in(store.real / "table") == ["m=CT", "m=MR", "m=US"]  # _SUCCESS stays behind
+    assert s.read_text(join(table, "m=CT", "part-1.parquet")) == "m=CT/part-1.parquet"  # replayed: kept
+    assert s.read_text(join(table, "m=CT", "part-3.parquet")) == "new m=CT/part-3.parquet"
+    assert s.read_text(join(table, "m=US", "part-4.parquet")) == "new m=US/part-4.parquet"
+    assert s.exists(join(second, "m=CT", "part-1.parquet"))  # left in the staging folder
+
+
 def test_local_files_up_and_down(store: Store, tmp_path: Path) -> None:
     s, root = store.storage, store.root
     src = tmp_path / "src"

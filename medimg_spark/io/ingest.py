@@ -634,9 +634,7 @@ def _write_images(
         return int(kept(images.select("file_sha256", "source_path")).count())
     n = int(images.count())
     staged = join(decoded_dir, f"_kind={IMAGE}")
-    moved = store.data_files(staged)
-    for rel in moved:
-        store.move(join(staged, rel), join(dest, rel))
+    moved = store.move_tree(staged, dest)
     if not moved and not store.exists(dest):
         store.mkdirs(dest)  # an empty table, as Spark's write of no rows leaves it
     return n
