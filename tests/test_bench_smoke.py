@@ -155,3 +155,28 @@ def test_peer_mode_same_outputs(peer: str, peer_results: dict) -> None:
     assert peer_results["outputs"][peer] == {"images": 6, "mismatches_vs_reference": 0}
     assert stats["cpu_s_per_image"] > 0 and stats["output_bytes"] > 0
     assert set(stats["output_bytes_by_table"]) == {"images", "instances", "processed", "features"}
+
+
+def test_spark_stages_breakdown(tmp_path: Path) -> None:
+    """``benchmarks/spark_stages.py``: every stage of the spark mode with its CPU by role and its jobs."""
+    run_benchmark("spark_stages.py", "--n", "4", "--out", str(tmp_path), "--work", str(tmp_path / "w"))
+    (found,) = tmp_path.glob("stages_*_n4.json")
+    r = json.loads(found.read_text())
+    names = [s["stage"] for s in r["stages"]]
+    assert names == [
+        "session",
+        "ingest",
+        "preprocess ct_lung",
+        "preprocess xray_filters",
+        "features ct_lung",
+        "features xray_filters",
+    ]
+    assert r["cpu_s_total"]["jvm"] > 0 and r["cpu_s_total"]["worker"] > 0
+    assert all(s["wall_s"] > 0 for s in r["stages"])
+    ingest = r["stages"][1]
+    assert ingest["cpu_s"]["worker"] > 0  # the files are decoded in Python workers
+    assert any(k.startswith("Executor task") for k in ingest["jvm_threads_s"])
+    assert r["jobs"] and all(j["tasks"] >= 0 for j in r["jobs"])
+    assert r["longest_stages"] and r["longest_stages"][0]["tasks"] >= 1
+    assert (tmp_path / found.name.replace(".json", ".md")).read_text().startswith("# Spark stages at N = 4")
+    assert not (tmp_path / "w" / "stages_n4").exists()  # the tables are removed
