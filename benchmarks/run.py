@@ -284,6 +284,20 @@ class ChainOutput:
         self.per_file: list[int] = []  # feature rows (images through the whole chain) of each input file
 
 
+def configure_process() -> None:
+    """What the package's per-partition functions do first (:func:`medimg_spark.worker.configure_worker`:
+    one OpenCV thread, glibc's allocator keeping frame-sized blocks); for a ``--against`` REF without that
+    module, what REF's did (one OpenCV thread)."""
+    try:
+        from medimg_spark.worker import configure_worker
+    except ImportError:
+        import cv2
+
+        cv2.setNumThreads(1)
+        return
+    configure_worker()
+
+
 def run_chain(files: Iterable[tuple[str, bytes]], fs_name: str, run_id: str) -> ChainOutput:
     """Ingest → recipe + quality → features for ``(path, content)`` pairs: the per-image work of every mode
     but Spark's (loop, pool, Ray Data, Daft), with the functions the Spark stages call.
@@ -292,14 +306,12 @@ def run_chain(files: Iterable[tuple[str, bytes]], fs_name: str, run_id: str) -> 
     """
     import datetime as _dt
 
-    import cv2
-
     from medimg_spark.features import decode_row, load_feature_set
     from medimg_spark.io.files import IMAGE, INSTANCE, FileContext, process_file
     from medimg_spark.ops import load_recipe
     from medimg_spark.preprocess import process_row
 
-    cv2.setNumThreads(1)
+    configure_process()
     ct_recipe, xray_recipe = load_recipe(str(CT_RECIPE)), load_recipe(str(_xray_recipe_path()))
     fs = load_feature_set(fs_name)
     ctx = FileContext(run_id=run_id)
@@ -585,9 +597,7 @@ def run_spark_row_udf(
     names = UNION_SCHEMA.names
 
     def decode_file(path: str, content: bytearray) -> list[tuple[Any, ...]]:
-        import cv2
-
-        cv2.setNumThreads(1)
+        configure_process()
         return [tuple(r.get(n) for n in names) for r in process_file(path, bytes(content), ctx)]
 
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(corpus_dir))
@@ -609,9 +619,7 @@ def run_spark_row_udf(
     work_names = WORK_SCHEMA.names
 
     def run_recipe(row: Any) -> tuple[Any, ...]:
-        import cv2
-
-        cv2.setNumThreads(1)
+        configure_process()
         d = row.asDict()
         res = process_row(d, recipes["ct" if d.get("modality") == "CT" else "x"], run_id)
         return tuple(res.get(n) for n in work_names)

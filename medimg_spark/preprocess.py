@@ -317,12 +317,12 @@ def _process_partition(
     ``processed`` row (the encoded pixels decoded again, the mask unless ``use_mask`` is false), and
     the feature values go to side rows. Rows follow :data:`STAGED_SCHEMA` (:func:`staged_rows`).
     """
-    import cv2
     import pyarrow as pa
 
     from medimg_spark.ops import Recipe
+    from medimg_spark.worker import configure_worker
 
-    cv2.setNumThreads(1)  # one task per core; OpenCV's own threads would oversubscribe
+    configure_worker()  # one OpenCV thread per task, the allocator keeps frame-sized blocks
     recipe = Recipe.model_validate_json(recipe_json)
     fs = None
     if features_json is not None:

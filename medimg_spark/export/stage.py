@@ -297,6 +297,9 @@ def export_partition(
 
         from medimg_spark.export.items import item_from_row
         from medimg_spark.privacy.errors import DeidError
+        from medimg_spark.worker import configure_worker
+
+        configure_worker()
 
         schema = to_arrow_schema(RESULT_SCHEMA)
         writer = FORMATS.get(fmt).write

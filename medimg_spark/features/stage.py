@@ -216,12 +216,9 @@ def _feature_partitions(
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import pandas as pd
 
-        try:
-            import cv2
+        from medimg_spark.worker import configure_worker
 
-            cv2.setNumThreads(1)  # one task per core: OpenCV's own threads would oversubscribe
-        except ImportError:
-            pass
+        configure_worker()  # one OpenCV thread per task, the allocator keeps frame-sized blocks
         fs = FeatureSet.model_validate_json(fs_json)
         for pdf in batches:
             feats: list[list[float] | None] = []

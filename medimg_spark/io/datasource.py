@@ -477,12 +477,9 @@ def read_partition(partition: FilesPartition, plan: ReadPlan) -> Iterator[pa.Rec
     """Decode one task's files into Arrow batches of the plan's table (in a Spark task)."""
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    try:
-        import cv2
+    from medimg_spark.worker import configure_worker
 
-        cv2.setNumThreads(1)  # one task per core: OpenCV's own threads would oversubscribe
-    except ImportError:
-        pass
+    configure_worker()  # one OpenCV thread per task, the allocator keeps frame-sized blocks
     ctx = plan.ctx
     schema = SCHEMAS[plan.table]
     arrow_schema = to_arrow_schema(schema, timezone="UTC")

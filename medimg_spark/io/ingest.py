@@ -114,13 +114,9 @@ def decode_partition(
     from pyspark.sql.pandas.types import to_arrow_schema
 
     from medimg_spark.io.datasource import STAGED_SCHEMA, staged_row
+    from medimg_spark.worker import configure_worker
 
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)  # one task per core: OpenCV's own threads would oversubscribe
-    except ImportError:
-        pass
+    configure_worker()  # one OpenCV thread per task, the allocator keeps frame-sized blocks
     from pyspark import TaskContext
 
     arrow_schema = to_arrow_schema(STAGED_SCHEMA)

@@ -117,7 +117,9 @@ def _prepare_batches(size: int, normalisation: str) -> Any:
         import pyarrow as pa
 
         from medimg_spark.io.pixels import decode
+        from medimg_spark.worker import configure_worker
 
+        configure_worker()
         for batch in batches:
             cols = {name: batch.column(name).to_pylist() for name in ("image_id", *PIXEL_COLUMNS)}
             for start in range(0, batch.num_rows, per_row):

@@ -277,8 +277,9 @@ def _region_partitions(
         import pandas as pd
 
         from medimg_spark.features import decode_row
+        from medimg_spark.worker import configure_worker
 
-        cv2.setNumThreads(1)  # one task per core
+        configure_worker()  # one OpenCV thread per task, the allocator keeps frame-sized blocks
         cfg = LocalizeConfig.model_validate_json(cfg_json)
         for pdf in batches:
             rows: list[dict[str, Any]] = []

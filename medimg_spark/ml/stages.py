@@ -202,15 +202,15 @@ def _recipe_partition(
     batches: Iterator[pa.RecordBatch], recipe_json: str, run_id: str, schema_json: str
 ) -> Iterator[pa.RecordBatch]:
     """``mapInArrow`` body: :func:`medimg_spark.preprocess.process_row` on every row."""
-    import cv2
     import pyarrow as pa
     from pyspark.sql.pandas.types import to_arrow_schema
     from pyspark.sql.types import StructType
 
     from medimg_spark.ops import Recipe
     from medimg_spark.preprocess import process_row
+    from medimg_spark.worker import configure_worker
 
-    cv2.setNumThreads(1)
+    configure_worker()  # one OpenCV thread per task, the allocator keeps frame-sized blocks
     recipe = Recipe.model_validate_json(recipe_json)
     schema = to_arrow_schema(StructType.fromJson(json.loads(schema_json)))
     for batch in batches:

@@ -216,6 +216,9 @@ def _partition_fn(
     dicom_dir = os.path.join(out_dir, "dicom")
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from medimg_spark.worker import configure_worker
+
+        configure_worker()
         vault: dict[VaultEntry, None] = {}
         for batch in batches:
             rows: list[dict[str, Any]] = []

@@ -325,6 +325,9 @@ def _partitions(
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark.sql.pandas.types import to_arrow_schema
 
+        from medimg_spark.worker import configure_worker
+
+        configure_worker()
         schema = to_arrow_schema(work)
         for batch in batches:
             for row in batch.to_pylist():  # one volume at a time: its result is yielded before the next

@@ -315,6 +315,9 @@ def build_group(pdf: pd.DataFrame) -> pd.DataFrame:
     from medimg_spark.io.pixels import to_array
     from medimg_spark.volumes.assemble import stack_frames
     from medimg_spark.volumes.model import Volume, volume_columns
+    from medimg_spark.worker import configure_worker
+
+    configure_worker()
 
     pdf = pdf.sort_values("z")
     vid = str(pdf["volume_id"].iloc[0])
