@@ -76,7 +76,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -522,17 +523,68 @@ def has_fused_preprocess() -> bool:
     return "features" in inspect.signature(preprocess).parameters
 
 
-def run_spark(
-    corpus_dir: Path, out: str, fs_name: str, master: str, conf: dict[str, str], fused: bool = False
-) -> dict[str, Any]:
-    """The project's stages in ``master``; ``fused`` (mode ``spark_fused``, or a ``--variant`` with
-    ``_fused=true``): the features computed in the recipe's pass (``preprocess(..., features=...)``) instead
-    of a separate ``compute_features`` stage reading the processed pixels back."""
+@dataclass
+class SparkStagesResult:
+    """What :func:`spark_stages` returns: the stages' summaries and the feature rows counted."""
+
+    ingest: dict[str, Any]
+    preprocess: list[dict[str, Any]]
+    images: int
+
+
+def spark_stages(
+    spark: Any,
+    corpus_dir: Path,
+    out: str,
+    fs_name: str,
+    fused: bool = False,
+    files_per_partition: int | None = None,
+    mark: Callable[[str], None] = lambda stage: None,
+) -> SparkStagesResult:
+    """The spark modes' work: ingest → preprocess per recipe (CT, X-ray) → features per recipe, calling
+    ``mark(stage)`` after each (``ingest``, ``preprocess <recipe>``, ``features <recipe>``; with ``fused``
+    the features come out of the recipe's pass and only ``features`` marks the count).
+
+    Shared by :func:`run_spark` and ``benchmarks/spark_stages.py`` (its per-stage CPU breakdown).
+    """
     from medimg_spark.config import IngestConfig
     from medimg_spark.features import compute_features
     from medimg_spark.io.ingest import ingest
     from medimg_spark.preprocess import preprocess
 
+    cfg = IngestConfig(files_per_partition=files_per_partition) if files_per_partition else None
+    s_ingest = ingest(spark, [str(corpus_dir)], out, config=cfg, deidentify=None)
+    mark("ingest")
+    extra: dict[str, Any] = {"features": fs_name} if fused else {}
+    pre = []
+    for name, recipe, where in (
+        ("ct_lung", CT_RECIPE, "modality = 'CT'"),
+        ("xray_filters", _xray_recipe_path(), "modality <> 'CT'"),
+    ):
+        pre.append(preprocess(spark, out, str(recipe), where=where, **extra))
+        mark(f"preprocess {name}")
+    n_images = 0
+    if fused:  # counted from the tables' Parquet footers: no pixels read
+        n_images = sum(spark.read.parquet(p).count() for p in feature_tables(Path(out)))
+        mark("features")
+    else:
+        # Features are per (image, recipe): one table per recipe (the second call moves the first set to
+        # feature_sets/<set id>/, see compute_features), as the loop computes each frame under its recipe.
+        for name in ("ct_lung", "xray_filters"):
+            n_images += compute_features(spark, out, source="processed", feature_set=fs_name, recipe=name)[
+                "n_images"
+            ]
+            mark(f"features {name}")
+    return SparkStagesResult(ingest=s_ingest, preprocess=pre, images=n_images)
+
+
+def run_spark(
+    corpus_dir: Path, out: str, fs_name: str, master: str, conf: dict[str, str], fused: bool = False
+) -> dict[str, Any]:
+    """The project's stages in ``master`` (:func:`spark_stages`); ``fused`` (mode ``spark_fused``, or a
+    ``--variant`` with ``_fused=true``): the features computed in the recipe's pass
+    (``preprocess(..., features=...)``) instead of a separate ``compute_features`` stage reading the
+    processed pixels back."""
     conf = dict(conf)
     fpp = conf.pop("_files_per_partition", None)
     fused = fused or conf.pop("_fused", "false").lower() in ("1", "true", "yes")
@@ -541,30 +593,24 @@ def run_spark(
     t0 = time.perf_counter()
     spark = _session(master, conf)
     t1 = time.perf_counter()
-    cfg = IngestConfig(files_per_partition=int(fpp)) if fpp else None
-    s_ingest = ingest(spark, [str(corpus_dir)], out, config=cfg, deidentify=None)
-    t2 = time.perf_counter()
-    extra: dict[str, Any] = {"features": fs_name} if fused else {}
-    s_ct = preprocess(spark, out, str(CT_RECIPE), where="modality = 'CT'", **extra)
-    s_x = preprocess(spark, out, str(_xray_recipe_path()), where="modality <> 'CT'", **extra)
-    t3 = time.perf_counter()
-    if fused:  # counted from the tables' Parquet footers: no pixels read
-        n_images = sum(spark.read.parquet(p).count() for p in feature_tables(Path(out)))
-    else:
-        # Features are per (image, recipe): one table per recipe (the second call moves the first set to
-        # feature_sets/<set id>/, see compute_features), as the loop computes each frame under its recipe.
-        n_images = sum(
-            compute_features(spark, out, source="processed", feature_set=fs_name, recipe=name)["n_images"]
-            for name in ("ct_lung", "xray_filters")
-        )
+    stage_s = {"ingest": 0.0, "preprocess": 0.0, "features": 0.0}
+    last = t1
+
+    def mark(stage: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        stage_s[stage.split()[0]] += now - last
+        last = now
+
+    res = spark_stages(spark, corpus_dir, out, fs_name, fused, int(fpp) if fpp else None, mark)
     t4 = time.perf_counter()
     spark.stop()
     return {
         "wall_s": t4 - t1,
         "startup_s": t1 - t0,
-        "stage_s": {"ingest": t2 - t1, "preprocess": t3 - t2, "features": t4 - t3},
-        "images": n_images,
-        "failed": s_ingest["quarantined"] + s_ct["frames_quarantined"] + s_x["frames_quarantined"],
+        "stage_s": stage_s,
+        "images": res.images,
+        "failed": res.ingest["quarantined"] + sum(s["frames_quarantined"] for s in res.preprocess),
     }
 
 

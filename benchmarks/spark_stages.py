@@ -146,10 +146,6 @@ def spark_jobs(spark: Any, t0: float) -> tuple[list[dict[str, Any]], list[dict[s
 
 
 def run_stages(n: int, cores: int, fused: bool, conf: dict[str, str], work: Path) -> dict[str, Any]:
-    from medimg_spark.features import compute_features
-    from medimg_spark.io.ingest import ingest
-    from medimg_spark.preprocess import preprocess
-
     for key, value in bench._THREAD_ENV.items():
         os.environ[key] = value
     corpus = bench.corpus(n, cores)
@@ -160,17 +156,7 @@ def run_stages(n: int, cores: int, fused: bool, conf: dict[str, str], work: Path
         marks = Marks(sampler)
         spark = bench._session(f"local[{cores}]", {"spark.ui.enabled": "true", **conf})
         marks.mark("session")
-        ingest(spark, [str(corpus)], str(out), deidentify=None)
-        marks.mark("ingest")
-        extra: dict[str, Any] = {"features": "shape"} if fused else {}
-        preprocess(spark, str(out), str(bench.CT_RECIPE), where="modality = 'CT'", **extra)
-        marks.mark("preprocess ct_lung")
-        preprocess(spark, str(out), str(bench._xray_recipe_path()), where="modality <> 'CT'", **extra)
-        marks.mark("preprocess xray_filters")
-        if not fused:
-            for name in ("ct_lung", "xray_filters"):
-                compute_features(spark, str(out), source="processed", feature_set="shape", recipe=name)
-                marks.mark(f"features {name}")
+        bench.spark_stages(spark, corpus, str(out), "shape", fused, mark=marks.mark)
         jobs, stages = spark_jobs(spark, marks.t0)
         spark.stop()
     shutil.rmtree(out, ignore_errors=True)

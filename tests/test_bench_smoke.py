@@ -180,3 +180,15 @@ def test_spark_stages_breakdown(tmp_path: Path) -> None:
     assert r["longest_stages"] and r["longest_stages"][0]["tasks"] >= 1
     assert (tmp_path / found.name.replace(".json", ".md")).read_text().startswith("# Spark stages at N = 4")
     assert not (tmp_path / "w" / "stages_n4").exists()  # the tables are removed
+
+
+def test_allocator_benchmark_smoke(tmp_path: Path) -> None:
+    """``benchmarks/allocator.py``: both arms run the chain on the same images; the tuned arm faults less."""
+    run_benchmark("allocator.py", "--n", "4", "--repeats", "1", "--modes", "loop", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "allocator.json").read_text())
+    assert [r["arm"] for r in report["runs"]] == ["tuned", "glibc"]
+    assert all(r["images"] == 6 for r in report["runs"])  # 4 CT frames + 2 X-rays in each arm
+    tuned, glibc = report["runs"]
+    assert tuned["minor_faults_per_image"] < glibc["minor_faults_per_image"], report["runs"]
+    assert "| loop | tuned |" in (tmp_path / "allocator.md").read_text()
+    assert not (tmp_path / "work").exists()

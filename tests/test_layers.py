@@ -72,6 +72,7 @@ def test_core_modules_import_and_run_without_pyspark() -> None:
         import medimg_spark.features.extract
         import medimg_spark.features.spec
         import medimg_spark.registry
+        import medimg_spark.worker
         import medimg_spark.ml
         import medimg_spark.privacy
         import medimg_spark.report
