@@ -8,10 +8,11 @@ the core functions. It does two things:
 * **glibc's allocator keeps large blocks.** Frames are 0.25-8 MB arrays, and every op allocates a few of
   them. glibc serves blocks above its mmap threshold with fresh ``mmap`` pages and returns them on
   ``free`` (and trims the heap top above its trim threshold), so the kernel zero-fills and faults in the
-  same megabytes for every frame. Measured on the benchmark's own chain (decode → recipe → quality →
-  features, 96 real-size CT/X-ray images twice, one process, ``benchmarks/run.py``'s corpus): 10,235 minor
-  page faults and 0.039 s of system CPU per image with glibc's defaults, 247 and 0.006 s with the
-  thresholds below (0.292 → 0.247 CPU-s per image, peak RSS 530 MB either way). Blocks above
+  same megabytes for every frame. Measured with ``benchmarks/allocator.py`` (the benchmark's chain: decode →
+  recipe → quality → features, 300 real-size CT/X-ray images, arms alternated; medians in
+  ``benchmarks/results/allocator.md``): in ``Pool(2)``, 11,922 → 448 minor page faults and 0.044 → 0.009 s
+  of system CPU per image, 0.298 → 0.253 CPU-s per image, 6.31 → 7.57 images/s; in one process 0.269 →
+  0.246 CPU-s per image. Peak RSS of one process: 525-553 MB with either setting. Blocks above
   :data:`MMAP_THRESHOLD_BYTES` (volumes, hostile headers) are still mapped and unmapped as before, so a
   worker's address-space limit (``spark.executor.pyspark.memory``) still turns them into ``MemoryError``.
 
