@@ -77,9 +77,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 #: The checkout whose ``medimg_spark`` the benchmark imports: this repository, or (``--against REF``) a git
@@ -523,9 +522,9 @@ def has_fused_preprocess() -> bool:
     return "features" in inspect.signature(preprocess).parameters
 
 
-@dataclass
-class SparkStagesResult:
-    """What :func:`spark_stages` returns: the stages' summaries and the feature rows counted."""
+class SparkStagesResult(NamedTuple):
+    """What :func:`spark_stages` returns: the stages' summaries and the feature rows counted (a NamedTuple,
+    not a dataclass: tests load this file without registering it in ``sys.modules``)."""
 
     ingest: dict[str, Any]
     preprocess: list[dict[str, Any]]
