@@ -104,8 +104,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Allocator thresholds: tuned vs glibc's defaults ({report['started_at']})",
         "",
-        f"Machine: {m['cores']} cores, {m['memory_gib']} GiB, {m['platform']}; load average at start "
-        f"{m['load_avg_at_start']}; commit {m['versions']['medimg_spark_commit']}. N={report['n']} ({report['images']} images), {report['cores']} cores, "
+        bench.machine_line(m, commit=True),
+        f"N={report['n']} ({report['images']} images), {report['cores']} cores, "
         f"{report['repeats']} alternations per mode. Command: `{report['command']}`.",
         "",
         "| mode | arm | images/s | user s/image | system s/image | CPU s/image | minor faults/image |",

@@ -1247,6 +1247,17 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def machine_line(m: dict[str, Any], commit: bool = False) -> str:
+    """The reports' one-line description of :func:`machine_info`'s result (``commit``: with the commit)."""
+    line = (
+        f"Machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gib']} GiB; {m['platform']}; "
+        f"load average at start {m['load_avg_at_start']} (shared machine)"
+    )
+    if commit:
+        line += f"; commit {m['versions'].get('medimg_spark_commit', '?')}"
+    return line + "."
+
+
 def _cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -1371,8 +1382,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# medimg-spark benchmark ({report['started_at']})",
         "",
-        f"Machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gib']} GiB; {m['platform']}; "
-        f"load average at start {m['load_avg_at_start']} (shared machine).",
+        machine_line(m),
         "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
         f"Work per image: ingest decode → recipe (CT: ct_lung; PNG: xray_filters) → quality before/after → "
         f"features `{report['feature_set']}` → Parquet (zstd). Corpus per N: N CT DICOM 512² "

@@ -180,8 +180,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"# Spark stages at N = {r['n']} ({r['images']} images, local[{r['cores']}]"
         f"{', fused features' if r['fused'] else ''})",
         "",
-        f"Machine: {r['machine']['cores']} cores; load average at start {r['machine']['load_avg']}; "
-        f"commit {r['machine'].get('commit', '?')}; extra conf {r['conf'] or 'none'}.",
+        bench.machine_line(r["machine"], commit=True),
+        f"Extra Spark settings: {r['conf'] or 'none'}.",
         "",
         "| stage | wall s | driver CPU s | JVM CPU s | Python workers CPU s | cores busy | JVM threads (CPU s) |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -224,10 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=str(bench.CACHE / "runs"), help="scratch folder for the tables")
     args = p.parse_args(argv)
     conf = dict(kv.split("=", 1) for kv in args.conf)
-    load = [round(x, 2) for x in os.getloadavg()]
+    machine = bench.machine_info()  # before the run: its load average is the one at the start
     result = run_stages(args.n, args.cores, args.fused, conf, Path(args.work))
-    commit = os.popen(f"git -C {bench.REPO} rev-parse --short HEAD 2>/dev/null").read().strip()
-    result["machine"] = {"cores": os.cpu_count(), "load_avg": load, "commit": commit}
+    result["machine"] = machine
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -192,7 +192,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Pixel transport JVM ↔ Python ({report['started_at']})",
         "",
-        f"Machine: {m['cores']} cores, {m['memory_gib']} GiB; load average at start {m['load_avg_at_start']}.",
+        bench.machine_line(m, commit=True),
         f"N={report['n']}: {report['images']} images, {report['pixel_mb']} MB of pixels, local[{report['cores']}], "
         f"identity function, median of {report['repeats']} alternated repeats.",
         "",
