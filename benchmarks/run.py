@@ -1618,14 +1618,15 @@ def bench_size(
 
 
 def write_reports(report: dict[str, Any], out_root: Path, default_out: bool, stamp: str) -> None:
-    """``results.json``/``.md`` for one size; ``bench_<stamp>.json``/``.md`` for several (or the default --out)."""
+    """``results.json``/``.md`` for one size; ``bench_<stamp>.json``/``.md`` for several, for none
+    (``--profile-only``) or in the default --out."""
     report["targets"] = targets(report["runs"])
     report["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     if len(report["runs"]) == 1:
         single = {**report["runs"][0], **{k: v for k, v in report.items() if k != "runs"}}
         (out_root / "results.json").write_text(json.dumps(single, indent=2) + "\n")
         (out_root / "results.md").write_text(markdown(report))
-    if len(report["runs"]) > 1 or default_out:
+    if len(report["runs"]) != 1 or default_out:
         (out_root / f"bench_{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
         (out_root / f"bench_{stamp}.md").write_text(markdown(report))
     print(f"results in {out_root}", flush=True)

@@ -192,3 +192,14 @@ def test_allocator_benchmark_smoke(tmp_path: Path) -> None:
     assert tuned["minor_faults_per_image"] < glibc["minor_faults_per_image"], report["runs"]
     assert "| loop | tuned |" in (tmp_path / "allocator.md").read_text()
     assert not (tmp_path / "work").exists()
+
+
+def test_profile_only_writes_its_report(tmp_path: Path) -> None:
+    """``--profile-only`` runs no mode: its report (the profile alone) is still written, as ``bench_<stamp>``."""
+    run_benchmark("run.py", "--profile", "6", "--profile-only", "--out", str(tmp_path))
+    reports = sorted(tmp_path.glob("bench_*.md"))
+    assert len(reports) == 1, sorted(p.name for p in tmp_path.iterdir())
+    text = reports[0].read_text()
+    assert "Profile of the loop's per-image work" in text and "process_row" in text
+    data = json.loads(reports[0].with_suffix(".json").read_text())
+    assert data["runs"] == [] and data["profiles"]["current"]["images"] == 6
