@@ -112,10 +112,10 @@ def markdown(report: dict[str, Any]) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in report["summary"]:
-        for arm, m in row["median"].items():
+        for arm, med in row["median"].items():
             lines.append(
-                f"| {row['mode']} | {arm} | {m['images_per_s']:.2f} | {m['user_s_per_image']:.4f} | "
-                f"{m['system_s_per_image']:.4f} | {m['cpu_s_per_image']:.4f} | {m['minor_faults_per_image']:.0f} |"
+                f"| {row['mode']} | {arm} | {med['images_per_s']:.2f} | {med['user_s_per_image']:.4f} | "
+                f"{med['system_s_per_image']:.4f} | {med['cpu_s_per_image']:.4f} | {med['minor_faults_per_image']:.0f} |"
             )
     lines += ["", "Medians of the runs. Per alternation (tuned / glibc):", ""]
     for row in report["summary"]:
@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", nargs="+", choices=("pool", "loop"), default=["pool", "loop"])
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    for key, value in bench._THREAD_ENV.items():
-        os.environ[key] = value
+    os.environ.update(bench._THREAD_ENV)
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     files = bench.corpus_files(bench.corpus(args.n, args.cores))
     work = args.out / "work"

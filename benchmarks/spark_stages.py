@@ -146,8 +146,7 @@ def spark_jobs(spark: Any, t0: float) -> tuple[list[dict[str, Any]], list[dict[s
 
 
 def run_stages(n: int, cores: int, fused: bool, conf: dict[str, str], work: Path) -> dict[str, Any]:
-    for key, value in bench._THREAD_ENV.items():
-        os.environ[key] = value
+    os.environ.update(bench._THREAD_ENV)
     corpus = bench.corpus(n, cores)
     out = work / f"stages_n{n}"
     shutil.rmtree(out, ignore_errors=True)
