@@ -28,7 +28,7 @@ import datetime as dt
 import secrets
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pyspark.sql.types import (
     ArrayType,
@@ -393,6 +393,7 @@ def preprocess(
     from pyspark.sql import functions as F
 
     from medimg_spark.errors import ConfigError
+    from medimg_spark.io.ingest import IMAGE_ROW_GROUP_BYTES
     from medimg_spark.ops import load_recipe
 
     recipe = load_recipe(recipe_path)
@@ -454,7 +455,7 @@ def preprocess(
     staging = join(out, "_staging", run_id)
     store = get_storage(spark)
     try:
-        with frame_splits(spark):
+        with frame_splits(spark, scan=images, row_group_bytes=IMAGE_ROW_GROUP_BYTES):
             todo.mapInArrow(
                 lambda it: _process_partition(it, recipe_json, run_id, fs_json, use_mask), STAGED_SCHEMA
             ).write.partitionBy("_part").parquet(staging)
@@ -567,7 +568,11 @@ def _fused_features(
 
 @contextlib.contextmanager
 def frame_splits(
-    spark: SparkSession, tasks_per_core: int = TASKS_PER_CORE, max_split_bytes: int | None = SPLIT_MAX_BYTES
+    spark: SparkSession,
+    tasks_per_core: int = TASKS_PER_CORE,
+    max_split_bytes: int | None = SPLIT_MAX_BYTES,
+    scan: DataFrame | None = None,
+    row_group_bytes: int | None = None,
 ) -> Iterator[None]:
     """File scans planned in this block give every core about ``tasks_per_core`` tasks.
 
@@ -580,6 +585,11 @@ def frame_splits(
     the slower frames keeps the others idle at the stage's tail. Here ``minPartitionNum`` is the
     parallelism times ``tasks_per_core`` (``openCostInBytes`` :data:`SPLIT_OPEN_COST`), and ingest writes ``images`` in row groups of
     :data:`~medimg_spark.io.ingest.IMAGE_ROW_GROUP_BYTES` (a split cannot cut a row group).
+
+    With ``scan`` (the file scan the block's job reads, its Parquet row groups up to ``row_group_bytes``),
+    the split size is also lowered, if need be, until the scan's task count is a multiple of the
+    parallelism (:func:`even_task_count`): 9 tasks on 2 cores leave one core idle for a whole task at the
+    stage's end.
     """
     keys = {
         "spark.sql.files.minPartitionNum": str(spark.sparkContext.defaultParallelism * tasks_per_core),
@@ -592,6 +602,8 @@ def frame_splits(
     for k, v in keys.items():
         spark.conf.set(k, v)
     try:
+        if scan is not None:
+            even_task_count(spark, scan, row_group_bytes or SPLIT_OPEN_COST)
         yield
     finally:
         for k, before in old.items():
@@ -599,6 +611,83 @@ def frame_splits(
                 spark.conf.unset(k)
             else:
                 spark.conf.set(k, before)
+
+
+#: Split sizes :func:`even_task_count` tries, as fractions of the current one (largest first).
+EVEN_SPLIT_STEPS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
+#: From this many tasks per core on, a partly idle last round is a small share of a stage: not evened.
+EVEN_TASKS_PER_CORE_MAX = 16
+
+
+class ScanPlan(NamedTuple):
+    """A file scan as Spark plans it under the session's current settings."""
+
+    tasks: int
+    files: int  # files read after partition pruning (0: unknown)
+    bytes: int  # their total size (0: unknown)
+
+
+def scan_plan(scan: DataFrame) -> ScanPlan:
+    """Plan ``scan`` (no job: Spark lists and prunes its files, cuts and packs their splits) and read the
+    task count and the scan node's ``numFiles`` / ``filesSize`` metrics (0 when the plan has no single
+    file scan)."""
+    qe = scan.select("*")._jdf.queryExecution()  # a new plan each call (``scan.rdd`` is memoised)
+    tasks = int(qe.toRdd().getNumPartitions())
+    files = size = 0
+    leaves = qe.executedPlan().collectLeaves()
+    if leaves.size() == 1:
+        metrics = leaves.apply(0).metrics()
+        if metrics.contains("numFiles") and metrics.contains("filesSize"):
+            files = int(metrics.get("numFiles").get().value())
+            size = int(metrics.get("filesSize").get().value())
+    return ScanPlan(tasks, files, size)
+
+
+def scan_tasks(scan: DataFrame) -> int:
+    """How many tasks a file scan gets under the session's current split settings (planning only: no job)."""
+    return scan_plan(scan).tasks
+
+
+def even_task_count(spark: SparkSession, scan: DataFrame, row_group_bytes: int) -> int:
+    """Shrink the split size of the session's file scans until ``scan`` gets a multiple of the default
+    parallelism in tasks; returns the task count.
+
+    Spark cuts a scan's files into splits of ``min(maxPartitionBytes, max(openCostInBytes, (bytes + files x
+    openCostInBytes) / minPartitionNum))`` and packs them into tasks of up to that size, so the count moves
+    in jumps (27 files of 7 MB: 9 tasks from 24 to 32 MB, 11 at 22 MB, 14 at 18 MB). Each try sets the
+    split size (``maxPartitionBytes``; ``minPartitionNum`` 1) to a fraction of :data:`EVEN_SPLIT_STEPS` of
+    the current one and plans the scan again (about 60 ms); the first try whose count is a multiple is kept,
+    else the settings are left as they were. Equal task counts per core let the cores finish together when
+    tasks hold about equal work (the frames of one recipe). No split is made smaller than two of the
+    scan's row groups (``row_group_bytes``): a split that holds no row group's middle reads nothing, and
+    the count would be even only on paper.
+    """
+    cores = max(1, spark.sparkContext.defaultParallelism)
+    plan = scan_plan(scan)
+    if cores == 1 or plan.tasks % cores == 0 or plan.tasks >= cores * EVEN_TASKS_PER_CORE_MAX:
+        return plan.tasks
+    max_key, min_key = "spark.sql.files.maxPartitionBytes", "spark.sql.files.minPartitionNum"
+    before = {k: spark.conf.get(k, None) for k in (max_key, min_key)}
+    split = _conf_bytes(spark, max_key)
+    if plan.bytes:
+        open_cost = _conf_bytes(spark, "spark.sql.files.openCostInBytes")
+        per_task = (plan.bytes + plan.files * open_cost) // max(1, int(before[min_key] or cores))
+        split = min(split, max(open_cost, per_task))
+    floor = max(SPLIT_OPEN_COST, 2 * row_group_bytes)
+    spark.conf.set(min_key, "1")
+    for step in EVEN_SPLIT_STEPS:
+        if split * step < floor:
+            break
+        spark.conf.set(max_key, str(int(split * step)))
+        tasks = scan_tasks(scan)
+        if tasks % cores == 0:
+            return tasks
+    for k, v in before.items():
+        if v is None:
+            spark.conf.unset(k)
+        else:
+            spark.conf.set(k, v)
+    return plan.tasks
 
 
 _QUALITY_NAMES = ("QUALITY_FILE", "format_quality_table", "quality_report")

@@ -29,6 +29,7 @@ from medimg_spark.preprocess import (
     _conf_bytes,
     frame_splits,
     preprocess,
+    scan_tasks,
     staged_rows,
 )
 from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA
@@ -217,6 +218,48 @@ def test_frame_splits_give_every_core_several_even_tasks(spark: Any, tmp_path: P
     assert len(counts) >= cores * (TASKS_PER_CORE - 1)  # several tasks per core ...
     assert max(counts) <= 48 // cores // 2  # ... none holding more than half a core's share of frames
     assert spark.conf.get("spark.sql.files.minPartitionNum", None) is None  # restored
+
+
+def test_frame_splits_even_the_task_count_over_the_cores(spark: Any, tmp_path: Path) -> None:
+    """35 one-frame files: 7 tasks under the default frame splits (one core idle for the last); evened, a
+    multiple of the cores, every task holding frames, each frame read once, the session's settings kept."""
+    import pyarrow as pa
+
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm")).pixel_array
+    table = tmp_path / "frames"
+    table.mkdir()
+    for i in range(35):
+        frame = np.roll(cv2.resize(ct, (512, 512)), 7 * i, axis=1).tobytes()
+        pq.write_table(
+            pa.table({"image_id": [f"ct-{i}"], "pixels": [frame]}), table / f"part-{i:02d}.parquet"
+        )
+    scan = spark.read.parquet(str(table)).select("image_id", "pixels")
+    largest = max(p.stat().st_size for p in table.iterdir())
+    cores = spark.sparkContext.defaultParallelism
+    keys = ("spark.sql.files.maxPartitionBytes", "spark.sql.files.minPartitionNum")
+    before = [spark.conf.get(k, None) for k in keys]
+    with frame_splits(spark):
+        plain = scan_tasks(scan)
+    assert plain % cores != 0  # the case evening is for
+    with frame_splits(spark, scan=scan, row_group_bytes=largest):
+        evened = scan_tasks(scan)
+        per_task = [r["count"] for r in scan.groupBy(F.spark_partition_id()).count().collect()]
+    assert evened % cores == 0
+    assert len(per_task) == evened and sum(per_task) == 35 and max(per_task) - min(per_task) <= 1
+    assert ids_read_once(scan) == 35
+    assert [spark.conf.get(k, None) for k in keys] == before
+    # 7 of those files: a task each; evening them would take splits smaller than a row group (empty tasks)
+    few = spark.read.parquet(*[str(table / f"part-{i:02d}.parquet") for i in range(7)]).select("pixels")
+    with frame_splits(spark, scan=few, row_group_bytes=largest):
+        assert scan_tasks(few) == 7
+    assert [spark.conf.get(k, None) for k in keys] == before
+
+
+def ids_read_once(scan: Any) -> int:
+    """Distinct ids of ``scan`` after checking none is read twice."""
+    counts = scan.groupBy("image_id").count()
+    assert counts.where(F.col("count") != 1).count() == 0
+    return int(counts.count())
 
 
 def test_frame_splits_cap_the_split_size_and_keep_a_smaller_one(spark: Any) -> None:
