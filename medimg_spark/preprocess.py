@@ -203,9 +203,10 @@ SPLIT_OPEN_COST = 1 << 20
 SPLIT_MAX_BYTES = 32 << 20
 
 
-def _conf_bytes(spark: SparkSession, key: str) -> int:
-    """A byte-size setting of the session (``128m``, ``134217728b``, ``1g`` ...) in bytes."""
-    value = str(spark.conf.get(key, "128m")).strip().lower()
+def _conf_bytes(spark: SparkSession, key: str, default: str = "128m") -> int:
+    """A byte-size setting of the session (``128m``, ``134217728b``, ``1g`` ...) in bytes (``default``
+    when unset: Spark's default of the key)."""
+    value = str(spark.conf.get(key, default)).strip().lower()
     units = {"b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
     for suffix in sorted(units, key=len, reverse=True):
         if value.endswith(suffix) and value[: -len(suffix)].strip().isdigit():
@@ -598,7 +599,8 @@ def frame_splits(
     if max_split_bytes is not None:
         limit = min(_conf_bytes(spark, "spark.sql.files.maxPartitionBytes"), max_split_bytes)
         keys["spark.sql.files.maxPartitionBytes"] = str(limit)
-    old = {k: spark.conf.get(k, None) for k in keys}
+    # maxPartitionBytes is restored also when only even_task_count changed it (max_split_bytes None)
+    old = {k: spark.conf.get(k, None) for k in [*keys, "spark.sql.files.maxPartitionBytes"]}
     for k, v in keys.items():
         spark.conf.set(k, v)
     try:
@@ -670,7 +672,7 @@ def even_task_count(spark: SparkSession, scan: DataFrame, row_group_bytes: int) 
     before = {k: spark.conf.get(k, None) for k in (max_key, min_key)}
     split = _conf_bytes(spark, max_key)
     if plan.bytes:
-        open_cost = _conf_bytes(spark, "spark.sql.files.openCostInBytes")
+        open_cost = _conf_bytes(spark, "spark.sql.files.openCostInBytes", "4m")
         per_task = (plan.bytes + plan.files * open_cost) // max(1, int(before[min_key] or cores))
         split = min(split, max(open_cost, per_task))
     floor = max(SPLIT_OPEN_COST, 2 * row_group_bytes)
