@@ -150,7 +150,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"{' (fused)' if r['fused'] else ''}",
         "",
         bench.machine_line(r["machine"], commit=True),
-        f"Command: `{r['command']}`. Samples: {s['samples']} (every thread of the machine, idle included).",
+        f"Command: `{r['command']}`. Samples: {s['samples']} (every thread of the run: driver, JVM, Python workers).",
         "",
         "| process | share of samples |",
         "|---|---:|",
