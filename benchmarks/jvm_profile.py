@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime as dt
-import json
 import os
 import re
 import shutil
@@ -240,14 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "summary": summary,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    name = f"jvm_profile_{stamp}_n{args.n}{'_fused' if args.fused else ''}"
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / f"{name}.md").write_text(markdown(result))
-    print(markdown(result))
-    print(f"results in {out / name}.{{json,md}}")
+    suffix = f"n{args.n}{'_fused' if args.fused else ''}"
+    bench.write_stamped(Path(args.out), "jvm_profile", suffix, result, markdown(result))
     if args.keep:
         print(f"perf.data and the stage breakdown kept in {work}")
     else:

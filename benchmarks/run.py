@@ -1617,6 +1617,17 @@ def bench_size(
     return run
 
 
+def write_stamped(out: Path, kind: str, suffix: str, result: dict[str, Any], md: str) -> None:
+    """A helper script's result as ``out/<kind>_<UTC stamp>_<suffix>.{json,md}``, also printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    name = f"{kind}_{stamp}_{suffix}"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{name}.md").write_text(md)
+    print(md)
+    print(f"results in {out / name}.{{json,md}}")
+
+
 def write_reports(report: dict[str, Any], out_root: Path, default_out: bool, stamp: str) -> None:
     """``results.json``/``.md`` for one size; ``bench_<stamp>.json``/``.md`` for several, for none
     (``--profile-only``) or in the default --out."""

@@ -226,14 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = bench.machine_info()  # before the run: its load average is the one at the start
     result = run_stages(args.n, args.cores, args.fused, conf, Path(args.work))
     result["machine"] = machine
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    name = f"stages_{stamp}_n{args.n}{'_fused' if args.fused else ''}"
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / f"{name}.md").write_text(markdown(result))
-    print(markdown(result))
-    print(f"results in {out / name}.{{json,md}}")
+    suffix = f"n{args.n}{'_fused' if args.fused else ''}"
+    bench.write_stamped(Path(args.out), "stages", suffix, result, markdown(result))
     return 0
 
 
