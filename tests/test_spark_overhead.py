@@ -225,11 +225,11 @@ def test_frame_splits_even_the_task_count_over_the_cores(spark: Any, tmp_path: P
     multiple of the cores, every task holding frames, each frame read once, the session's settings kept."""
     import pyarrow as pa
 
-    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm")).pixel_array
+    ct = cv2.resize(pydicom.dcmread(get_testdata_file("CT_small.dcm")).pixel_array, (512, 512))
     table = tmp_path / "frames"
     table.mkdir()
     for i in range(35):
-        frame = np.roll(cv2.resize(ct, (512, 512)), 7 * i, axis=1).tobytes()
+        frame = np.roll(ct, 7 * i, axis=1).tobytes()
         pq.write_table(
             pa.table({"image_id": [f"ct-{i}"], "pixels": [frame]}), table / f"part-{i:02d}.parquet"
         )
