@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -155,3 +156,28 @@ def _register_sources(session: SparkSession) -> None:
     from medimg_spark.io.datasource import register
 
     register(session)
+
+
+def run_concurrently(spark: SparkSession, *actions: Callable[[], Any]) -> list[Any]:
+    """Run independent Spark actions from driver threads; their results in the order given.
+
+    A stage's small bookkeeping actions (counts, collects, writes of small tables) each cost a planning
+    round trip and a few short jobs that keep at most a core or two busy; submitted together, Spark's
+    scheduler runs their tasks side by side and the driver plans one while another runs. Each thread
+    inherits the caller's local properties and job tags (job group, description;
+    :func:`pyspark.inheritable_thread_target`). Every action is waited for, also when one fails; the first
+    failure (in the order given) is raised.
+
+    Args:
+        spark: the session the actions run in.
+        actions: functions without arguments, each running one or more Spark actions.
+    """
+    if len(actions) <= 1:
+        return [action() for action in actions]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pyspark.util import inheritable_thread_target
+
+    with ThreadPoolExecutor(max_workers=len(actions), thread_name_prefix="medimg-action") as pool:
+        futures = [pool.submit(inheritable_thread_target(spark)(action)) for action in actions]
+        return [f.result() for f in futures]

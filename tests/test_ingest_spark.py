@@ -155,8 +155,33 @@ def test_labels_csv_parent_dir_and_too_large(spark, tmp_path: Path, sample_npz: 
     assert rows == {"a.dcm": ("nodule", "test"), "b.dcm": ("pneumonia", None)}
     q = spark.read.parquet(str(out / "quarantine")).collect()
     assert [(r.stage, r.error_class, r.size_bytes) for r in q] == [("read", "FileTooLargeError", 100_000)]
+    assert q[0].error_message == TOO_LARGE_100K
     # A rerun does not quarantine the large file again.
     assert ingest(spark, [str(src)], str(out), cfg)["quarantined"] == 0
+
+
+TOO_LARGE_100K = "file is 100000 bytes, over the 65536-byte limit of the binaryFile reader; split or convert it before ingest"
+
+
+def test_too_large_file_given_as_uri_is_quarantined_like_a_listed_one(spark, tmp_path: Path) -> None:
+    """A URI input's file over the limit is filtered by the binaryFile scan (a Spark-side row), a listed
+    local one on the driver: the same quarantine row either way, next to a file that is ingested."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), src / "ct.dcm")
+    (src / "big.bin").write_bytes(b"\0" * 100_000)
+    cfg = IngestConfig(max_file_bytes=65536)
+    rows = {}
+    for name, given in (("local", str(src)), ("uri", src.as_uri())):
+        out = tmp_path / name
+        summary = ingest(spark, [given], str(out), cfg, deidentify=None)
+        assert summary["files_seen"] == 2 and summary["frames_written"] == 1
+        assert summary["quarantined_by_stage"] == {"read": 1}
+        q = spark.read.parquet(str(out / "quarantine")).collect()
+        rows[name] = [
+            (Path(local_path(r.source_path)).name, r.error_class, r.size_bytes, r.error_message) for r in q
+        ]
+    assert rows["local"] == rows["uri"] == [("big.bin", "FileTooLargeError", 100_000, TOO_LARGE_100K)]
 
 
 def test_stale_decoded_staging_is_removed(spark, tmp_path: Path) -> None:

@@ -316,3 +316,48 @@ def test_side_rows_carry_quarantine_fields_and_feature_values_exactly(spark: Any
         "EmptyFrameError",
         'constant frame "7"; recipe_hash=abc',
     )
+
+
+def test_run_concurrently_overlaps_actions_keeps_order_and_raises_after_all(spark: Any) -> None:
+    """Actions from driver threads: results in the order given, the caller's job description inherited,
+    the jobs of two actions overlap in time, and a failing action is raised after the others finished."""
+    import threading
+    import time
+
+    from medimg_spark.session import run_concurrently
+
+    sc = spark.sparkContext
+    started: dict[str, float] = {}
+    ended: dict[str, float] = {}
+
+    def job(name: str, seconds: float) -> Any:
+        def action() -> Any:
+            started[name] = time.monotonic()
+            desc = sc.getLocalProperty("spark.job.description")
+            n = sc.parallelize(range(2), 2).map(lambda x: time.sleep(seconds) or x).sum()
+            ended[name] = time.monotonic()
+            return (name, desc, n, threading.current_thread().name)
+
+        return action
+
+    sc.setJobDescription("medimg bookkeeping test")
+    try:
+        first, second = run_concurrently(spark, job("a", 1.0), job("b", 0.2))
+        assert first[:3] == ("a", "medimg bookkeeping test", 1) and second[:3] == (
+            "b",
+            "medimg bookkeeping test",
+            1,
+        )
+        assert first[3] != second[3] != threading.current_thread().name
+        assert started["b"] < ended["a"]  # b was submitted while a's job ran
+
+        def failing() -> None:
+            raise ValueError("bad action")
+
+        ended.clear()
+        with pytest.raises(ValueError, match="bad action"):
+            run_concurrently(spark, failing, job("c", 0.5))
+        assert "c" in ended  # waited for, not abandoned
+        assert run_concurrently(spark, lambda: 7) == [7]  # one action: run in the caller's thread
+    finally:
+        sc.setJobDescription(None)  # type: ignore[arg-type]

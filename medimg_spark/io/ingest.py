@@ -60,6 +60,7 @@ from medimg_spark.io.planning import (
     rows_to_batch,
 )
 from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA
+from medimg_spark.session import run_concurrently
 from medimg_spark.storage import (
     Storage,
     StorageError,
@@ -411,66 +412,72 @@ def _ingest_files(
     from pyspark.sql import functions as F
 
     run_id = ctx.run_id
-    sizes = "path string, length long"
-    listing = spark.createDataFrame(list((local or {}).items()), sizes)
-    if files is not None:
-        listing = (
-            files.select("path", "length").unionByName(listing) if local else files.select("path", "length")
-        )
-    listing = listing.persist(StorageLevel.MEMORY_AND_DISK)
-    # Listed local files only: their number is known on the driver (no job).
-    files_seen = (listing.count() if files is not None else len(local or {})) + len(unread_known)
+    local = dict(local or {})
+    # URI inputs are counted by a job; listed local files are known on the driver (no job, no DataFrame).
+    listing = None if files is None else files.select("path", "length").persist(StorageLevel.MEMORY_AND_DISK)
+    files_seen = len(local) + (listing.count() if listing is not None else 0) + len(unread_known)
 
-    # Files over the limit are quarantined unread (the length filter is pushed into the scan, so
-    # their content is never loaded); so are empty files, which the scan would silently skip.
-    unread = listing.where(F.col("length") > cfg.max_file_bytes).select(
-        "path",
-        F.lit(None).cast("string").alias("file_sha256"),
-        "length",
-        F.lit(FileTooLargeError.__name__).alias("error_class"),
-        F.concat(
-            F.lit("file is "),
-            F.col("length").cast("string"),
-            F.lit(
-                f" bytes, over the {cfg.max_file_bytes}-byte limit of the binaryFile reader; "
-                "split or convert it before ingest"
-            ),
-        ).alias("error_message"),
-    )
+    # Files over the limit are quarantined unread (for URI inputs the length filter is pushed into the
+    # scan, so their content is never loaded); so are empty files, which the scan would silently skip.
     unread_ddl = "path string, file_sha256 string, length long, error_class string, error_message string"
-    if unread_known:
-        unread = unread.unionByName(spark.createDataFrame(unread_known, unread_ddl))
+    too_large = (
+        "file is ",
+        f" bytes, over the {cfg.max_file_bytes}-byte limit of the binaryFile reader; split or convert it "
+        "before ingest",
+    )
+    unread_local: list[UnreadFile] = [
+        (p, None, n, FileTooLargeError.__name__, f"{too_large[0]}{n}{too_large[1]}")
+        for p, n in local.items()
+        if n > cfg.max_file_bytes
+    ] + list(unread_known)
+    unread_parts: list[DataFrame] = []
+    if listing is not None:
+        unread_parts.append(
+            listing.where(F.col("length") > cfg.max_file_bytes).select(
+                "path",
+                F.lit(None).cast("string").alias("file_sha256"),
+                "length",
+                F.lit(FileTooLargeError.__name__).alias("error_class"),
+                F.concat(F.lit(too_large[0]), F.col("length").cast("string"), F.lit(too_large[1])).alias(
+                    "error_message"
+                ),
+            )
+        )
     paths = path_hook(ctx)
     if paths is not None:
         # De-identified: the (few) unread files' paths become pseudonyms here on the driver, the originals
         # go to the vault, and the earlier runs' unread rows are compared pseudonym to pseudonym.
-        private = [
-            (
-                paths.pseudonymize_path(r.path),
-                r.file_sha256,
-                r.length,
-                r.error_class,
-                paths.scrub(r.error_message, r.path),
-            )
-            for r in unread.collect()
+        if unread_parts:
+            unread_local += [
+                (r.path, r.file_sha256, r.length, r.error_class, r.error_message)
+                for r in unread_parts.pop().collect()
+            ]
+        unread_local = [
+            (paths.pseudonymize_path(p), sha, n, cls, paths.scrub(msg, p))
+            for p, sha, n, cls, msg in unread_local
         ]
         paths.flush(f"driver-{run_id}")
-        unread = spark.createDataFrame(private, unread_ddl)
-    seen_unread = _seen_unread_paths(spark, seen_in)
-    if seen_unread is not None:
-        unread = unread.join(seen_unread.withColumnRenamed("source_path", "path"), "path", "left_anti")
-    unread_rows = unread.select(
-        F.col("path").alias("source_path"),
-        "file_sha256",
-        F.col("length").alias("size_bytes"),
-        F.lit(None).cast("int").alias("frame_index"),
-        F.lit("read").alias("stage"),
-        F.lit(None).cast("string").alias("step"),
-        "error_class",
-        "error_message",
-        F.lit(run_id).alias("ingest_run_id"),
-        F.current_timestamp().alias("quarantined_at"),
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    if unread_local:
+        unread_parts.append(spark.createDataFrame(unread_local, unread_ddl))
+    # Nothing unread (the common case for local inputs): no DataFrame and no job for it.
+    unread_rows: DataFrame | None = None
+    if unread_parts:
+        unread = unread_parts[0] if len(unread_parts) == 1 else unread_parts[0].unionByName(unread_parts[1])
+        seen_unread = _seen_unread_paths(spark, seen_in)
+        if seen_unread is not None:
+            unread = unread.join(seen_unread.withColumnRenamed("source_path", "path"), "path", "left_anti")
+        unread_rows = unread.select(
+            F.col("path").alias("source_path"),
+            "file_sha256",
+            F.col("length").alias("size_bytes"),
+            F.lit(None).cast("int").alias("frame_index"),
+            F.lit("read").alias("stage"),
+            F.lit(None).cast("string").alias("step"),
+            "error_class",
+            "error_message",
+            F.lit(run_id).alias("ingest_run_id"),
+            F.current_timestamp().alias("quarantined_at"),
+        ).persist(StorageLevel.MEMORY_AND_DISK)
 
     from medimg_spark.io.datasource import SIDE_SCHEMA, STAGED_SCHEMA
 
@@ -514,11 +521,28 @@ def _ingest_files(
         seen = _seen_keys(spark, seen_in)
         fresh = canonical if seen is None else canonical.join(seen, "file_sha256", "left_anti")
         fresh = fresh.persist(StorageLevel.MEMORY_AND_DISK)
-        counted = keys.agg(  # one job for both counts (a null sha256 is a group of its own, as in groupBy)
-            F.count(F.lit(1)).alias("paths"),
-            F.countDistinct("file_sha256").alias("unique"),
-            F.max(F.col("file_sha256").isNull().cast("int")).alias("null_sha"),
-        ).first()
+        # Instance and quarantine rows of every file, before deduplication (small: no pixels).
+        meta = decoded.where(F.col("_kind") != IMAGE).select(
+            "_kind",
+            "file_sha256",
+            "source_path",
+            F.from_json(F.col("pixels").cast("string"), SIDE_SCHEMA).alias("r"),
+        )
+        meta = meta.persist(StorageLevel.MEMORY_AND_DISK)
+        # The three reads of the staged rows are independent: submitted together (run_concurrently) they
+        # share the cores, and all of them happen before the image files move away (the staged table's
+        # listing would miss them).
+        counted, n_images, _ = run_concurrently(
+            spark,
+            # one job for both counts (a null sha256 is a group of its own, as in groupBy)
+            lambda: keys.agg(
+                F.count(F.lit(1)).alias("paths"),
+                F.countDistinct("file_sha256").alias("unique"),
+                F.max(F.col("file_sha256").isNull().cast("int")).alias("null_sha"),
+            ).first(),
+            lambda: decoded.where(F.col("_kind") == IMAGE).count(),
+            meta.count,
+        )
         n_paths = int(counted["paths"]) if counted else 0
         n_unique = int(counted["unique"]) + int(counted["null_sha"] or 0) if counted else 0
         n_fresh = n_unique if seen is None else fresh.count()
@@ -529,17 +553,12 @@ def _ingest_files(
                 df.join(F.broadcast(fresh), ["file_sha256", "source_path"], "left_semi") if dropping else df
             )
 
-        side = kept(
-            decoded.where(F.col("_kind") != IMAGE).select(
-                "_kind",
-                "file_sha256",
-                "source_path",
-                F.from_json(F.col("pixels").cast("string"), SIDE_SCHEMA).alias("r"),
-            )
-        ).select("_kind", *[F.col(f"r.{f.name}").alias(f.name) for f in SIDE_SCHEMA.fields])
-        side = side.persist(StorageLevel.MEMORY_AND_DISK)
-        side.count()  # read before the image files move away (the staged table's listing would miss them)
-        matched = _matched_labels(spark, labels, listing, keys, unread_known)
+        side = kept(meta).select("_kind", *[F.col(f"r.{f.name}").alias(f.name) for f in SIDE_SCHEMA.fields])
+        if (
+            dropping
+        ):  # read three times below; without duplicates ``side`` is a projection of ``meta``'s cache
+            side = side.persist(StorageLevel.MEMORY_AND_DISK)
+        matched = _matched_labels(spark, labels, local, listing, keys, unread_known)
 
         def table(kind: str, schema: StructType) -> DataFrame:
             return side.where(F.col("_kind") == kind).select(
@@ -552,27 +571,33 @@ def _ingest_files(
             )
 
         frames_written = _write_images(
-            spark, store, decoded, decoded_dir, join(dest, "images"), kept, dropping
+            spark, store, decoded, decoded_dir, join(dest, "images"), kept, dropping, n_images
         )
         instances = table(INSTANCE, INSTANCES_SCHEMA)
-        quarantine = table(QUARANTINE, QUARANTINE_SCHEMA).unionByName(unread_rows)
-        instances.write.mode("append").parquet(join(dest, "instances"))
-        quarantine.write.mode("append").parquet(join(dest, "quarantine"))
-
-        stats = (
-            side.groupBy("_kind", "has_pixels", "stage", "error_class")
-            .agg(
-                F.count(F.lit(1)).alias("n"),
-                F.sum("_path_phi").alias("path_phi"),
-                F.count(F.when(F.col("_path_phi") > 0, True)).alias("path_phi_files"),
-            )
-            .collect()
+        quarantine = table(QUARANTINE, QUARANTINE_SCHEMA)
+        if unread_rows is not None:
+            quarantine = quarantine.unionByName(unread_rows)
+        by_unread = unread_rows.groupBy("error_class").count() if unread_rows is not None else None
+        # Two small appends (to different tables) and two small collects, side by side.
+        _, _, stats, unread_counts = run_concurrently(
+            spark,
+            lambda: instances.write.mode("append").parquet(join(dest, "instances")),
+            lambda: quarantine.write.mode("append").parquet(join(dest, "quarantine")),
+            lambda: (
+                side.groupBy("_kind", "has_pixels", "stage", "error_class")
+                .agg(
+                    F.count(F.lit(1)).alias("n"),
+                    F.sum("_path_phi").alias("path_phi"),
+                    F.count(F.when(F.col("_path_phi") > 0, True)).alias("path_phi_files"),
+                )
+                .collect()
+            ),
+            lambda: by_unread.collect() if by_unread is not None else [],
         )
-        unread_by_class = {
-            r.error_class: r["count"] for r in unread_rows.groupBy("error_class").count().collect()
-        }
-        for df in (fresh, listing, unread_rows, side):
-            df.unpersist()
+        unread_by_class = {r.error_class: r["count"] for r in unread_counts}
+        for df in (fresh, listing, unread_rows, meta, side):
+            if df is not None:
+                df.unpersist()
     finally:
         store.delete(decoded_dir)
         if ctx.crash_dir:
@@ -613,11 +638,13 @@ def _write_images(
     dest: str,
     kept: Callable[[DataFrame], DataFrame],
     dropping: bool,
+    n_staged: int,
 ) -> int:
     """Append the staged image rows to the ``images`` table at ``dest``; returns how many.
 
     When deduplication drops nothing, the staged image files (``_kind=image/modality=*/``, the table's
-    columns and compression) are moved into the table as they are; otherwise the kept rows are written.
+    columns and compression) are moved into the table as they are (``n_staged``: how many rows they
+    hold); otherwise the kept rows are written.
     """
     from pyspark.sql import functions as F
 
@@ -628,18 +655,18 @@ def _write_images(
         )
         rows.write.mode("append").partitionBy("modality").options(**IMAGE_ROW_GROUPS).parquet(dest)
         return int(kept(images.select("file_sha256", "source_path")).count())
-    n = int(images.count())
     staged = join(decoded_dir, f"_kind={IMAGE}")
     moved = store.move_tree(staged, dest)
     if not moved and not store.exists(dest):
         store.mkdirs(dest)  # an empty table, as Spark's write of no rows leaves it
-    return n
+    return n_staged
 
 
 def _matched_labels(
     spark: SparkSession,
     labels: LabelsCSV | None,
-    listing: DataFrame,
+    local: Mapping[str, int],
+    listing: DataFrame | None,
     keys: DataFrame,
     unread_known: list[UnreadFile],
 ) -> list[int]:
@@ -648,7 +675,9 @@ def _matched_labels(
         return []
     paths: set[str] = set()
     if labels.by_path:
-        seen = [r.path for r in listing.select("path").collect()] + [u[0] for u in unread_known]
+        seen = list(local) + [u[0] for u in unread_known]
+        if listing is not None:
+            seen += [r.path for r in listing.select("path").collect()]
         paths = {local_path(p) for p in seen}
     shas: set[str] = set()
     if labels.by_sha:
