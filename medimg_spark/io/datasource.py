@@ -69,6 +69,7 @@ from medimg_spark.io.planning import (
     read_labels,
     rows_to_batch,
     task_slices,
+    too_large_message,
 )
 from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA
 
@@ -372,11 +373,7 @@ def split_files(files: dict[str, int], unread: list[UnreadFile], plan: ReadPlan)
             unread.append((path, empty_sha, 0, EmptyFileError.__name__, EMPTY_MESSAGE))
             continue
         if size > limit:
-            message = (
-                f"file is {size} bytes, over the {limit}-byte limit of the binaryFile reader; "
-                "split or convert it before ingest"
-            )
-            unread.append((path, None, size, FileTooLargeError.__name__, message))
+            unread.append((path, None, size, FileTooLargeError.__name__, too_large_message(size, limit)))
         rows.append((path, size))
     if plan.files_per_task:
         slices = max(1, -(-len(rows) // plan.files_per_task))

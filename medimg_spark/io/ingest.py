@@ -58,6 +58,7 @@ from medimg_spark.io.planning import (
     problem_rows,
     read_labels,
     rows_to_batch,
+    too_large_message,
 )
 from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA
 from medimg_spark.session import run_concurrently
@@ -420,13 +421,10 @@ def _ingest_files(
     # Files over the limit are quarantined unread (for URI inputs the length filter is pushed into the
     # scan, so their content is never loaded); so are empty files, which the scan would silently skip.
     unread_ddl = "path string, file_sha256 string, length long, error_class string, error_message string"
-    too_large = (
-        "file is ",
-        f" bytes, over the {cfg.max_file_bytes}-byte limit of the binaryFile reader; split or convert it "
-        "before ingest",
-    )
+    # the message around the size, which a Spark column fills in for URI inputs
+    too_large = too_large_message("\0", cfg.max_file_bytes).split("\0")
     unread_local: list[UnreadFile] = [
-        (p, None, n, FileTooLargeError.__name__, f"{too_large[0]}{n}{too_large[1]}")
+        (p, None, n, FileTooLargeError.__name__, too_large_message(n, cfg.max_file_bytes))
         for p, n in local.items()
         if n > cfg.max_file_bytes
     ] + list(unread_known)
