@@ -11,7 +11,8 @@ Sections (``docs/scaling.md`` reads them):
   :func:`medimg_spark.io.datasource.split_files` / ``balance_slices`` into read tasks, the pickled
   partitions shipped to the JVM) in a fresh interpreter per size (driver CPU s, wall s, RSS growth),
   and the way Spark lists a Hadoop URI (``binaryFile`` with ``recursiveFileLookup``: the JVM's
-  ``InMemoryFileIndex``), plus the ``path, length`` listing DataFrame ingest builds from the local listing.
+  ``InMemoryFileIndex``), plus the ``path, length`` listing DataFrame ingest built from the local listing
+  until 0d04a9d (it now counts, size-filters and matches labels from the driver's ``{path: size}``).
 * ``checkpoint``: incremental ingest's streaming checkpoint (Spark's file source log) and medimg's commit
   records (:func:`medimg_spark.io.commit.commit_batch`, :func:`~medimg_spark.io.commit.batch_files`) after
   ten micro-batches over n files: commit time per batch, the restart of a query that finds nothing new
@@ -780,7 +781,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             "Hadoop listing (`binaryFile`, `recursiveFileLookup`: the driver JVM's `InMemoryFileIndex`) and the "
-            "`path, length` DataFrame ingest builds from the local listing:",
+            "`path, length` DataFrame ingest built from the local listing until 0d04a9d:",
             "",
             "| files | load wall s | load JVM CPU s | JVM heap growth MB | inputFiles() to Python wall s | "
             "listing DataFrame wall s |",
