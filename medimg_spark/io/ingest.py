@@ -552,9 +552,9 @@ def _ingest_files(
             )
 
         side = kept(meta).select("_kind", *[F.col(f"r.{f.name}").alias(f.name) for f in SIDE_SCHEMA.fields])
-        if (
-            dropping
-        ):  # read three times below; without duplicates ``side`` is a projection of ``meta``'s cache
+        # ``side`` is read three times below: without duplicates a projection of ``meta``'s cache, with them
+        # a semi-join of it, cached once.
+        if dropping:
             side = side.persist(StorageLevel.MEMORY_AND_DISK)
         matched = _matched_labels(spark, labels, local, listing, keys, unread_known)
 

@@ -180,7 +180,10 @@ EMPTY_MESSAGE = "file has zero bytes; re-export or remove it"
 def too_large_message(size: int | str, limit: int) -> str:
     """The quarantine message of a file over ``ingest.max_file_bytes`` (``size``: its bytes, or a marker
     where a Spark column fills them in)."""
-    return f"file is {size} bytes, over the {limit}-byte limit of the binaryFile reader; split or convert it before ingest"
+    return (
+        f"file is {size} bytes, over the {limit}-byte limit of the binaryFile reader; "
+        "split or convert it before ingest"
+    )
 
 
 PROBLEMS: dict[str, tuple[type[IngestFileError], str]] = {
