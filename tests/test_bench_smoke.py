@@ -182,6 +182,39 @@ def test_spark_stages_breakdown(tmp_path: Path) -> None:
     assert not (tmp_path / "w" / "stages_n4").exists()  # the tables are removed
 
 
+def test_ingest_overhead_against_head(tmp_path: Path) -> None:
+    """``benchmarks/ingest_overhead.py``: ingest alone, the current code and a ref alternated; the decoding job
+    and the rest of the run timed apart, the same frames written by both arms, the scratch lakes removed."""
+    work = tmp_path / "w"
+    run_benchmark(
+        "ingest_overhead.py",
+        "--n",
+        "4",
+        "--repeats",
+        "2",
+        "--against",
+        "HEAD",
+        "--out",
+        str(tmp_path),
+        "--work",
+        str(work),
+    )
+    (found,) = tmp_path.glob("ingest_overhead_*_n4.json")
+    r = json.loads(found.read_text())
+    assert set(r["arms"]) == {"current", r["against"]} and r["files"] == 6
+    for name, runs in r["runs"].items():
+        assert len(runs) == 2, name
+        for run in runs:
+            assert run["frames_written"] == 6  # 4 CT frames + 2 X-rays
+            assert 0 < run["decode_s"] < run["total_s"]
+            assert run["other_s"] == pytest.approx(run["total_s"] - run["decode_s"], abs=0.02)
+    assert Path(r["runs"]["current"][0]["package"]) == REPO  # the current arm imported this checkout
+    assert Path(r["runs"][r["against"]][0]["package"]) != REPO  # the ref's arm its worktree
+    md = (tmp_path / found.name.replace(".json", ".md")).read_text()
+    assert md.startswith("# Ingest outside its decoding job, N = 4") and "| current |" in md
+    assert not work.exists()
+
+
 def test_allocator_benchmark_smoke(tmp_path: Path) -> None:
     """``benchmarks/allocator.py``: both arms run the chain on the same images; the tuned arm faults less."""
     run_benchmark("allocator.py", "--n", "4", "--repeats", "1", "--modes", "loop", "--out", str(tmp_path))
