@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--repeats must be at least 1")
     machine = bench.machine_info()  # before the runs: its load average is the one at the start
     bench.corpus(args.n, args.cores)  # generated (or found) once, outside the timed runs
+    bench.prepare_jvm()  # the current package's JVM class archive, made outside the timed runs
     runs: dict[str, list[dict[str, Any]]] = {}
     with bench.AgainstTree(args.against) as tree:
         arms = {"current": bench.REPO, tree.short: tree.path}

@@ -148,6 +148,7 @@ def spark_jobs(spark: Any, t0: float) -> tuple[list[dict[str, Any]], list[dict[s
 def run_stages(n: int, cores: int, fused: bool, conf: dict[str, str], work: Path) -> dict[str, Any]:
     os.environ.update(bench._THREAD_ENV)
     corpus = bench.corpus(n, cores)
+    bench.prepare_jvm()  # the JVM class archive, made before the measured session
     out = work / f"stages_n{n}"
     shutil.rmtree(out, ignore_errors=True)
     bench._become_subreaper()

@@ -44,6 +44,7 @@ from pyspark.sql.types import (
 
 from medimg_spark.quality import QUALITY_KEYS
 from medimg_spark.schema import IMAGES_SCHEMA, QUARANTINE_SCHEMA
+from medimg_spark.session import unsorted_partitioned_writes
 from medimg_spark.storage import get_storage, join, parent, spark_path
 from medimg_spark.summaries import FeaturesSummary, PreprocessSummary
 
@@ -456,7 +457,10 @@ def preprocess(
     staging = join(out, "_staging", run_id)
     store = get_storage(spark)
     try:
-        with frame_splits(spark, scan=images, row_group_bytes=IMAGE_ROW_GROUP_BYTES):
+        with (
+            frame_splits(spark, scan=images, row_group_bytes=IMAGE_ROW_GROUP_BYTES),
+            unsorted_partitioned_writes(spark),
+        ):
             todo.mapInArrow(
                 lambda it: _process_partition(it, recipe_json, run_id, fs_json, use_mask), STAGED_SCHEMA
             ).write.partitionBy("_part").parquet(staging)

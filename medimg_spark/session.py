@@ -7,16 +7,18 @@ configuration wins: only keys it leaves unset are filled in.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medimg_spark import resources
+from medimg_spark.class_archive import ArchivePlan, note_recorder, plan
 from medimg_spark.errors import JavaMissingError
 
 if TYPE_CHECKING:
@@ -61,14 +63,19 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def java_binary() -> str | None:
+    """The ``java`` Spark's launcher runs: ``$JAVA_HOME/bin/java``, else the one on PATH."""
+    java_home = os.environ.get("JAVA_HOME")
+    return str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+
+
 def check_java(minimum: int = 17) -> int:
     """Return the major version of ``java`` on PATH (or in ``$JAVA_HOME``).
 
     Raises:
         JavaMissingError: when Java is missing or older than ``minimum``.
     """
-    java_home = os.environ.get("JAVA_HOME")
-    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    java = java_binary()
     how = (
         f"Spark needs Java {minimum}+: install it (Debian/Ubuntu: 'apt-get install openjdk-17-jre-headless', "
         "macOS: 'brew install openjdk@17') and put it on PATH or set JAVA_HOME"
@@ -127,6 +134,7 @@ def build_session(
         _register_sources(active)
         return active
     settings: dict[str, str] = {}
+    archive = ArchivePlan()
     submitted = under_spark_submit()
     if not submitted:
         check_java()
@@ -143,12 +151,30 @@ def build_session(
         # Executors run the same interpreter (and so the same installed packages) as the driver.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        archive = _class_archive(settings)
     for key, value in settings.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
+    if archive.pid_file is not None:
+        note_recorder(archive.pid_file, session.sparkContext._jvm)
     _register_sources(session)
     session.sparkContext.setLogLevel(os.environ.get("MEDIMG_SPARK_LOG_LEVEL", "WARN"))
     return session
+
+
+def _class_archive(settings: dict[str, str]) -> ArchivePlan:
+    """Add the JVM class archive's options (:mod:`medimg_spark.class_archive`) to ``settings``."""
+    from pyspark import SparkContext
+
+    java = java_binary()
+    if SparkContext._gateway is not None:  # this process's JVM runs already: its options are set
+        return ArchivePlan()
+    key = "spark.driver.extraJavaOptions"
+    base = settings.get(key, "")
+    archive = plan(java, base, settings.get("spark.driver.extraClassPath", "")) if java else ArchivePlan()
+    if archive.java_options:
+        settings[key] = f"{base} {archive.java_options}".strip()
+    return archive
 
 
 def _register_sources(session: SparkSession) -> None:
@@ -181,3 +207,91 @@ def run_concurrently(spark: SparkSession, *actions: Callable[[], Any]) -> list[A
     with ThreadPoolExecutor(max_workers=len(actions), thread_name_prefix="medimg-action") as pool:
         futures = [pool.submit(inheritable_thread_target(spark)(action)) for action in actions]
         return [f.result() for f in futures]
+
+
+@contextlib.contextmanager
+def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
+    """Set runtime SQL ``settings`` for the queries planned in this block; the earlier values (or unset
+    keys) come back when it ends, also on error."""
+    old = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, before in old.items():
+            if before is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, before)
+
+
+#: Files a task keeps open at once in :func:`unsorted_partitioned_writes` (one per partition value it
+#: writes); past that many values Spark sorts the task's remaining rows, as it otherwise does for all.
+PARTITION_WRITERS = 16
+
+
+def unsorted_partitioned_writes(
+    spark: SparkSession, writers: int = PARTITION_WRITERS
+) -> contextlib.AbstractContextManager[None]:
+    """``partitionBy`` writes planned in this block write each row as it comes, to one open file per
+    partition value, instead of sorting every task's rows by the partition columns first.
+
+    Spark's planned writes (``spark.sql.optimizer.plannedWrite.enabled``) put a sort by the partition
+    columns before every partitioned write. For image rows that sort copies every pixel blob into the
+    sorter's memory pages and holds a task's whole output (100+ frames) before the first byte is written.
+    With planned writes off and ``spark.sql.maxConcurrentOutputFileWriters`` set, Spark's file writer keeps
+    up to ``writers`` files open per task instead (ingest writes 2 to 5 partition values per task: image
+    modalities, instance and quarantine rows; preprocess 2) and falls back to the sort past that, so any
+    number of values is still written correctly. Measured: ``benchmarks/ingest_overhead.py`` and
+    ``benchmarks/spark_stages.py`` (see ``spark-defaults.conf``).
+    """
+    return session_conf(
+        spark,
+        {
+            "spark.sql.optimizer.plannedWrite.enabled": "false",
+            "spark.sql.maxConcurrentOutputFileWriters": str(writers),
+        },
+    )
+
+
+def prepare_class_archive(timeout_s: float = 300.0) -> Path | None:
+    """Make the JVM class archive (:mod:`medimg_spark.class_archive`) of this installation now, unless it
+    exists: a throwaway local session in a subprocess records it, this call checks and promotes it.
+
+    For benchmarks and set-up scripts, so that no measured or interactive run pays the recording (about
+    10 s once). Returns the archive's path, or None when it is switched off or could not be made.
+    """
+    import json
+    import time
+
+    from medimg_spark.class_archive import cache_dir, enabled
+
+    if not enabled() or under_spark_submit():
+        return None
+
+    def archive() -> Path | None:
+        options = _class_archive(read_spark_defaults(defaults_file())).java_options
+        m = re.search(r"-XX:SharedArchiveFile=(\S+)", options)
+        return Path(m.group(1)) if m else None
+
+    found = archive()
+    if found is not None:
+        return found
+    script = (
+        "from medimg_spark.session import build_session; build_session(master='local[1]').range(1).count()"
+    )
+    subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=timeout_s, check=False)
+    deadline = time.monotonic() + timeout_s
+    for pid_file in cache_dir().glob("*.pid"):  # wait for the recording JVMs to write their archives
+        try:
+            pid = int(json.loads(pid_file.read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+    return archive()

@@ -361,3 +361,52 @@ def test_run_concurrently_overlaps_actions_keeps_order_and_raises_after_all(spar
         assert run_concurrently(spark, lambda: 7) == [7]  # one action: run in the caller's thread
     finally:
         sc.setJobDescription(None)  # type: ignore[arg-type]
+
+
+def _insert_plan(spark: Any, table: str) -> str:
+    """The optimized plan of a partitioned insert into ``table`` (EXPLAIN, nothing written)."""
+    return str(spark.sql(f"EXPLAIN EXTENDED INSERT INTO {table} SELECT * FROM frames_view").first()[0])
+
+
+def test_unsorted_partitioned_writes_skip_the_sort_keep_the_rows_and_restore_settings(
+    spark: Any, lake: Path, tmp_path: Path
+) -> None:
+    """Inside the block a partitioned write has no sort by the partition columns in its plan (Spark keeps
+    a file open per value instead), writes the same rows, also past ``writers`` values (Spark's fallback
+    to sorting), and the session's settings come back afterwards."""
+    from medimg_spark.session import session_conf, unsorted_partitioned_writes
+
+    keys = ("spark.sql.optimizer.plannedWrite.enabled", "spark.sql.maxConcurrentOutputFileWriters")
+    before = {k: spark.conf.get(k, None) for k in keys}
+    frames = spark.read.schema(IMAGES_SCHEMA).parquet(str(lake / "images"))
+    modalities = {r.modality for r in frames.select("modality").distinct().collect()}
+    assert len(modalities) == 3  # CT, MR and the PNG X-rays: more values than writers=2 below
+    frames.createOrReplaceTempView("frames_view")
+    spark.sql(
+        f"CREATE TABLE frames_part USING parquet PARTITIONED BY (modality) LOCATION '{tmp_path / 't'}' "
+        "AS SELECT * FROM frames_view LIMIT 0"
+    )
+    try:
+        assert "Sort [modality" in _insert_plan(spark, "frames_part")  # Spark's planned write sorts
+        with unsorted_partitioned_writes(spark):
+            assert "Sort [" not in _insert_plan(spark, "frames_part")
+        for writers in (2, 16):
+            out = tmp_path / f"w{writers}"
+            with unsorted_partitioned_writes(spark, writers=writers):
+                frames.write.partitionBy("modality").parquet(str(out))
+            assert {p.name for p in out.iterdir() if p.is_dir()} == {f"modality={m}" for m in modalities}
+            assertDataFrameEqual(spark.read.schema(IMAGES_SCHEMA).parquet(str(out)), frames)
+    finally:
+        spark.sql("DROP TABLE IF EXISTS frames_part")
+        spark.catalog.dropTempView("frames_view")
+    assert {k: spark.conf.get(k, None) for k in keys} == before
+
+    # session_conf: an unset key is unset again, a set one gets its value back, also after an error
+    spark.conf.set("spark.sql.files.openCostInBytes", "1234567")
+    settings = {"spark.sql.files.openCostInBytes": "1", "spark.sql.files.minPartitionNum": "3"}
+    with pytest.raises(RuntimeError, match="inside"), session_conf(spark, settings):
+        assert spark.conf.get("spark.sql.files.minPartitionNum") == "3"
+        raise RuntimeError("inside")
+    assert spark.conf.get("spark.sql.files.openCostInBytes") == "1234567"
+    assert spark.conf.get("spark.sql.files.minPartitionNum", None) is None
+    spark.conf.unset("spark.sql.files.openCostInBytes")

@@ -61,7 +61,7 @@ from medimg_spark.io.planning import (
     too_large_message,
 )
 from medimg_spark.schema import IMAGES_SCHEMA, INSTANCES_SCHEMA, QUARANTINE_SCHEMA
-from medimg_spark.session import run_concurrently
+from medimg_spark.session import run_concurrently, unsorted_partitioned_writes
 from medimg_spark.storage import (
     Storage,
     StorageError,
@@ -502,7 +502,8 @@ def _ingest_files(
         for extra in parts[1:]:
             decoded_rows = decoded_rows.unionByName(extra)
         writer = decoded_rows.write.mode("overwrite").partitionBy("_kind", "modality")
-        writer.options(**IMAGE_ROW_GROUPS).parquet(decoded_dir)
+        with unsorted_partitioned_writes(spark):
+            writer.options(**IMAGE_ROW_GROUPS).parquet(decoded_dir)
 
     # The decoded pixels are written once: the decoding pass writes its rows partitioned by ``_kind`` and
     # ``modality`` in the images table's columns and compression (STAGED_SCHEMA), so its image files are
@@ -651,7 +652,8 @@ def _write_images(
         rows = kept(images).select(
             *[F.col(f.name).cast(f.dataType).alias(f.name) for f in IMAGES_SCHEMA.fields]
         )
-        rows.write.mode("append").partitionBy("modality").options(**IMAGE_ROW_GROUPS).parquet(dest)
+        with unsorted_partitioned_writes(spark):
+            rows.write.mode("append").partitionBy("modality").options(**IMAGE_ROW_GROUPS).parquet(dest)
         return int(kept(images.select("file_sha256", "source_path")).count())
     staged = join(decoded_dir, f"_kind={IMAGE}")
     moved = store.move_tree(staged, dest)
