@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medimg_spark import resources
-from medimg_spark.class_archive import ArchivePlan, note_recorder, plan
+from medimg_spark.class_archive import ArchivePlan, cache_dir, enabled, note_recorder, plan
 from medimg_spark.errors import JavaMissingError
 
 if TYPE_CHECKING:
@@ -243,8 +243,8 @@ def unsorted_partitioned_writes(
     With planned writes off and ``spark.sql.maxConcurrentOutputFileWriters`` set, Spark's file writer keeps
     up to ``writers`` files open per task instead (ingest writes 2 to 5 partition values per task: image
     modalities, instance and quarantine rows; preprocess 2) and falls back to the sort past that, so any
-    number of values is still written correctly. Measured: ``benchmarks/ingest_overhead.py`` and
-    ``benchmarks/spark_stages.py`` (see ``spark-defaults.conf``).
+    number of values is still written correctly. Measured with ``benchmarks/ingest_overhead.py`` and
+    ``benchmarks/run.py`` (see ``spark-defaults.conf``).
     """
     return session_conf(
         spark,
@@ -264,8 +264,6 @@ def prepare_class_archive(timeout_s: float = 300.0) -> Path | None:
     """
     import json
     import time
-
-    from medimg_spark.class_archive import cache_dir, enabled
 
     if not enabled() or under_spark_submit():
         return None
