@@ -79,14 +79,16 @@ def cache_dir() -> Path:
 def archive_key(java: str, java_options: str, class_path: str = "") -> str:
     """A name for the archive of this Java binary, pyspark installation and JVM option set.
 
-    Any change of them (another Java, an upgraded pyspark, other jars, other GC flags) gives another
-    key, so an archive is only offered to the JVMs it was recorded for.
+    Any change of them (another Java, another or upgraded pyspark installation, other jars, other GC
+    flags) gives another key, so an archive is only offered to the JVMs it was recorded for.
     """
     import pyspark
 
     jars = Path(pyspark.__file__).parent / "jars"
     real = Path(java).resolve()
-    parts = [pyspark.__version__, str(real), str(real.stat().st_mtime_ns), java_options, class_path]
+    # the jars' folder too: an archive maps only into JVMs with the class path it was recorded with
+    parts = [pyspark.__version__, str(jars.resolve()), str(real), str(real.stat().st_mtime_ns), java_options]
+    parts.append(class_path)
     if jars.is_dir():
         parts += sorted(f"{p.name}:{p.stat().st_size}" for p in jars.iterdir())
     digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
