@@ -16,7 +16,7 @@ How it works (Java 13+, ``-XX:ArchiveClassesAtExit`` / ``-XX:SharedArchiveFile``
    (another class path, other flags) ignores it and starts as without it; its CDS log lines are off.
 
 The archive lives in ``$MEDIMG_SPARK_CACHE`` (default ``$XDG_CACHE_HOME/medimg-spark`` or
-``~/.cache/medimg-spark``), under ``jvm/``; about 160 MB per Java/pyspark pair. Set
+``~/.cache/medimg-spark``), under ``jvm/``; 160–210 MB per Java/pyspark installation. Set
 ``MEDIMG_SPARK_CLASS_ARCHIVE=off`` to neither record nor use one. Only sessions this package launches
 use it: under ``spark-submit`` the launcher has started the JVM already.
 """
