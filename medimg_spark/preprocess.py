@@ -44,7 +44,7 @@ from pyspark.sql.types import (
 
 from medimg_spark.quality import QUALITY_KEYS
 from medimg_spark.schema import IMAGES_SCHEMA, QUARANTINE_SCHEMA
-from medimg_spark.session import unsorted_partitioned_writes
+from medimg_spark.session import session_conf, unsorted_partitioned_writes
 from medimg_spark.storage import get_storage, join, parent, spark_path
 from medimg_spark.summaries import FeaturesSummary, PreprocessSummary
 
@@ -604,19 +604,10 @@ def frame_splits(
         limit = min(_conf_bytes(spark, "spark.sql.files.maxPartitionBytes"), max_split_bytes)
         keys["spark.sql.files.maxPartitionBytes"] = str(limit)
     # maxPartitionBytes is restored also when only even_task_count changed it (max_split_bytes None)
-    old = {k: spark.conf.get(k, None) for k in [*keys, "spark.sql.files.maxPartitionBytes"]}
-    for k, v in keys.items():
-        spark.conf.set(k, v)
-    try:
+    with session_conf(spark, keys, restore=["spark.sql.files.maxPartitionBytes"]):
         if scan is not None:
             even_task_count(spark, scan, row_group_bytes or SPLIT_OPEN_COST)
         yield
-    finally:
-        for k, before in old.items():
-            if before is None:
-                spark.conf.unset(k)
-            else:
-                spark.conf.set(k, before)
 
 
 #: Split sizes :func:`even_task_count` tries, as fractions of the current one (largest first).

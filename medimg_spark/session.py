@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -210,10 +210,13 @@ def run_concurrently(spark: SparkSession, *actions: Callable[[], Any]) -> list[A
 
 
 @contextlib.contextmanager
-def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
+def session_conf(
+    spark: SparkSession, settings: Mapping[str, str], restore: Iterable[str] = ()
+) -> Iterator[None]:
     """Set runtime SQL ``settings`` for the queries planned in this block; the earlier values (or unset
-    keys) come back when it ends, also on error."""
-    old = {k: spark.conf.get(k, None) for k in settings}
+    keys) come back when it ends, also on error, as do those of the ``restore`` keys (which code in the
+    block may change)."""
+    old = {k: spark.conf.get(k, None) for k in [*settings, *restore]}
     for k, v in settings.items():
         spark.conf.set(k, v)
     try:
