@@ -56,10 +56,12 @@ class ArchivePlan:
     Attributes:
         java_options: JVM options to add to ``spark.driver.extraJavaOptions`` ("" for none).
         pid_file: while recording: the file to write the recording JVM's process id to once it runs.
+        archive: when using one: the archive the JVM maps.
     """
 
     java_options: str = ""
     pid_file: Path | None = None
+    archive: Path | None = None
 
 
 def enabled() -> bool:
@@ -105,6 +107,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _recorder(pid_file: Path) -> tuple[dict[str, Any], int]:
+    """The recording JVM a pid file names, and its process id (0 when the file is unreadable)."""
+    try:
+        recorder = json.loads(pid_file.read_text())
+        return recorder, int(recorder["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}, 0
+
+
+def wait_for_recorders(timeout_s: float) -> None:
+    """Wait (at most ``timeout_s``) until every recording JVM has exited, so its archive is written."""
+    deadline = time.monotonic() + timeout_s
+    for pid_file in cache_dir().glob("*.pid"):
+        _, pid = _recorder(pid_file)
+        while pid and _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
 def _usable(java: str, archive: Path, recorder: dict[str, Any]) -> bool:
     """True when a JVM started as the recording one was (its class path and options) maps ``archive``.
 
@@ -143,11 +163,7 @@ def _promote(java: str, folder: Path, key: str, final: Path) -> bool:
             part.unlink(missing_ok=True)
     for pid_file in sorted(folder.glob(f"{key}.*.pid")):
         part = pid_file.with_suffix(".part")
-        try:
-            recorder = json.loads(pid_file.read_text())
-            pid = int(recorder["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            recorder, pid = {}, 0
+        recorder, pid = _recorder(pid_file)
         if pid and _alive(pid):
             recording = True
             continue
@@ -173,17 +189,17 @@ def plan(java: str, java_options: str, class_path: str = "") -> ArchivePlan:
     try:
         key = archive_key(java, java_options, class_path)
         final = folder / f"{key}.jsa"
-        if final.exists():
-            return ArchivePlan(f"-XX:SharedArchiveFile={final} {QUIET}")
-        folder.mkdir(parents=True, exist_ok=True)
-        recording = _promote(java, folder, key, final)
-        if final.exists():
-            return ArchivePlan(f"-XX:SharedArchiveFile={final} {QUIET}")
-        if recording:
-            return ArchivePlan()
-        token = secrets.token_hex(6)
-        part = folder / f"{key}.{token}.part"
-        return ArchivePlan(f"-XX:ArchiveClassesAtExit={part} {QUIET}", pid_file=part.with_suffix(".pid"))
+        if not final.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            recording = _promote(java, folder, key, final)
+            if recording:
+                return ArchivePlan()
+            if not final.exists():
+                part = folder / f"{key}.{secrets.token_hex(6)}.part"
+                return ArchivePlan(
+                    f"-XX:ArchiveClassesAtExit={part} {QUIET}", pid_file=part.with_suffix(".pid")
+                )
+        return ArchivePlan(f"-XX:SharedArchiveFile={final} {QUIET}", archive=final)
     except OSError as err:  # an unwritable or missing cache folder: start without an archive
         log.debug("no JVM class archive (%s)", err)
         return ArchivePlan()

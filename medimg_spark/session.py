@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medimg_spark import resources
-from medimg_spark.class_archive import ArchivePlan, cache_dir, enabled, note_recorder, plan
+from medimg_spark.class_archive import ArchivePlan, enabled, note_recorder, plan, wait_for_recorders
 from medimg_spark.errors import JavaMissingError
 
 if TYPE_CHECKING:
@@ -265,16 +265,11 @@ def prepare_class_archive(timeout_s: float = 300.0) -> Path | None:
     For benchmarks and set-up scripts, so that no measured or interactive run pays the recording (about
     10 s once). Returns the archive's path, or None when it is switched off or could not be made.
     """
-    import json
-    import time
-
     if not enabled() or under_spark_submit():
         return None
 
     def archive() -> Path | None:
-        options = _class_archive(read_spark_defaults(defaults_file())).java_options
-        m = re.search(r"-XX:SharedArchiveFile=(\S+)", options)
-        return Path(m.group(1)) if m else None
+        return _class_archive(read_spark_defaults(defaults_file())).archive
 
     found = archive()
     if found is not None:
@@ -283,16 +278,5 @@ def prepare_class_archive(timeout_s: float = 300.0) -> Path | None:
         "from medimg_spark.session import build_session; build_session(master='local[1]').range(1).count()"
     )
     subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=timeout_s, check=False)
-    deadline = time.monotonic() + timeout_s
-    for pid_file in cache_dir().glob("*.pid"):  # wait for the recording JVMs to write their archives
-        try:
-            pid = int(json.loads(pid_file.read_text())["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.5)
+    wait_for_recorders(timeout_s)
     return archive()

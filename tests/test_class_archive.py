@@ -88,7 +88,9 @@ def test_plan_records_promotes_a_checked_archive_and_uses_it(
     _pid_file(done, _dead_pid(), cp)
     used = class_archive.plan(JAVA, "-XX:+UseSerialGC")
     final = folder / f"{key}.jsa"
-    assert used == class_archive.ArchivePlan(f"-XX:SharedArchiveFile={final} {class_archive.QUIET}")
+    assert used == class_archive.ArchivePlan(
+        f"-XX:SharedArchiveFile={final} {class_archive.QUIET}", archive=final
+    )
     assert final.exists() and not done.exists() and not done.with_suffix(".pid").exists()
     check = subprocess.run(
         [JAVA, "-cp", str(cp), f"-XX:SharedArchiveFile={final}", "-Xshare:on", "-version"],
