@@ -265,7 +265,7 @@ def section_listing(spark: Any, sizes: tuple[int, ...], parallelism: tuple[int, 
         root = tiny_tree(n)
         for par in parallelism:
             if par != parallelism[0] and n * LOCAL_OPEN_COST // par >= LOCAL_BYTES_PER_TASK:
-                continue  # 128 MB tasks at any parallelism: the same split as the first row
+                continue  # full tasks (LOCAL_BYTES_PER_TASK) at any parallelism: about the first row's split
             proc = subprocess.run(
                 [sys.executable, __file__, "--_probe_listing", str(root), "--_parallelism", str(par)],
                 capture_output=True, text=True, check=True, env={**os.environ, **_THREAD_ENV},

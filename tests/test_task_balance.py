@@ -77,3 +77,28 @@ def test_heap_planning_equals_the_scan_definition_on_the_hostile_listing_and_man
     many = rows * 7 + [(f"zero/{i}", 0) for i in range(50)] + [(f"eq/{i}", 4096) for i in range(60)]
     for listing, slices in ((rows, 1), (rows, 3), (rows, 64), (many, 5), (many, 400)):
         assert balance_slices(listing, slices) == _scan_lpt(listing, slices)
+
+
+def test_task_count_is_a_multiple_of_the_cores_and_tasks_hold_up_to_512_mib() -> None:
+    from medimg_spark.io.planning import LOCAL_BYTES_PER_TASK, LOCAL_MAX_TASKS
+
+    assert LOCAL_BYTES_PER_TASK == 512 << 20
+    # benchmarks/run.py's N = 2,000 corpus: 2,000 CT files of ~0.5 MB and 1,000 PNGs of ~0.5 MB
+    bench = [520_000] * 2000 + [480_000] * 1000
+    weight = sum(s + LOCAL_OPEN_COST for s in bench)
+    for cores in (1, 2, 3, 8):
+        n = task_slices(bench, cores)
+        assert n % cores == 0 and n >= -(-weight // LOCAL_BYTES_PER_TASK), (cores, n)
+        assert n - cores < -(-weight // LOCAL_BYTES_PER_TASK), (cores, n)  # rounded up by less than a round
+    assert task_slices(bench, 2) == 28  # 106 tasks of 128 MiB before
+    # a small corpus: one task per core; fewer files than cores: one task per file
+    assert task_slices([1000] * 10, 4) == 4
+    assert task_slices([1000] * 3, 8) == 3
+    assert task_slices([], 2) == 1
+    # a huge listing stops at the task cap
+    assert task_slices([300 << 20] * 200_000, 2) == LOCAL_MAX_TASKS
+    # the tasks dealt by weight differ by at most one file's weight
+    rows = [(f"f{i}", s) for i, s in enumerate(bench[::10])]
+    groups = balance_slices(rows, task_slices([s for _, s in rows], 2))
+    loads = [sum(s + LOCAL_OPEN_COST for _, s in g) for g in groups]
+    assert max(loads) - min(loads) <= max(s for _, s in rows) + LOCAL_OPEN_COST

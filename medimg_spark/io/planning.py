@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EMPTY_MESSAGE",
     "LOCAL_BYTES_PER_TASK",
+    "LOCAL_MAX_TASKS",
     "LOCAL_OPEN_COST",
     "UNION_SCHEMA",
     "FileNameEncodingError",
@@ -209,22 +210,33 @@ PROBLEMS: dict[str, tuple[type[IngestFileError], str]] = {
 }
 
 
-#: Bytes of file content per task of a local scan (as ``spark.sql.files.maxPartitionBytes``).
-LOCAL_BYTES_PER_TASK = 128 << 20
+#: Weight (bytes of file content plus :data:`LOCAL_OPEN_COST` per file) of a task of a local scan, at most.
+#: Each read task has a fixed cost besides its files: the read command unpickled in a Python worker, the
+#: Parquet writers of its output partitions and their buffers in the JVM. With 128 MiB (Spark's
+#: ``maxPartitionBytes``) benchmarks/run.py's N = 2,000 corpus (3,000 files) was 106 tasks of about 28
+#: files; with 32 or 16 tasks ingest took about 10 s less (66.9-74.8 s against 78.7-88.2 s) and 8-14 JVM
+#: CPU-s less (measured side by side, ``files_per_partition`` 94 and 188, 2026-12-01).
+LOCAL_BYTES_PER_TASK = 512 << 20
 #: What opening one file weighs when files are split into tasks (``spark.sql.files.openCostInBytes``).
 LOCAL_OPEN_COST = 4 << 20
+#: Most tasks of one local scan (a read command ships to every task: more tasks, more copies of it).
+LOCAL_MAX_TASKS = 100_000
 
 
 def task_slices(sizes: list[int], parallelism: int) -> int:
-    """How many tasks read files of these sizes, as Spark splits a file scan.
+    """How many tasks read files of these sizes.
 
-    Each file weighs its size plus :data:`LOCAL_OPEN_COST`; a task gets
-    ``min(LOCAL_BYTES_PER_TASK, max(LOCAL_OPEN_COST, total / parallelism))`` of weight. At least one
-    task, at most one per file (and 100 000).
+    Each file weighs its size plus :data:`LOCAL_OPEN_COST`. There is a task per core, or more when the
+    weight needs them at :data:`LOCAL_BYTES_PER_TASK` each, rounded up to a multiple of ``parallelism``
+    (the tasks are dealt equal weight by :func:`~medimg_spark.io.datasource.balance_slices`, so the
+    cores finish their last round together). At least one task, at most one per file and
+    :data:`LOCAL_MAX_TASKS`.
     """
+    cores = max(1, parallelism)
     weight = sum(size + LOCAL_OPEN_COST for size in sizes)
-    per_task = min(LOCAL_BYTES_PER_TASK, max(LOCAL_OPEN_COST, weight // max(1, parallelism)))
-    return max(1, min(len(sizes), -(-weight // per_task), 100_000))
+    tasks = max(cores, -(-weight // LOCAL_BYTES_PER_TASK))
+    tasks = -(-tasks // cores) * cores
+    return max(1, min(len(sizes), tasks, LOCAL_MAX_TASKS))
 
 
 def problem_rows(listing: Listing) -> list[UnreadFile]:
