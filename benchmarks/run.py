@@ -540,9 +540,11 @@ def spark_stages(
     files_per_partition: int | None = None,
     mark: Callable[[str], None] = lambda stage: None,
 ) -> SparkStagesResult:
-    """The spark modes' work: ingest → preprocess per recipe (CT, X-ray) → features per recipe, calling
-    ``mark(stage)`` after each (``ingest``, ``preprocess <recipe>``, ``features <recipe>``; with ``fused``
-    the features come out of the recipe's pass and only ``features`` marks the count).
+    """The spark modes' work: ingest → preprocess (CT, X-ray recipes; in one pass with
+    ``preprocess_passes`` where the package has it, else one run per recipe) → features per recipe,
+    calling ``mark(stage)`` after each (``ingest``, ``preprocess <recipe>[+<recipe>]``, ``features
+    <recipe>``; with ``fused`` the features come out of the recipes' pass and only ``features`` marks the
+    count).
 
     Shared by :func:`run_spark` and ``benchmarks/spark_stages.py`` (its per-stage CPU breakdown).
     """
@@ -555,13 +557,21 @@ def spark_stages(
     s_ingest = ingest(spark, [str(corpus_dir)], out, config=cfg, deidentify=None)
     mark("ingest")
     extra: dict[str, Any] = {"features": fs_name} if fused else {}
-    pre = []
-    for name, recipe, where in (
+    recipes = (
         ("ct_lung", CT_RECIPE, "modality = 'CT'"),
         ("xray_filters", _xray_recipe_path(), "modality <> 'CT'"),
-    ):
-        pre.append(preprocess(spark, out, str(recipe), where=where, **extra))
-        mark(f"preprocess {name}")
+    )
+    pre = []
+    try:  # both recipes in one pass over the frames (one Spark job), where the package can
+        from medimg_spark.preprocess import RecipePass, preprocess_passes
+    except ImportError:  # an --against ref from before preprocess_passes: one run per recipe
+        for name, recipe, where in recipes:
+            pre.append(preprocess(spark, out, str(recipe), where=where, **extra))
+            mark(f"preprocess {name}")
+    else:
+        passes = [RecipePass(str(recipe), where, extra.get("features")) for _, recipe, where in recipes]
+        pre.extend(preprocess_passes(spark, out, passes))
+        mark("preprocess " + "+".join(name for name, _, _ in recipes))
     n_images = 0
     if fused:  # counted from the tables' Parquet footers: no pixels read
         n_images = sum(spark.read.parquet(p).count() for p in feature_tables(Path(out)))

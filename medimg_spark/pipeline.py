@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -289,23 +289,25 @@ def _run_stages(
             rec.update(_counts(results["ingest"]), path=out)
     fused: FeaturesSummary | None = None
     if "preprocess" in pc.stages:
-        from medimg_spark.preprocess import preprocess
+        from medimg_spark.preprocess import RecipePass, preprocess_passes
 
         fuse = fused_recipe(cfg, pc, base)
         fcfg = run_features(cfg, pc, base)
-        results["preprocess"] = []
-        for r in recipe_runs(cfg, pc):
+        runs = recipe_runs(cfg, pc)
+        passes = []
+        for r in runs:
             path = resolve_recipe_path(r.recipe, base)
-            with log.stage("preprocess", recipe=r.recipe) as rec:
-                if fuse is not None and path == fuse:
-                    summary = preprocess(
-                        spark, out, path, where=r.where, features=fcfg.set, use_mask=fcfg.use_mask
-                    )
-                    fused = summary.pop("features", None)
-                else:
-                    summary = preprocess(spark, out, path, where=r.where)
-                results["preprocess"].append(summary)
-                rec.update(_counts(results["preprocess"][-1]), path=join(out, "processed"))
+            fs = fcfg.set if fuse is not None and path == fuse else None
+            passes.append(RecipePass(path, r.where, fs))
+        results["preprocess"] = []
+        if passes:
+            # every recipe in one pass over the frames (one Spark job, see preprocess_passes)
+            with log.stage("preprocess", recipes=",".join(r.recipe for r in runs)) as rec:
+                summaries = preprocess_passes(spark, out, passes, use_mask=fcfg.use_mask)
+                for summary in summaries:
+                    fused = summary.pop("features", None) or fused
+                results["preprocess"] = summaries
+                rec.update(_summed_counts(summaries), path=join(out, "processed"))
     if "volumes" in pc.stages:
         from medimg_spark.volumes.stage import run_volumes
 
@@ -409,6 +411,15 @@ def fused_recipe(cfg: MedimgConfig, pc: PipelineConfig, base: Path) -> str | Non
         if load_recipe(path).hash.startswith(fcfg.recipe):
             found.append(path)
     return found[0] if len(set(found)) == 1 and len(found) == 1 else None
+
+
+def _summed_counts(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The numeric fields of several summaries of one stage run, added up (``seconds``: the largest)."""
+    total: dict[str, Any] = {}
+    for summary in summaries:
+        for k, v in _counts(dict(summary)).items():
+            total[k] = max(total.get(k, v), v) if k == "seconds" else total.get(k, 0) + v
+    return total
 
 
 def _counts(summary: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,8 @@ import contextlib
 import datetime as dt
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pyspark.sql.types import (
@@ -44,7 +45,7 @@ from pyspark.sql.types import (
 
 from medimg_spark.quality import QUALITY_KEYS
 from medimg_spark.schema import IMAGES_SCHEMA, QUARANTINE_SCHEMA
-from medimg_spark.session import session_conf, unsorted_partitioned_writes
+from medimg_spark.session import run_concurrently, session_conf, unsorted_partitioned_writes
 from medimg_spark.storage import get_storage, join, parent, spark_path
 from medimg_spark.summaries import FeaturesSummary, PreprocessSummary
 
@@ -129,12 +130,15 @@ WORK_SCHEMA = StructType(
 #: What a recipe task writes to its staging table, partitioned by ``_part``: ``_part=frame`` rows are
 #: ``processed`` rows (these files are moved into the table as they are: the processed pixels are written
 #: once), ``_part=side`` rows carry a failed frame's quarantine fields or a fused run's feature values as
-#: JSON in ``pixels`` (:data:`SIDE_JSON_SCHEMA`), with ``image_id`` set and the other columns null.
+#: JSON in ``pixels`` (:data:`SIDE_JSON_SCHEMA`), with ``image_id`` and ``recipe_hash`` set and the other
+#: columns null.
 STAGED_SCHEMA = StructType(
     [StructField(f.name, f.dataType, True) for f in PROCESSED_SCHEMA.fields]
     + [StructField("_part", StringType(), True)]
 )
 FRAME_PART, SIDE_PART = "frame", "side"
+#: The column of a recipe task's input rows that says which of the run's recipes a frame gets (its index).
+PASS_COL = "_pass"
 SIDE_JSON_SCHEMA = StructType(
     [
         StructField("kind", StringType(), True),  # "quarantine" or "features"
@@ -186,6 +190,7 @@ def staged_rows(work: list[dict[str, Any]], fused: bool, now: Any) -> list[dict[
         out.append(
             {
                 "image_id": r.get("image_id"),
+                "recipe_hash": r.get("recipe_hash"),
                 "pixels": json.dumps(side, allow_nan=True).encode(),
                 "_part": SIDE_PART,
             }
@@ -307,17 +312,19 @@ def process_row(row: dict[str, Any], recipe: Any, run_id: str) -> dict[str, Any]
 
 def _process_partition(
     batches: Iterator[pa.RecordBatch],
-    recipe_json: str,
+    recipes_json: list[str],
     run_id: str,
-    features_json: str | None = None,
+    features_json: list[str | None] | None = None,
     use_mask: bool = True,
 ) -> Iterator[pa.RecordBatch]:
-    """``mapInArrow`` body: the recipe is parsed once per partition, OpenCV objects are cached per worker.
+    """``mapInArrow`` body: the recipes are parsed once per partition, OpenCV objects are cached per worker.
 
-    With ``features_json`` (a :class:`~medimg_spark.features.FeatureSet` as JSON) the feature set runs
-    on every processed frame as :func:`~medimg_spark.features.compute_features` runs it on the
-    ``processed`` row (the encoded pixels decoded again, the mask unless ``use_mask`` is false), and
-    the feature values go to side rows. Rows follow :data:`STAGED_SCHEMA` (:func:`staged_rows`).
+    Each row gets the recipe ``recipes_json[row[PASS_COL]]`` (:data:`PASS_COL`; the first recipe when the
+    rows have no such column). Where ``features_json`` holds a
+    :class:`~medimg_spark.features.FeatureSet` as JSON for that recipe, the feature set runs on the
+    processed frame as :func:`~medimg_spark.features.compute_features` runs it on the ``processed`` row
+    (the encoded pixels decoded again, the mask unless ``use_mask`` is false), and the feature values go
+    to side rows. Rows follow :data:`STAGED_SCHEMA` (:func:`staged_rows`).
     """
     import pyarrow as pa
 
@@ -325,21 +332,24 @@ def _process_partition(
     from medimg_spark.worker import configure_worker
 
     configure_worker()  # one OpenCV thread per task, the allocator keeps frame-sized blocks
-    recipe = Recipe.model_validate_json(recipe_json)
-    fs = None
-    if features_json is not None:
+    recipes = [Recipe.model_validate_json(r) for r in recipes_json]
+    sets: list[Any] = [None] * len(recipes)
+    if features_json is not None and any(f is not None for f in features_json):
         from medimg_spark.features.spec import FeatureSet
         from medimg_spark.features.stage import frame_features
 
-        fs = FeatureSet.model_validate_json(features_json)
+        sets = [None if f is None else FeatureSet.model_validate_json(f) for f in features_json]
     schema = _arrow_schema(STAGED_SCHEMA)
     for batch in batches:
-        work = [process_row(r, recipe, run_id) for r in batch.to_pylist()]
-        if fs is not None:
-            for r in work:
-                if r["ok"]:
-                    r["_features"], r["_feature_error"] = frame_features(fs, r, use_mask)
-        rows = staged_rows(work, fs is not None, dt.datetime.now(dt.UTC))
+        rows: list[dict[str, Any]] = []
+        now = dt.datetime.now(dt.UTC)
+        for r in batch.to_pylist():
+            k = r.get(PASS_COL) or 0
+            work = process_row(r, recipes[k], run_id)
+            fs = sets[k]
+            if fs is not None and work["ok"]:
+                work["_features"], work["_feature_error"] = frame_features(fs, work, use_mask)
+            rows += staged_rows([work], fs is not None, now)
         columns = [
             pa.array([r.get(name) for r in rows], type=schema.field(name).type) for name in schema.names
         ]
@@ -355,6 +365,22 @@ def _delete(spark: SparkSession, path: str) -> None:
     store = get_storage(spark)
     store.delete(path)
     store.remove_if_empty(parent(path))
+
+
+@dataclass(frozen=True)
+class RecipePass:
+    """One recipe of a :func:`preprocess_passes` run.
+
+    Attributes:
+        recipe: a recipe YAML path or the name of a shipped recipe.
+        where: optional Spark SQL filter on ``images`` columns, e.g. ``"modality = 'CT'"``.
+        features: a feature set (name, YAML path or :class:`~medimg_spark.features.FeatureSet`) whose
+            table the recipe's pass also writes (see :func:`preprocess`), or None.
+    """
+
+    recipe: str
+    where: str | None = None
+    features: str | FeatureSet | None = None
 
 
 def preprocess(
@@ -392,44 +418,124 @@ def preprocess(
         FeatureSetError: ``features`` is not a valid feature set (before any Spark work).
         FeatureError: with ``features``, every frame failed the feature set.
     """
-    from pyspark.sql import functions as F
+    (summary,) = preprocess_passes(
+        spark, out_dir, [RecipePass(recipe_path, where, features)], use_mask=use_mask
+    )
+    return summary
 
+
+def preprocess_passes(
+    spark: SparkSession, out_dir: str, passes: Sequence[RecipePass], *, use_mask: bool = True
+) -> list[PreprocessRunSummary]:
+    """Apply several recipes, each to its own frames, in one pass over ``out_dir/images``.
+
+    The result is what :func:`preprocess` gives for each pass in turn (the same rows in ``processed``,
+    ``quarantine`` and ``features``), but from one Spark job: the frames of every recipe are read by
+    one scan, their tasks share the cores (the last tasks of one recipe overlap the next recipe's
+    instead of leaving a core idle between two jobs), and the bookkeeping after the job (quarantine
+    append, the move of the frame files, the counts) happens once. Passes that repeat a recipe (same
+    ``recipe_hash``) run in a later round, so a frame is never processed twice by one recipe.
+
+    Args:
+        spark: the session.
+        out_dir: the output directory written by ingest (local path or URI).
+        passes: the recipes, their filters and feature sets; every recipe and feature set is validated
+            before any Spark work.
+        use_mask: with features: pass the recipe's masks to the extractors.
+
+    Returns:
+        One summary per pass, in the order of ``passes`` (see :func:`preprocess`); ``run_id`` and
+        ``seconds`` are those of the round the pass ran in.
+
+    Raises:
+        RecipeFileError: a recipe is invalid (a ConfigError).
+        ConfigError: ``out_dir/images`` does not exist, or ``passes`` is empty.
+        FeatureSetError: a feature set is not valid (before any Spark work).
+        FeatureError: with features, every frame of a pass failed the feature set.
+    """
     from medimg_spark.errors import ConfigError
-    from medimg_spark.io.ingest import IMAGE_ROW_GROUP_BYTES
     from medimg_spark.ops import load_recipe
 
-    recipe = load_recipe(recipe_path)
-    fset: FeatureSet | None = None
-    if features is not None:
-        from medimg_spark.features.spec import load_feature_set
+    if not passes:
+        raise ConfigError("preprocess: no recipe to apply; name at least one recipe")
+    loaded: list[_Pass] = []
+    for p in passes:
+        recipe = load_recipe(p.recipe)
+        fset: FeatureSet | None = None
+        if p.features is not None:
+            from medimg_spark.features.spec import load_feature_set
 
-        fset = load_feature_set(features)
-    started = time.perf_counter()
-    run_id = new_run_id()
+            fset = load_feature_set(p.features)
+        loaded.append(_Pass(recipe, p.where, fset))
     out = spark_path(out_dir)
     if not _exists(spark, join(out, "images")):
         raise ConfigError(f"no images table at {out}/images; run ingest into {out_dir} first")
-    images = spark.read.schema(IMAGES_SCHEMA).parquet(join(out, "images"))
-    if where:
-        images = images.where(where)
-    images = images.select(*RECIPE_INPUT_COLUMNS)
+    # rounds of distinct recipes: a recipe's second pass sees its first pass's frames as done
+    rounds: list[list[int]] = []
+    for i, this in enumerate(loaded):
+        k = sum(q.recipe.hash == this.recipe.hash for q in loaded[:i])
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(i)
+    summaries: dict[int, PreprocessRunSummary] = {}
+    for members in rounds:
+        results = _run_round(spark, out_dir, [loaded[i] for i in members], use_mask)
+        summaries.update(zip(members, results, strict=True))
+    return [summaries[i] for i in range(len(loaded))]
 
-    done_parts = []
-    earlier_frames = False  # processed holds frames of this recipe from earlier runs
+
+class _Pass(NamedTuple):
+    recipe: Any  # medimg_spark.ops.Recipe
+    where: str | None
+    fset: FeatureSet | None
+
+
+def _run_round(
+    spark: SparkSession, out_dir: str, passes: list[_Pass], use_mask: bool
+) -> list[PreprocessRunSummary]:
+    """One Spark job over the frames of ``passes`` (distinct recipes), then its bookkeeping."""
+    from pyspark.sql import functions as F
+
+    from medimg_spark.io.ingest import IMAGE_ROW_GROUP_BYTES
+
+    started = time.perf_counter()
+    run_id = new_run_id()
+    out = spark_path(out_dir)
+    images = spark.read.schema(IMAGES_SCHEMA).parquet(join(out, "images"))
+    selections = [
+        (images.where(p.where) if p.where else images).select(*RECIPE_INPUT_COLUMNS) for p in passes
+    ]
+    hashes = [p.recipe.hash for p in passes]
+
+    done_parts: list[DataFrame] = []  # (image_id, _pass) of the frames each pass skips
+    earlier: set[str] = set()  # recipes of which processed holds frames from earlier runs
     if _exists(spark, join(out, "processed")):
         prev = spark.read.schema(PROCESSED_SCHEMA).parquet(join(out, "processed"))
-        same = prev.where(F.col("recipe_hash") == recipe.hash)
-        done_parts.append(same.select("image_id"))
-        if fset is not None:
-            earlier_frames = bool(same.select("recipe_hash").limit(1).count())
+        for i, h in enumerate(hashes):
+            done_parts.append(
+                prev.where(F.col("recipe_hash") == h).select("image_id", F.lit(i).alias(PASS_COL))
+            )
+        if any(p.fset is not None for p in passes):
+            found = prev.where(F.col("recipe_hash").isin(hashes)).select("recipe_hash").distinct().collect()
+            earlier = {str(r["recipe_hash"]) for r in found}
     if _exists(spark, join(out, "quarantine")):
         q = spark.read.schema(QUARANTINE_SCHEMA).parquet(join(out, "quarantine"))
-        failed = q.where(
-            (F.col("stage") == "preprocess") & F.col("error_message").contains(f"recipe_hash={recipe.hash}")
-        ).select("source_path", "frame_index")
-        done_parts.append(images.join(failed, ["source_path", "frame_index"], "left_semi").select("image_id"))
-    selected = images.count()
-    todo = images
+        for i, (h, sel) in enumerate(zip(hashes, selections, strict=True)):
+            failed = q.where(
+                (F.col("stage") == "preprocess") & F.col("error_message").contains(f"recipe_hash={h}")
+            ).select("source_path", "frame_index")
+            done_parts.append(
+                sel.join(failed, ["source_path", "frame_index"], "left_semi").select(
+                    "image_id", F.lit(i).alias(PASS_COL)
+                )
+            )
+    selected = [int(n) for n in run_concurrently(spark, *[sel.count for sel in selections])]
+    scan = selections[0]
+    for sel in selections[1:]:
+        scan = scan.unionByName(sel)
+    todo = selections[0].withColumn(PASS_COL, F.lit(0))
+    for i, sel in enumerate(selections[1:], start=1):
+        todo = todo.unionByName(sel.withColumn(PASS_COL, F.lit(i)))
     done: DataFrame | None = None
     if done_parts:
         done = done_parts[0]
@@ -441,15 +547,18 @@ def preprocess(
             # Never shuffle pixel rows for this: a done-set that fits is broadcast (Spark's size estimate
             # comes from the Parquet files, pixels included, so it would choose a sort-merge join).
             small = n_done <= _BROADCAST_DONE_IDS
-            todo = todo.join(F.broadcast(done) if small else done, "image_id", "left_anti")
+            todo = todo.join(F.broadcast(done) if small else done, ["image_id", PASS_COL], "left_anti")
 
     conf_key = "spark.sql.execution.arrow.maxRecordsPerBatch"
     old_batch = spark.conf.get(conf_key, "10000") or "10000"
     if int(old_batch) > 256:
         spark.conf.set(conf_key, "64")
-    recipe_json = recipe.model_dump_json()
-    fused = fset is not None and not earlier_frames
-    fs_json = fset.model_dump_json() if fused and fset is not None else None
+    fused = [p.fset is not None and p.recipe.hash not in earlier for p in passes]
+    recipes_json = [p.recipe.model_dump_json() for p in passes]
+    fs_json = [
+        p.fset.model_dump_json() if f and p.fset is not None else None
+        for p, f in zip(passes, fused, strict=True)
+    ]
     # The results go to a staging table first, computed exactly once: appending to ``processed`` refreshes
     # every cached plan that reads it (a persisted DataFrame would be redone). Its frame files are then
     # moved into ``processed`` as they are, so the processed pixels are written once (before: written to
@@ -458,23 +567,27 @@ def preprocess(
     store = get_storage(spark)
     try:
         with (
-            frame_splits(spark, scan=images, row_group_bytes=IMAGE_ROW_GROUP_BYTES),
+            frame_splits(spark, scan=scan, row_group_bytes=IMAGE_ROW_GROUP_BYTES),
             unsorted_partitioned_writes(spark),
         ):
             todo.mapInArrow(
-                lambda it: _process_partition(it, recipe_json, run_id, fs_json, use_mask), STAGED_SCHEMA
+                lambda it: _process_partition(it, recipes_json, run_id, fs_json, use_mask), STAGED_SCHEMA
             ).write.partitionBy("_part").parquet(staging)
     finally:
         spark.conf.set(conf_key, old_batch)
         if done is not None:
             done.unpersist()
-    features_summary: FeaturesSummary | None = None
+    features: dict[int, FeaturesSummary] = {}
     try:
         staged = spark.read.schema(STAGED_SCHEMA).parquet(staging)
         side = (
             staged.where(F.col("_part") == SIDE_PART)
-            .select("image_id", F.from_json(F.col("pixels").cast("string"), SIDE_JSON_SCHEMA).alias("j"))
-            .select("image_id", "j.*")
+            .select(
+                "image_id",
+                "recipe_hash",
+                F.from_json(F.col("pixels").cast("string"), SIDE_JSON_SCHEMA).alias("j"),
+            )
+            .select("image_id", "recipe_hash", "j.*")
         )
         failed = side.where(F.col("kind") == "quarantine")
         now = F.current_timestamp()
@@ -487,44 +600,72 @@ def preprocess(
         quarantine = failed.select(
             *[defaults.get(f.name, F.col(f.name)).cast(f.dataType).alias(f.name) for f in QUARANTINE_SCHEMA]
         )
-        n_ok = staged.where(F.col("_part") == FRAME_PART).count()  # Parquet footers only
-        by_class = {
-            str(r["error_class"]): int(r["count"]) for r in failed.groupBy("error_class").count().collect()
-        }
-        first = None  # a processed frame, for the feature names: read before the frame files move
-        if fused and fset is not None and n_ok:
-            cols = ["image_id", "pixels", "rows", "cols", "channels", "dtype", "mask"]
-            first = staged.where(F.col("_part") == FRAME_PART).select(*cols).limit(1).collect()[0].asDict()
+        frames = staged.where(F.col("_part") == FRAME_PART)
+        n_ok: dict[str, int] = {}
+        by_class: dict[str, dict[str, int]] = {h: {} for h in hashes}
+        counted, classes = run_concurrently(
+            spark,
+            # one pass: only the recipe_hash column of the frame files; with one recipe, their footers
+            lambda: frames.groupBy("recipe_hash").count().collect() if len(passes) > 1 else frames.count(),
+            lambda: failed.groupBy("recipe_hash", "error_class").count().collect(),
+        )
+        if isinstance(counted, int):
+            n_ok[hashes[0]] = counted
+        else:
+            n_ok.update({str(r["recipe_hash"]): int(r["count"]) for r in counted})
+        for r in classes:
+            by_class[str(r["recipe_hash"])][str(r["error_class"])] = int(r["count"])
+        # a processed frame per fused recipe, for the feature names: read before the frame files move
+        first: dict[int, dict[str, Any]] = {}
+        cols = ["image_id", "pixels", "rows", "cols", "channels", "dtype", "mask"]
+        for i, (h, f) in enumerate(zip(hashes, fused, strict=True)):
+            if f and n_ok.get(h):
+                row = frames.where(F.col("recipe_hash") == h) if len(passes) > 1 else frames
+                first[i] = row.select(*cols).limit(1).collect()[0].asDict()
         quarantine.write.mode("append").parquet(join(out, "quarantine"))
         frames_dir = join(staging, f"_part={FRAME_PART}")
         dest = join(out, "processed")
         moved = store.move_tree(frames_dir, dest)
         if not moved and not store.exists(dest):
             store.mkdirs(dest)  # an empty table, as Spark's append of no rows leaves it
-        if first is not None and fset is not None:  # the side rows stay in the staging table
-            features_summary = _fused_features(spark, out_dir, first, side, fset, recipe, use_mask)
+        for i, frame in first.items():  # the side rows stay in the staging table
+            p = passes[i]
+            assert p.fset is not None
+            own = side.where(F.col("recipe_hash") == p.recipe.hash)
+            features[i] = _fused_features(spark, out_dir, frame, own, p.fset, p.recipe, use_mask)
     finally:
         _delete(spark, staging)
-    if fset is not None and features_summary is None:
-        from medimg_spark.features.stage import compute_features
+    for i, p in enumerate(passes):
+        if p.fset is not None and i not in features:
+            from medimg_spark.features.stage import compute_features
 
-        features_summary = compute_features(
-            spark, out_dir, source="processed", feature_set=fset, use_mask=use_mask, recipe=recipe.hash
-        )
-    summary: PreprocessRunSummary = {
-        "run_id": run_id,
-        "recipe_name": recipe.name,
-        "recipe_hash": recipe.hash,
-        "frames_selected": selected,
-        "frames_skipped": selected - n_ok - sum(by_class.values()),
-        "frames_processed": n_ok,
-        "frames_quarantined": sum(by_class.values()),
-        "quarantined_by_error_class": dict(sorted(by_class.items())),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    if features_summary is not None:
-        summary["features"] = features_summary
-    return summary
+            features[i] = compute_features(
+                spark,
+                out_dir,
+                source="processed",
+                feature_set=p.fset,
+                use_mask=use_mask,
+                recipe=p.recipe.hash,
+            )
+    seconds = round(time.perf_counter() - started, 3)
+    summaries: list[PreprocessRunSummary] = []
+    for i, (p, h) in enumerate(zip(passes, hashes, strict=True)):
+        ok, classes_h = n_ok.get(h, 0), by_class[h]
+        summary: PreprocessRunSummary = {
+            "run_id": run_id,
+            "recipe_name": p.recipe.name,
+            "recipe_hash": h,
+            "frames_selected": selected[i],
+            "frames_skipped": selected[i] - ok - sum(classes_h.values()),
+            "frames_processed": ok,
+            "frames_quarantined": sum(classes_h.values()),
+            "quarantined_by_error_class": dict(sorted(classes_h.items())),
+            "seconds": seconds,
+        }
+        if i in features:
+            summary["features"] = features[i]
+        summaries.append(summary)
+    return summaries
 
 
 def _fused_features(

@@ -410,3 +410,95 @@ def test_unsorted_partitioned_writes_skip_the_sort_keep_the_rows_and_restore_set
     assert spark.conf.get("spark.sql.files.openCostInBytes") == "1234567"
     assert spark.conf.get("spark.sql.files.minPartitionNum", None) is None
     spark.conf.unset("spark.sql.files.openCostInBytes")
+
+
+def _tables(spark: Any, out: Path) -> dict[str, Any]:
+    """The lake's preprocess outputs without their run ids and timestamps."""
+    read = spark.read.parquet
+    runs = ("preprocess_run_id", "processed_at")
+    tables = {
+        "processed": read(str(out / "processed")).drop(*runs),
+        "quarantine": read(str(out / "quarantine")).drop("ingest_run_id", "quarantined_at"),
+        "features": read(str(out / "features")),
+    }
+    for old in sorted((out / "feature_sets").glob("*")) if (out / "feature_sets").is_dir() else []:
+        tables[f"feature_sets/{old.name}"] = read(str(old))
+    return tables
+
+
+def _same_summary(a: dict[str, Any], b: dict[str, Any]) -> None:
+    drop = ("run_id", "seconds", "features")
+    assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+    if "features" in a or "features" in b:
+        keep = ("seconds", "archived", "path")
+        fa, fb = a["features"], b["features"]
+        assert {k: v for k, v in fa.items() if k not in keep} == {
+            k: v for k, v in fb.items() if k not in keep
+        }
+
+
+def test_one_pass_over_several_recipes_equals_one_run_per_recipe(
+    spark: Any, lake: Path, tmp_path: Path
+) -> None:
+    """preprocess_passes: the same processed, quarantine and features rows as preprocess() per recipe, from
+    one Spark job (one run id); a recipe named twice runs in a later round; a rerun skips everything."""
+    from medimg_spark.preprocess import RecipePass, preprocess_passes
+
+    ct, cxr = str(RECIPES / "ct_lung.yaml"), str(RECIPES / "chest_xray.yaml")
+    # ct_lung on every frame (the PNG X-rays and the MR among them), chest_xray on the non-CT frames
+    passes = [RecipePass(ct, None, "shape"), RecipePass(cxr, "modality <> 'CT'", "shape")]
+    seq, one = _copy(lake, tmp_path / "seq"), _copy(lake, tmp_path / "one")
+    expected = [preprocess(spark, str(seq), p.recipe, where=p.where, features=p.features) for p in passes]
+    got = preprocess_passes(spark, str(one), passes)
+    assert [s["recipe_name"] for s in got] == ["ct_lung", "chest_xray"]
+    assert got[0]["frames_selected"] == 8 and got[1]["frames_selected"] == 7
+    assert got[0]["frames_processed"] > 0 and got[1]["frames_processed"] > 0
+    # ct_lung quarantines a frame (a degenerate output): the failures are told apart by recipe
+    assert got[0]["frames_quarantined"] >= 1 and got[1]["frames_quarantined"] == 0
+    for a, b in zip(got, expected, strict=True):
+        _same_summary(dict(a), dict(b))
+    assert len({s["run_id"] for s in got}) == 1
+    t_one, t_seq = _tables(spark, one), _tables(spark, seq)
+    assert sorted(t_one) == sorted(t_seq)
+    for name, df in t_one.items():
+        assertDataFrameEqual(df, t_seq[name])
+    processed = spark.read.parquet(str(one / "processed"))
+    assert processed.select("preprocess_run_id").distinct().count() == 1  # one job wrote both recipes
+    assert _file_columns(one / "processed") == {tuple(PROCESSED_SCHEMA.names)}
+    assert not (one / "_staging").exists()
+
+    # a rerun: every frame of both recipes is done
+    again = preprocess_passes(spark, str(one), passes)
+    assert [s["frames_processed"] for s in again] == [0, 0]
+    assert [s["frames_quarantined"] for s in again] == [0, 0]
+    assert [s["frames_skipped"] for s in again] == [s["frames_selected"] for s in again]
+    assert processed.count() == spark.read.parquet(str(one / "processed")).count()
+
+    # the same recipe twice (two filters): the second pass runs after the first, as two calls would
+    twice = [RecipePass(cxr, "modality = 'CT'"), RecipePass(cxr, None)]
+    seq2, one2 = _copy(lake, tmp_path / "seq2"), _copy(lake, tmp_path / "one2")
+    expected2 = [preprocess(spark, str(seq2), p.recipe, where=p.where) for p in twice]
+    got2 = preprocess_passes(spark, str(one2), twice)
+    for a, b in zip(got2, expected2, strict=True):
+        _same_summary(dict(a), dict(b))
+    assert (
+        got2[1]["frames_skipped"] == got2[0]["frames_selected"] == 1
+        and got2[0]["run_id"] != got2[1]["run_id"]
+    )
+    runs = ("preprocess_run_id", "processed_at")
+    read = spark.read.parquet
+    assertDataFrameEqual(read(str(one2 / "processed")).drop(*runs), read(str(seq2 / "processed")).drop(*runs))
+
+
+def test_preprocess_passes_checks_every_recipe_before_spark_work(
+    spark: Any, lake: Path, tmp_path: Path
+) -> None:
+    from medimg_spark.errors import ConfigError
+    from medimg_spark.preprocess import RecipePass, preprocess_passes
+
+    out = _copy(lake, tmp_path / "bad")
+    with pytest.raises(ConfigError, match="no recipe"):
+        preprocess_passes(spark, str(out), [])
+    with pytest.raises(ConfigError, match="no_such_recipe"):
+        preprocess_passes(spark, str(out), [RecipePass("chest_xray"), RecipePass("no_such_recipe")])
+    assert not (out / "processed").exists()
