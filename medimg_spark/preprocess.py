@@ -629,10 +629,10 @@ def _run_round(
         if not moved and not store.exists(dest):
             store.mkdirs(dest)  # an empty table, as Spark's append of no rows leaves it
         for i, frame in first.items():  # the side rows stay in the staging table
-            p = passes[i]
-            assert p.fset is not None
-            own = side.where(F.col("recipe_hash") == p.recipe.hash)
-            features[i] = _fused_features(spark, out_dir, frame, own, p.fset, p.recipe, use_mask)
+            recipe, fset = passes[i].recipe, passes[i].fset
+            if fset is not None:  # always: ``first`` holds fused passes only
+                own = side.where(F.col("recipe_hash") == recipe.hash)
+                features[i] = _fused_features(spark, out_dir, frame, own, fset, recipe, use_mask)
     finally:
         _delete(spark, staging)
     for i, p in enumerate(passes):
