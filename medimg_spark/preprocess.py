@@ -530,12 +530,11 @@ def _run_round(
                 )
             )
     selected = [int(n) for n in run_concurrently(spark, *[sel.count for sel in selections])]
-    scan = selections[0]
-    for sel in selections[1:]:
-        scan = scan.unionByName(sel)
-    todo = selections[0].withColumn(PASS_COL, F.lit(0))
+    # every pass's frames, tagged with the pass: the file scans the job reads (frame_splits sizes them)
+    scan = selections[0].withColumn(PASS_COL, F.lit(0))
     for i, sel in enumerate(selections[1:], start=1):
-        todo = todo.unionByName(sel.withColumn(PASS_COL, F.lit(i)))
+        scan = scan.unionByName(sel.withColumn(PASS_COL, F.lit(i)))
+    todo = scan
     done: DataFrame | None = None
     if done_parts:
         done = done_parts[0]
