@@ -98,13 +98,20 @@ def archive_key(java: str, java_options: str, class_path: str = "") -> str:
 
 
 def _alive(pid: int) -> bool:
+    """True while process ``pid`` runs. An exited process that its parent has not reaped yet (a zombie:
+    a JVM orphaned to a child subreaper such as ``benchmarks/run.py``) has exited, so its archive is written.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # Linux: the state letter follows the parenthesised command name
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def _recorder(pid_file: Path) -> tuple[dict[str, Any], int]:
