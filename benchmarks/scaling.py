@@ -25,7 +25,9 @@ Sections (``docs/scaling.md`` reads them):
   pickled bytes and ``sc.broadcast`` + one job reading it on every task.
 * ``cluster``: the benchmark workload (``benchmarks/run.py``'s corpus, ``ingest → preprocess → features``)
   on a standalone master with two workers of one core each and on ``local[2]``, alternating, each run in a
-  fresh interpreter; feature digests compared, medians reported. The cluster is stopped in ``finally``.
+  fresh interpreter; feature digests compared, medians reported. The cluster runs twice per round: its
+  executors with the JVM's defaults, and with the options ``local[2]``'s one JVM gets from the package's
+  spark-defaults (``spark.driver.extraJavaOptions``: serial GC, C1 only). The cluster is stopped in ``finally``.
 
 Times are wall seconds (``perf_counter``) and CPU seconds of the driver's Python (``process_time``) or of
 the driver JVM (``/proc/<pid>/stat``); the machine is shared, so the load average is recorded.
@@ -580,10 +582,21 @@ def standalone_cluster(work: Path, workers: int = 2, cores: int = 1, memory: str
 
 #: Executors of the cluster runs: one core each (one per worker), the worktree's code on their path.
 CLUSTER_CONF = {"spark.executor.cores": "1", "spark.cores.max": "2", "spark.executor.memory": "1g"}
+#: The cluster arms: executors with the JVM's defaults (G1, C2), and executors started with the options
+#: ``local[2]``'s one JVM gets from the package's spark-defaults (``spark.driver.extraJavaOptions``).
+EXECUTOR_JVM_ARMS = {"cluster": False, "cluster, executors with local's JVM options": True}
 
 
-def pipeline_run(master: str, corpus_dir: Path, out: Path) -> dict[str, Any]:
-    """In a fresh interpreter: ingest → preprocess (CT and X-ray recipes) → features, as benchmarks/run.py's spark mode."""
+def local_java_options() -> str:
+    """``spark.driver.extraJavaOptions`` of the package's spark-defaults: the options of ``local[2]``'s JVM."""
+    from medimg_spark.session import defaults_file, read_spark_defaults
+
+    return str(read_spark_defaults(defaults_file()).get("spark.driver.extraJavaOptions", ""))
+
+
+def pipeline_run(master: str, corpus_dir: Path, out: Path, executor_java: str = "") -> dict[str, Any]:
+    """In a fresh interpreter: ingest → preprocess (CT and X-ray recipes) → features, as benchmarks/run.py's
+    spark mode; on a cluster, ``executor_java`` (when given) is the executors' extra JVM options."""
     from medimg_spark.features import compute_features
     from medimg_spark.io.ingest import ingest
     from medimg_spark.preprocess import preprocess
@@ -592,6 +605,8 @@ def pipeline_run(master: str, corpus_dir: Path, out: Path) -> dict[str, Any]:
     conf = dict(CLUSTER_CONF) if master.startswith("spark://") else {}
     if conf:
         conf["spark.executorEnv.PYTHONPATH"] = str(REPO)
+        if executor_java:
+            conf["spark.executor.extraJavaOptions"] = executor_java
         for k, v in _THREAD_ENV.items():
             conf[f"spark.executorEnv.{k}"] = v
     t0 = time.perf_counter()
@@ -636,14 +651,14 @@ def pipeline_run(master: str, corpus_dir: Path, out: Path) -> dict[str, Any]:
     }
 
 
-def _one_run(master: str, corpus_dir: Path, out: Path) -> dict[str, Any]:
+def _one_run(master: str, corpus_dir: Path, out: Path, executor_java: str = "") -> dict[str, Any]:
     if out.exists():
         shutil.rmtree(out)
     result = out.parent / f"{out.name}.json"
     load = os.getloadavg()[0]
     subprocess.run(
         [sys.executable, __file__, "--_pipeline", master, "--_corpus", str(corpus_dir), "--out", str(out),
-         "--_result", str(result)],
+         "--_result", str(result), f"--_executor_java={executor_java}"],
         check=True, cwd=REPO,
         env={**os.environ, **_THREAD_ENV, "MEDIMG_SPARK_LOG_LEVEL": "ERROR", "SPARK_LOCAL_IP": "127.0.0.1"},
     )  # fmt: skip
@@ -661,13 +676,17 @@ def _one_run(master: str, corpus_dir: Path, out: Path) -> dict[str, Any]:
 
 
 def section_cluster(n: int, repeats: int, work: Path) -> dict[str, Any]:
-    """local[2] and a 2×1-core standalone cluster, alternating ``repeats`` times; medians and digest equality."""
+    """local[2] and a 2×1-core standalone cluster (both executor JVM arms), alternating ``repeats`` times;
+    medians and digest equality."""
     corpus_dir = _bench_run().corpus(n, 2)
-    runs: dict[str, list[dict[str, Any]]] = {"local[2]": [], "cluster": []}
+    java = local_java_options()
+    arms = [("local[2]", "")] + [(m, java if same else "") for m, same in EXECUTOR_JVM_ARMS.items()]
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m, _ in arms}
     with standalone_cluster(work / "cluster") as url:
         for r in range(repeats):
-            for mode, master in (("local[2]", "local[2]"), ("cluster", url)):
-                res = _one_run(master, corpus_dir, work / f"out-{mode.strip('[]2')}-{r}")
+            for k, (mode, executor_java) in enumerate(arms):
+                master = "local[2]" if mode == "local[2]" else url
+                res = _one_run(master, corpus_dir, work / f"out-{k}-{r}", executor_java)
                 runs[mode].append(res)
                 print(f"  cluster section, {mode} run {r}: {json.dumps(res)}", flush=True)
     return summarise_cluster(n, runs)
@@ -680,14 +699,19 @@ def summarise_cluster(n: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str
         for m, rs in runs.items()
     }
     digests = {x["features_digest"] for rs in runs.values() for x in rs}
+    local = med["local[2]"]["images_per_s"]
     return {
         "n": n,
         "images": runs["local[2]"][0]["images"],
         "repeats": min(len(rs) for rs in runs.values()),
         "workers": "2 workers × 1 core, 1g executors (spark.executor.cores=1, spark.cores.max=2)",
+        "executor_java_options": local_java_options() if len(runs) > 2 else "",
         "runs": runs,
         "median": med,
-        "throughput_ratio": round(med["cluster"]["images_per_s"] / med["local[2]"]["images_per_s"], 3),
+        "throughput_ratio": round(med["cluster"]["images_per_s"] / local, 3),
+        "throughput_ratios": {
+            m: round(v["images_per_s"] / local, 3) for m, v in med.items() if m != "local[2]"
+        },
         "same_features": len(digests) == 1,
         "features_digest": sorted(digests),
     }
@@ -852,15 +876,19 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"benchmarks/run.py's corpus at N={cl['n']} ({cl['images']} images), ingest → preprocess → "
             f"features; {cl['workers']}; alternating local/cluster, {cl['repeats']} runs each, each in a fresh "
-            "interpreter (session start excluded from the wall time).",
+            "interpreter (session start excluded from the wall time)"
+            + (
+                f"; the second cluster arm starts its executors with `{cl['executor_java_options']}` "
+                "(local[2]'s JVM options), the first with the JVM's defaults."
+                if cl.get("executor_java_options")
+                else "."
+            ),
             "",
             "| run | mode | wall s | images/s | ingest s | preprocess s | features s | load avg (start, end) | "
             "features digest |",
             "|---:|---|---:|---:|---:|---:|---:|---|---|",
         ]
-        order = [
-            (i, m) for i in range(max(len(v) for v in cl["runs"].values())) for m in ("local[2]", "cluster")
-        ]
+        order = [(i, m) for i in range(max(len(v) for v in cl["runs"].values())) for m in cl["runs"]]
         for i, mode in order:
             if i < len(cl["runs"][mode]):
                 r = cl["runs"][mode][i]
@@ -871,11 +899,14 @@ def markdown(report: dict[str, Any]) -> str:
                     f"| {r['features_digest']} |"
                 )
         med = cl["median"]
+        ratios = cl.get("throughput_ratios") or {"cluster": cl["throughput_ratio"]}
         lines += [
             "",
-            f"Medians: local[2] {med['local[2]']['wall_s']:.1f} s ({med['local[2]']['images_per_s']:.2f} images/s), "
-            f"cluster {med['cluster']['wall_s']:.1f} s ({med['cluster']['images_per_s']:.2f} images/s); "
-            f"cluster/local throughput **{cl['throughput_ratio']:.3f}**; same features: **{cl['same_features']}**.",
+            "Medians: "
+            + "; ".join(f"{m} {v['wall_s']:.1f} s ({v['images_per_s']:.2f} images/s)" for m, v in med.items())
+            + "; throughput / local[2]: "
+            + ", ".join(f"{m} **{r:.3f}**" for m, r in ratios.items())
+            + f"; same features: **{cl['same_features']}**.",
             "",
         ]
     proj = report.get("projection")
@@ -945,6 +976,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--_pipeline", help=argparse.SUPPRESS)
     p.add_argument("--_corpus", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--_result", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--_executor_java", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -954,7 +986,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(probe_listing(args._probe_listing, args._parallelism)))
         return 0
     if args._pipeline:
-        args._result.write_text(json.dumps(pipeline_run(args._pipeline, args._corpus, args.out)))
+        args._result.write_text(
+            json.dumps(pipeline_run(args._pipeline, args._corpus, args.out, args._executor_java))
+        )
         return 0
     # SIGTERM (a timeout, a scheduler) unwinds like Ctrl-C, so the cluster and the session are stopped in finally.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -72,3 +73,32 @@ def test_quick_mode_measures_every_driver_quantity(spark, scaling: ModuleType, t
     md = (tmp_path / "scaling.md").read_text()
     for title in ("## Listing", "## Incremental checkpoint", "## Done-id broadcast", "## Model broadcast"):
         assert title in md
+
+
+def test_cluster_summary_reports_every_arm_against_local(scaling: ModuleType) -> None:
+    """Three arms (local[2], the cluster with the JVM's defaults and with local's JVM options): medians per
+    arm, each arm's throughput over local[2]'s, one row per run in the table, digests compared."""
+
+    def run(wall: float, digest: str = "d1") -> dict[str, object]:
+        stages = {"ingest": wall / 4, "preprocess": wall / 2, "features": wall / 4}
+        return {"wall_s": wall, "images_per_s": 450 / wall, "images": 450, "stage_s": stages,
+                "load_avg_1m": [0.5, 1.0], "features_digest": digest}  # fmt: skip
+
+    arms = list(scaling.EXECUTOR_JVM_ARMS)
+    runs = {
+        "local[2]": [run(100.0), run(110.0)],
+        arms[0]: [run(150.0), run(140.0)],
+        arms[1]: [run(120.0), run(110.0)],
+    }
+    cl = scaling.summarise_cluster(300, runs)
+    assert cl["median"]["local[2]"]["wall_s"] == 105.0 and cl["repeats"] == 2
+    expected = {m: round(statistics.median(450 / r["wall_s"] for r in rs) / statistics.median([450 / 100, 450 / 110]), 3)
+                for m, rs in runs.items() if m != "local[2]"}  # fmt: skip
+    assert cl["throughput_ratios"] == expected and cl["throughput_ratio"] == expected["cluster"]
+    assert cl["same_features"] and cl["executor_java_options"] == scaling.local_java_options() != ""
+    machine = {"cpus": 2, "load_avg": 1.0, "python": "3.11", "pyspark": "4"}
+    md = scaling.markdown({"generated": "now", "machine": machine, "cluster": cl})
+    assert sum(line.startswith("| 0 |") or line.startswith("| 1 |") for line in md.splitlines()) == 6
+    assert f"{arms[1]} **{expected[arms[1]]:.3f}**" in md and "UseSerialGC" in md
+    runs[arms[1]][1] = run(115.0, digest="d2")
+    assert not scaling.summarise_cluster(300, runs)["same_features"]
