@@ -689,11 +689,14 @@ def section_cluster(n: int, repeats: int, work: Path) -> dict[str, Any]:
                 res = _one_run(master, corpus_dir, work / f"out-{k}-{r}", executor_java)
                 runs[mode].append(res)
                 print(f"  cluster section, {mode} run {r}: {json.dumps(res)}", flush=True)
-    return summarise_cluster(n, runs)
+    return summarise_cluster(n, runs, java)
 
 
-def summarise_cluster(n: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Medians of each mode's runs, the cluster/local throughput ratio and whether every run's features agree."""
+def summarise_cluster(
+    n: int, runs: dict[str, list[dict[str, Any]]], executor_java: str = ""
+) -> dict[str, Any]:
+    """Medians of each mode's runs, each cluster arm's throughput over local[2]'s and whether every run's
+    features agree; ``executor_java``: the options of the arm whose executors run local[2]'s JVM options."""
     med = {
         m: {k: statistics.median(x[k] for x in rs) for k in ("wall_s", "images_per_s")}
         for m, rs in runs.items()
@@ -705,7 +708,7 @@ def summarise_cluster(n: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str
         "images": runs["local[2]"][0]["images"],
         "repeats": min(len(rs) for rs in runs.values()),
         "workers": "2 workers × 1 core, 1g executors (spark.executor.cores=1, spark.cores.max=2)",
-        "executor_java_options": local_java_options() if len(runs) > 2 else "",
+        "executor_java_options": executor_java,
         "runs": runs,
         "median": med,
         "throughput_ratio": round(med["cluster"]["images_per_s"] / local, 3),
