@@ -97,6 +97,14 @@ def archive_key(java: str, java_options: str, class_path: str = "") -> str:
     return f"spark-{pyspark.__version__}-{digest}"
 
 
+def _process_state(pid: int) -> str | None:
+    """The state letter of process ``pid`` (``R``, ``S``, ``Z`` …) from ``/proc``; None where unknown."""
+    try:  # Linux: the state letter follows the parenthesised command name
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def _alive(pid: int) -> bool:
     """True while process ``pid`` runs. An exited process that its parent has not reaped yet (a zombie:
     a JVM orphaned to a child subreaper such as ``benchmarks/run.py``) has exited, so its archive is written.
@@ -107,11 +115,7 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # Linux: the state letter follows the parenthesised command name
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
+    return _process_state(pid) not in ("Z", "X")
 
 
 def _recorder(pid_file: Path) -> tuple[dict[str, Any], int]:

@@ -60,7 +60,7 @@ def test_an_exited_recorder_not_reaped_yet_does_not_hold_the_wait(
     proc = subprocess.Popen([sys.executable, "-c", "pass"])  # exits; not waited for: a zombie
     try:
         deadline = time.monotonic() + 30
-        while Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        while class_archive._process_state(proc.pid) != "Z":
             assert time.monotonic() < deadline
             time.sleep(0.05)
         os.kill(proc.pid, 0)  # the process id still exists
