@@ -135,9 +135,12 @@ def _add_preprocess(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory holding images/")
     p.add_argument(
         "--recipe",
+        action="append",
+        metavar="NAME|FILE",
         help="recipe: a YAML path, or a name in ./conf/recipes/ or shipped ("
         + ", ".join(resources.shipped_names("recipes"))
-        + "); default: the config's preprocess.recipe",
+        + "); default: the config's preprocess.recipe. Repeatable: the recipes run in one pass over the"
+        " frames (one Spark job), each on every frame --where selects, as `medimg run` runs pipeline.recipes",
     )
     p.add_argument(
         "--where", help="SQL filter on the images table, e.g. \"modality = 'CT'\" (default: preprocess.where)"
@@ -469,21 +472,31 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     from medimg_spark.config import load_config
     from medimg_spark.ops import load_recipe
     from medimg_spark.ops.recipe import resolve_recipe
-    from medimg_spark.preprocess import preprocess
+    from medimg_spark.pipeline import summed_counts
+    from medimg_spark.preprocess import RecipePass, preprocess, preprocess_passes
 
     cfg = load_config(args.config)
-    name = args.recipe or cfg.preprocess.recipe
-    if not name:
+    names = args.recipe or ([cfg.preprocess.recipe] if cfg.preprocess.recipe else [])
+    if not names:
         raise ConfigError(
             "medimg preprocess needs a recipe: pass --recipe NAME|FILE or set preprocess.recipe in --config"
         )
-    recipe = resolve_recipe(name)
-    load_recipe(recipe)  # validate before Spark starts
+    recipes = [resolve_recipe(name) for name in names]
+    for recipe in recipes:
+        load_recipe(recipe)  # validate before Spark starts
     where = args.where if args.where is not None else cfg.preprocess.where
     spark = _session(args, cfg, "preprocess")
-    summary = preprocess(spark, args.out, recipe, where=where)
-    text = "\n".join(f"  {k}: {v}" for k, v in summary.items())
-    _print(args, summary, f"preprocess → {args.out}/processed\n{text}")
+    if len(recipes) == 1:
+        summary = preprocess(spark, args.out, recipes[0], where=where)
+        text = "\n".join(f"  {k}: {v}" for k, v in summary.items())
+        _print(args, summary, f"preprocess → {args.out}/processed\n{text}")
+        return EXIT_OK
+    summaries = preprocess_passes(spark, args.out, [RecipePass(r, where) for r in recipes])
+    lines = [
+        f"preprocess {s['recipe_name']}: " + ", ".join(f"{k}={v}" for k, v in s.items()) for s in summaries
+    ]
+    combined = {**summed_counts(summaries), "passes": summaries}
+    _print(args, combined, f"preprocess → {args.out}/processed\n" + "\n".join(lines))
     return EXIT_OK
 
 

@@ -307,7 +307,7 @@ def _run_stages(
                 for summary in summaries:
                     fused = summary.pop("features", None) or fused
                 results["preprocess"] = summaries
-                rec.update(_summed_counts(summaries), path=join(out, "processed"))
+                rec.update(summed_counts(summaries), path=join(out, "processed"))
     if "volumes" in pc.stages:
         from medimg_spark.volumes.stage import run_volumes
 
@@ -413,7 +413,7 @@ def fused_recipe(cfg: MedimgConfig, pc: PipelineConfig, base: Path) -> str | Non
     return found[0] if len(set(found)) == 1 and len(found) == 1 else None
 
 
-def _summed_counts(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def summed_counts(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The numeric fields of several summaries of one stage run, added up (``seconds``: the largest)."""
     total: dict[str, Any] = {}
     for summary in summaries:

@@ -285,6 +285,58 @@ def test_preprocess_section_names_the_recipe_and_filter(lake: Path, tmp_path: Pa
     assert "preprocess.recipe" in capsys.readouterr().err
 
 
+def test_repeated_recipe_flags_run_in_one_pass_as_separate_runs_would(
+    spark: Any, lake: Path, tmp_path: Path, capsys
+) -> None:
+    """``--recipe A --recipe B``: one pass (one run id), the same rows as two ``medimg preprocess`` runs."""
+    from pyspark.testing import assertDataFrameEqual
+
+    where = "source_format = 'npz'"
+    one = _copy(lake, tmp_path / "one")
+    got = _cli(
+        capsys,
+        "preprocess",
+        "--out",
+        str(one),
+        "--recipe",
+        "classify",
+        "--recipe",
+        "denoise",
+        "--where",
+        where,
+        config={},
+        tmp_path=tmp_path,
+    )
+    assert [p["recipe_name"] for p in got["passes"]] == ["classify", "denoise"]
+    assert [p["frames_selected"] for p in got["passes"]] == [N_TRAIN + N_VAL] * 2
+    assert got["frames_processed"] == sum(p["frames_processed"] for p in got["passes"]) > N_TRAIN + N_VAL
+    two = _copy(lake, tmp_path / "two")
+    for name in ("classify", "denoise"):
+        alone = _cli(
+            capsys,
+            "preprocess",
+            "--out",
+            str(two),
+            "--recipe",
+            name,
+            "--where",
+            where,
+            config={},
+            tmp_path=tmp_path,
+        )
+        assert alone["recipe_name"] == name
+    cols = ["image_id", "recipe_name", "recipe_hash", "pixels", "mask", "recipe_trace", "quality_after"]
+    fused, separate = (spark.read.parquet(str(o / "processed")) for o in (one, two))
+    assertDataFrameEqual(fused.select(cols), separate.select(cols))
+    assert fused.select("preprocess_run_id").distinct().count() == 1
+    assert separate.select("preprocess_run_id").distinct().count() == 2
+    # every recipe is validated before Spark starts
+    capsys.readouterr()
+    argv = ["preprocess", "--out", str(one), "--recipe", "classify", "--recipe", "no_such_recipe"]
+    assert main(argv) == EXIT_CONFIG
+    assert "no_such_recipe" in capsys.readouterr().err
+
+
 def _feature_matrix(spark: Any, out: Path) -> np.ndarray:
     rows = spark.read.parquet(str(out / "features")).orderBy("image_id").collect()
     return np.array([r["features"].toArray() for r in rows])
