@@ -511,10 +511,13 @@ def _run_round(
     earlier: set[str] = set()  # recipes of which processed holds frames from earlier runs
     if _exists(spark, join(out, "processed")):
         prev = spark.read.schema(PROCESSED_SCHEMA).parquet(join(out, "processed"))
-        for i, h in enumerate(hashes):
-            done_parts.append(
-                prev.where(F.col("recipe_hash") == h).select("image_id", F.lit(i).alias(PASS_COL))
+        # one scan of processed for every pass (a round's recipes are distinct: one pass per hash)
+        pass_of = F.create_map(*[F.lit(x) for i, h in enumerate(hashes) for x in (h, i)])
+        done_parts.append(
+            prev.where(F.col("recipe_hash").isin(hashes)).select(
+                "image_id", pass_of[F.col("recipe_hash")].alias(PASS_COL)
             )
+        )
         if any(p.fset is not None for p in passes):
             found = prev.where(F.col("recipe_hash").isin(hashes)).select("recipe_hash").distinct().collect()
             earlier = {str(r["recipe_hash"]) for r in found}
