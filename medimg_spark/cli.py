@@ -467,6 +467,11 @@ def cmd_reidentify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _recipe_line(summary: Mapping[str, object]) -> str:
+    """One recipe's preprocess summary on one line (``medimg preprocess`` with several recipes, ``medimg run``)."""
+    return f"preprocess {summary.get('recipe_name')}: " + ", ".join(f"{k}={v}" for k, v in summary.items())
+
+
 def cmd_preprocess(args: argparse.Namespace) -> int:
     """``medimg preprocess``."""
     from medimg_spark.config import load_config
@@ -492,11 +497,9 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         _print(args, summary, f"preprocess → {args.out}/processed\n{text}")
         return EXIT_OK
     summaries = preprocess_passes(spark, args.out, [RecipePass(r, where) for r in recipes])
-    lines = [
-        f"preprocess {s['recipe_name']}: " + ", ".join(f"{k}={v}" for k, v in s.items()) for s in summaries
-    ]
     combined = {**summed_counts(summaries), "passes": summaries}
-    _print(args, combined, f"preprocess → {args.out}/processed\n" + "\n".join(lines))
+    lines = "\n".join(_recipe_line(s) for s in summaries)
+    _print(args, combined, f"preprocess → {args.out}/processed\n{lines}")
     return EXIT_OK
 
 
@@ -703,7 +706,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if "ingest" in results:
             print(format_summary(results["ingest"]))
         for pre in results.get("preprocess", []):
-            print(f"preprocess {pre.get('recipe_name')}: " + ", ".join(f"{k}={v}" for k, v in pre.items()))
+            print(_recipe_line(pre))
         if "volumes" in results:
             from medimg_spark.volumes.stage import format_run_summary
 

@@ -512,14 +512,11 @@ def _run_round(
     if _exists(spark, join(out, "processed")):
         prev = spark.read.schema(PROCESSED_SCHEMA).parquet(join(out, "processed"))
         # one scan of processed for every pass (a round's recipes are distinct: one pass per hash)
+        ours = prev.where(F.col("recipe_hash").isin(hashes))
         pass_of = F.create_map(*[F.lit(x) for i, h in enumerate(hashes) for x in (h, i)])
-        done_parts.append(
-            prev.where(F.col("recipe_hash").isin(hashes)).select(
-                "image_id", pass_of[F.col("recipe_hash")].alias(PASS_COL)
-            )
-        )
+        done_parts.append(ours.select("image_id", pass_of[F.col("recipe_hash")].alias(PASS_COL)))
         if any(p.fset is not None for p in passes):
-            found = prev.where(F.col("recipe_hash").isin(hashes)).select("recipe_hash").distinct().collect()
+            found = ours.select("recipe_hash").distinct().collect()
             earlier = {str(r["recipe_hash"]) for r in found}
     if _exists(spark, join(out, "quarantine")):
         q = spark.read.schema(QUARANTINE_SCHEMA).parquet(join(out, "quarantine"))
