@@ -35,8 +35,8 @@ DICOM, deep sequences, compression bombs), then random mutations. Operators:
 Every file is written to ``WORK/corpus`` and described in ``WORK/manifest.json`` (operator, seed file,
 variant, sha256). Mutations are redrawn until their content is unique (ingest deduplicates by sha256).
 
-The real CLI then runs as a subprocess, ``medimg ingest WORK/corpus --out WORK/out --ephemeral-key --json``,
-while its process tree is sampled every 0.2 s (RSS and ``VmHWM`` of the driver, the JVM and every Python
+The real CLI then runs as a subprocess, ``medimg ingest WORK/corpus --out WORK/out --key-file WORK/keys/deid.key
+--vault WORK/vault --vault-key-file WORK/keys/vault.key --json`` (fresh keys each run), while its process tree is sampled every 0.2 s (RSS and ``VmHWM`` of the driver, the JVM and every Python
 worker; a worker above ``--kill-rss-gb`` or a run over ``--timeout`` is killed). Properties checked (the
 script exits 1 when any fails):
 
@@ -44,8 +44,9 @@ script exits 1 when any fails):
 * ``accounting``: every corpus file is accounted for exactly once: an ``instances`` row or a file-level
   quarantine row (stage read/parse/deid, no frame index), plus at most one decode-stage row after an
   ``instances`` row; files with the same content may be represented by one of them; no row names a path
-  outside the corpus (``source_path`` URIs are compared after one percent-decoding, raw, and with
-  ``\\xNN`` escapes of non-UTF-8 bytes decoded);
+  outside the corpus (``source_path`` is a keyed pseudonym, ``deid-<HMAC>.ext``: its original comes from the
+  run's re-identification vault, so a pseudonym missing from the vault counts as outside; the original URIs
+  are compared after one percent-decoding, raw, and with ``\\xNN`` escapes of non-UTF-8 bytes decoded);
 * ``summary_consistent``: ``files_seen``, ``files_ingested``, ``frames_written``, ``quarantined`` and
   ``duplicates_skipped`` of the run summary match the corpus and the tables;
 * ``no_silent_pixel_loss``: a file whose seed has pixel data ends with image rows or a quarantine row
@@ -1647,8 +1648,20 @@ def run_cli(
     kill_rss_gb: float,
     extra: list[str],
 ) -> dict[str, Any]:
-    """Run ``medimg ingest`` on the corpus; return exit code, wall time, output, peaks."""
-    cmd = [medimg_executable(), "ingest", str(corpus), "--out", str(out), "--ephemeral-key", "--json"]
+    """Run ``medimg ingest`` on the corpus; return exit code, wall time, output, peaks.
+
+    De-identification runs with fresh keys in ``work/keys`` and writes its vault to ``work/vault`` (outside
+    ``out``, which the PHI scan reads), so :func:`path_originals` can map the pseudonymous ``source_path``
+    of every row back to its corpus file.
+    """
+    from medimg_spark.privacy import generate_key_file
+
+    keys, vault = work / "keys", work / "vault"
+    shutil.rmtree(keys, ignore_errors=True)
+    shutil.rmtree(vault, ignore_errors=True)
+    deid_key, vault_key = generate_key_file(keys / "deid.key"), generate_key_file(keys / "vault.key")
+    cmd = [medimg_executable(), "ingest", str(corpus), "--out", str(out), "--json"]
+    cmd += ["--key-file", str(deid_key), "--vault", str(vault), "--vault-key-file", str(vault_key)]
     if master:
         cmd += ["--master", master]
     cmd += extra
@@ -1672,6 +1685,8 @@ def run_cli(
         summary = json.loads(text[text.index("{") :])
     return {
         "cmd": cmd,
+        "vault": str(vault),
+        "vault_key": str(vault_key),
         "exit_code": rc,
         "killed": watch.killed,
         "wall_s": round(wall, 2),
@@ -1694,6 +1709,17 @@ def _reap(watch: TreeWatch) -> None:
 
 
 # ============================================================================ checks
+
+
+def path_originals(vault: str, vault_key: str) -> dict[str, str]:
+    """``{path pseudonym: original path}`` from a run's re-identification vault ({} when it has none)."""
+    from medimg_spark.privacy.hook import PATH_KIND
+    from medimg_spark.privacy.vault import read_vault
+
+    if not any(Path(vault).glob("vault-*.parquet")):
+        return {}
+    table = read_vault(vault, vault_key).select(["pseudonym", "kind", "original"]).to_pylist()
+    return {r["pseudonym"]: r["original"] for r in table if r["kind"] == PATH_KIND}
 
 
 def read_table(root: Path, columns: list[str]) -> list[dict[str, Any]]:
@@ -1753,11 +1779,13 @@ def account(
     out: Path,
     summary: dict[str, Any] | None,
     wrapped: dict[str, str] | None = None,
+    originals: dict[str, str] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Match output rows to corpus files; return the per-property results and the tallies.
 
     Args:
         wrapped: ``{gzip seed: seed it wraps}``: an unmodified wrapper must end like the file it wraps.
+        originals: ``{path pseudonym: original}`` (:func:`path_originals`) when the run de-identified paths.
     """
     by_abs: dict[str, dict[str, Any]] = {}
     for e in entries:
@@ -1780,7 +1808,8 @@ def account(
     match_modes: collections.Counter[str] = collections.Counter()
 
     def lookup(row: dict[str, Any], table: str) -> dict[str, Any] | None:
-        for mode, cand in uri_candidates(row["source_path"]):
+        source = (originals or {}).get(row["source_path"], row["source_path"])
+        for mode, cand in uri_candidates(source):
             e = by_abs.get(os.path.normpath(cand))
             if e is not None:
                 match_modes[mode] += 1
@@ -2513,7 +2542,9 @@ def main(argv: list[str] | None = None) -> int:
     props: dict[str, dict[str, Any]] = report["properties"]
     run: dict[str, Any] | None = None
     if args.triage != "only":
-        print(f"running: medimg ingest {corpus} --out {out} --ephemeral-key --json --master {args.master}")
+        print(
+            f"running: medimg ingest {corpus} --out {out} --key-file … --vault … --json --master {args.master}"
+        )
         run = run_cli(corpus, out, work, args.master, args.timeout, args.kill_rss_gb, args.cli_arg)
         report["run"] = {k: v for k, v in run.items() if k not in ("stdout", "stderr")}
         report["run"]["stderr_tail"] = (
@@ -2529,7 +2560,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         names = {s.name for s in seeds}
         wrapped = {s.name: s.inner.name for s in seeds if s.inner is not None and s.inner.name in names}
-        results, tallies = account(entries, corpus, out, run["summary"], wrapped)
+        originals = path_originals(run["vault"], run["vault_key"])
+        results, tallies = account(entries, corpus, out, run["summary"], wrapped, originals)
         props.update(results)
         report.update(tallies)
         peaks = run["peak_rss_gib"]

@@ -54,7 +54,8 @@ class RecipeError(MedimgError):
 
 
 class InvalidHeaderError(IngestFileError):
-    """A header value is malformed (a file-meta UID that is not a UID, a negative frame count...)."""
+    """A header value is malformed (a file-meta UID that is not a UID, a negative frame count...) or an element
+    the pixel data needs (BitsAllocated, Rows...) is missing."""
 
 
 class ImageTooLargeError(IngestFileError):

@@ -166,6 +166,23 @@ def test_deep_sequence_nests(seeds: dict[str, fuzz.Seed]) -> None:
         assert "depth=40" in params["variant"]
 
 
+def test_sequences_nested_past_the_recursion_limit_are_a_typed_header_error(
+    seeds: dict[str, fuzz.Seed],
+) -> None:
+    from medimg_spark.io.files import FileContext, process_file
+
+    ct = seeds["dicom/CT_small.dcm"]
+    deep, _ = fuzz.make_deep_sequence(ct, 1000, False, "ContentSequence", 7)
+    rows = list(process_file("file:/in/deep.dcm", deep, FileContext(run_id="t")))
+    assert [(r["_kind"], r["stage"], r["error_class"]) for r in rows] == [
+        ("quarantine", "parse", "InvalidHeaderError")
+    ]
+    assert "nested deeper" in rows[0]["error_message"]  # was a bare RecursionError
+    shallow, _ = fuzz.make_deep_sequence(ct, 40, False, "ContentSequence", 7)
+    kinds = [r["_kind"] for r in process_file("file:/in/shallow.dcm", shallow, FileContext(run_id="t"))]
+    assert kinds == ["instance", "image"]
+
+
 def test_corpus_is_deterministic_and_prefix_stable(tmp_path: Path) -> None:
     ops = [op for op in fuzz.ALL_OPS if op != "compression_bomb"]
     small, _ = fuzz.build_corpus(tmp_path / "a", 90, 5, ops)

@@ -89,7 +89,45 @@ def test_rle_decoder_panic_is_quarantined_at_decode(path: Path) -> None:
     out = rows(path.read_bytes())
     assert len(out["instance"]) == 1
     q = only_quarantine(out)
-    assert (q["stage"], q["error_class"]) == ("decode", "PanicException")
+    assert (q["stage"], q["error_class"]) == ("decode", "DecodeError")
+    assert "(PanicException)" in q["error_message"]
+
+
+@pytest.mark.parametrize("name", ["meta_missing_tsyntax.dcm", "nested_priv_SQ.dcm"])
+def test_pixel_data_without_bits_allocated_is_a_typed_header_error(name: str) -> None:
+    # two of pydicom's test files hold PixelData without an Image Pixel module; pydicom raised a bare
+    # AttributeError, which reached the quarantine table untyped
+    ds = pydicom.dcmread(get_testdata_file(name), force=True)
+    assert "PixelData" in ds and "BitsAllocated" not in ds
+    out = rows(Path(get_testdata_file(name)).read_bytes())
+    assert len(out["instance"]) == 1
+    q = only_quarantine(out)
+    assert (q["stage"], q["error_class"]) == ("decode", "InvalidHeaderError")
+    assert "BitsAllocated (0028,0100)" in q["error_message"]
+
+
+def test_empty_image_pixel_element_is_named() -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PixelRepresentation = None
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    q = only_quarantine(rows(buf.getvalue()))
+    assert q["error_class"] == "InvalidHeaderError"
+    assert (
+        "PixelRepresentation (0028,0103)" in q["error_message"] and "BitsAllocated" not in q["error_message"]
+    )
+
+
+def test_codec_refusal_is_a_decode_error_with_the_codec_words() -> None:
+    # BitsAllocated 12 passes the size checks (1.5 bytes a pixel, less than the data holds) and pydicom
+    # refuses it with a ValueError, which used to be the quarantine's error class
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.BitsAllocated = 12
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    q = only_quarantine(rows(buf.getvalue()))
+    assert (q["stage"], q["error_class"]) == ("decode", "DecodeError")
+    assert "(ValueError)" in q["error_message"] and "Bits Allocated" in q["error_message"]
 
 
 def test_absurd_number_of_frames_is_a_typed_header_error() -> None:

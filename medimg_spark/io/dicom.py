@@ -17,6 +17,7 @@ from medimg_spark.errors import (
     DecodeError,
     ImageTooLargeError,
     InvalidHeaderError,
+    MedimgError,
     NoPixelDataError,
     TruncatedFileError,
 )
@@ -170,18 +171,25 @@ def read_dataset_bytes(data: bytes) -> tuple[Any, list[str]]:
         ``(dataset, recovered)`` where ``recovered`` lists the repairs applied.
 
     Raises:
+        InvalidHeaderError: sequences nested deeper than pydicom's recursive parser can follow.
         pydicom.errors.InvalidDicomError: or another parse error when nothing readable remains.
     """
-    padding = len(data) - len(data.rstrip(b"\x00"))
-    if padding > PADDING_SHORTCUT:
-        try:
-            ds, recovered = _read_dataset_bytes(data[: len(data) - padding + 4096])
-        except TruncatedFileError:
-            pass
-        else:
-            recovered.append("trailing_zero_padding_ignored")
-            return ds, recovered
-    return _read_dataset_bytes(data)
+    try:
+        padding = len(data) - len(data.rstrip(b"\x00"))
+        if padding > PADDING_SHORTCUT:
+            try:
+                ds, recovered = _read_dataset_bytes(data[: len(data) - padding + 4096])
+            except TruncatedFileError:
+                pass
+            else:
+                recovered.append("trailing_zero_padding_ignored")
+                return ds, recovered
+        return _read_dataset_bytes(data)
+    except RecursionError:
+        raise InvalidHeaderError(
+            "sequences are nested deeper than the parser can follow (Python's recursion limit); the header "
+            "is damaged or hostile, re-export the file"
+        ) from None
 
 
 def _read_dataset_bytes(data: bytes) -> tuple[Any, list[str]]:
@@ -407,6 +415,39 @@ def codestream_geometry(fragment: bytes) -> tuple[int, int, int] | None:
     """``(rows, cols, components)`` from a JPEG / JPEG-LS SOF or a JPEG 2000 SIZ marker (None if absent)."""
     found = codestream.geometry(fragment)
     return None if found is None else (found.rows, found.cols, found.components)
+
+
+#: Image Pixel module elements (PS3.3 C.7.6.3) a decoder cannot do without: keyword, tag, and the pixel
+#: data elements that need it (Bits Stored and Pixel Representation do not apply to float pixel data).
+_REQUIRED_PIXEL_ELEMENTS = (
+    ("Rows", "(0028,0010)", _PIXEL_KEYWORDS),
+    ("Columns", "(0028,0011)", _PIXEL_KEYWORDS),
+    ("BitsAllocated", "(0028,0100)", _PIXEL_KEYWORDS),
+    ("BitsStored", "(0028,0101)", ("PixelData",)),
+    ("PixelRepresentation", "(0028,0103)", ("PixelData",)),
+    ("PhotometricInterpretation", "(0028,0004)", _PIXEL_KEYWORDS),
+)
+
+
+def check_pixel_module(ds: Any) -> None:
+    """Refuse pixel data whose Image Pixel module lacks an element every decoder needs.
+
+    Raises:
+        InvalidHeaderError: naming each missing or empty element.
+    """
+    pixel_keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
+    if pixel_keyword is None:
+        return
+    missing = [
+        f"{keyword} {tag}"
+        for keyword, tag, applies in _REQUIRED_PIXEL_ELEMENTS
+        if pixel_keyword in applies and _str(_get(ds, keyword)) is None
+    ]
+    if missing:
+        raise InvalidHeaderError(
+            f"the file holds {pixel_keyword} but its Image Pixel module lacks {', '.join(missing)}, which "
+            "a decoder needs to read it; the header is incomplete, re-export the file"
+        )
 
 
 def check_pixel_header(ds: Any, n_frames: int) -> None:
@@ -788,10 +829,23 @@ def parse_dicom(
 
     def decode() -> Iterator[Frame]:
         _check_decoded_size(ds, n_frames, size, max_decoded_bytes)
+        check_pixel_module(ds)
         check_pixel_header(ds, n_frames)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr = ds.pixel_array
+            try:
+                arr = ds.pixel_array
+            except (MedimgError, MemoryError):
+                raise  # the time budget, or a failure that is not this codec's
+            except BaseException as exc:
+                if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                    raise  # KeyboardInterrupt, SystemExit, GeneratorExit
+                # pydicom and its plugins raise ValueError, RuntimeError ("exceptions were raised by all
+                # available plugins"), NotImplementedError, a Rust codec's PanicException (a BaseException):
+                # one typed reason, with the codec's own words
+                raise DecodeError(
+                    f"the pixel data could not be decoded ({type(exc).__name__}): {exc}"
+                ) from exc
         samples = _int(_get(ds, "SamplesPerPixel")) or 1
         frames = arr if n_frames > 1 else arr[np.newaxis, ...]
         rows, cols = _int(_get(ds, "Rows")), _int(_get(ds, "Columns"))
