@@ -158,8 +158,32 @@ def build_session(
     if archive.pid_file is not None:
         note_recorder(archive.pid_file, session.sparkContext._jvm)
     _register_sources(session)
-    session.sparkContext.setLogLevel(os.environ.get("MEDIMG_SPARK_LOG_LEVEL", "WARN"))
+    set_log_level(session, os.environ.get("MEDIMG_SPARK_LOG_LEVEL", "WARN"))
     return session
+
+
+#: JVM loggers held at ERROR while the log level is WARN. parquet-java's record writer warns
+#: "Too much memory used" with a dump of the whole column store (hundreds of lines) whenever a row group
+#: buffers three times its target, which one multi-megabyte frame does against the 4 MiB row groups of
+#: ``images``. The buffer stays bounded by the writer's record-count checks (``parquet.page.size.row.
+#: check.max`` in spark-defaults), so the warning says nothing a user can act on.
+QUIET_JVM_LOGGERS = ("org.apache.parquet.hadoop.InternalParquetRecordWriter",)
+
+
+def set_log_level(session: SparkSession, level: str) -> None:
+    """Set the JVM's log level; at WARN, hold :data:`QUIET_JVM_LOGGERS` at ERROR (else at ``level``).
+
+    Applies to the driver's JVM, which runs the executors in local mode; a cluster's executors follow
+    their own log4j2 configuration.
+    """
+    session.sparkContext.setLogLevel(level)
+    jvm = session.sparkContext._jvm
+    assert jvm is not None
+    quiet = "ERROR" if level.upper() == "WARN" else level.upper()  # INFO, DEBUG...: shown again
+    for name in QUIET_JVM_LOGGERS:
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
+            name, jvm.org.apache.logging.log4j.Level.toLevel(quiet)
+        )
 
 
 def _class_archive(settings: dict[str, str]) -> ArchivePlan:

@@ -71,6 +71,26 @@ def test_spark_defaults_file_parses() -> None:
     assert int(conf["spark.sql.execution.arrow.maxRecordsPerBatch"]) > 0
 
 
+def test_log_level_warn_holds_parquet_writer_dumps_at_error(spark) -> None:
+    from medimg_spark.session import QUIET_JVM_LOGGERS, set_log_level
+
+    jvm = spark.sparkContext._jvm
+    log_manager = jvm.org.apache.logging.log4j.LogManager
+
+    def level(name: str) -> str:
+        return str(log_manager.getLogger(name).getLevel().toString())
+
+    try:
+        set_log_level(spark, "WARN")
+        assert level(QUIET_JVM_LOGGERS[0]) == "ERROR"
+        assert level("org.apache.parquet.hadoop.ParquetFileWriter") == "WARN"  # only the named logger
+        set_log_level(spark, "INFO")  # asked for more: the writer's warnings too
+        assert level(QUIET_JVM_LOGGERS[0]) == "INFO"
+    finally:
+        set_log_level(spark, "ERROR")  # the test session's level (conftest)
+    assert level(QUIET_JVM_LOGGERS[0]) == "ERROR"
+
+
 def _spark_submit() -> str:
     import pyspark
 
