@@ -35,8 +35,9 @@ DICOM, deep sequences, compression bombs), then random mutations. Operators:
 Every file is written to ``WORK/corpus`` and described in ``WORK/manifest.json`` (operator, seed file,
 variant, sha256). Mutations are redrawn until their content is unique (ingest deduplicates by sha256).
 
-The real CLI then runs as a subprocess, ``medimg ingest WORK/corpus --out WORK/out --key-file WORK/keys/deid.key
---vault WORK/vault --vault-key-file WORK/keys/vault.key --json`` (fresh keys each run), while its process tree is sampled every 0.2 s (RSS and ``VmHWM`` of the driver, the JVM and every Python
+The real CLI then runs as a subprocess, ``medimg ingest WORK/corpus --out WORK/out --key-file
+WORK/keys/deid.key --vault WORK/vault --vault-key-file WORK/keys/vault.key --json`` (fresh keys each run),
+while its process tree is sampled every 0.2 s (RSS and ``VmHWM`` of the driver, the JVM and every Python
 worker; a worker above ``--kill-rss-gb`` or a run over ``--timeout`` is killed). Properties checked (the
 script exits 1 when any fails):
 
