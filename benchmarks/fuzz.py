@@ -57,6 +57,8 @@ script exits 1 when any fails):
 * ``controls_consistent``: benign and odd-named copies of a seed end like the unmodified seed (same tables,
   same quarantine stage/error class; a non-UTF-8 name may be quarantined unread), and an unmodified gzip
   wrapper ends like the file it wraps;
+* ``typed_reasons``: every quarantine row's ``error_class`` is one of ingest's own (``IngestFileError`` and
+  its subclasses), not a library's exception class;
 * ``worker_rss``: the peak RSS of every Python worker is at most ``--max-worker-rss-gb``;
 * ``no_phi``: no PHI value of the seed DICOM files (``tests/phi.py`` rules; values without a letter or
   digit, such as ``^^^^``, left out) occurs in any output: every decoded string/binary Parquet value except
@@ -1712,6 +1714,27 @@ def _reap(watch: TreeWatch) -> None:
 # ============================================================================ checks
 
 
+def ingest_error_classes() -> set[str]:
+    """Names of ingest's own per-file error classes: :class:`IngestFileError` and its subclasses in every
+    module of ``medimg_spark.io`` and ``medimg_spark.privacy`` (the quarantine's typed reasons)."""
+    import importlib
+    import pkgutil
+
+    import medimg_spark.io
+    import medimg_spark.privacy
+    from medimg_spark.errors import IngestFileError
+
+    for package in (medimg_spark.io, medimg_spark.privacy):
+        for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+            importlib.import_module(info.name)
+    names, todo = set(), [IngestFileError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
 def path_originals(vault: str, vault_key: str) -> dict[str, str]:
     """``{path pseudonym: original path}`` from a run's re-identification vault ({} when it has none)."""
     from medimg_spark.privacy.hook import PATH_KIND
@@ -1966,6 +1989,12 @@ def account(
         summary_problems.append("no JSON run summary on stdout")
 
     hist = collections.Counter((r["stage"], r["error_class"]) for r in quarantine)
+    typed = ingest_error_classes()
+    untyped = [
+        {"property": "typed_reasons", "detail": f"{n} quarantine row(s) at {s} with error_class {c!r}"}
+        for (s, c), n in sorted(hist.items(), key=lambda kv: (-kv[1], kv[0]))
+        if c not in typed
+    ]
     results = {
         "accounting": {"ok": not failures, "failures": failures},
         "summary_consistent": {
@@ -1975,6 +2004,7 @@ def account(
         "no_silent_pixel_loss": {"ok": not pixel_failures, "failures": pixel_failures},
         "frames_consistent": {"ok": not frame_failures, "failures": frame_failures},
         "controls_consistent": {"ok": not control_failures, "failures": control_failures},
+        "typed_reasons": {"ok": not untyped, "failures": untyped},
     }
     tallies = {
         "rows": {"instances": len(instances), "images": len(images), "quarantine": len(quarantine)},

@@ -41,6 +41,12 @@ class UnsupportedFormatError(IngestFileError):
     MetaImage), or a variant of one that is not supported."""
 
 
+class MalformedFileError(IngestFileError):
+    """The format's parser refused the content with an exception of its own (nibabel's ``HeaderDataError``,
+    ``gzip.BadGzipFile``, ``zlib.error``, a ``UnicodeDecodeError``...), named in the message: the file is
+    damaged, or not the format its magic bytes suggest."""
+
+
 class NoPixelDataError(IngestFileError):
     """A file that must carry pixels (PNG, NIfTI, npz) holds none."""
 

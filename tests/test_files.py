@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from medimg_spark.io.files import FileContext, image_id, local_path, process_file
+from medimg_spark.io.files import FileContext, image_id, local_path, process_file, process_files
 from medimg_spark.io.pixels import decode, encode, to_array
 
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
@@ -123,6 +123,44 @@ def test_bad_input_is_quarantined_with_a_typed_reason(make, stage: str, error_cl
     assert (q["stage"], q["error_class"]) == (stage, error_class), q["error_message"]
     assert q["error_message"] and q["ingest_run_id"] == "test-run"
     assert not out["image"]
+
+
+def _nifti_with_datatype(code: int) -> bytes:
+    img = nib.Nifti1Image(np.zeros((4, 4, 2), np.int16), np.eye(4))
+    data = bytearray(img.to_bytes())
+    data[70:72] = np.int16(code).tobytes()  # datatype (NIfTI-1 header offset 70)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "stage", "message"),
+    [
+        # zlib's own ``error`` while the gzip wrapper is inflated
+        (b"\x1f\x8b\x08\x00" + bytes(5) + b"\xff" + b"\xff" * 64, "file:/x/f.dcm.gz", "parse", "error: "),
+        (
+            gzip.compress(b"x" * 5000)[:-8] + bytes(8),
+            "file:/x/f.gz",
+            "parse",
+            "BadGzipFile: CRC check failed",
+        ),
+        (_nifti_with_datatype(9999), "file:/x/f.nii", "parse", "HeaderDataError: data code 9999"),
+    ],
+    ids=["zlib-error", "gzip-crc", "nifti-datatype"],
+)
+def test_a_library_exception_is_quarantined_as_its_stage_class(
+    data: bytes, path: str, stage: str, message: str
+) -> None:
+    (q,) = rows(data, path)["quarantine"]
+    assert (q["stage"], q["error_class"]) == (stage, "MalformedFileError")
+    assert q["error_message"].startswith(message), q["error_message"]
+
+
+def test_a_listed_file_that_cannot_be_read_is_an_unreadable_path(tmp_path: Path) -> None:
+    folder = tmp_path / "named_like_a_file.dcm"
+    folder.mkdir()
+    (q,) = process_files(iter([(f"file:{folder}", None)]), CTX)
+    assert (q["_kind"], q["stage"], q["error_class"]) == ("quarantine", "read", "UnreadablePathError")
+    assert q["error_message"].startswith("IsADirectoryError: ")
 
 
 def test_png_with_broken_chunk_is_quarantined_at_decode() -> None:

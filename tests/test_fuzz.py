@@ -242,6 +242,7 @@ def test_seeded_run_covers_every_operator(fuzz_run: dict[str, Any]) -> None:
         "no_silent_pixel_loss",
         "frames_consistent",
         "controls_consistent",
+        "typed_reasons",
         "worker_rss",
         "no_phi",
     ):
@@ -258,6 +259,7 @@ def test_seeded_run_covers_every_operator(fuzz_run: dict[str, Any]) -> None:
         "no_silent_pixel_loss",
         "frames_consistent",
         "controls_consistent",
+        "typed_reasons",
         "worker_rss",
         "no_phi",
     ],

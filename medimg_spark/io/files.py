@@ -20,7 +20,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from medimg_spark.errors import EmptyFileError, FileTimeoutError, UnsupportedFormatError, WorkerCrashError
+from medimg_spark.errors import (
+    DecodeError,
+    EmptyFileError,
+    FileTimeoutError,
+    IngestFileError,
+    MalformedFileError,
+    UnsupportedFormatError,
+    WorkerCrashError,
+)
 from medimg_spark.io import detect, readers
 from medimg_spark.io.model import ParsedFile
 from medimg_spark.io.pixels import encode
@@ -117,19 +125,35 @@ def _base_row(path: str, content: bytes | None, ctx: FileContext) -> dict[str, A
     }
 
 
+def _stage_error(stage: str) -> type[IngestFileError] | None:
+    """The error class a library's own exception is quarantined as, by the stage it escaped from."""
+    if stage == "read":
+        from medimg_spark.io.planning import UnreadablePathError
+
+        return UnreadablePathError
+    return {"parse": MalformedFileError, "decode": DecodeError}.get(stage)
+
+
 def _quarantine(
     base: dict[str, Any], stage: str, exc: BaseException, frame_index: int | None = None, redact: bool = False
 ) -> dict:
+    """One quarantine row. ``error_class`` is always one of ingest's own (:class:`IngestFileError`): a
+    library's exception (``zlib.error``, ``OSError``, ``MemoryError``, pyo3's ``PanicException``...) is
+    reported as its stage's class (:func:`_stage_error`), its own class name leading the message."""
     stage = getattr(exc, "medimg_stage", stage)
     text = str(exc).strip()
     message = " | ".join(line.strip() for line in text.splitlines() if line.strip()) if text else repr(exc)
+    error_class = type(exc).__name__
+    typed = _stage_error(stage) if not isinstance(exc, IngestFileError) else None
+    if typed is not None:
+        message, error_class = f"{error_class}: {message}", typed.__name__
     return {
         "_kind": QUARANTINE,
         **base,
         "frame_index": frame_index,
         "stage": stage,
         "step": None,
-        "error_class": type(exc).__name__,
+        "error_class": error_class,
         "error_message": (_withhold(message) if redact else message)[:2000],
     }
 
