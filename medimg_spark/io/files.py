@@ -137,9 +137,10 @@ def _stage_error(stage: str) -> type[IngestFileError] | None:
 def _quarantine(
     base: dict[str, Any], stage: str, exc: BaseException, frame_index: int | None = None, redact: bool = False
 ) -> dict:
-    """One quarantine row. ``error_class`` is always one of ingest's own (:class:`IngestFileError`): a
-    library's exception (``zlib.error``, ``OSError``, ``MemoryError``, pyo3's ``PanicException``...) is
-    reported as its stage's class (:func:`_stage_error`), its own class name leading the message."""
+    """One quarantine row. At ``read``, ``parse`` and ``decode`` ``error_class`` is one of ingest's own
+    (:class:`IngestFileError`): a library's exception (``zlib.error``, ``OSError``, ``MemoryError``...) is
+    reported as its stage's class (:func:`_stage_error`), its own class name leading the message. The
+    ``deid`` stage's errors are typed by the de-identification hook (``DeidProcessingError``)."""
     stage = getattr(exc, "medimg_stage", stage)
     text = str(exc).strip()
     message = " | ".join(line.strip() for line in text.splitlines() if line.strip()) if text else repr(exc)
