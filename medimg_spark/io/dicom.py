@@ -841,8 +841,8 @@ def parse_dicom(
                 if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
                     raise  # KeyboardInterrupt, SystemExit, GeneratorExit
                 # pydicom and its plugins raise ValueError, RuntimeError ("exceptions were raised by all
-                # available plugins"), NotImplementedError, a Rust codec's PanicException (a BaseException):
-                # one typed reason, with the codec's own words
+                # available plugins") and more; a Rust codec raises PanicException (a BaseException): one
+                # typed reason, with the codec's own words
                 raise DecodeError(
                     f"the pixel data could not be decoded ({type(exc).__name__}): {exc}"
                 ) from exc
