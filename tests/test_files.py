@@ -163,6 +163,18 @@ def test_a_listed_file_that_cannot_be_read_is_an_unreadable_path(tmp_path: Path)
     assert q["error_message"].startswith("IsADirectoryError: ")
 
 
+def test_a_listed_file_that_grew_past_the_limit_is_too_large(tmp_path: Path) -> None:
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    listed = tmp_path / "ct.dcm"
+    listed.write_bytes(data)
+    ctx = FileContext(run_id="t", max_file_bytes=len(data))
+    assert [r["_kind"] for r in process_files(iter([(f"file:{listed}", None)]), ctx)] == ["instance", "image"]
+    listed.write_bytes(data + b"\0")  # appended to after the listing checked its size
+    (q,) = process_files(iter([(f"file:{listed}", None)]), ctx)
+    assert (q["_kind"], q["stage"], q["error_class"]) == ("quarantine", "read", "FileTooLargeError")
+    assert f"{len(data) + 1} bytes, over ingest.max_file_bytes ({len(data)})" in q["error_message"]
+
+
 def test_png_with_broken_chunk_is_quarantined_at_decode() -> None:
     ok, buf = cv2.imencode(".png", (np.arange(4096) % 251).astype(np.uint8).reshape(64, 64))
     assert ok

@@ -350,6 +350,42 @@ def test_file_over_its_time_budget_is_quarantined() -> None:
     assert q["error_class"] == "FileTimeoutError"
 
 
+def test_time_budget_swallowed_by_a_library_still_ends_the_block() -> None:
+    budget = TimeBudget(0.05)
+    with pytest.raises(FileTimeoutError), budget.running():
+        try:  # what pydicom's loop over its decoder plugins does with any plugin's exception
+            while True:
+                sum(range(1000))
+        except Exception as exc:
+            swallowed = exc
+    assert isinstance(swallowed, FileTimeoutError) and budget.expired
+    wrapped = budget.outcome(RuntimeError("Unable to decode: exceptions were raised by all plugins"))
+    assert isinstance(wrapped, FileTimeoutError) and isinstance(wrapped.__cause__, RuntimeError)
+    assert TimeBudget(5.0).outcome(err := ValueError("x")) is err
+
+
+@pytest.mark.parametrize("name", ["emri_small_jpeg_2k_lossless.dcm", "SC_rgb_jpeg_gdcm.dcm", "JPEG2000.dcm"])
+def test_a_budget_expiring_anywhere_in_a_file_is_reported_as_a_timeout(name: str) -> None:
+    """Before, an alarm inside pydicom's tolerant reader or its plugin loop came out as InvalidHeaderError,
+    MalformedFileError "OSError: No tag…", DecodeError "(KeyError)" or "(ValueError)", or as an instance
+    row parsed from a cut-short header."""
+    data = Path(get_testdata_file(name)).read_bytes()
+    full = rows(data)
+    assert not full["quarantine"] and full["image"]
+    started = time.perf_counter()
+    rows(data, FileContext(run_id="t", max_seconds_per_file=60.0))
+    took = time.perf_counter() - started
+    outcomes = []
+    for i in range(1, 51):
+        out = rows(data, FileContext(run_id="t", max_seconds_per_file=took * i / 50))
+        for q in out["quarantine"]:
+            assert q["error_class"] == "FileTimeoutError", q
+            if q["stage"] == "parse":
+                assert not out["instance"]
+        outcomes.append(bool(out["quarantine"]))
+    assert any(outcomes)
+
+
 # -- through Spark: one run over every hostile file --------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from medimg_spark.errors import (
     DecodeError,
     EmptyFileError,
     FileTimeoutError,
+    FileTooLargeError,
     IngestFileError,
     MalformedFileError,
     UnsupportedFormatError,
@@ -209,11 +210,22 @@ class TimeBudget:
     :class:`FileTimeoutError` is raised at the next Python bytecode. Native code (a codec) is not
     interrupted: it is bounded by the size checks made before decoding, and the alarm fires when it
     returns. Outside the main thread, or without ``seconds``, the budget is not enforced.
+
+    ``expired`` stays true once the alarm has fired: a library that catches every exception (pydicom's
+    loop over its decoder plugins, its tolerant header reader) turns the timeout into an error of its own
+    (``RuntimeError``, a bad tag, a ``KeyError``), which :meth:`outcome` reports as the timeout it was,
+    or returns a result that may be cut short, so a block that swallowed it raises the timeout on exit.
     """
+
+    _MESSAGE = (
+        "reading this file took longer than ingest.max_seconds_per_file; raise the limit if the "
+        "file is legitimately slow to decode"
+    )
 
     def __init__(self, seconds: float | None) -> None:
         self.left = seconds
         self._active = False
+        self.expired = False
         self.enabled = bool(seconds) and hasattr(signal, "setitimer")
         if self.enabled:
             self.enabled = threading.current_thread() is threading.main_thread()
@@ -221,10 +233,16 @@ class TimeBudget:
     def _expire(self, signum: int, frame: Any) -> None:
         if self._active:
             self._active = False
-            raise FileTimeoutError(
-                "reading this file took longer than ingest.max_seconds_per_file; raise the limit if the "
-                "file is legitimately slow to decode"
-            )
+            self.expired = True
+            raise FileTimeoutError(self._MESSAGE)
+
+    def outcome(self, exc: BaseException) -> BaseException:
+        """``exc``, or a :class:`FileTimeoutError` when the budget expired while the failing block ran."""
+        if not self.expired or isinstance(exc, FileTimeoutError):
+            return exc
+        timeout = FileTimeoutError(self._MESSAGE)
+        timeout.__cause__ = exc
+        return timeout
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
@@ -242,6 +260,7 @@ class TimeBudget:
     def _timed(self) -> Iterator[None]:
         assert self.left is not None
         if self.left <= 0:
+            self.expired = True
             raise FileTimeoutError("the time budget of this file (ingest.max_seconds_per_file) is spent")
         start = time.monotonic()
         previous = signal.signal(signal.SIGALRM, self._expire)
@@ -254,6 +273,8 @@ class TimeBudget:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
             self.left -= time.monotonic() - start
+        if self.expired:  # the block swallowed the timeout: its result may be cut short
+            raise FileTimeoutError(self._MESSAGE)
 
 
 def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[str, Any]]:
@@ -281,7 +302,7 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
     except _NOT_A_FILE_ERROR:
         raise
     except BaseException as exc:
-        yield _quarantine(base, "parse", exc, redact=ctx.deidentify is not None)
+        yield _quarantine(base, "parse", budget.outcome(exc), redact=ctx.deidentify is not None)
         return
     recovered.extend(parsed.recovered)
     if parsed.content_sha256 is not None:
@@ -325,7 +346,9 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
             raise
         except BaseException as exc:
             # frame_index: the first frame that failed, or None when nothing could be decoded.
-            yield _quarantine(base, "decode", exc, written or None, redact=ctx.deidentify is not None)
+            yield _quarantine(
+                base, "decode", budget.outcome(exc), written or None, redact=ctx.deidentify is not None
+            )
             return
         row = {
             "_kind": IMAGE,
@@ -395,12 +418,16 @@ def read_local(path: str, limit: int) -> bytes:
     """Read a listed local file (a Hadoop path string such as ``file:/a/b c.dcm``), at most ``limit`` bytes.
 
     Raises:
-        OSError: the file vanished, is unreadable, or grew past ``limit`` since it was listed.
+        FileTooLargeError: the file grew past ``limit`` since it was listed (the listing's own check).
+        OSError: the file vanished, is unreadable, or grew while it was read.
     """
     with open(local_path(path), "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size > limit:
-            raise OSError(f"file grew past the {limit}-byte limit after it was listed; ingest it again")
+            raise FileTooLargeError(
+                f"file has {size} bytes, over ingest.max_file_bytes ({limit}), after it was listed; raise "
+                "the limit or remove the file"
+            )
         data = fh.read(size)  # exactly its size: a read of ``limit`` bytes would reserve them up front
         if fh.read(1):
             raise OSError("file grew while it was read; ingest it again when it is complete")
@@ -466,7 +493,7 @@ def _file_rows(
     if maybe_content is None:  # a listed local file: read it here, in the task
         try:
             content = read_local(path, ctx.max_file_bytes)
-        except (OSError, MemoryError) as exc:
+        except (OSError, MemoryError, FileTooLargeError) as exc:
             yield _quarantine(_base_row(path, None, ctx), "read", exc)
             return
     else:
