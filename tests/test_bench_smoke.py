@@ -236,3 +236,48 @@ def test_profile_only_writes_its_report(tmp_path: Path) -> None:
     assert "Profile of the loop's per-image work" in text and "process_row" in text
     data = json.loads(reports[0].with_suffix(".json").read_text())
     assert data["runs"] == [] and data["profiles"]["current"]["images"] == 6
+
+
+def test_neighbour_benchmark_smoke(tmp_path: Path) -> None:
+    """``benchmarks/neighbour.py``: Spark, the pool alone and the pool beside a neighbour that does the JVM's
+    kind of work for the JVM's measured share of a core; same features in all three, the neighbour's CPU
+    counted."""
+    work = tmp_path / "w"
+    run_benchmark("neighbour.py", "--n", "8", "--repeats", "1", "--out", str(tmp_path), "--work", str(work))
+    (found,) = tmp_path.glob("neighbour_*_n8.json")
+    r = json.loads(found.read_text())
+    s = r["summary"]
+    assert s["same_features"] and set(s["arms"]) == {"spark_fused", "pool", "pool+neighbour"}
+    for arm in s["arms"].values():
+        assert arm["images"] == [12] and arm["worker_cpu_s_per_image"] > 0
+    (res,) = r["runs"]["pool+neighbour"]
+    (spark,) = r["runs"]["spark_fused"]
+    duty = spark["sampled_cpu_s_by_role"]["jvm"] / spark["process_s"]
+    assert res["neighbour_duty"] == pytest.approx(min(1.0, duty), abs=1e-3)
+    assert 0 < res["neighbour_cpu_s"] <= res["process_s"] * res["neighbour_duty"] + 2.0
+    assert set(s["ratios"]) == {"spark_fused_workers_vs_pool", "pool+neighbour_workers_vs_pool"}
+    assert "| pool+neighbour |" in (tmp_path / found.name.replace(".json", ".md")).read_text()
+    assert not work.exists()
+
+
+def test_neighbour_stream_does_the_work_it_is_given(tmp_path: Path) -> None:
+    """The neighbour's loop compresses real corpus bytes and sleeps for the rest of its duty cycle."""
+    import time
+
+    spec = importlib.util.spec_from_file_location("neighbour", REPO / "benchmarks" / "neighbour.py")
+    assert spec is not None and spec.loader is not None
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "a.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes() * 250)
+    chunk = mod.pixel_chunk(tmp_path)
+    assert len(chunk) == mod.CHUNK_BYTES
+    cpu, wall = time.process_time(), time.perf_counter()
+    assert mod.stream(chunk, 0.25, seconds=2.0) > 0
+    share = (time.process_time() - cpu) / (time.perf_counter() - wall)
+    assert 0.1 < share < 0.5
