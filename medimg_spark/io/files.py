@@ -213,8 +213,8 @@ class TimeBudget:
 
     ``expired`` stays true once the alarm has fired: a library that catches every exception (pydicom's
     loop over its decoder plugins, its tolerant header reader) turns the timeout into an error of its own
-    (``RuntimeError``, a bad tag, a ``KeyError``), which :meth:`outcome` reports as the timeout it was,
-    or returns a result that may be cut short, so a block that swallowed it raises the timeout on exit.
+    (``RuntimeError``, a bad tag, a ``KeyError``) or returns a result that may be cut short: a block in
+    which the alarm fired always leaves with :class:`FileTimeoutError` (:meth:`outcome`), raised or not.
     """
 
     _MESSAGE = (
@@ -268,6 +268,13 @@ class TimeBudget:
         signal.setitimer(signal.ITIMER_REAL, self.left)
         try:
             yield
+        except _NOT_A_FILE_ERROR:
+            raise
+        except BaseException as exc:
+            timeout = self.outcome(exc)
+            if timeout is not exc:
+                raise timeout from exc
+            raise
         finally:
             self._active = False
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -302,7 +309,7 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
     except _NOT_A_FILE_ERROR:
         raise
     except BaseException as exc:
-        yield _quarantine(base, "parse", budget.outcome(exc), redact=ctx.deidentify is not None)
+        yield _quarantine(base, "parse", exc, redact=ctx.deidentify is not None)
         return
     recovered.extend(parsed.recovered)
     if parsed.content_sha256 is not None:
@@ -346,9 +353,7 @@ def process_file(path: str, content: bytes, ctx: FileContext) -> Iterator[dict[s
             raise
         except BaseException as exc:
             # frame_index: the first frame that failed, or None when nothing could be decoded.
-            yield _quarantine(
-                base, "decode", budget.outcome(exc), written or None, redact=ctx.deidentify is not None
-            )
+            yield _quarantine(base, "decode", exc, written or None, redact=ctx.deidentify is not None)
             return
         row = {
             "_kind": IMAGE,
